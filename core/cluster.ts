@@ -1,0 +1,126 @@
+// Cluster state machine (sheep-daemon.md §4): what a join, an accept, a leave and a format do to
+// the cluster state. Pure functions of their inputs, so every member computes the same epochs.
+import { cbor } from "./cbor.ts";
+import { Buffer } from "node:buffer";
+import type { SdNode } from "./node.ts";
+import { decodeNodes, encodeNodes, nodeEqual, sortNodes } from "./node.ts";
+import { Res, Status } from "./proto.ts";
+
+export interface ClusterState {
+  status: number; // Status.*
+  epoch: number;
+  ctime: bigint;
+  flags: number;
+  copies: number;
+  copyPolicy: number;
+  blockSizeShift: number;
+  store: string;
+  /** Membership of `epoch` (sorted by node order). */
+  nodes: SdNode[];
+  disableRecovery: boolean;
+}
+
+export function initialState(): ClusterState {
+  return {
+    status: Status.WAIT,
+    epoch: 0,
+    ctime: 0n,
+    flags: 0,
+    copies: 3,
+    copyPolicy: 0,
+    blockSizeShift: 22,
+    store: "plain",
+    nodes: [],
+    disableRecovery: false,
+  };
+}
+
+
+export function encodeState(s: ClusterState): Buffer {
+  return Buffer.from(cbor.encode({ ...s, ctime: s.ctime.toString(), nodes: encodeNodes(s.nodes) }));
+}
+
+export function decodeState(b: Buffer): ClusterState {
+  const o = cbor.decode(b);
+  return { ...o, ctime: BigInt(o.ctime), nodes: decodeNodes(Buffer.from(o.nodes)) };
+}
+
+export function sameNodeSet(a: readonly SdNode[], b: readonly SdNode[]): boolean {
+  if (a.length !== b.length) return false;
+  return a.every((x) => b.some((y) => nodeEqual(x, y)));
+}
+
+export type JoinResult = { accept: true; state: ClusterState } | { accept: false; code: number; reason: string };
+
+/**
+ * Runs on the master. `members` excludes the joiner. The founding node (no members) decides with
+ * its own on-disk state.
+ */
+export function decideJoin(master: ClusterState, members: readonly SdNode[], joining: SdNode, joiner: ClusterState): JoinResult {
+  const all = [...members, joining];
+  if (members.length === 0) {
+    const s = { ...joiner };
+    if (s.ctime === 0n) s.status = Status.WAIT;
+    else s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+    return { accept: true, state: s };
+  }
+  if (master.ctime === 0n) {
+    // Unformatted master: a formatted joiner brings the cluster's identity (restart in any order).
+    if (joiner.ctime !== 0n && joiner.epoch > master.epoch) {
+      const s = { ...joiner };
+      s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+      return { accept: true, state: s };
+    }
+    return { accept: true, state: { ...master } };
+  }
+  if (joiner.ctime !== 0n && joiner.ctime !== master.ctime) {
+    return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
+  }
+  if (master.status === Status.OK) return { accept: true, state: { ...master } };
+  if (master.status !== Status.WAIT) return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
+  let s = { ...master };
+  if (joiner.ctime === master.ctime && joiner.epoch > master.epoch) s = { ...joiner };
+  s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+  return { accept: true, state: s };
+}
+
+/**
+ * Applies an accepted join on every member. Returns the new state and whether a new epoch begins
+ * (the caller writes the epoch log and starts recovery).
+ */
+export function applyAccept(decided: ClusterState, members: readonly SdNode[]): { state: ClusterState; newEpoch: boolean } {
+  const s = { ...decided, nodes: [...decided.nodes] };
+  if (s.status !== Status.OK || s.ctime === 0n) return { state: s, newEpoch: false };
+  if (sameNodeSet(s.nodes, members)) return { state: s, newEpoch: false };
+  s.epoch += 1;
+  s.nodes = sortNodes(members);
+  return { state: s, newEpoch: true };
+}
+
+export function applyLeave(cur: ClusterState, members: readonly SdNode[]): { state: ClusterState; newEpoch: boolean } {
+  const s = { ...cur };
+  if (s.status !== Status.OK || s.ctime === 0n || sameNodeSet(s.nodes, members)) return { state: s, newEpoch: false };
+  s.epoch += 1;
+  s.nodes = sortNodes(members);
+  return { state: s, newEpoch: true };
+}
+
+export function applyFormat(
+  cur: ClusterState,
+  members: readonly SdNode[],
+  f: { ctime: bigint; copies: number; copyPolicy: number; flags: number; blockSizeShift: number; store: string },
+): ClusterState {
+  return {
+    ...cur,
+    status: Status.OK,
+    epoch: 1,
+    ctime: f.ctime,
+    flags: f.flags,
+    copies: f.copies || 3,
+    copyPolicy: f.copyPolicy,
+    blockSizeShift: f.blockSizeShift || 22,
+    store: f.store,
+    nodes: sortNodes(members),
+    disableRecovery: false,
+  };
+}

@@ -1,0 +1,736 @@
+// Server-side VDI metadata logic (protocol.md §9.4-§9.7): family-run VID lookup/allocation,
+// create / clone / snapshot / rebase, delete, generational reference counting, attributes.
+// All object I/O goes through MetaIO so the logic runs unchanged against the gateway or a fake.
+import { Buffer } from "node:buffer";
+import { Res } from "./proto.ts";
+import { SdError } from "./errors.ts";
+import { fnv1a, sdHashVdi } from "./hash.ts";
+import {
+  ledgerOid,
+  MAX_DATA_OBJS,
+  SD_ATTR_OBJ_SIZE,
+  SD_INODE_HEADER_SIZE,
+  SD_INODE_SIZE,
+  SD_NR_VDIS,
+  vidToAttrOid,
+  vidToBtreeOid,
+  vidToDataOid,
+  vidToVdiOid,
+} from "./oid.ts";
+import { decodeInodeHeader, Inode, type InodeHeader } from "./inode.ts";
+
+/** Gateway-level object I/O (replication is the implementer's business). */
+export interface MetaIO {
+  /** Throws SdError(NO_OBJ) when the object does not exist. */
+  read(oid: bigint, offset: number, length: number): Promise<Buffer>;
+  /** Create (or overwrite) the whole object: `data` at `offset`, everything else zero. */
+  create(oid: bigint, data: Buffer, offset?: number): Promise<void>;
+  /** Partial write into an existing object. */
+  write(oid: bigint, offset: number, data: Buffer): Promise<void>;
+  /** Only needed to delete hyper volumes (objects are removed directly, no ref counting). */
+  remove?(oid: bigint): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bitmaps and per-node state
+
+const BITMAP_BYTES = SD_NR_VDIS / 8;
+
+/** 2^24-bit VID bitmap, bit n = byte n>>3, bit n&7 (the READ_VDIS wire format). */
+export class VdiBitmap {
+  readonly bytes: Uint8Array;
+  constructor(bytes?: Uint8Array) {
+    this.bytes = bytes ?? new Uint8Array(BITMAP_BYTES);
+    if (this.bytes.length !== BITMAP_BYTES) throw new RangeError(`bitmap must be ${BITMAP_BYTES} bytes`);
+  }
+  static from(buf: Uint8Array): VdiBitmap {
+    return new VdiBitmap(new Uint8Array(buf));
+  }
+  set(vid: number): void {
+    this.bytes[vid >>> 3] |= 1 << (vid & 7);
+  }
+  clear(vid: number): void {
+    this.bytes[vid >>> 3] &= ~(1 << (vid & 7));
+  }
+  test(vid: number): boolean {
+    return (this.bytes[vid >>> 3] & (1 << (vid & 7))) !== 0;
+  }
+  /** Copy in wire format (2,097,152 bytes). */
+  toBuffer(): Buffer {
+    return Buffer.from(this.bytes);
+  }
+  /** OR another bitmap in (state exchange at join). */
+  merge(other: Uint8Array): void {
+    const n = Math.min(other.length, this.bytes.length);
+    for (let i = 0; i < n; i++) this.bytes[i] |= other[i];
+  }
+  /** First clear bit in [start, SD_NR_VDIS), or SD_NR_VDIS if none (find_next_zero_bit). */
+  findNextZero(start: number): number {
+    const b = this.bytes;
+    let i = start;
+    while (i < SD_NR_VDIS && (i & 7) !== 0) {
+      if (!this.test(i)) return i;
+      i++;
+    }
+    let byte = i >>> 3;
+    while (byte < b.length && b[byte] === 0xff) byte++;
+    for (i = byte << 3; i < SD_NR_VDIS; i++) if (!this.test(i)) return i;
+    return SD_NR_VDIS;
+  }
+  /** First set bit in [start, SD_NR_VDIS), or SD_NR_VDIS. */
+  findNextSet(start: number): number {
+    const b = this.bytes;
+    let i = start;
+    while (i < SD_NR_VDIS && (i & 7) !== 0) {
+      if (this.test(i)) return i;
+      i++;
+    }
+    let byte = i >>> 3;
+    while (byte < b.length && b[byte] === 0) byte++;
+    for (i = byte << 3; i < SD_NR_VDIS; i++) if (this.test(i)) return i;
+    return SD_NR_VDIS;
+  }
+}
+
+export interface VdiState {
+  vid: number;
+  nrCopies: number;
+  snapshot: boolean;
+  deleted: boolean;
+  copyPolicy: number;
+  blockSizeShift: number;
+  parentVid: number;
+}
+
+/** What every node keeps about VDIs: in-use/deleted bitmaps, state table, lock table. */
+export class VdiTable {
+  inuse = new VdiBitmap();
+  deleted = new VdiBitmap();
+  states = new Map<number, VdiState>();
+  locks = new Map<number, { owner: string }>();
+}
+
+/** EC policy byte -> d+p; 0 (replication) -> 0. */
+export function ecPolicyCopies(copyPolicy: number): number {
+  if (!copyPolicy) return 0;
+  return ((copyPolicy >> 4) & 0x0f) * 2 + (copyPolicy & 0x0f);
+}
+
+/**
+ * NOTIFY_VDI_ADD main phase (plus the in-use bit NEW_VDI's main phase sets). `oldVid` (if any)
+ * becomes a snapshot; the new VID is registered as a working VDI with parent = oldVid.
+ */
+export function applyVdiAdded(t: VdiTable, s: VdiState & { oldVid?: number; setBitmap?: boolean }): void {
+  const oldVid = s.oldVid ?? 0;
+  if (oldVid) {
+    const prev = t.states.get(oldVid);
+    t.states.set(oldVid, {
+      vid: oldVid,
+      nrCopies: prev?.nrCopies ?? s.nrCopies,
+      snapshot: true,
+      deleted: prev?.deleted ?? false,
+      copyPolicy: prev?.copyPolicy ?? s.copyPolicy,
+      blockSizeShift: prev?.blockSizeShift ?? s.blockSizeShift,
+      parentVid: prev?.parentVid ?? 0,
+    });
+  }
+  if (s.setBitmap !== false) t.inuse.set(s.vid);
+  t.states.set(s.vid, {
+    vid: s.vid,
+    nrCopies: s.nrCopies,
+    snapshot: s.snapshot,
+    deleted: s.deleted,
+    copyPolicy: s.copyPolicy,
+    blockSizeShift: s.blockSizeShift,
+    parentVid: s.parentVid || oldVid,
+  });
+}
+
+/** DEL_VDI main phase on every node. */
+export function applyVdiDeleted(t: VdiTable, vid: number): void {
+  t.deleted.set(vid);
+  const s = t.states.get(vid);
+  if (s) s.deleted = true;
+}
+
+/** Startup scan / recovery: register a local inode header in the bitmaps and state table. */
+export function registerInode(t: VdiTable, h: InodeHeader): void {
+  const vid = h.vdiId;
+  if (!vid) return;
+  t.inuse.set(vid);
+  const deleted = h.name === "";
+  if (deleted) t.deleted.set(vid);
+  t.states.set(vid, {
+    vid,
+    nrCopies: h.nrCopies,
+    snapshot: h.snapCtime !== 0n,
+    deleted,
+    copyPolicy: h.copyPolicy,
+    blockSizeShift: h.blockSizeShift,
+    parentVid: h.parentVdiId,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Locks (LOCK_VDI / RELEASE_VDI with cluster flag USE_LOCK; normal locks)
+
+/** Returns false when the VDI is already locked (upstream refuses even the same owner). */
+export function lockVdi(t: VdiTable, vid: number, owner: string): boolean {
+  if (t.locks.has(vid)) return false;
+  t.locks.set(vid, { owner });
+  return true;
+}
+
+export function releaseVdi(t: VdiTable, vid: number): boolean {
+  return t.locks.delete(vid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lookup (§9.5 family run)
+
+/** sd_hash_vdi with the "0 is never a VID" adjustment used for bitmap ranges. */
+export function vdiHashStart(name: string): number {
+  return sdHashVdi(name) || 1;
+}
+
+export interface LookupInfo {
+  /** SUCCESS, NO_VDI, NO_TAG or FULL_VDI. */
+  result: number;
+  /** Matched VID; on NO_VDI after a deleted working VDI: its latest snapshot; NO_TAG: the working VDI. */
+  vid: number;
+  /** snap_id + 1 of the newest family member seen (0 if none) — for current-VDI lookups. */
+  snapIdNext: number;
+  /** VID the next member of this family gets. */
+  freeBit: number;
+  header?: InodeHeader;
+}
+
+function hasTag(opts: { tag?: string; snapid?: number }): boolean {
+  return !!(opts.tag && opts.tag.length) || !!opts.snapid;
+}
+
+function tagMatch(opts: { tag?: string; snapid?: number }, h: InodeHeader): boolean {
+  if (h.tag !== "" && h.tag === (opts.tag ?? "")) return true;
+  return (opts.snapid ?? 0) === h.snapId;
+}
+
+/**
+ * Full lookup result including the NO_VDI/NO_TAG side information (free bit, next snap id,
+ * latest snapshot of a deleted working VDI) that create/snapshot need. Never throws for
+ * NO_VDI/NO_TAG/FULL_VDI; I/O errors propagate.
+ */
+export async function lookupVdiInfo(
+  io: MetaIO,
+  t: VdiTable,
+  name: string,
+  opts: { tag?: string; snapid?: number } = {},
+): Promise<LookupInfo> {
+  const left = vdiHashStart(name);
+  let right = t.inuse.findNextZero(left);
+  const info: LookupInfo = { result: Res.NO_VDI, vid: 0, snapIdNext: 0, freeBit: right };
+  if (right === left) return info;
+  // Scan order newest -> oldest: [1, right) then [left, NR) when the run wraps.
+  const ranges: Array<[number, number]> = [];
+  if (right === SD_NR_VDIS) {
+    right = t.inuse.findNextZero(1);
+    info.freeBit = right;
+    if (right === SD_NR_VDIS) {
+      info.result = Res.FULL_VDI;
+      return info;
+    }
+    if (right > 1) ranges.push([1, right]);
+    ranges.push([left, SD_NR_VDIS]);
+  } else {
+    ranges.push([left, right]);
+  }
+
+  const tagged = hasTag(opts);
+  let nameExists = false;
+  for (const [lo, hi] of ranges) {
+    for (let vid = hi - 1; vid >= lo; vid--) {
+      if (!t.inuse.test(vid) && !t.deleted.test(vid)) continue;
+      const h = decodeInodeHeader(await io.read(vidToVdiOid(vid), 0, SD_INODE_HEADER_SIZE));
+      if (h.name !== name) continue;
+      const snap = h.snapCtime !== 0n;
+      if (tagged) {
+        if (!snap) {
+          nameExists = true;
+          info.vid = h.vdiId;
+          continue;
+        }
+        if (!tagMatch(opts, h)) continue;
+      } else {
+        info.snapIdNext = h.snapId + 1;
+        if (snap) {
+          // the working VDI was deleted; its newest snapshot decides the next snap id
+          info.vid = h.vdiId;
+          info.result = Res.NO_VDI;
+          return info;
+        }
+      }
+      info.vid = h.vdiId;
+      info.header = h;
+      info.result = Res.SUCCESS;
+      return info;
+    }
+  }
+  info.result = nameExists ? Res.NO_TAG : Res.NO_VDI;
+  return info;
+}
+
+/** GET_VDI_INFO / LOCK_VDI lookup. Throws SdError(NO_VDI | NO_TAG | FULL_VDI). */
+export async function lookupVdi(
+  io: MetaIO,
+  t: VdiTable,
+  name: string,
+  opts: { tag?: string; snapid?: number } = {},
+): Promise<{ vid: number; nrCopies: number; blockSizeShift: number; snapIdNext: number; header: InodeHeader }> {
+  const info = await lookupVdiInfo(io, t, name, opts);
+  if (info.result !== Res.SUCCESS || !info.header) throw new SdError(info.result);
+  const st = t.states.get(info.vid);
+  return {
+    vid: info.vid,
+    nrCopies: st?.nrCopies || info.header.nrCopies,
+    blockSizeShift: st?.blockSizeShift || info.header.blockSizeShift,
+    snapIdNext: info.snapIdNext,
+    header: info.header,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// NEW_VDI
+
+export interface NewVdiRequest {
+  name: string;
+  size: bigint;
+  baseVid: number;
+  snapshot: boolean;
+  copies: number;
+  copyPolicy: number;
+  storePolicy: number;
+  blockSizeShift: number;
+  now: bigint;
+}
+
+export interface NewVdiResult {
+  vid: number;
+  nrCopies: number;
+  blockSizeShift: number;
+  copyPolicy: number;
+  snapId: number;
+  /** VID that becomes (or already is) a snapshot; NOTIFY_VDI_ADD old_vid. 0 = none. */
+  oldVid: number;
+  /** Ready-made argument for applyVdiAdded() on every node. */
+  added: VdiState & { oldVid: number };
+}
+
+const INDEX_MAGIC = 0x6274;
+const BTREE_NODE_SIZE = 4 * 1024 * 1024;
+
+async function readInode(io: MetaIO, vid: number, errCode: number): Promise<Inode> {
+  try {
+    return Inode.decode(await io.read(vidToVdiOid(vid), 0, SD_INODE_SIZE));
+  } catch (e) {
+    throw new SdError(errCode, `reading inode ${vid.toString(16)}: ${(e as Error).message}`);
+  }
+}
+
+async function guarded(code: number, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    throw new SdError(code, (e as Error).message);
+  }
+}
+
+/** count++ for every allocated slot of a base that gains a child (§9.4). */
+function bumpCounts(base: Inode): void {
+  if (base.header.storePolicy !== 0) return; // no ref counting for hyper volumes
+  const d = base.dataVdiId, g = base.gref;
+  for (let i = 0; i < MAX_DATA_OBJS; i++) if (d[i]) g[2 * i + 1]++;
+}
+
+/** The new inode (alloc_inode): copies the base map, generation+1 for allocated slots. */
+async function allocInode(
+  io: MetaIO,
+  req: NewVdiRequest,
+  p: { nrCopies: number; copyPolicy: number; blockSizeShift: number },
+  snapId: number,
+  vid: number,
+  parent: number,
+  base?: Inode,
+): Promise<Inode> {
+  const ino = Inode.create({
+    name: req.name,
+    tag: "",
+    createTime: req.now,
+    snapCtime: 0n,
+    vmClockNsec: 0n,
+    vdiSize: req.size,
+    vmStateSize: 0n,
+    copyPolicy: p.copyPolicy,
+    storePolicy: req.storePolicy,
+    nrCopies: p.nrCopies,
+    blockSizeShift: p.blockSizeShift,
+    snapId,
+    vdiId: vid,
+    parentVdiId: parent,
+    btreeCounter: 0,
+  });
+  if (base) {
+    ino.dataVdiId.set(base.dataVdiId);
+    if (req.storePolicy === 1) {
+      await copyBtreeLeaves(io, ino);
+    } else {
+      const d = base.dataVdiId, g = base.gref;
+      for (let i = 0; i < MAX_DATA_OBJS; i++) if (d[i]) ino.gref[2 * i] = g[2 * i] + 1;
+    }
+  } else if (req.storePolicy === 1) {
+    // sd_inode_init(root, depth 1): magic, depth, 0 entries
+    ino.dataVdiId[0] = INDEX_MAGIC | (1 << 16);
+    ino.dataVdiId[1] = 0;
+  }
+  return ino;
+}
+
+/** A copied depth-2 B-tree root must point at private copies of the leaves (sd_inode_copy_vdis). */
+async function copyBtreeLeaves(io: MetaIO, ino: Inode): Promise<void> {
+  const d = ino.dataVdiId;
+  const depth = d[0] >>> 16;
+  if ((d[0] & 0xffff) !== INDEX_MAGIC || depth < 2) return;
+  const entries = d[1];
+  for (let k = 0; k < entries; k++) {
+    const w = 2 + 4 * k; // sd_indirect_idx: idx u32, pad u32, oid u64
+    const oid = (BigInt(d[w + 3]) << 32n) | BigInt(d[w + 2]);
+    const leaf = await io.read(oid, 0, BTREE_NODE_SIZE);
+    const newOid = vidToBtreeOid(ino.header.vdiId, ino.header.btreeCounter++);
+    await io.create(newOid, leaf);
+    d[w + 2] = Number(newOid & 0xffffffffn);
+    d[w + 3] = Number(newOid >> 32n);
+  }
+}
+
+/**
+ * NEW_VDI work phase: create (base 0), clone (base = snapshot), snapshot (base == current) or
+ * rebase (base != current). Writes inode objects through io; does not touch `t` — the caller
+ * broadcasts NOTIFY_VDI_ADD / applies `result.added` on every node.
+ */
+export async function newVdi(
+  io: MetaIO,
+  t: VdiTable,
+  req: NewVdiRequest,
+  defaults: { copies: number; copyPolicy: number; blockSizeShift: number },
+): Promise<NewVdiResult> {
+  let nrCopies = req.copies, copyPolicy = req.copyPolicy;
+  if (!nrCopies) {
+    nrCopies = defaults.copies;
+    copyPolicy = defaults.copyPolicy;
+  }
+  if (copyPolicy) nrCopies = ecPolicyCopies(copyPolicy);
+  const blockSizeShift = req.blockSizeShift || defaults.blockSizeShift;
+  const p = { nrCopies, copyPolicy, blockSizeShift };
+
+  const info = await lookupVdiInfo(io, t, req.name, {});
+  let vid: number, snapId: number, oldVid: number;
+
+  if (req.snapshot) {
+    if (info.result !== Res.SUCCESS) throw new SdError(info.result);
+    vid = info.freeBit;
+    snapId = info.snapIdNext;
+    oldVid = info.vid;
+    const baseVid = req.baseVid;
+    if (baseVid === info.vid) {
+      // snapshot: the current inode becomes the snapshot and keeps its VID
+      const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
+      base.header.snapCtime = req.now;
+      bumpCounts(base);
+      await guarded(Res.BASE_VDI_WRITE, () => io.write(vidToVdiOid(baseVid), 0, base.encode()));
+      const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
+      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+    } else {
+      // rebase: current becomes a snapshot, the new working VDI is based on baseVid
+      const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
+      const ts = Buffer.alloc(8);
+      ts.writeBigUInt64LE(BigInt.asUintN(64, req.now));
+      await guarded(Res.VDI_WRITE, () => io.write(vidToVdiOid(info.vid), 520, ts));
+      bumpCounts(base);
+      await guarded(Res.VDI_WRITE, () => writeGref(io, baseVid, base));
+      const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
+      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+    }
+  } else {
+    if (info.result === Res.SUCCESS) throw new SdError(Res.VDI_EXIST);
+    if (info.result !== Res.NO_VDI) throw new SdError(info.result);
+    vid = info.freeBit;
+    snapId = info.snapIdNext || 1;
+    oldVid = req.baseVid === 0 ? info.vid : req.baseVid;
+    if (req.baseVid === 0) {
+      const ino = await allocInode(io, req, p, snapId, vid, 0);
+      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+    } else {
+      const baseVid = req.baseVid;
+      const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
+      bumpCounts(base);
+      await guarded(Res.BASE_VDI_WRITE, () => writeGref(io, baseVid, base));
+      const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
+      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+    }
+  }
+
+  const added = {
+    vid,
+    nrCopies,
+    snapshot: false,
+    deleted: false,
+    copyPolicy,
+    blockSizeShift,
+    parentVid: oldVid,
+    oldVid,
+  };
+  return { vid, nrCopies, blockSizeShift, copyPolicy, snapId, oldVid, added };
+}
+
+async function writeGref(io: MetaIO, vid: number, ino: Inode): Promise<void> {
+  const g = ino.grefRange(0, MAX_DATA_OBJS);
+  await io.write(vidToVdiOid(vid), SD_INODE_SIZE - g.length, g);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DEL_VDI
+
+/** Number of data objects covered by vdi_size (count_data_objs). */
+function countDataObjs(h: InodeHeader): number {
+  const shift = BigInt(h.blockSizeShift || 22);
+  const n = (h.vdiSize + (1n << shift) - 1n) >> shift;
+  return Number(n > BigInt(MAX_DATA_OBJS) ? BigInt(MAX_DATA_OBJS) : n);
+}
+
+/** Every (idx, vid) pair of a hyper volume's B-tree index. */
+async function walkBtree(io: MetaIO, ino: Inode, fn: (idx: number, vid: number) => Promise<void>): Promise<void> {
+  const d = ino.dataVdiId;
+  if ((d[0] & 0xffff) !== INDEX_MAGIC) return;
+  const depth = d[0] >>> 16, entries = d[1];
+  if (depth === 1) {
+    for (let k = 0; k < entries; k++) await fn(d[2 + 2 * k], d[3 + 2 * k]);
+    return;
+  }
+  for (let k = 0; k < entries; k++) {
+    const w = 2 + 4 * k;
+    const oid = (BigInt(d[w + 3]) << 32n) | BigInt(d[w + 2]);
+    const leaf = await io.read(oid, 0, BTREE_NODE_SIZE);
+    const n = leaf.readUInt32LE(4);
+    for (let j = 0; j < n; j++) await fn(leaf.readUInt32LE(8 + 8 * j), leaf.readUInt32LE(12 + 8 * j));
+  }
+}
+
+/**
+ * DEL_VDI work phase. Flat VDIs must already have an empty data map (dog clears it first);
+ * if not, upstream leaves the inode alone but still succeeds. Returns the VID; the caller sets
+ * the deleted bit on every node (applyVdiDeleted).
+ */
+export async function deleteVdi(
+  io: MetaIO,
+  t: VdiTable,
+  name: string,
+  opts: { tag?: string; snapid?: number } = {},
+): Promise<number> {
+  const info = await lookupVdiInfo(io, t, name, opts);
+  if (info.result !== Res.SUCCESS) throw new SdError(info.result);
+  const vid = info.vid;
+  const ino = await readInode(io, vid, Res.NO_VDI);
+  const h = ino.header;
+  if (h.vdiSize === 0n && h.name === "") return vid;
+  if (h.storePolicy === 0) {
+    const n = countDataObjs(h);
+    for (let i = 0; i < n; i++) if (ino.dataVdiId[i]) return vid; // upstream quirk: success, inode kept
+  } else if (io.remove) {
+    const remove = io.remove.bind(io);
+    await walkBtree(io, ino, async (idx, owner) => {
+      if (owner && owner === vid) {
+        try {
+          await remove(vidToDataOid(owner, idx));
+        } catch { /* upstream only logs */ }
+      }
+    });
+  }
+  h.vdiSize = 0n;
+  h.name = "";
+  const cleared = Inode.create(h);
+  await io.write(vidToVdiOid(vid), 0, cleared.encode());
+  return vid;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generational reference counting (§9.4)
+
+export interface Decref {
+  idx: number;
+  /** Data object whose reference is dropped. */
+  oid: bigint;
+  generation: number;
+  count: number;
+  /** gen == 0 && count == 0: sole owner, REMOVE_OBJ the data object directly. */
+  remove: boolean;
+  /** Ledger object to send DECREF_OBJ to when !remove. */
+  ledger: bigint;
+}
+
+function u32At(src: Uint32Array | Buffer, i: number): number {
+  return src instanceof Uint32Array ? src[i] : src.readUInt32LE(4 * i);
+}
+
+function i32At(src: Int32Array | Buffer, i: number): number {
+  return src instanceof Int32Array ? src[i] : src.readInt32LE(4 * i);
+}
+
+/**
+ * An inode write replaces data_vdi_id[start..start+n) (`oldVids` -> `newVids`, with `oldGref`
+ * the gref pairs read before the write). Returns the decrefs to issue and the gref slice to write
+ * back at gref[start]: pairs of replaced slots are zeroed, unchanged slots keep theirs.
+ */
+export function decrefPlan(
+  startIdx: number,
+  oldVids: Uint32Array | Buffer,
+  oldGref: Int32Array | Buffer,
+  newVids: Uint32Array | Buffer,
+): { decrefs: Decref[]; gref: Buffer } {
+  const n = oldVids instanceof Uint32Array ? oldVids.length : oldVids.length >>> 2;
+  const gref = Buffer.alloc(8 * n);
+  const decrefs: Decref[] = [];
+  for (let i = 0; i < n; i++) {
+    const oldVid = u32At(oldVids, i);
+    const gen = i32At(oldGref, 2 * i), count = i32At(oldGref, 2 * i + 1);
+    if (oldVid === 0 || oldVid === u32At(newVids, i)) {
+      gref.writeInt32LE(gen, 8 * i);
+      gref.writeInt32LE(count, 8 * i + 4);
+      continue;
+    }
+    const oid = vidToDataOid(oldVid, startIdx + i);
+    decrefs.push({ idx: startIdx + i, oid, generation: gen, count, remove: gen === 0 && count === 0, ledger: ledgerOid(oid) });
+  }
+  return { decrefs, gref };
+}
+
+export const LEDGER_ENTRIES = MAX_DATA_OBJS;
+
+/**
+ * DECREF_PEER on one ledger replica: a missing ledger starts as [0] = 1; ledger[gen] -= 1,
+ * ledger[gen+1] += count (u32 wrap-around like upstream). `empty` = all zero -> drop ledger and data.
+ */
+export function applyLedgerDecref(ledger: Uint32Array | null, gen: number, count: number): { ledger: Uint32Array; empty: boolean } {
+  let l = ledger;
+  if (!l) {
+    l = new Uint32Array(LEDGER_ENTRIES);
+    l[0] = 1;
+  }
+  if (gen < 0 || gen + 1 >= l.length) throw new SdError(Res.INVALID_PARMS, `ledger generation ${gen} out of range`);
+  l[gen] = (l[gen] - 1) >>> 0;
+  l[gen + 1] = (l[gen + 1] + count) >>> 0;
+  let empty = true;
+  for (let i = 0; i < l.length; i++) {
+    if (l[i] !== 0) {
+      empty = false;
+      break;
+    }
+  }
+  return { ledger: l, empty };
+}
+
+/** Ledger object bytes (any prefix; missing entries are zero) -> entries. */
+export function ledgerFromBuffer(buf: Uint8Array): Uint32Array {
+  const l = new Uint32Array(LEDGER_ENTRIES);
+  const n = Math.min(buf.length >>> 2, LEDGER_ENTRIES);
+  const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+  for (let i = 0; i < n; i++) l[i] = v.readUInt32LE(4 * i);
+  return l;
+}
+
+export function ledgerToBuffer(l: Uint32Array): Buffer {
+  const b = Buffer.alloc(4 * l.length);
+  for (let i = 0; i < l.length; i++) if (l[i]) b.writeUInt32LE(l[i], 4 * i);
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// VDI attributes (§9.7)
+
+export const AttrOff = { name: 0, tag: 256, ctime: 512, snapId: 520, valueLen: 524, key: 528, value: 784 } as const;
+
+/** attr_id = FNV-1a-64(name[256] ‖ tag[256] ‖ snap_id ‖ key[256]) & 0xffffffff. */
+export function hashVdiAttr(attr: Buffer): number {
+  const a = padAttr(attr);
+  let h = fnv1a(a.subarray(AttrOff.name, AttrOff.name + 256));
+  h = fnv1a(a.subarray(AttrOff.tag, AttrOff.tag + 256), h);
+  h = fnv1a(a.subarray(AttrOff.snapId, AttrOff.snapId + 4), h);
+  h = fnv1a(a.subarray(AttrOff.key, AttrOff.key + 256), h);
+  return Number(h & 0xffffffffn);
+}
+
+function padAttr(attr: Buffer): Buffer {
+  if (attr.length >= SD_ATTR_OBJ_SIZE) return attr.subarray(0, SD_ATTR_OBJ_SIZE);
+  const b = Buffer.alloc(SD_ATTR_OBJ_SIZE);
+  attr.copy(b);
+  return b;
+}
+
+/** C strcmp over a NUL-terminated field. */
+function cstrEq(a: Buffer, b: Buffer, off: number, size: number): boolean {
+  for (let i = off; i < off + size; i++) {
+    if (a[i] !== b[i]) return false;
+    if (a[i] === 0) return true;
+  }
+  return true;
+}
+
+function attrHeaderEq(a: Buffer, b: Buffer): boolean {
+  return cstrEq(a, b, AttrOff.name, 256) &&
+    cstrEq(a, b, AttrOff.tag, 256) &&
+    a.readUInt32LE(AttrOff.snapId) === b.readUInt32LE(AttrOff.snapId) &&
+    cstrEq(a, b, AttrOff.key, 256);
+}
+
+/**
+ * GET_VDI_ATTR work phase (after the caller's lookup of name/tag/snapid supplied create_time).
+ * Probes attr_id, attr_id+1, ... until an absent slot or one with the same (name, tag, snap_id,
+ * key). CREAT creates (data as sent) or overwrites; EXCL -> VDI_EXIST if present; DEL writes a
+ * NUL at offset 0; no flags -> NO_OBJ if absent.
+ */
+export async function getVdiAttr(
+  io: MetaIO,
+  _t: VdiTable,
+  attr: Buffer,
+  flags: { creat: boolean; excl: boolean; del: boolean },
+  vdiCreateTime: bigint,
+): Promise<{ vid: number; attrId: number }> {
+  if (attr.length < AttrOff.key + 256) throw new SdError(Res.INVALID_PARMS, "short vdi attr");
+  const data = Buffer.from(attr);
+  data.writeBigUInt64LE(BigInt.asUintN(64, vdiCreateTime), AttrOff.ctime);
+  const full = padAttr(data);
+  const nameEnd = full.indexOf(0, AttrOff.name);
+  const name = full.subarray(AttrOff.name, nameEnd < 0 || nameEnd > 256 ? 256 : nameEnd);
+  const vid = sdHashVdi(name);
+  let attrId = hashVdiAttr(full);
+  const end = (attrId - 1) >>> 0;
+  while (attrId !== end) {
+    const oid = vidToAttrOid(vid, attrId);
+    let cur: Buffer | null = null;
+    try {
+      cur = await io.read(oid, 0, SD_ATTR_OBJ_SIZE);
+    } catch (e) {
+      if (!(e instanceof SdError) || e.code !== Res.NO_OBJ) throw e;
+    }
+    if (!cur) {
+      if (!flags.creat) throw new SdError(Res.NO_OBJ);
+      await guarded(Res.EIO, () => io.create(oid, data));
+      return { vid, attrId };
+    }
+    if (attrHeaderEq(padAttr(cur), full)) {
+      if (flags.excl) throw new SdError(Res.VDI_EXIST);
+      if (flags.del) await guarded(Res.EIO, () => io.write(oid, AttrOff.name, Buffer.alloc(1)));
+      else if (flags.creat) await guarded(Res.EIO, () => io.create(oid, full));
+      return { vid, attrId };
+    }
+    attrId = (attrId + 1) >>> 0;
+  }
+  throw new SdError(Res.FULL_VDI);
+}

@@ -1,0 +1,462 @@
+// The `local` membership driver: many sheep on one host, no other software.
+//
+// Total order: a directory of sequentially numbered event files (<dir>/queue/%010d). An event is
+// written to a temp file and link()ed to the next free number; link() fails with EEXIST when
+// another sheep took that number, so every number has exactly one complete event (the same
+// guarantee ZooKeeper's sequential znodes give, which is why the zookeeper driver can share this
+// design). A JOIN is rewritten in place (rename) to ACCEPT or REJECT by the master.
+//
+// Liveness: every sheep listens on a Unix socket <dir>/members/<ip>_<port>.<nonce>.sock and every
+// member keeps a connection to every other member. The kernel closes those connections when a
+// process exits, even while it lingers as a zombie, so death is seen at once and without looking
+// at pids (upstream's kill(pid, 0) check crashes on zombies). Whoever sees a member's connection
+// close appends a LEAVE; duplicates are ignored when processed.
+import { cbor } from "../core/cbor.ts";
+import { Buffer } from "node:buffer";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { randomBytes } from "node:crypto";
+import type { SdNode } from "../core/node.ts";
+import { decodeNode, encodeNode, nodeHostPort, nodeIp } from "../core/node.ts";
+import type { ClusterDriver, DriverHandlers } from "./driver.ts";
+import { DriverConfigError } from "./driver.ts";
+
+
+type EventType = "join" | "accept" | "reject" | "leave" | "notify" | "block" | "unblock" | "update";
+
+interface Member {
+  node: SdNode;
+  nonce: string;
+}
+
+interface QueueEvent {
+  t: EventType;
+  /** Sender (or subject for join/leave/update). */
+  node: Buffer;
+  nonce: string;
+  /** join/accept/reject: the opaque join message. notify/unblock: the message. */
+  msg?: Buffer;
+  /** accept: the full member list after the join, in join order. */
+  members?: Array<{ node: Buffer; nonce: string }>;
+  /** accept: pending block requests (keys) at that point, so the joiner can track unblocks. */
+  blocks?: string[];
+  time: number;
+}
+
+const POLL_MS = 40;
+const ELECTION_MS = 100;
+
+function memberKey(m: { node: SdNode; nonce: string }): string {
+  return `${nodeHostPort(m.node)}.${m.nonce}`;
+}
+
+export class LocalDriver implements ClusterDriver {
+  readonly name = "local";
+  private handlers!: DriverHandlers;
+  private readonly queueDir: string;
+  private readonly memberDir: string;
+  private readonly tmpDir: string;
+  private readonly nonce = randomBytes(6).toString("hex");
+  private myself!: SdNode;
+  private server: net.Server | null = null;
+  private members: Member[] = [];
+  private blocks: string[] = [];
+  private accepted = false;
+  private joinSeq = -1;
+  private pos = -1;
+  private nextSeq = 0;
+  private tmpCounter = 0;
+  private conns = new Map<string, net.Socket>();
+  private dead = new Set<string>();
+  private pumping = false;
+  private again = false;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private lastElection = 0;
+  private closed = false;
+  private leaving: (() => void) | null = null;
+
+  constructor(readonly dir: string) {
+    this.queueDir = path.join(dir, "queue");
+    this.memberDir = path.join(dir, "members");
+    this.tmpDir = path.join(dir, "tmp");
+  }
+
+  init(handlers: DriverHandlers): Promise<void> {
+    this.handlers = handlers;
+    try {
+      for (const d of [this.dir, this.queueDir, this.memberDir, this.tmpDir]) fs.mkdirSync(d, { recursive: true });
+    } catch (e) {
+      throw new DriverConfigError(`local driver: cannot use ${this.dir}: ${(e as Error).message}`);
+    }
+    return Promise.resolve();
+  }
+
+  localAddr(): string {
+    return "127.0.0.1";
+  }
+
+  private sockPath(node: SdNode, nonce: string): string {
+    return path.join(this.memberDir, `${nodeIp(node)}_${node.port}.${nonce}.sock`);
+  }
+
+  async join(myself: SdNode, opaque: Buffer): Promise<void> {
+    this.myself = myself;
+    await this.listen();
+    this.nextSeq = this.maxSeq() + 1;
+    this.joinSeq = this.append({ t: "join", node: encodeNode(myself), nonce: this.nonce, msg: opaque, time: Date.now() });
+    this.pos = this.joinSeq;
+    this.timer = setInterval(() => this.pump(), POLL_MS);
+    this.pump();
+  }
+
+  private listen(): Promise<void> {
+    const p = this.sockPath(this.myself, this.nonce);
+    return new Promise((resolve, reject) => {
+      const srv = net.createServer((sock) => {
+        let buf = "";
+        sock.on("data", (d) => {
+          buf += d.toString();
+          let nl;
+          while ((nl = buf.indexOf("\n")) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            if (line === "S") {
+              sock.write(JSON.stringify({ accepted: this.accepted, joinSeq: this.joinSeq }) + "\n");
+            } else {
+              this.pump();
+            }
+          }
+        });
+        sock.on("error", () => {});
+      });
+      srv.on("error", reject);
+      srv.listen(p, () => {
+        this.server = srv;
+        resolve();
+      });
+    });
+  }
+
+  private maxSeq(): number {
+    let max = -1;
+    for (const f of fs.readdirSync(this.queueDir)) {
+      const n = Number(f);
+      if (Number.isInteger(n) && n > max) max = n;
+    }
+    return max;
+  }
+
+  private seqPath(seq: number): string {
+    return path.join(this.queueDir, String(seq).padStart(10, "0"));
+  }
+
+  private writeTmp(ev: QueueEvent): string {
+    const tmp = path.join(this.tmpDir, `${this.nonce}.${this.tmpCounter++}`);
+    fs.writeFileSync(tmp, cbor.encode(ev));
+    return tmp;
+  }
+
+  /** Appends an event at the next free sequence number; returns the number. */
+  private append(ev: QueueEvent): number {
+    const tmp = this.writeTmp(ev);
+    let seq = Math.max(this.nextSeq, this.pos + 1);
+    for (;;) {
+      try {
+        fs.linkSync(tmp, this.seqPath(seq));
+        break;
+      } catch (e) {
+        if ((e as { code?: string }).code !== "EEXIST") {
+          fs.rmSync(tmp, { force: true });
+          throw e;
+        }
+        seq++;
+      }
+    }
+    fs.rmSync(tmp, { force: true });
+    this.nextSeq = seq + 1;
+    this.poke();
+    return seq;
+  }
+
+  private rewrite(seq: number, ev: QueueEvent): void {
+    fs.renameSync(this.writeTmp(ev), this.seqPath(seq));
+    this.poke();
+  }
+
+  private poke(): void {
+    for (const c of this.conns.values()) if (!c.destroyed) c.write("P\n");
+    queueMicrotask(() => this.pump());
+  }
+
+  private read(seq: number): QueueEvent | null {
+    try {
+      return cbor.decode(fs.readFileSync(this.seqPath(seq))) as QueueEvent;
+    } catch (e) {
+      if ((e as { code?: string }).code === "ENOENT") return null;
+      throw e;
+    }
+  }
+
+  private async pump(): Promise<void> {
+    if (this.closed) return;
+    if (this.pumping) {
+      this.again = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.again = false;
+        for (;;) {
+          if (this.closed) return;
+          const ev = this.read(this.pos);
+          if (!ev) break;
+          const done = await this.process(this.pos, ev);
+          if (!done) break;
+          this.pos++;
+        }
+      } while (this.again);
+    } catch (e) {
+      this.handlers.fatal(`local driver: ${(e as Error).stack ?? e}`);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private membersAsNodes(): SdNode[] {
+    return this.members.map((m) => m.node);
+  }
+
+  private isMember(key: string): boolean {
+    return this.members.some((m) => memberKey(m) === key);
+  }
+
+  /** The master is the oldest member still alive as far as this process can tell. */
+  private isMaster(): boolean {
+    const me = `${nodeHostPort(this.myself)}.${this.nonce}`;
+    for (const m of this.members) {
+      const k = memberKey(m);
+      if (k === me) return true;
+      if (!this.dead.has(k)) return false;
+    }
+    return false;
+  }
+
+  /** Returns false when processing must stop at this event (a JOIN not yet decided). */
+  private async process(seq: number, ev: QueueEvent): Promise<boolean> {
+    const node = decodeNode(ev.node);
+    const key = `${nodeHostPort(node)}.${ev.nonce}`;
+    if (!this.accepted) {
+      // Before our own ACCEPT we only look at our JOIN.
+      if (seq !== this.joinSeq) return true;
+      if (ev.t === "join") {
+        await this.electFirst(seq, ev);
+        return false;
+      }
+      if (ev.t === "reject") {
+        this.handlers.rejected(ev.msg ?? Buffer.alloc(0));
+        return false;
+      }
+      if (ev.t !== "accept") return true;
+      this.members = (ev.members ?? []).map((m) => ({ node: decodeNode(m.node), nonce: m.nonce }));
+      this.blocks = ev.blocks ?? [];
+      this.accepted = true;
+      for (const m of this.members) this.watch(m);
+      await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
+      return true;
+    }
+    switch (ev.t) {
+      case "join": {
+        if (!this.isMaster()) return false;
+        // A restarted sheep may join before the LEAVE of its previous incarnation is processed.
+        const others = this.members.filter((m) => nodeHostPort(m.node) !== nodeHostPort(node));
+        const d = this.handlers.join(node, others.map((m) => m.node), ev.msg ?? Buffer.alloc(0));
+        if (d.accept) {
+          const members = [...others, { node, nonce: ev.nonce }];
+          this.rewrite(seq, {
+            ...ev,
+            t: "accept",
+            msg: d.opaque,
+            members: members.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })),
+            blocks: this.blocks,
+          });
+        } else {
+          this.rewrite(seq, { ...ev, t: "reject", msg: d.opaque });
+        }
+        return false; // re-read the rewritten entry
+      }
+      case "accept": {
+        const old = this.members.find((m) => nodeHostPort(m.node) === nodeHostPort(node) && m.nonce !== ev.nonce);
+        if (old) await this.removeMember(old);
+        if (this.isMember(key)) return true;
+        this.members = (ev.members ?? []).map((m) => ({ node: decodeNode(m.node), nonce: m.nonce }));
+        this.watch({ node, nonce: ev.nonce });
+        await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
+        return true;
+      }
+      case "reject":
+        return true;
+      case "leave": {
+        const m = this.members.find((x) => memberKey(x) === key);
+        if (m) await this.removeMember(m);
+        if (key === `${nodeHostPort(this.myself)}.${this.nonce}` && this.leaving) this.leaving();
+        return true;
+      }
+      case "notify":
+        await this.handlers.notify(node, ev.msg ?? Buffer.alloc(0));
+        return true;
+      case "block":
+        this.blocks.push(key);
+        if (this.blocks.length === 1) this.offerBlock();
+        return true;
+      case "unblock": {
+        if (this.blocks[0] === key) this.blocks.shift();
+        await this.handlers.notify(node, ev.msg ?? Buffer.alloc(0));
+        if (this.blocks.length) this.offerBlock();
+        return true;
+      }
+      case "update": {
+        const m = this.members.find((x) => memberKey(x) === key);
+        if (m) m.node = node;
+        await this.handlers.updateNode(node, this.membersAsNodes());
+        return true;
+      }
+    }
+  }
+
+  private offerBlock(): void {
+    const head = this.blocks[0];
+    const m = this.members.find((x) => memberKey(x) === head);
+    if (m) this.handlers.block(m.node);
+  }
+
+  private async removeMember(m: Member): Promise<void> {
+    const key = memberKey(m);
+    this.members = this.members.filter((x) => memberKey(x) !== key);
+    const wasHead = this.blocks[0] === key;
+    this.blocks = this.blocks.filter((b) => b !== key);
+    this.conns.get(key)?.destroy();
+    this.conns.delete(key);
+    await this.handlers.leave(m.node, this.membersAsNodes());
+    if (wasHead && this.blocks.length) this.offerBlock();
+  }
+
+  /** Keeps a connection to a member; its close means the member process is gone. */
+  private watch(m: Member): void {
+    const key = memberKey(m);
+    if (key === `${nodeHostPort(this.myself)}.${this.nonce}` || this.conns.has(key)) return;
+    const sock = net.connect(this.sockPath(m.node, m.nonce));
+    this.conns.set(key, sock);
+    sock.on("error", () => {});
+    sock.on("close", () => {
+      if (this.closed) return;
+      this.dead.add(key);
+      this.conns.delete(key);
+      fs.rmSync(this.sockPath(m.node, m.nonce), { force: true });
+      if (this.isMember(key)) {
+        this.append({ t: "leave", node: encodeNode(m.node), nonce: m.nonce, time: Date.now() });
+      }
+      this.pump();
+    });
+  }
+
+  /**
+   * Nobody accepted our JOIN yet: if no accepted member is alive, the live joiner with the lowest
+   * JOIN number founds the cluster by accepting itself.
+   */
+  private async electFirst(seq: number, ev: QueueEvent): Promise<void> {
+    const now = Date.now();
+    if (now - this.lastElection < ELECTION_MS) return;
+    this.lastElection = now;
+    const peers = await this.probeAll();
+    if (this.closed || this.accepted) return;
+    if (peers.some((p) => p.accepted)) return;
+    if (peers.some((p) => p.joinSeq >= 0 && p.joinSeq < seq)) return;
+    const cur = this.read(seq);
+    if (!cur || cur.t !== "join") return;
+    const d = this.handlers.join(this.myself, [], ev.msg ?? Buffer.alloc(0));
+    if (d.accept) {
+      this.rewrite(seq, { ...ev, t: "accept", msg: d.opaque, members: [{ node: ev.node, nonce: ev.nonce }], blocks: [] });
+    } else {
+      this.rewrite(seq, { ...ev, t: "reject", msg: d.opaque });
+    }
+  }
+
+  private async probeAll(): Promise<Array<{ accepted: boolean; joinSeq: number }>> {
+    const mine = path.basename(this.sockPath(this.myself, this.nonce));
+    const files = fs.readdirSync(this.memberDir).filter((f) => f.endsWith(".sock") && f !== mine);
+    const res = await Promise.all(files.map((f) => this.probe(path.join(this.memberDir, f))));
+    return res.filter((r): r is { accepted: boolean; joinSeq: number } => r !== null);
+  }
+
+  private probe(p: string): Promise<{ accepted: boolean; joinSeq: number } | null> {
+    return new Promise((resolve) => {
+      const sock = net.connect(p);
+      let buf = "";
+      const done = (v: { accepted: boolean; joinSeq: number } | null) => {
+        clearTimeout(t);
+        sock.destroy();
+        resolve(v);
+      };
+      // A live but busy sheep answers late; counting it as alive-and-accepted is the safe side.
+      const t = setTimeout(() => done({ accepted: true, joinSeq: -1 }), 2000);
+      sock.on("connect", () => sock.write("S\n"));
+      sock.on("data", (d) => {
+        buf += d.toString();
+        const nl = buf.indexOf("\n");
+        if (nl >= 0) {
+          try {
+            done(JSON.parse(buf.slice(0, nl)));
+          } catch {
+            done(null);
+          }
+        }
+      });
+      sock.on("error", (e) => {
+        const code = (e as { code?: string }).code;
+        if (code === "ECONNREFUSED" || code === "ENOENT") fs.rmSync(p, { force: true });
+        done(null);
+      });
+    });
+  }
+
+  async leave(): Promise<void> {
+    if (!this.accepted || this.closed) return;
+    const left = new Promise<void>((resolve) => (this.leaving = resolve));
+    this.append({ t: "leave", node: encodeNode(this.myself), nonce: this.nonce, time: Date.now() });
+    await Promise.race([left, new Promise((r) => setTimeout(r, 2000))]);
+  }
+
+  notify(msg: Buffer): Promise<void> {
+    this.append({ t: "notify", node: encodeNode(this.myself), nonce: this.nonce, msg, time: Date.now() });
+    return Promise.resolve();
+  }
+
+  block(): Promise<void> {
+    this.append({ t: "block", node: encodeNode(this.myself), nonce: this.nonce, time: Date.now() });
+    return Promise.resolve();
+  }
+
+  unblock(msg: Buffer): Promise<void> {
+    this.append({ t: "unblock", node: encodeNode(this.myself), nonce: this.nonce, msg, time: Date.now() });
+    return Promise.resolve();
+  }
+
+  updateNode(node: SdNode): Promise<void> {
+    this.append({ t: "update", node: encodeNode(node), nonce: this.nonce, time: Date.now() });
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    for (const c of this.conns.values()) c.destroy();
+    this.conns.clear();
+    if (this.myself) fs.rmSync(this.sockPath(this.myself, this.nonce), { force: true });
+    return new Promise((resolve) => {
+      if (!this.server) return resolve();
+      this.server.close(() => resolve());
+    });
+  }
+}

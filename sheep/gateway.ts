@@ -1,0 +1,145 @@
+// Gateway: turns object requests into peer requests on the replica holders of the current epoch's
+// ring. Reads go to one replica (the local one first); writes go to every replica in parallel and
+// are acknowledged only when all of them have persisted. Failures caused by a membership change
+// (peer gone, epoch moved) are retried on the next epoch's ring, as upstream's gateway does.
+import { Buffer } from "node:buffer";
+import type { SdNode } from "../core/node.ts";
+import { nodeEqual, nodeHostPort, nodeIp } from "../core/node.ts";
+import type { Ring } from "../core/ring.ts";
+import { Flag, Header, Op, Res } from "../core/proto.ts";
+import { SdError } from "../core/errors.ts";
+import type { ClientPool } from "../core/client.ts";
+
+export interface PeerHandler {
+  /** Executes a peer opcode on this node's store. */
+  handlePeer(hdr: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }>;
+}
+
+export interface GatewayContext {
+  readonly me: SdNode;
+  epoch(): number;
+  ring(): Ring;
+  /** Resolves when the epoch is > `epoch` or after `ms`. */
+  waitEpoch(epoch: number, ms: number): Promise<void>;
+  copiesFor(oid: bigint, hint: number): number;
+  pool: ClientPool;
+  local: PeerHandler;
+}
+
+const RETRYABLE = new Set<number>([
+  Res.OLD_NODE_VER,
+  Res.NEW_NODE_VER,
+  Res.NETWORK_ERROR,
+  Res.WAIT_FOR_JOIN,
+  Res.WAIT_FOR_FORMAT,
+  Res.KILLED,
+  Res.SHUTDOWN,
+]);
+const RETRY_LIMIT_MS = 30_000;
+
+export const PEER_OP: Record<number, number> = {
+  [Op.CREATE_AND_WRITE_OBJ]: Op.CREATE_AND_WRITE_PEER,
+  [Op.READ_OBJ]: Op.READ_PEER,
+  [Op.WRITE_OBJ]: Op.WRITE_PEER,
+  [Op.REMOVE_OBJ]: Op.REMOVE_PEER,
+  [Op.DECREF_OBJ]: Op.DECREF_PEER,
+};
+
+export class Gateway {
+  constructor(private readonly ctx: GatewayContext) {}
+
+  targets(oid: bigint, copiesHint = 0): SdNode[] {
+    return this.ctx.ring().placeObject(oid, this.ctx.copiesFor(oid, copiesHint));
+  }
+
+  private async sendPeer(node: SdNode, hdr: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
+    if (nodeEqual(node, this.ctx.me)) return await this.ctx.local.handlePeer(hdr, data);
+    try {
+      const c = await this.ctx.pool.get(nodeIp(node), node.port);
+      return await c.request(hdr, hdr.flags & Flag.CMD_WRITE ? data : undefined);
+    } catch (e) {
+      if (e instanceof SdError) throw e;
+      throw new SdError(Res.NETWORK_ERROR, `${nodeHostPort(node)}: ${(e as Error).message}`);
+    }
+  }
+
+  private peerHeader(req: Header, peerOp: number, epoch: number): Header {
+    const h = req.clone();
+    h.opcode = peerOp;
+    h.protoVer = 0x0a;
+    h.epoch = epoch;
+    return h;
+  }
+
+  /** Runs `attempt` with the current epoch, retrying on the next epoch when the failure allows it. */
+  private async withRetry<T>(attempt: (epoch: number) => Promise<T>): Promise<T> {
+    const start = Date.now();
+    for (;;) {
+      const epoch = this.ctx.epoch();
+      try {
+        return await attempt(epoch);
+      } catch (e) {
+        const code = e instanceof SdError ? e.code : Res.EIO;
+        if (!RETRYABLE.has(code) || Date.now() - start > RETRY_LIMIT_MS) throw e;
+        await this.ctx.waitEpoch(epoch, 1000);
+      }
+    }
+  }
+
+  /** Gateway read: the local replica first, then the others in turn. */
+  read(req: Header): Promise<{ hdr: Header; data: Buffer }> {
+    return this.withRetry(async (epoch) => {
+      const targets = this.targets(req.oid, req.objCopies);
+      if (targets.length === 0) throw new SdError(Res.NO_OBJ);
+      const localIdx = targets.findIndex((n) => nodeEqual(n, this.ctx.me));
+      const order = localIdx >= 0 ? [targets[localIdx], ...targets.filter((_, i) => i !== localIdx)] : rotate(targets);
+      let last: unknown = new SdError(Res.NO_OBJ);
+      let netErrors = 0;
+      for (const node of order) {
+        try {
+          const r = await this.sendPeer(node, this.peerHeader(req, Op.READ_PEER, epoch), Buffer.alloc(0));
+          if (r.hdr.result === Res.SUCCESS) return r;
+          last = new SdError(r.hdr.result);
+          if (RETRYABLE.has(r.hdr.result)) netErrors++;
+        } catch (e) {
+          last = e;
+          netErrors++;
+        }
+      }
+      // Only a definite answer from every holder is final; otherwise try again on a newer epoch.
+      if (netErrors > 0 && !(last instanceof SdError && last.code === Res.NO_OBJ)) throw last;
+      throw last;
+    });
+  }
+
+  /** Gateway write/create/remove: every replica, in parallel; all must succeed. */
+  writeAll(req: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
+    const peerOp = PEER_OP[req.opcode];
+    return this.withRetry(async (epoch) => {
+      const targets = this.targets(req.oid, req.objCopies);
+      if (targets.length === 0) throw new SdError(Res.HALT);
+      const results = await Promise.allSettled(
+        targets.map((n) => this.sendPeer(n, this.peerHeader(req, peerOp, epoch), data)),
+      );
+      let firstErr: SdError | null = null;
+      let ok: { hdr: Header; data: Buffer } | null = null;
+      for (const r of results) {
+        if (r.status === "rejected") {
+          const e = r.reason instanceof SdError ? r.reason : new SdError(Res.NETWORK_ERROR, String(r.reason));
+          if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
+        } else if (r.value.hdr.result !== Res.SUCCESS) {
+          const e = new SdError(r.value.hdr.result);
+          if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
+        } else ok = r.value;
+      }
+      if (firstErr) throw firstErr;
+      return ok!;
+    });
+  }
+}
+
+function rotate<T>(a: T[]): T[] {
+  if (a.length < 2) return a;
+  const k = Math.floor(Math.random() * a.length);
+  return [...a.slice(k), ...a.slice(0, k)];
+}

@@ -1,0 +1,36 @@
+// Daemon logging in upstream's "server" format: `%b %2d %H:%M:%S  LEVEL [main] message`.
+import * as fs from "node:fs";
+import * as path from "node:path";
+
+export const LOG_LEVELS = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"] as const;
+const LEVEL_TAG = ["EMERG", "ALERT", "CRIT", "ERROR", "WARN", "NOTICE", "INFO", "DEBUG"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+export class Logger {
+  level = 6;
+  private fd: number | null = null;
+  constructor(private readonly dst: "file" | "stdout" | "stderr", private readonly file?: string) {
+    if (dst === "file" && file) {
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      this.fd = fs.openSync(file, "a");
+    }
+  }
+  private write(lvl: number, msg: string): void {
+    if (lvl > this.level) return;
+    const d = new Date();
+    const p2 = (n: number) => String(n).padStart(2, "0");
+    const line = `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2)} ${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())} ${LEVEL_TAG[lvl].padStart(6)} [main] ${msg}\n`;
+    try {
+      if (this.fd !== null) fs.writeSync(this.fd, line);
+      else fs.writeSync(this.dst === "stdout" ? 1 : 2, line);
+    } catch {
+      // logging must never take the daemon down (full disk, closed stdout)
+    }
+  }
+  emerg(m: string) { this.write(0, m); }
+  err(m: string) { this.write(3, m); }
+  warn(m: string) { this.write(4, m); }
+  notice(m: string) { this.write(5, m); }
+  info(m: string) { this.write(6, m); }
+  debug(m: string) { this.write(7, m); }
+}
