@@ -37,7 +37,11 @@ $(DEPS_STAMP): package.json $(wildcard package-lock.json)
 	elif [ ! -x $(BUN) ] || [ ! -x $(DENO) ] || [ ! -f node_modules/.package-lock.json ] \
 	     || [ package-lock.json -nt node_modules/.package-lock.json ] \
 	     || [ package.json -nt node_modules/.package-lock.json ]; then \
-	  echo "npm ci"; npm ci --no-audit --no-fund || { echo "npm ci failed, trying npm install"; npm install --no-audit --no-fund; }; \
+	  log=$$(mktemp); \
+	  if npm ci --no-audit --no-fund >"$$log" 2>&1; then cat "$$log"; \
+	  else grep -m3 'npm error' "$$log" || true; echo "npm ci refused; running npm install"; \
+	    npm install --no-audit --no-fund; fi; \
+	  rm -f "$$log"; \
 	fi
 	@touch $@
 
@@ -58,7 +62,7 @@ apt-deps:
 	prc=""; if [ ! -e /usr/sbin/policy-rc.d ] && [ -z "$$SUDO" ]; then \
 	  prc=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' > $$prc; chmod 755 $$prc; \
 	  trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi; \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q || echo "warning: apt-get update failed"; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $$missing </dev/null
 

@@ -130,18 +130,14 @@ function doubleToU64(d: number): bigint {
 export function parseSize(value: string): bigint | null {
   const { value: v, rest } = strtod(value);
   if (rest.length > 1) return null;
-  let f = v;
-  switch (rest) {
-    case "P": case "p": f *= 1024; // falls through
-    case "T": case "t": f *= 1024; // falls through
-    case "G": case "g": f *= 1024; // falls through
-    case "M": case "m": f *= 1024; // falls through
-    case "K": case "k": f *= 1024; // falls through
-    case "B": case "b": case "":
-      return doubleToU64(f);
-    default:
-      return null;
-  }
+  const mult: Record<string, number> = {
+    P: 1024 ** 5, p: 1024 ** 5, T: 1024 ** 4, t: 1024 ** 4, G: 1024 ** 3, g: 1024 ** 3,
+    M: 1024 ** 2, m: 1024 ** 2, K: 1024, k: 1024, B: 1, b: 1, "": 1,
+  };
+  const k = mult[rest];
+  if (k === undefined) return null;
+  // upstream multiplies by 1024 once per step; with powers of two that is exact either way
+  return doubleToU64(v * k);
 }
 
 /** The two stderr lines printed for an invalid size. */

@@ -24,6 +24,7 @@ export interface BlockExport {
   /** Optional human-readable text for NBD_INFO_DESCRIPTION. */
   readonly description?: string;
   read(offset: number, length: number): Promise<Buffer>;
+  /** `data` may be reused by the server once the promise settles: copy it to keep it longer. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** Every write completed before the call is durable when it resolves. */
   flush(): Promise<void>;
@@ -172,7 +173,15 @@ export class MemoryExport implements BlockExport {
     } catch (e) {
       return Promise.reject(e);
     }
-    // Always a fresh buffer: the caller may still be sending it when a later write lands.
+    // Within one object, hand out a view (no copy). A write landing while the reply is still
+    // queued in the socket overlaps a read whose reply the client has not seen yet, so either
+    // content is a valid answer (proto.md leaves overlapping in-flight requests unordered).
+    const idx = Math.floor(offset / this.objectSize);
+    const inObj = offset - idx * this.objectSize;
+    if (length > 0 && inObj + length <= this.objectSize) {
+      const obj = this.objects.get(idx);
+      return Promise.resolve(obj ? obj.subarray(inObj, inObj + length) : Buffer.alloc(length));
+    }
     const out = Buffer.allocUnsafe(length);
     this.each(offset, length, (idx, inObj, inReq, n) => {
       const obj = this.objects.get(idx);

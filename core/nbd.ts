@@ -475,6 +475,8 @@ export interface NbdRequest {
   length: number;
   /** The payload of NBD_CMD_WRITE (may be a view into a received chunk). */
   data?: Buffer;
+  /** True when data came from the parser's allocator (see RequestParser's `alloc`). */
+  allocated?: boolean;
 }
 
 /**
@@ -490,9 +492,15 @@ export class RequestParser {
   private payload: Buffer | null = null;
   private payloadFill = 0;
   private failed: NbdProtocolError | null = null;
+  private readonly alloc: (n: number) => Buffer;
 
-  constructor(opts: { maxWritePayload: number }) {
+  /**
+   * alloc provides buffers for write payloads that span chunks (default Buffer.allocUnsafe);
+   * requests whose data came from it are marked `allocated` so the caller can recycle them.
+   */
+  constructor(opts: { maxWritePayload: number; alloc?: (n: number) => Buffer }) {
     this.maxWritePayload = opts.maxWritePayload;
+    this.alloc = opts.alloc ?? Buffer.allocUnsafe;
   }
 
   /** Bytes held for an incomplete request (header or write payload). */
@@ -564,7 +572,8 @@ export class RequestParser {
         out.push(req);
       } else {
         this.pending = req;
-        this.payload = Buffer.allocUnsafe(req.length);
+        this.payload = this.alloc(req.length);
+        req.allocated = true;
         this.payloadFill = 0;
       }
     }

@@ -160,7 +160,7 @@ export class LocalDriver implements ClusterDriver {
   /** Appends an event at the next free sequence number; returns the number. */
   private append(ev: QueueEvent): number {
     const tmp = this.writeTmp(ev);
-    let seq = Math.max(this.nextSeq, this.pos + 1);
+    let seq = Math.max(this.nextSeq, this.pos);
     for (;;) {
       try {
         fs.linkSync(tmp, this.seqPath(seq));

@@ -160,7 +160,8 @@ export class Sheep {
   private async loadLocalState(): Promise<void> {
     const s = initialState();
     s.ctime = this.config.ctime;
-    s.flags = this.config.flags;
+    // An unformatted sheep advertises its vnode strategy; dog cluster format checks it.
+    s.flags = this.config.ctime === 0n ? (this.opts.vnodes === null ? 0x0004 : 0) : this.config.flags;
     s.copies = this.config.copies;
     s.copyPolicy = this.config.copyPolicy;
     s.blockSizeShift = this.config.blockSizeShift;

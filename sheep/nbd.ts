@@ -76,6 +76,46 @@ const ALLOWED_FLAGS: Record<number, number> = {
   [Cmd.BLOCK_STATUS]: CmdFlag.FUA | CmdFlag.REQ_ONE,
 };
 
+/**
+ * Recycles buffers for write payloads that arrive split across socket reads. A steady stream
+ * of large writes otherwise allocates a fresh buffer per request, and the garbage collector and
+ * page faults on new memory cost more than the copy itself.
+ */
+class PayloadPool {
+  private free = new Map<number, ArrayBuffer[]>();
+  private owned = new WeakSet<ArrayBuffer>();
+  private pooled = new WeakSet<ArrayBuffer>();
+  private pooledBytes = 0;
+
+  constructor(private readonly maxPooledBytes: number) {}
+
+  alloc = (n: number): Buffer => {
+    if (n < 64 * 1024) return Buffer.allocUnsafe(n);
+    const cls = 2 ** Math.ceil(Math.log2(n));
+    let ab = this.free.get(cls)?.pop();
+    if (ab) {
+      this.pooled.delete(ab);
+      this.pooledBytes -= cls;
+    } else {
+      ab = new ArrayBuffer(cls);
+      this.owned.add(ab);
+    }
+    return Buffer.from(ab, 0, n);
+  };
+
+  /** Only once the export is done with the buffer (its write promise settled). */
+  release(b: Buffer): void {
+    const ab = b.buffer as ArrayBuffer;
+    if (!this.owned.has(ab) || this.pooled.has(ab)) return;
+    if (this.pooledBytes + ab.byteLength > this.maxPooledBytes) return;
+    let list = this.free.get(ab.byteLength);
+    if (!list) this.free.set(ab.byteLength, (list = []));
+    list.push(ab);
+    this.pooled.add(ab);
+    this.pooledBytes += ab.byteLength;
+  }
+}
+
 class ReplyError extends Error {
   constructor(readonly errno: number, message: string) {
     super(message);
@@ -85,13 +125,14 @@ class ReplyError extends Error {
 export function startNbdServer(opts: NbdServerOptions): Promise<NbdServer> {
   const log = opts.log ?? (() => {});
   const conns = new Set<Connection>();
+  const pool = new PayloadPool(64 * 1024 * 1024);
   let closing: Promise<void> | null = null;
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     if (closing) {
       socket.destroy();
       return;
     }
-    const c = new Connection(socket, opts, log);
+    const c = new Connection(socket, opts, log, pool);
     conns.add(c);
     c.finished.then(() => conns.delete(c));
   });
@@ -149,9 +190,17 @@ class Connection {
   private inputEnded = false; // NBD_CMD_DISC, client half-close or server shutdown
   private closed = false; // socket is gone
   private paused = false;
+  private needDrain = false; // socket.write() returned false; queue in outQ until 'drain'
+  private outQ: Buffer[] = [];
+  private outBytes = 0;
   private exportClosed = false;
 
-  constructor(private readonly socket: net.Socket, private readonly opts: NbdServerOptions, private readonly log: (m: string) => void) {
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly opts: NbdServerOptions,
+    private readonly log: (m: string) => void,
+    private readonly pool: PayloadPool,
+  ) {
     this.finished = new Promise((r) => (this.resolveFinished = r));
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
     this.cap = opts.maxInflightBytes ?? 64 * 1024 * 1024;
@@ -168,7 +217,11 @@ class Connection {
       this.dropQueue();
       this.maybeFinish();
     });
-    socket.on("drain", () => this.pump());
+    socket.on("drain", () => {
+      this.needDrain = false;
+      this.flushOut();
+      this.pump();
+    });
     this.send(encodeGreeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
   }
 
@@ -183,8 +236,39 @@ class Connection {
     this.maybeFinish();
   }
 
+  /**
+   * Writes straight to the socket until it pushes back, then queues here until 'drain'. Keeping
+   * our own queue avoids the runtime's writev path, which concatenates (copies) everything
+   * buffered; here only runs of small replies are merged.
+   */
   private send(b: Buffer): void {
-    if (!this.closed && !this.socket.destroyed) this.socket.write(b);
+    if (this.closed || this.socket.destroyed) return;
+    if (!this.needDrain && this.outQ.length === 0) {
+      if (!this.socket.write(b)) this.needDrain = true;
+      return;
+    }
+    this.outQ.push(b);
+    this.outBytes += b.length;
+  }
+
+  private flushOut(): void {
+    while (this.outQ.length > 0 && !this.needDrain && !this.closed && !this.socket.destroyed) {
+      let b = this.outQ[0];
+      let n = 1;
+      if (b.length < COALESCE_LIMIT) {
+        let total = b.length;
+        while (n < this.outQ.length && total + this.outQ[n].length <= COALESCE_LIMIT) total += this.outQ[n++].length;
+        if (n > 1) b = Buffer.concat(this.outQ.slice(0, n), total);
+      }
+      this.outQ.splice(0, n);
+      this.outBytes -= b.length;
+      if (!this.socket.write(b)) this.needDrain = true;
+    }
+  }
+
+  /** Reply bytes not yet handed to the kernel. */
+  private get pendingOut(): number {
+    return this.socket.writableLength + this.outBytes;
   }
 
   private hardClose(why: string): void {
@@ -240,7 +324,7 @@ class Connection {
       const r = this.queue[this.qHead];
       const c = this.cost(r);
       if (this.active > 0 && this.activeBytes + c > this.cap) break;
-      if (this.socket.writableLength > this.cap) break;
+      if (this.pendingOut > this.cap) break;
       this.queue[this.qHead++] = undefined as unknown as NbdRequest;
       this.queuedBytes -= c;
       this.active++;
@@ -279,7 +363,7 @@ class Connection {
       pause = this.inputEnded ||
         this.qHead < this.queue.length ||
         this.queuedBytes + this.activeBytes >= this.cap ||
-        this.socket.writableLength > this.cap;
+        this.pendingOut > this.cap;
     } else pause = true;
     if (pause && !this.paused) {
       this.paused = true;
@@ -295,7 +379,13 @@ class Connection {
     if (!this.inputEnded || this.busy || this.active > 0) return;
     if (!this.closed && this.qHead < this.queue.length) return;
     this.phase = "done";
-    if (!this.closed) this.socket.end();
+    if (!this.closed) {
+      // Hand over anything still queued (bounded by the in-flight cap); end() flushes it.
+      for (const b of this.outQ) this.socket.write(b);
+      this.outQ = [];
+      this.outBytes = 0;
+      this.socket.end();
+    }
     const exp = this.exp;
     if (exp && !this.exportClosed) {
       this.exportClosed = true;
@@ -486,7 +576,10 @@ class Connection {
     this.exp = exp;
     this.readOnly = exp.readOnly || !!this.opts.readOnly;
     this.metaActive = this.structured && this.metaBase && this.metaExport === requestedName;
-    this.rq = new RequestParser({ maxWritePayload: Math.max(exp.maxBlock, MIN_WRITE_PAYLOAD_LIMIT) });
+    this.rq = new RequestParser({
+      maxWritePayload: Math.max(exp.maxBlock, MIN_WRITE_PAYLOAD_LIMIT),
+      alloc: this.pool.alloc,
+    });
     this.phase = "transmission";
     if (this.closed) this.maybeFinish();
   }
@@ -507,6 +600,9 @@ class Connection {
     } catch (e) {
       if (e instanceof ReplyError) this.replyError(r, e.errno, e.message);
       else this.replyError(r, nbdErrnoOf(e), (e as Error)?.message ?? String(e));
+    } finally {
+      // BlockExport.write must not keep `data` past its promise, so the buffer can be reused.
+      if (r.allocated && r.data) this.pool.release(r.data);
     }
   }
 
@@ -611,8 +707,6 @@ class Connection {
       if (d && d.length !== segs[i].length) throw new ReplyError(Err.EIO, "short read from export");
     }
     if (this.closed) return;
-    const cork = segs.length > 1;
-    if (cork) this.socket.cork();
     for (let i = 0; i < segs.length; i++) {
       const s = segs[i];
       const flags = i === segs.length - 1 ? ReplyFlag.DONE : 0;
@@ -620,7 +714,6 @@ class Connection {
       if (d) this.sendWithHeader(encodeOffsetDataHeader(flags, handle, s.offset, s.length), d);
       else this.send(encodeOffsetHole(flags, handle, s.offset, s.length));
     }
-    if (cork) this.socket.uncork();
   }
 
   /**
@@ -662,17 +755,16 @@ class Connection {
 
   /** Sends a header and payload, as one buffer when small. */
   private sendWithHeader(header: Buffer, data: Buffer): void {
-    if (this.closed || this.socket.destroyed) return;
     if (data.length === 0) {
-      this.socket.write(header);
+      this.send(header);
     } else if (data.length + header.length <= COALESCE_LIMIT) {
       const b = Buffer.allocUnsafe(header.length + data.length);
       header.copy(b, 0);
       data.copy(b, header.length);
-      this.socket.write(b);
+      this.send(b);
     } else {
-      this.socket.write(header);
-      this.socket.write(data);
+      this.send(header);
+      this.send(data);
     }
   }
 

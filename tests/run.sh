@@ -43,6 +43,11 @@ failed_runs=()
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/sheepdog-run.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
 
+# leftovers PGID: true when live (non-zombie) processes remain in that process group.
+leftovers() {
+  ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+}
+
 # run_bun LABEL LIMIT_SECONDS FILE...
 run_bun() {
   local label=$1 limit=$2
@@ -58,7 +63,7 @@ run_bun() {
   local rc=${PIPESTATUS[0]}
   local pg
   pg=$(cat "$pgfile" 2>/dev/null || true)
-  if [ -n "$pg" ] && pgrep -g "$pg" >/dev/null 2>&1 && sleep 1 && pgrep -g "$pg" >/dev/null 2>&1; then
+  if [ -n "$pg" ] && leftovers "$pg" && sleep 1 && leftovers "$pg"; then
     echo "warning: $label left processes behind; killing process group $pg"
     pkill -KILL -g "$pg" 2>/dev/null || true
   fi
@@ -69,7 +74,11 @@ run_bun() {
   f=$(printf '%s\n' "$clean" | grep -E '^ *[0-9]+ fail$' | tail -n1 | tr -dc '0-9')
   local what
   if [ -z "$p" ] && [ -z "$f" ]; then
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then what="timed out after ${limit}s"; else what="exited $rc without a summary"; fi
+    if [ "$rc" -eq 124 ] || { [ "$rc" -eq 137 ] && [ $((SECONDS - start)) -ge "$limit" ]; }; then
+      what="timed out after ${limit}s"
+    else
+      what="exited $rc without a summary"
+    fi
     failed=$((failed + 1))
     failed_runs+=("$label ($what)")
   else

@@ -325,8 +325,12 @@ export class TestCluster {
     return args;
   }
 
-  /** Starts (or restarts) node i and waits until its port (and NBD port) accept connections. */
-  async startNode(i: number, timeoutMs = 20_000): Promise<void> {
+  /**
+   * Starts (or restarts) node i and waits until its port accepts connections, and its NBD port
+   * too unless waitNbd is false (a sheep that cannot join may never open it).
+   */
+  async startNode(i: number, opts: { timeoutMs?: number; waitNbd?: boolean } = {}): Promise<void> {
+    const timeoutMs = opts.timeoutMs ?? 20_000;
     const n = this.nodes[i];
     if (!n) throw new Error(`startNode: no node ${i}`);
     if (n.proc && !this.tracked.get(i)?.done) throw new Error(`startNode: node ${i} is running`);
@@ -346,7 +350,7 @@ export class TestCluster {
     n.proc = proc;
 
     const deadline = Date.now() + timeoutMs;
-    const ports = [n.port, ...(n.nbdPort !== undefined ? [n.nbdPort] : [])];
+    const ports = [n.port, ...(n.nbdPort !== undefined && opts.waitNbd !== false ? [n.nbdPort] : [])];
     for (const port of ports) {
       for (;;) {
         if (t.done) {

@@ -249,7 +249,7 @@ function requestStream(): { stream: Buffer; reqs: Array<Omit<NbdRequest, "data">
   add(Cmd.WRITE, 4096, 0, 0, Buffer.alloc(0));
   add(Cmd.WRITE, 2 ** 33 + 7, 1000, 0, randomBytes(rand, 1000));
   add(Cmd.FLUSH, 0, 0);
-  add(Cmd.WRITE, 8192, 70_000, 0, randomBytes(rand, 70_000));
+  add(Cmd.WRITE, 8192, 3000, 0, randomBytes(rand, 3000));
   add(Cmd.BLOCK_STATUS, 1 << 20, 1 << 30, CmdFlag.REQ_ONE);
   add(Cmd.WRITE_ZEROES, 0, 0xffffffff, CmdFlag.NO_HOLE | CmdFlag.FAST_ZERO);
   add(Cmd.TRIM, 12345, 678);
@@ -260,7 +260,8 @@ function requestStream(): { stream: Buffer; reqs: Array<Omit<NbdRequest, "data">
 }
 
 function norm(rs: NbdRequest[]): unknown[] {
-  return rs.map((r) => ({ ...r, ...(r.data ? { data: r.data.toString("hex") } : {}) }));
+  // `allocated` only says whether the payload spanned chunks.
+  return rs.map(({ allocated: _, ...r }) => ({ ...r, ...(r.data ? { data: r.data.toString("hex") } : {}) }));
 }
 
 function parseAll(chunks: Buffer[], max = 1 << 20): NbdRequest[] {
