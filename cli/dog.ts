@@ -934,6 +934,11 @@ async function vdiWrite(c: Ctx): Promise<number> {
     err("Write offset is beyond the end of the VDI");
     return EXIT_FAILURE;
   }
+  // upstream silently clips an explicit length; refusing up front writes nothing partial
+  if (ol.total !== null && ol.offset + ol.total > size) {
+    err("Write length is beyond the end of the VDI");
+    return EXIT_FAILURE;
+  }
   let handle: VdiHandle;
   try {
     handle = await VdiHandle.openVid(c.req, name, v.vid);
@@ -953,6 +958,7 @@ async function vdiWrite(c: Ctx): Promise<number> {
   const os = handle.objectSize;
   const CHUNK = Math.max(os, 32 * 1024 * 1024);
   let done = 0;
+  let stdinDone = false;
   let pending: Promise<void> | null = null;
   const flush = async () => {
     if (!pending) return;
@@ -967,20 +973,24 @@ async function vdiWrite(c: Ctx): Promise<number> {
       let want = Math.min(total - done, CHUNK);
       const chunkEnd = abs + want;
       if (chunkEnd % os !== 0 && done + want < total) want = Math.floor(chunkEnd / os) * os - abs;
-      const data = await c.stdin.read(want);
+      const data = stdinDone ? Buffer.alloc(0) : await c.stdin.read(want);
       let buf = data;
       let last = false;
       if (data.length < want) {
-        last = true;
-        const eofAbs = abs + data.length;
-        const atBoundary = eofAbs % os === 0;
-        if (!lenGiven && (atBoundary || data.length === 0)) {
-          // stdin ended on an object boundary: nothing more to write (upstream wrote a zero object)
+        if (!stdinDone) stdinDone = true;
+        if (!lenGiven) {
+          last = true;
+          const eofAbs = abs + data.length;
+          if (data.length !== 0 && eofAbs % os !== 0) {
+            // zero-fill the rest of the last object (upstream); stdin ending on an object
+            // boundary writes nothing more (upstream wrote an extra all-zero object)
+            const objEnd = (Math.floor(eofAbs / os) + 1) * os;
+            buf = Buffer.alloc(Math.min(base + total, objEnd) - abs);
+            data.copy(buf, 0);
+          }
         } else {
-          // zero-fill the rest of the object being written, bounded by the requested length
-          const objEnd = (Math.floor(eofAbs / os) + 1) * os;
-          const fillTo = Math.min(base + total, objEnd);
-          buf = Buffer.alloc(fillTo - abs);
+          // a length was given: the rest of it is zero-filled
+          buf = Buffer.alloc(want);
           data.copy(buf, 0);
         }
       }
@@ -1825,6 +1835,184 @@ async function vdiCheck(c: Ctx): Promise<number> {
   return c.vdi.exist ? doVdiCheckExist(c, v.header, v.slots) : doVdiCheck(c, v.header, v.slots);
 }
 
+// vdi backup / restore (farm-backup.md §2)
+
+const VDI_BACKUP_FORMAT_VERSION = 1;
+const VDI_BACKUP_MAGIC = 0x11921192;
+const SECTOR_SIZE = 512;
+
+async function vdiBackup(c: Ctx): Promise<number> {
+  const name = c.arg()!;
+  const d = c.vdi;
+  if ((!d.snapshotId && !d.snapshotTag) || (!d.fromSnapshotId && !d.fromSnapshotTag)) {
+    err("Please specify snapshots with '-F' and '-s' options");
+    return EXIT_USAGE;
+  }
+  const from = await readVdiObj(c, name, d.fromSnapshotId, d.fromSnapshotTag, true);
+  const to = await readVdiObj(c, name, d.snapshotId, d.snapshotTag, true);
+  const os = 2 ** from.header.blockSizeShift;
+  const nrObjs = countDataObjs(to.header);
+  const hdr = Buffer.alloc(8);
+  hdr.writeUInt32LE(VDI_BACKUP_FORMAT_VERSION, 0);
+  hdr.writeUInt32LE(VDI_BACKUP_MAGIC, 4);
+  const put = async (b: Buffer) => {
+    try {
+      await outAsync(b);
+    } catch (e) {
+      err(`failed to write backup data, ${errnoText(e)}`);
+      throw new Exit(EXIT_SYSFAIL);
+    }
+  };
+  await put(hdr);
+  const readOrZero = async (vid: number, idx: number): Promise<Buffer> => {
+    if (!vid) return Buffer.alloc(os);
+    try {
+      return await readObject(c.req, vidToDataOid(vid, idx), os, 0, true);
+    } catch (e) {
+      if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+      err(`Failed to read object ${hex(vidToDataOid(vid, idx))} ${strerror(e.code)}`);
+      err(`Failed to read object ${hex(vid)}, ${idx}`);
+      throw new Exit(EXIT_FAILURE);
+    }
+  };
+  // prefetch a few objects ahead, emit in index order
+  const WINDOW = 4;
+  const pending: { idx: number; p: Promise<[Buffer, Buffer]> }[] = [];
+  let idx = 0;
+  const fill = () => {
+    while (pending.length < WINDOW && idx < nrObjs) {
+      const i = idx++;
+      const f = from.slots.get(i), t = to.slots.get(i);
+      if (!f && !t) continue;
+      const p = Promise.all([readOrZero(t, i), readOrZero(f, i)]);
+      p.catch(() => {});
+      pending.push({ idx: i, p });
+    }
+  };
+  fill();
+  while (pending.length) {
+    const { idx: i, p } = pending.shift()!;
+    const [toData, fromData] = await p;
+    fill();
+    let offset = 0, length = os;
+    while (length > 0 && toData.compare(fromData, offset, offset + SECTOR_SIZE, offset, offset + SECTOR_SIZE) === 0) {
+      offset += SECTOR_SIZE;
+      length -= SECTOR_SIZE;
+    }
+    let tail = os - SECTOR_SIZE;
+    while (length > 0 && toData.compare(fromData, tail, tail + SECTOR_SIZE, tail, tail + SECTOR_SIZE) === 0) {
+      tail -= SECTOR_SIZE;
+      length -= SECTOR_SIZE;
+    }
+    if (length === 0) continue;
+    const rec = Buffer.alloc(16);
+    rec.writeUInt32LE(i, 0);
+    rec.writeUInt32LE(offset, 4);
+    rec.writeUInt32LE(length, 8);
+    await put(rec);
+    await put(toData.subarray(offset, offset + length));
+  }
+  const end = Buffer.alloc(16);
+  end.writeUInt32LE(0xffffffff, 0);
+  await put(end);
+  return EXIT_SUCCESS;
+}
+
+async function doRestore(c: Ctx, name: string, snapid: number, tag: string): Promise<number> {
+  const hdr = await c.stdin.read(8);
+  if (hdr.length !== 8) err("failed to read backup header, Success");
+  if (hdr.length !== 8 || hdr.readUInt32LE(0) !== VDI_BACKUP_FORMAT_VERSION || hdr.readUInt32LE(4) !== VDI_BACKUP_MAGIC) {
+    err("The backup file is corrupted");
+    return EXIT_SYSFAIL;
+  }
+  let snap: VdiObj;
+  try {
+    snap = await readVdiObj(c, name, snapid, tag, true);
+  } catch (e) {
+    if (e instanceof Exit) return e.code;
+    throw e;
+  }
+  const h = snap.header;
+  const vid = await doVdiCreate(c, name, h.vdiSize, snap.vid, false, h.nrCopies, h.copyPolicy, h.storePolicy, h.blockSizeShift);
+  if (vid === null) {
+    err("Failed to read VDI");
+    return EXIT_FAILURE;
+  }
+  for (;;) {
+    const rec = await c.stdin.read(16);
+    if (rec.length !== 16) {
+      err("failed to read backup data");
+      return EXIT_SYSFAIL;
+    }
+    const idx = rec.readUInt32LE(0), offset = rec.readUInt32LE(4), length = rec.readUInt32LE(8);
+    if (idx === 0xffffffff) return EXIT_SUCCESS;
+    const data = await c.stdin.read(length);
+    if (data.length !== length) {
+      err("failed to read backup data");
+      return EXIT_SYSFAIL;
+    }
+    const parentVid = snap.slots.get(idx);
+    try {
+      await writeObject(c.req, vidToDataOid(vid, idx), data, offset, {
+        create: true, cowOid: parentVid ? vidToDataOid(parentVid, idx) : 0n,
+        copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+      });
+      const slot = Buffer.alloc(4);
+      slot.writeUInt32LE(vid, 0);
+      await writeObject(c.req, vidToVdiOid(vid), slot, SD_INODE_HEADER_SIZE + 4 * idx, {
+        copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+      });
+    } catch (e) {
+      if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+      err(`Failed to write object: ${strerror(e.code)}`);
+      err("failed to restore backup");
+      await doVdiDelete(c, name, 0, "");
+      return EXIT_FAILURE;
+    }
+  }
+}
+
+async function vdiRestore(c: Ctx): Promise<number> {
+  const name = c.arg()!;
+  const d = c.vdi;
+  if (!d.snapshotId && !d.snapshotTag) {
+    err("We can restore a backup file only to snapshots");
+    err("Please specify the '-s' option");
+    return EXIT_USAGE;
+  }
+  try {
+    await readVdiObj(c, name, d.snapshotId, d.snapshotTag, false);
+  } catch (e) {
+    if (e instanceof Exit) {
+      err(`Snapshot ID ${d.snapshotId} or tag ${d.snapshotTag} doesn't exist`);
+      return e.code;
+    }
+    throw e;
+  }
+  const current = await readVdiObj(c, name, 0, "", false);
+  try {
+    await readObject(c.req, vidToVdiOid(current.header.parentVdiId), SD_INODE_HEADER_SIZE, 0, true);
+  } catch (e) {
+    if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+    out("error\n");
+    return EXIT_FAILURE;
+  }
+  if (process.stdin.isTTY) {
+    err("stdin must be pipe");
+    return EXIT_USAGE;
+  }
+  await doVdiDelete(c, name, 0, "");
+  let ret = await doRestore(c, name, d.snapshotId, d.snapshotTag);
+  // recreate the working VDI on top of its old parent (the restored VDI becomes a snapshot)
+  const ch = current.header;
+  const r = await doVdiCreate(c, name, ch.vdiSize, ch.parentVdiId, true, ch.nrCopies, ch.copyPolicy, ch.storePolicy, ch.blockSizeShift);
+  if (r === null) {
+    err("failed to resume the current vdi");
+    ret = EXIT_FAILURE;
+  }
+  return ret;
+}
+
 // ---------------------------------------------------------------------------------------------
 // node commands
 
@@ -2365,6 +2553,8 @@ const HANDLERS: Record<string, Handler> = {
   "vdi resize": vdiResize,
   "vdi read": vdiRead,
   "vdi write": vdiWrite,
+  "vdi backup": vdiBackup,
+  "vdi restore": vdiRestore,
   "vdi alter-copy": vdiAlterCopy,
   "vdi lock": vdiLock,
   "node kill": nodeKill,
@@ -2389,8 +2579,9 @@ async function resolveAddr(s: string): Promise<string | null> {
   if (isIP(s)) return s;
   if (!s) return null;
   try {
-    const r = await dns.promises.lookup(s);
-    return r.address;
+    // sheep usually listens on IPv4; prefer it when a name has both kinds of address
+    const rs = await dns.promises.lookup(s, { all: true });
+    return (rs.find((r) => r.family === 4) ?? rs[0])?.address ?? null;
   } catch {
     return null;
   }

@@ -106,6 +106,8 @@ export const COMMANDS: CmdDef[] = [
       { name: "resize", arg: "<vdiname> <new size>", opts: "aphT", desc: "resize an image", needArg: true },
       { name: "read", arg: "<vdiname> [<offset> [<len>]]", opts: "saphT", desc: "read data from an image", needArg: true },
       { name: "write", arg: "<vdiname> [<offset> [<len>]]", opts: "apwhT", desc: "write data to an image", needArg: true },
+      { name: "backup", arg: "<vdiname>", opts: "sFaphT", desc: "create an incremental backup between two snapshots", needNodeList: true, needArg: true },
+      { name: "restore", arg: "<vdiname>", opts: "saphT", desc: "restore snapshot images from a backup", needNodeList: true, needArg: true },
       { name: "alter-copy", arg: "<vdiname>", opts: "caphTf", desc: "set the vdi's redundancy level", needNodeList: true, needArg: true },
       {
         name: "lock", opts: "aphT", desc: "See 'dog vdi lock' for more information", needArg: true,

@@ -29,6 +29,8 @@ export interface ObjectStore {
   moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void>;
   readStale(oid: bigint, epoch: number, offset: number, length: number, ecIndex?: number): Promise<Buffer>;
   purgeStale(): Promise<void>;
+  /** Stale copies present (recovery sources): oid, the epoch they belonged to, EC index. */
+  listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }>;
   path(oid: bigint, ecIndex?: number): string;
 }
 
@@ -582,6 +584,27 @@ class FileStore implements ObjectStore {
     } catch (e) {
       return Promise.reject(sdErr(e));
     }
+  }
+
+  listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {
+    const out: Array<{ oid: bigint; epoch: number; ecIndex?: number }> = [];
+    for (const d of this.disks) {
+      let names: string[];
+      try {
+        names = fs.readdirSync(`${d.path}/.stale`);
+      } catch {
+        continue;
+      }
+      for (const n of names) {
+        const dot = n.lastIndexOf(".");
+        if (dot < 0) continue;
+        const parsed = parseName(n.slice(0, dot));
+        const epoch = Number(n.slice(dot + 1));
+        if (!parsed || !Number.isInteger(epoch)) continue;
+        out.push({ oid: parsed.oid, epoch, ecIndex: parsed.ecIndex });
+      }
+    }
+    return out;
   }
 
   path(oid: bigint, ecIndex?: number): string {

@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { EMPTY, Flag, FrameParser, Header, Op, ProtocolError, Res, SD_SHEEP_PROTO_VER, Status, ctimeNow, readFixedString } from "../core/proto.ts";
 import { SdError, errnoToRes } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import { encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, sortNodes } from "../core/node.ts";
+import { decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, sortNodes } from "../core/node.ts";
 import { Ring, autoVnodes } from "../core/ring.ts";
 import { isDataObj, isVdiObj, oidToVid, SD_INODE_GREF_OFFSET, SD_INODE_DATA_INDEX_OFFSET, vidToDataOid, ledgerOid } from "../core/oid.ts";
 import type { ObjectStore } from "../core/store.ts";
@@ -25,6 +25,7 @@ import { ClientPool } from "../core/client.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
 import { createDriver } from "../drivers/driver.ts";
 import { Gateway } from "./gateway.ts";
+import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
 
@@ -77,6 +78,8 @@ export class Sheep {
   private stopping = false;
   private recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
+  recovery!: RecoveryManager;
+  private ringCache = new Map<number, Ring>();
   onExit: (code: number) => void = (code) => process.exit(code);
 
   constructor(readonly opts: SheepOptions) {
@@ -128,6 +131,27 @@ export class Sheep {
       copiesFor: (oid, hint) => this.copiesFor(oid, hint),
       pool: this.pool,
       local: { handlePeer: (h, d) => this.handlePeer(h, d) },
+    });
+    this.recovery = new RecoveryManager({
+      me: this.me,
+      log: this.log,
+      store: () => this.store,
+      epoch: () => this.state.epoch,
+      ring: () => this.ring,
+      nodes: () => this.state.nodes.filter((n) => n.nrVnodes > 0),
+      ringOf: (e) => this.ringOf(e),
+      copiesFor: (oid) => this.copiesFor(oid, 0),
+      storedSize: (oid) => this.storedSize(oid),
+      peer: (node, hdr) => this.sendTo(node, hdr),
+      reportComplete: async (epoch) => {
+        const h = Header.req(Op.COMPLETE_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: 80 });
+        h.tgtEpoch = epoch;
+        const r = await this.clusterNotify(h, encodeNode(this.me));
+        if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
+      },
+      disabled: () => this.state.disableRecovery,
+      throttle: () => this.recoveryThrottle,
+      freeBytes: () => this.store.statfs().free,
     });
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
@@ -236,9 +260,18 @@ export class Sheep {
         const decided = decodeState(opaque);
         const wasMe = !this.joined && nodeEqual(joined, this.me);
         const prevCtime = this.state.ctime;
+        const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
         this.members = sortNodes(members);
+        if (wasMe && state.status === Status.OK && !decided.nodes.some((n) => nodeEqual(n, this.me)) && myOldEpoch > 0) {
+          // Not in the cluster's last epoch: everything here may be outdated; keep it only as
+          // stale copies of the epoch it belonged to (upstream's purge_obj).
+          for (const oid of this.store.list()) await this.store.moveToStale(oid, myOldEpoch).catch(() => {});
+        }
+        const wasOk = this.state.status === Status.OK && this.joined;
         await this.setState(state, newEpoch);
+        if (wasMe && state.status === Status.OK && !newEpoch) this.startRecovery(null);
+        if (!wasMe && !wasOk && state.status === Status.OK && !newEpoch) this.startRecovery(null);
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
@@ -294,11 +327,49 @@ export class Sheep {
       writeEpoch(this.baseDir, s.epoch, s.nodes, BigInt(Math.floor(Date.now() / 1000)));
     }
     this.ring = new Ring(this.ringNodes(s.nodes));
+    if (newEpoch && s.status === Status.OK && s.epoch > 1) this.startRecovery(prevEpoch > 0 ? prevEpoch : null);
     if (s.epoch !== prevEpoch) {
       const w = this.epochWaiters;
       this.epochWaiters = [];
       for (const f of w) f();
     }
+  }
+
+  private startRecovery(movedFrom: number | null): void {
+    if (this.opts.gateway || !this.recovery) return;
+    this.recovery.start(movedFrom);
+  }
+
+  /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
+  private async ringOf(epoch: number): Promise<Ring | null> {
+    const cached = this.ringCache.get(epoch);
+    if (cached) return cached;
+    let nodes = readEpoch(this.baseDir, epoch)?.nodes ?? null;
+    if (!nodes) {
+      for (const n of this.state.nodes) {
+        if (nodeEqual(n, this.me)) continue;
+        try {
+          const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
+          h.tgtEpoch = epoch;
+          const r = await this.sendTo(n, h);
+          if (r.hdr.result !== Res.SUCCESS) continue;
+          nodes = decodeNodes(r.data.subarray(0, r.data.length - 8));
+          writeEpoch(this.baseDir, epoch, nodes, r.data.readBigInt64LE(r.data.length - 8));
+          break;
+        } catch { /* try the next member */ }
+      }
+    }
+    if (!nodes) return null;
+    const ring = new Ring(this.ringNodes(nodes));
+    this.ringCache.set(epoch, ring);
+    return ring;
+  }
+
+  /** One request to a peer (or to ourselves). */
+  private async sendTo(node: SdNode, hdr: Header, data?: Buffer): Promise<Reply> {
+    if (nodeEqual(node, this.me)) return await this.handle(hdr, data ?? EMPTY);
+    const c = await this.pool.get(ipOf(node), node.port);
+    return await c.request(hdr, data);
   }
 
   private ringNodes(nodes: SdNode[]): SdNode[] {
@@ -449,6 +520,10 @@ export class Sheep {
       case Op.ENABLE_RECOVER:
       case Op.DISABLE_RECOVER:
         this.state = { ...this.state, disableRecovery: req.opcode === Op.DISABLE_RECOVER };
+        this.recovery?.poke();
+        return { hdr: rsp, data: EMPTY };
+      case Op.COMPLETE_RECOVERY:
+        if (data.length >= 80) await this.recovery?.onComplete(decodeNode(data), req.tgtEpoch);
         return { hdr: rsp, data: EMPTY };
       case Op.ALTER_CLUSTER_COPY:
         if (req.clusterCopyPolicy !== 0) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
@@ -677,8 +752,15 @@ export class Sheep {
         return { hdr: rsp, data: this.clusterInfoBytes().subarray(0, req.dataLength || undefined) };
       case Op.GET_STORE_LIST:
         return { hdr: rsp, data: Buffer.from("plain tree ") };
-      case Op.STAT_RECOVERY:
-        return { hdr: rsp, data: Buffer.alloc(24) };
+      case Op.STAT_RECOVERY: {
+        const st = this.recovery.status();
+        const b = Buffer.alloc(24);
+        b[0] = st.inRecovery ? 1 : 0;
+        b.writeUInt32LE(st.state, 4);
+        b.writeBigUInt64LE(BigInt(st.finished), 8);
+        b.writeBigUInt64LE(BigInt(st.total), 16);
+        return { hdr: rsp, data: b };
+      }
       case Op.FLUSH_DEL_CACHE:
       case Op.DELETE_CACHE:
       case Op.CLEANUP:
@@ -695,7 +777,8 @@ export class Sheep {
         return { hdr: rsp, data: b };
       }
       case Op.GET_OBJ_LIST: {
-        const list = this.store.list();
+        // Stale copies count: they are what a new owner recovers from.
+        const list = [...new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)])];
         const b = Buffer.alloc(list.length * 8);
         list.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
         if (b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
@@ -734,6 +817,7 @@ export class Sheep {
       case Op.SET_RECOVERY: {
         if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
         this.recoveryThrottle = { max: data.readUInt32LE(0), interval: Number(data.readBigUInt64LE(8)) };
+        this.recovery.poke();
         return { hdr: rsp, data: EMPTY };
       }
       case Op.GET_VNODES: {
@@ -864,6 +948,11 @@ export class Sheep {
     try {
       switch (req.opcode) {
         case Op.READ_PEER: {
+          if (req.flags & Flag.CMD_RECOVERY) {
+            if (this.store.exists(req.oid)) return { hdr: rsp, data: await this.store.read(req.oid, req.offset, req.dataLength) };
+            return { hdr: rsp, data: await this.store.readStale(req.oid, req.tgtEpoch, req.offset, req.dataLength) };
+          }
+          if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
           const d = await this.store.read(req.oid, req.offset, req.dataLength, req.ecIndex || undefined);
           return { hdr: rsp, data: d };
         }
@@ -872,6 +961,7 @@ export class Sheep {
           if (isVdiObj(req.oid) && req.offset === 0 && data.length >= 4664) this.registerInode(decodeInodeHeader(data));
           return { hdr: rsp, data: EMPTY };
         case Op.WRITE_PEER:
+          if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
           await this.store.write(req.oid, req.offset, data, req.ecIndex || undefined);
           return { hdr: rsp, data: EMPTY };
         case Op.REMOVE_PEER:
@@ -895,7 +985,7 @@ export class Sheep {
     }
   }
 
-  private storedSize(oid: bigint): number {
+  storedSize(oid: bigint): number {
     if (isVdiObj(oid)) return 12587576;
     if (oid & (1n << 61n)) return 66320;
     return this.objectSize(oid);

@@ -2,6 +2,7 @@
 // VMs attach to Sheepdog VDIs through it; the exports come from an ExportProvider.
 import { Buffer } from "node:buffer";
 import * as net from "node:net";
+import { clearTimeout, setTimeout } from "node:timers";
 import {
   BASE_ALLOCATION,
   ClientFlag,
@@ -26,6 +27,7 @@ import {
   type HandshakeEvent,
   HandshakeParser,
   Info,
+  MAX_STRING,
   type NbdRequest,
   Opt,
   parseInfoRequest,
@@ -47,6 +49,8 @@ export interface NbdServerOptions {
   readOnly?: boolean;
   /** Per-connection bound on bytes held for requests in progress (default 64 MiB). */
   maxInflightBytes?: number;
+  /** Connections still negotiating after this long are dropped (default 60 s). */
+  handshakeTimeoutMs?: number;
 }
 
 export interface NbdServer {
@@ -64,6 +68,8 @@ const COALESCE_LIMIT = 64 * 1024;
 const MAX_READ_SEGMENTS = 64;
 /** Bound on descriptors in one block status reply; clients ask again for the rest. */
 const MAX_STATUS_DESCRIPTORS = 4096;
+/** Bound on requests running at once per connection (requests without payload cost no bytes). */
+const MAX_ACTIVE_REQUESTS = 1024;
 /** Bound on bytes a client may send during the handshake before we stop reading. */
 const HANDSHAKE_BUFFER_LIMIT = 256 * 1024;
 
@@ -190,6 +196,7 @@ class Connection {
   private inputEnded = false; // NBD_CMD_DISC, client half-close or server shutdown
   private closed = false; // socket is gone
   private paused = false;
+  private timer: ReturnType<typeof setTimeout>; // handshake deadline, then the close deadline
   private needDrain = false; // socket.write() returned false; queue in outQ until 'drain'
   private outQ: Buffer[] = [];
   private outBytes = 0;
@@ -204,6 +211,9 @@ class Connection {
     this.finished = new Promise((r) => (this.resolveFinished = r));
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
     this.cap = opts.maxInflightBytes ?? 64 * 1024 * 1024;
+    this.timer = setTimeout(() => {
+      if (this.phase === "handshake") this.hardClose("handshake timed out");
+    }, opts.handshakeTimeoutMs ?? 60_000);
     socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => {
@@ -212,6 +222,7 @@ class Connection {
     });
     socket.on("error", (e) => this.log(`nbd: ${this.peer}: ${e.message}`));
     socket.on("close", () => {
+      clearTimeout(this.timer);
       this.closed = true;
       this.inputEnded = true;
       this.dropQueue();
@@ -243,27 +254,34 @@ class Connection {
    */
   private send(b: Buffer): void {
     if (this.closed || this.socket.destroyed) return;
-    if (!this.needDrain && this.outQ.length === 0) {
-      if (!this.socket.write(b)) this.needDrain = true;
-      return;
-    }
     this.outQ.push(b);
     this.outBytes += b.length;
+    if (!this.flushScheduled && !this.needDrain) {
+      this.flushScheduled = true;
+      queueMicrotask(() => {
+        this.flushScheduled = false;
+        this.flushOut();
+      });
+    }
   }
+  private flushScheduled = false;
 
   private flushOut(): void {
-    while (this.outQ.length > 0 && !this.needDrain && !this.closed && !this.socket.destroyed) {
-      let b = this.outQ[0];
+    const q = this.outQ;
+    let i = 0;
+    while (i < q.length && !this.needDrain && !this.closed && !this.socket.destroyed) {
+      let b = q[i];
       let n = 1;
       if (b.length < COALESCE_LIMIT) {
         let total = b.length;
-        while (n < this.outQ.length && total + this.outQ[n].length <= COALESCE_LIMIT) total += this.outQ[n++].length;
-        if (n > 1) b = Buffer.concat(this.outQ.slice(0, n), total);
+        while (i + n < q.length && total + q[i + n].length <= COALESCE_LIMIT) total += q[i + n++].length;
+        if (n > 1) b = Buffer.concat(q.slice(i, i + n), total);
       }
-      this.outQ.splice(0, n);
+      i += n;
       this.outBytes -= b.length;
       if (!this.socket.write(b)) this.needDrain = true;
     }
+    this.outQ = i === q.length ? [] : q.slice(i);
   }
 
   /** Reply bytes not yet handed to the kernel. */
@@ -324,6 +342,7 @@ class Connection {
       const r = this.queue[this.qHead];
       const c = this.cost(r);
       if (this.active > 0 && this.activeBytes + c > this.cap) break;
+      if (this.active >= MAX_ACTIVE_REQUESTS) break;
       if (this.pendingOut > this.cap) break;
       this.queue[this.qHead++] = undefined as unknown as NbdRequest;
       this.queuedBytes -= c;
@@ -395,7 +414,8 @@ class Connection {
       this.resolveFinished();
     }
     // Make sure the socket goes away even if the peer never reads the rest of our replies.
-    if (!this.closed) setTimeout(() => this.socket.destroy(), 30_000).unref?.();
+    clearTimeout(this.timer);
+    if (!this.closed) this.timer = setTimeout(() => this.socket.destroy(), 30_000);
   }
 
   // ----------------------------------------------------------------------------- handshake
@@ -403,7 +423,7 @@ class Connection {
   private async runHandshake(): Promise<void> {
     this.busy = true;
     try {
-      while (this.phase === "handshake" && !this.closed) {
+      while (this.phase === "handshake" && !this.inputEnded) {
         const ev = this.hs!.next();
         if (!ev) break;
         await this.handleHandshake(ev);
@@ -422,6 +442,12 @@ class Connection {
   }
 
   private opt(option: number, type: number, data?: Buffer | string): void {
+    if (typeof data === "string") {
+      // Error texts are strings in proto.md's sense: at most 4096 bytes.
+      let b = Buffer.from(data, "utf8");
+      if (b.length > MAX_STRING) b = b.subarray(0, MAX_STRING);
+      data = b;
+    }
     this.send(encodeOptionReply(option, type, data));
   }
 
@@ -472,10 +498,7 @@ class Connection {
       }
       case Opt.ABORT:
         this.opt(option, Rep.ACK);
-        this.inputEnded = true;
-        this.phase = "done";
-        this.socket.end();
-        this.resolveFinished();
+        this.inputEnded = true; // runHandshake stops and maybeFinish() ends the connection
         return;
       case Opt.LIST: {
         if (data.length) return this.opt(option, Rep.ERR_INVALID, "NBD_OPT_LIST takes no data");
@@ -581,6 +604,7 @@ class Connection {
       alloc: this.pool.alloc,
     });
     this.phase = "transmission";
+    clearTimeout(this.timer);
     if (this.closed) this.maybeFinish();
   }
 

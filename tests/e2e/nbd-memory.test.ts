@@ -9,7 +9,6 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import {
-  type BlockExport,
   type ExportProvider,
   MemoryExport,
   type MemoryExportOptions,
@@ -75,9 +74,20 @@ class TestExport extends MemoryExport {
     this.events.push(`write-done ${offset}`);
   }
 
+  flushGate: Promise<void> | null = null;
+  activeFlushes = 0;
+  maxActiveFlushes = 0;
+
   override async flush(): Promise<void> {
     this.events.push("flush");
-    await super.flush();
+    this.activeFlushes++;
+    this.maxActiveFlushes = Math.max(this.maxActiveFlushes, this.activeFlushes);
+    try {
+      if (this.flushGate) await this.flushGate;
+      await super.flush();
+    } finally {
+      this.activeFlushes--;
+    }
   }
 }
 
@@ -646,6 +656,7 @@ test("in-flight bytes stay bounded when the client does not read replies", async
   const slow = exports.get("slow")!;
   slow.maxActiveReadBytes = 0;
   slow.readsStarted = 0;
+  slow.readDelay = () => 20; // reads overlap, so the budget is what limits them
   const c = await RawClient.open("slow");
   c.sock.pause(); // stop reading replies
   const handles: bigint[] = [];
@@ -657,6 +668,25 @@ test("in-flight bytes stay bounded when the client does not read replies", async
   c.sock.resume();
   for (const h of handles) expect((await c.reply(h))[0].kind).toBe("simple");
   expect(slow.readsStarted).toBe(200);
+  expect(slow.maxActiveReadBytes).toBeLessThanOrEqual(5 * MiB);
+  slow.readDelay = () => 0;
+  await c.disconnect();
+});
+
+test("a stuck backend and a flood of payload-less requests keep memory bounded", async () => {
+  const slow = exports.get("slow")!;
+  let release!: () => void;
+  slow.flushGate = new Promise((r) => (release = r));
+  slow.maxActiveFlushes = 0;
+  const c = await RawClient.open("slow");
+  const handles: bigint[] = [];
+  for (let i = 0; i < 5000; i++) handles.push(c.send(Cmd.FLUSH, 0, 0));
+  await sleep(300);
+  expect(slow.maxActiveFlushes).toBeLessThanOrEqual(1024);
+  expect(slow.maxActiveFlushes).toBeGreaterThan(0);
+  release();
+  slow.flushGate = null;
+  for (const h of handles) expect((await c.reply(h))[0]).toMatchObject({ kind: "simple", error: 0 });
   await c.disconnect();
 });
 
@@ -685,6 +715,35 @@ test("DISC answers outstanding requests, then closes; export.close() runs once p
   expect(slow.closeCount).toBe(before + 2);
   slow.writeDelay = 0;
   await serverStillWorks();
+});
+
+test("server close() lets in-flight requests finish; idle handshakes time out", async () => {
+  const srv2 = await startNbdServer({ host: "127.0.0.1", port: 0, provider, handshakeTimeoutMs: 200 });
+  const port1 = port;
+  port = srv2.port; // RawClient connects to `port`
+  try {
+    const idle = await RawClient.connect();
+    await idle.readExact(18);
+    const t0 = Date.now();
+    await idle.closed;
+    expect(Date.now() - t0).toBeLessThan(2000);
+
+    const slow = exports.get("slow")!;
+    slow.writeDelay = 300;
+    const before = slow.closeCount;
+    const c = await RawClient.open("slow");
+    const w = c.send(Cmd.WRITE, 0, 4096, 0, Buffer.alloc(4096, 6));
+    await sleep(50);
+    const closing = srv2.close();
+    expect((await c.reply(w))[0]).toMatchObject({ kind: "simple", error: 0 });
+    await c.closed;
+    await closing;
+    expect(slow.closeCount).toBe(before + 1);
+    slow.writeDelay = 0;
+    await expect(RawClient.connect()).rejects.toThrow();
+  } finally {
+    port = port1;
+  }
 });
 
 test("every connection opened so far closed its export exactly once", async () => {

@@ -1,0 +1,276 @@
+// Recovery executor: after every epoch change each storage node fetches the objects the new ring
+// places on it from holders of earlier epochs, serves requests for not-yet-recovered objects by
+// recovering them first, reports completion, and drops stale copies only once every member has
+// finished (so a copy is never deleted before its new owners have it).
+import { Buffer } from "node:buffer";
+import type { SdNode } from "../core/node.ts";
+import { nodeEqual, nodeHostPort } from "../core/node.ts";
+import { Ring } from "../core/ring.ts";
+import type { EpochRing } from "../core/recovery.ts";
+import { objectsNoLongerOwned, objectsToRecover, recoverySources } from "../core/recovery.ts";
+import { Flag, Header, Op, Res } from "../core/proto.ts";
+import { SdError } from "../core/errors.ts";
+import type { ObjectStore } from "../core/store.ts";
+import type { Logger } from "./log.ts";
+
+type Reply = { hdr: Header; data: Buffer };
+
+export interface RecoveryHost {
+  readonly me: SdNode;
+  readonly log: Logger;
+  store(): ObjectStore;
+  epoch(): number;
+  ring(): Ring;
+  /** Storage members of the current epoch. */
+  nodes(): SdNode[];
+  /** Ring of an earlier epoch (from the epoch log), or null when unknown. */
+  ringOf(epoch: number): Promise<Ring | null>;
+  copiesFor(oid: bigint): number;
+  storedSize(oid: bigint): number;
+  peer(node: SdNode, hdr: Header): Promise<Reply>;
+  /** Broadcast COMPLETE_RECOVERY for `epoch`. */
+  reportComplete(epoch: number): Promise<void>;
+  disabled(): boolean;
+  throttle(): { max: number; interval: number };
+  /** Free bytes on the local store (recovery pauses instead of filling the disk). */
+  freeBytes(): bigint;
+}
+
+const MAX_ATTEMPTS = 50;
+
+export class RecoveryManager {
+  private generation = 0;
+  private running = false;
+  private pending = new Set<bigint>();
+  private inflight = new Map<bigint, Promise<void>>();
+  private total = 0;
+  private finished = 0;
+  private phase = 0; // 0 preparing object list, 1 recovering objects, 2 notifying completion
+  private lastComplete = 0;
+  private reported = new Map<number, Set<string>>();
+  private wake: (() => void) | null = null;
+  pausedReason = "";
+
+  constructor(private readonly host: RecoveryHost) {}
+
+  status(): { inRecovery: boolean; state: number; finished: number; total: number } {
+    return { inRecovery: this.running, state: this.phase, finished: this.finished, total: this.total };
+  }
+
+  /** Called when recovery might be needed: an epoch change, or the cluster became ready. */
+  start(movedFrom: number | null): void {
+    const gen = ++this.generation;
+    this.running = true;
+    this.phase = 0;
+    this.poke();
+    void this.run(gen, movedFrom).catch((e) => this.host.log.err(`recovery: ${(e as Error).stack ?? e}`));
+  }
+
+  /** Recovery was re-enabled, or throttle changed: resume a paused loop. */
+  poke(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private async run(gen: number, movedFrom: number | null): Promise<void> {
+    const h = this.host;
+    const epoch = h.epoch();
+    const store = h.store();
+    // Copies this node no longer owns become stale copies of the epoch they belonged to.
+    if (movedFrom !== null) {
+      for (const oid of objectsNoLongerOwned({ me: h.me, ring: h.ring(), copiesOf: (o) => h.copiesFor(o), local: store.list() })) {
+        await store.moveToStale(oid, movedFrom).catch(() => {});
+      }
+    }
+    const known = await this.gatherLists(gen);
+    if (known === null) return;
+    const todo = objectsToRecover({
+      me: h.me,
+      ring: h.ring(),
+      copiesOf: (o) => h.copiesFor(o),
+      known,
+      present: (o) => store.exists(o),
+    });
+    if (gen !== this.generation) return;
+    this.pending = new Set(todo);
+    this.total = todo.length;
+    this.finished = 0;
+    this.phase = 1;
+    if (todo.length) h.log.info(`recovery for epoch ${epoch}: ${todo.length} objects to fetch`);
+    const attempts = new Map<bigint, number>();
+    const queue = [...todo];
+    while (queue.length && gen === this.generation) {
+      if (h.disabled()) {
+        await this.sleep(500);
+        continue;
+      }
+      if (h.freeBytes() < BigInt(h.storedSize(queue[0])) * 2n) {
+        if (!this.pausedReason) h.log.emerg(`recovery paused: store is full`);
+        this.pausedReason = "store is full";
+        await this.sleep(1000);
+        continue;
+      }
+      this.pausedReason = "";
+      const { max, interval } = h.throttle();
+      const batchSize = max > 0 && interval > 0 ? max : 8;
+      const batch = queue.splice(0, batchSize);
+      const started = Date.now();
+      const results = await Promise.allSettled(batch.map((oid) => this.recoverOne(oid, gen)));
+      results.forEach((r, i) => {
+        const oid = batch[i];
+        if (r.status === "fulfilled") return;
+        const n = (attempts.get(oid) ?? 0) + 1;
+        attempts.set(oid, n);
+        if (n < MAX_ATTEMPTS) queue.push(oid);
+        else h.log.err(`recovery: giving up on ${oid.toString(16)}: ${(r.reason as Error).message}`);
+      });
+      if (results.some((r) => r.status === "rejected")) await this.sleep(100);
+      if (max > 0 && interval > 0) {
+        const left = interval - (Date.now() - started);
+        if (left > 0) await this.sleep(left);
+      }
+    }
+    if (gen !== this.generation) return;
+    this.phase = 2;
+    this.pending.clear();
+    if (this.total) h.log.info(`recovery for epoch ${epoch} finished (${this.finished}/${this.total})`);
+    // Reporting is retried: completion must reach every member or stale copies stay forever.
+    for (;;) {
+      if (gen !== this.generation) return;
+      try {
+        await h.reportComplete(epoch);
+        break;
+      } catch {
+        await this.sleep(500);
+      }
+    }
+    if (gen === this.generation) this.running = false;
+  }
+
+  /** Object lists of every member; a member that cannot answer is asked again (never skipped). */
+  private async gatherLists(gen: number): Promise<bigint[] | null> {
+    const out: bigint[] = [];
+    for (const n of this.host.nodes()) {
+      for (let attempt = 0; ; attempt++) {
+        if (gen !== this.generation) return null;
+        try {
+          out.push(...(await this.objectList(n)));
+          break;
+        } catch (e) {
+          if (attempt % 10 === 0) this.host.log.warn(`recovery: object list from ${nodeHostPort(n)}: ${(e as Error).message}`);
+          await this.sleep(200);
+        }
+      }
+    }
+    return out;
+  }
+
+  private async objectList(n: SdNode): Promise<bigint[]> {
+    let size = 4 * 1024 * 1024;
+    for (;;) {
+      const h = Header.req(Op.GET_OBJ_LIST, { dataLength: size });
+      h.epoch = this.host.epoch();
+      const r = await this.host.peer(n, h);
+      if (r.hdr.result === Res.BUFFER_SMALL) {
+        size *= 2;
+        continue;
+      }
+      if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
+      const list: bigint[] = [];
+      for (let i = 0; i + 8 <= r.data.length; i += 8) list.push(r.data.readBigUInt64LE(i));
+      return list;
+    }
+  }
+
+  /** A request needs `oid` now: recover it first, out of order (upstream parks such requests). */
+  async ensure(oid: bigint): Promise<void> {
+    if (!this.pending.has(oid) || this.host.store().exists(oid)) return;
+    await this.recoverOne(oid, this.generation).catch(() => {});
+  }
+
+  private recoverOne(oid: bigint, gen: number): Promise<void> {
+    let p = this.inflight.get(oid);
+    if (!p) {
+      p = this.fetch(oid, gen).finally(() => this.inflight.delete(oid));
+      this.inflight.set(oid, p);
+    }
+    return p;
+  }
+
+  private async fetch(oid: bigint, gen: number): Promise<void> {
+    const h = this.host;
+    const store = h.store();
+    if (store.exists(oid)) {
+      this.done(oid);
+      return;
+    }
+    const copies = h.copiesFor(oid);
+    const history: EpochRing[] = [];
+    for (let e = h.epoch() - 1; e >= Math.max(1, this.lastComplete - 1); e--) {
+      const ring = await h.ringOf(e);
+      if (ring) history.push({ epoch: e, ring });
+    }
+    // The current ring last: a peer that already recovered the object is a good source too.
+    history.push({ epoch: h.epoch(), ring: h.ring() });
+    const alive = (n: SdNode) => h.nodes().some((m) => nodeEqual(m, n));
+    const size = h.storedSize(oid);
+    let lastErr: unknown = new SdError(Res.NO_OBJ);
+    for (const src of recoverySources({ oid, copies, me: h.me, history, alive })) {
+      if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
+      try {
+        let data: Buffer;
+        if (nodeEqual(src.node, h.me)) {
+          data = await store.readStale(oid, src.epoch, 0, size);
+        } else {
+          const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
+          rq.oid = oid;
+          rq.tgtEpoch = src.epoch;
+          rq.epoch = h.epoch();
+          const r = await h.peer(src.node, rq);
+          if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
+          data = r.data;
+        }
+        if (!store.exists(oid)) await store.createAndWrite(oid, 0, data, size);
+        this.done(oid);
+        return;
+      } catch (e) {
+        lastErr = e;
+      }
+    }
+    throw lastErr;
+  }
+
+  private done(oid: bigint): void {
+    if (this.pending.delete(oid)) this.finished++;
+  }
+
+  /**
+   * COMPLETE_RECOVERY from `node` for `epoch`, delivered in total order on every member. When all
+   * storage members of the current epoch have reported, stale copies are no longer needed.
+   */
+  async onComplete(node: SdNode, epoch: number): Promise<void> {
+    if (epoch !== this.host.epoch()) return;
+    const set = this.reported.get(epoch) ?? new Set<string>();
+    set.add(nodeHostPort(node));
+    this.reported.set(epoch, set);
+    const all = this.host.nodes().every((n) => set.has(nodeHostPort(n)));
+    if (!all || this.lastComplete >= epoch) return;
+    this.lastComplete = epoch;
+    for (const e of [...this.reported.keys()]) if (e <= epoch) this.reported.delete(e);
+    await this.host.store().purgeStale();
+  }
+}

@@ -1,0 +1,137 @@
+// Issue 6 acceptance: re-replication after kill -9, rejoin with stale cleanup, rebalance on join,
+// a second failure during recovery, recovery disabled then enabled.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Buffer } from "node:buffer";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { TestCluster } from "../lib/cluster.ts";
+import { Ring } from "../../core/ring.ts";
+import { makeNode } from "../../core/node.ts";
+import { oidHex } from "../../core/oid.ts";
+
+const MiB = 1024 * 1024;
+const LONG = process.env.SHEEPDOG_LONG === "1";
+const SIZE = (LONG ? 1024 : 256) * MiB;
+
+/** Every object present on `alive` nodes sits on exactly the nodes the ring of `alive` names. */
+function placementReport(c: TestCluster, alive: number[], copies: number): string[] {
+  const nodes = alive.map((i) => makeNode("127.0.0.1", c.nodes[i].port, { zone: c.nodes[i].zone }));
+  const ring = new Ring(nodes);
+  const files = alive.map((i) => new Set(c.objectFiles(i)));
+  const all = new Set<string>();
+  files.forEach((f) => f.forEach((x) => all.add(x)));
+  const bad: string[] = [];
+  for (const name of all) {
+    const oid = BigInt("0x" + name);
+    const want = ring.placeObject(oid, copies).map((n) => n.port).sort().join(",");
+    const have = alive.filter((_, k) => files[k].has(name)).map((i) => c.nodes[i].port).sort().join(",");
+    if (want !== have) bad.push(`${oidHex(oid)}: want ${want} have ${have}`);
+  }
+  return bad;
+}
+
+function staleCount(c: TestCluster, i: number): number {
+  const d = path.join(c.nodes[i].dir, "obj", ".stale");
+  try {
+    return fs.readdirSync(d).length;
+  } catch {
+    return 0;
+  }
+}
+
+async function waitPlacement(c: TestCluster, alive: number[], copies: number, what: string, ms = 120_000): Promise<void> {
+  let last: string[] = [];
+  try {
+    await c.waitFor(async () => {
+      last = placementReport(c, alive, copies);
+      return last.length === 0;
+    }, ms, what);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${last.slice(0, 10).join("\n")} (${last.length} bad)`);
+  }
+}
+
+async function readAll(c: TestCluster, name: string, size: number, node: number): Promise<Buffer> {
+  const r = await c.dog(["vdi", "read", name, "0", String(size)], { node, timeoutMs: 300_000 });
+  if (r.code !== 0) throw new Error(`vdi read failed: ${r.stderr}`);
+  return r.stdout;
+}
+
+describe("4 nodes, copies=3", () => {
+  let c: TestCluster;
+  const data = randomBytes(SIZE);
+
+  beforeAll(async () => {
+    c = await TestCluster.start(4, { format: { copies: 3 } });
+    await c.dogOk(["vdi", "create", "big", String(SIZE)]);
+    await c.dogOk(["vdi", "write", "big", "0", String(SIZE)], { input: data, timeoutMs: 600_000 });
+  }, 600_000);
+  afterAll(async () => {
+    await c?.stop();
+  });
+
+  test("initial placement follows the ring", () => {
+    expect(placementReport(c, [0, 1, 2, 3], 3)).toEqual([]);
+  });
+
+  test("kill -9: objects return to 3 replicas on the survivors; data intact", async () => {
+    await c.kill(3);
+    await waitPlacement(c, [0, 1, 2], 3, "3 replicas on 3 survivors");
+    const got = await readAll(c, "big", SIZE, 1);
+    expect(Buffer.compare(got, data)).toBe(0);
+  }, 300_000);
+
+  test("restart: rejoins, stale copies are removed, nobody holds what it does not own", async () => {
+    await c.startNode(3);
+    await waitPlacement(c, [0, 1, 2, 3], 3, "placement after rejoin");
+    await c.waitFor(async () => [0, 1, 2, 3].every((i) => staleCount(c, i) === 0), 60_000, "stale copies purged");
+    const got = await readAll(c, "big", SIZE, 3);
+    expect(Buffer.compare(got, data)).toBe(0);
+  }, 300_000);
+
+  test("a 5th node: objects move so the ring's placement holds", async () => {
+    const i = await c.addNode({ zone: 4 });
+    await waitPlacement(c, [0, 1, 2, 3, i], 3, "placement with 5 nodes");
+    await c.waitFor(async () => [0, 1, 2, 3, i].every((k) => staleCount(c, k) === 0), 60_000, "stale copies purged");
+    const got = await readAll(c, "big", SIZE, i);
+    expect(Buffer.compare(got, data)).toBe(0);
+  }, 300_000);
+
+  test("a second node dies while recovering from the first: no data loss", async () => {
+    await c.kill(4);
+    await new Promise((r) => setTimeout(r, 300));
+    await c.kill(0);
+    await waitPlacement(c, [1, 2, 3], 3, "3 replicas after two failures");
+    const got = await readAll(c, "big", SIZE, 2);
+    expect(Buffer.compare(got, data)).toBe(0);
+  }, 300_000);
+});
+
+describe("recovery disabled, then enabled", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start(4, { format: { copies: 2 } });
+  }, 120_000);
+  afterAll(async () => {
+    await c?.stop();
+  });
+
+  test("objects written while recovery is off converge once it is on", async () => {
+    const a = randomBytes(24 * MiB);
+    await c.dogOk(["vdi", "create", "v", "64M"]);
+    await c.dogOk(["vdi", "write", "v", "0"], { input: a });
+    const off = await c.dogOk(["cluster", "recover", "disable"]);
+    expect(off).toContain("Cluster recovery: disable");
+    await c.kill(3);
+    const b = randomBytes(16 * MiB);
+    await c.dogOk(["vdi", "write", "v", String(32 * MiB)], { input: b });
+    await new Promise((r) => setTimeout(r, 1000));
+    const on = await c.dogOk(["cluster", "recover", "enable"]);
+    expect(on).toContain("Cluster recovery: enable");
+    await waitPlacement(c, [0, 1, 2], 2, "placement after enabling recovery");
+    const got = await readAll(c, "v", 64 * MiB, 0);
+    expect(Buffer.compare(got.subarray(0, a.length), a)).toBe(0);
+    expect(Buffer.compare(got.subarray(32 * MiB, 48 * MiB), b)).toBe(0);
+  }, 300_000);
+});
