@@ -19,14 +19,30 @@ DEPS_STAMP := node_modules/.sheepdog-deps
 APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd
 
 .PHONY: all build deps apt-deps node-deps check test test-long bench deno-compile \
-        clean install uninstall run stop status
+        clean install uninstall run stop status cpg-bridge
 
 all: build
 
-build: sheepdog
+build: sheepdog cpg-bridge
 
 sheepdog: $(DEPS_STAMP) $(SOURCES)
 	$(BUN) build --compile --minify --bytecode --format=esm mod.ts --outfile $@
+
+# The corosync driver's CPG helper (C, libcpg). Skipped with a note when libcpg-dev is missing:
+# everything but `-c corosync` works without it.
+CPG_BRIDGE := drivers/cpg-bridge
+BRIDGE_CC  ?= gcc
+CPG_HEADER := $(firstword $(wildcard /usr/include/corosync/cpg.h /usr/local/include/corosync/cpg.h))
+
+cpg-bridge:
+ifneq ($(CPG_HEADER),)
+	@$(MAKE) --no-print-directory $(CPG_BRIDGE)
+else
+	@echo "corosync/cpg.h not found (install libcpg-dev): skipping $(CPG_BRIDGE); -c corosync will not work"
+endif
+
+$(CPG_BRIDGE): drivers/cpg-bridge.c
+	$(BRIDGE_CC) -O2 -Wall -o $@ $< -lcpg
 
 # node_modules must match package-lock.json: npm ci when it is missing or older than the lock or
 # package.json; npm install when there is no lock or npm ci refuses an out-of-sync one.
@@ -86,13 +102,18 @@ deno-compile: node-deps
 	$(DENO) compile -A --output sheepdog-deno mod.ts
 
 clean:
-	rm -f sheepdog sheepdog-deno .*.bun-build
+	rm -f sheepdog sheepdog-deno .*.bun-build $(CPG_BRIDGE)
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 sheepdog $(DESTDIR)$(PREFIX)/bin/sheepdog
 	ln -sf sheepdog $(DESTDIR)$(PREFIX)/bin/sheep
 	ln -sf sheepdog $(DESTDIR)$(PREFIX)/bin/dog
+	@# The corosync driver looks for cpg-bridge next to the executable.
+	@if [ -x $(CPG_BRIDGE) ]; then \
+	  install -m 0755 $(CPG_BRIDGE) $(DESTDIR)$(PREFIX)/bin/cpg-bridge && \
+	  echo "installed $(DESTDIR)$(PREFIX)/bin/cpg-bridge"; \
+	else echo "no $(CPG_BRIDGE) (libcpg-dev missing?): -c corosync will not work"; fi
 	@if [ -n "$(DESTDIR)" ] || [ -d $(SYSTEMD_DIR) ]; then \
 	  install -d $(DESTDIR)$(SYSTEMD_DIR) && \
 	  sed 's#/usr/local/bin/sheepdog#$(PREFIX)/bin/sheepdog#g' packaging/sheepdog.service \
@@ -103,6 +124,7 @@ install: build
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/sheep $(DESTDIR)$(PREFIX)/bin/dog $(DESTDIR)$(PREFIX)/bin/sheepdog
+	rm -f $(DESTDIR)$(PREFIX)/bin/cpg-bridge
 	rm -f $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service
 
 # Quick start: local 3-node cluster with VDI `demo` exported over NBD (see packaging/demo.sh).

@@ -1,18 +1,10 @@
 // The block-device view that the NBD server serves. Sheepdog VDIs implement it in the daemon;
 // MemoryExport is a sparse in-memory device for tests and the benchmark reference.
 import { Buffer } from "node:buffer";
+import { Err } from "./nbd.ts";
 
 /** NBD error values (proto.md "Error values"); exports throw errors carrying one as `nbdErrno`. */
-export const NbdErrno = {
-  EPERM: 1,
-  EIO: 5,
-  ENOMEM: 12,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EOVERFLOW: 75,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-} as const;
+export const NbdErrno = Err;
 
 export interface BlockExport {
   readonly name: string;
@@ -23,10 +15,14 @@ export interface BlockExport {
   readonly maxBlock: number; // <= 32 MiB
   /** Optional human-readable text for NBD_INFO_DESCRIPTION. */
   readonly description?: string;
+  /** Exactly `length` bytes; the server never modifies the buffer, so it may be a view. */
   read(offset: number, length: number): Promise<Buffer>;
   /** `data` may be reused by the server once the promise settles: copy it to keep it longer. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
-  /** Every write completed before the call is durable when it resolves. */
+  /**
+   * Every write completed before the call is durable when it resolves, whichever connection
+   * (or other opener of the same device) issued it: the server advertises CAN_MULTI_CONN.
+   */
   flush(): Promise<void>;
   trim(offset: number, length: number): Promise<void>;
   /** May throw an error with `.nbdErrno = ENOTSUP` for fastZero when zeroing cannot be fast. */
@@ -35,7 +31,10 @@ export interface BlockExport {
     length: number,
     opts: { noHole: boolean; fastZero: boolean; fua: boolean },
   ): Promise<void>;
-  /** base:allocation extents covering at least one byte from offset. */
+  /**
+   * base:allocation extents covering at least one byte from offset. Also consulted before each
+   * structured read (to send zero ranges as holes), so it should only touch metadata.
+   */
   blockStatus(offset: number, length: number): Promise<Array<{ length: number; hole: boolean; zero: boolean }>>;
   close(): Promise<void>;
 }

@@ -58,8 +58,11 @@ export async function createDriver(spec: string): Promise<ClusterDriver> {
       return new LocalDriver(opt || "/tmp/sheepdog-local");
     }
     case "zookeeper":
-    case "corosync":
       throw new DriverConfigError(`cluster driver '${name}' is not implemented yet (see README: limits)`);
+    case "corosync": {
+      const { createCorosyncDriver } = await import("./corosync.ts");
+      return createCorosyncDriver(opt);
+    }
     default:
       throw new DriverConfigError(`Invalid cluster driver '${spec}'\nSupported drivers: local zookeeper corosync`);
   }

@@ -11,7 +11,7 @@ import { SdError, errnoToRes } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
 import { decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, sortNodes } from "../core/node.ts";
 import { Ring, autoVnodes } from "../core/ring.ts";
-import { isDataObj, isVdiObj, oidToVid, SD_INODE_GREF_OFFSET, SD_INODE_DATA_INDEX_OFFSET, vidToDataOid, ledgerOid } from "../core/oid.ts";
+import { isDataObj, isVdiObj, oidToVid, SD_INODE_GREF_OFFSET, SD_INODE_DATA_INDEX_OFFSET, ledgerOid } from "../core/oid.ts";
 import type { ObjectStore } from "../core/store.ts";
 import { openStore } from "../core/store.ts";
 import { readConfig, writeConfig, writeEpoch, readEpoch, listEpochs, removeEpochs, epochFileBytes, latestEpoch } from "../core/config.ts";
@@ -19,7 +19,7 @@ import type { SheepConfig } from "../core/config.ts";
 import type { ClusterState } from "../core/cluster.ts";
 import { applyAccept, applyFormat, applyLeave, decideJoin, decodeState, encodeState, initialState } from "../core/cluster.ts";
 import { decodeInodeHeader } from "../core/inode.ts";
-import { VdiBitmap, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
+import { applyLedgerDecref, decrefPlan, ledgerFromBuffer, ledgerToBuffer, VdiBitmap, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
 import type { MetaIO, VdiState } from "../core/vdi.ts";
 import { ClientPool } from "../core/client.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
@@ -32,7 +32,11 @@ import { Logger } from "./log.ts";
 
 type Reply = { hdr: Header; data: Buffer };
 /** What a work phase tells every node to apply in its main phase. */
-type Apply = { type: "vdi-added"; state: VdiState & { oldVid?: number } } | { type: "vdi-deleted"; vid: number };
+type Apply =
+  | { type: "vdi-added"; state: VdiState & { oldVid?: number } }
+  | { type: "vdi-deleted"; vid: number }
+  | { type: "lock"; vid: number; owner: string }
+  | { type: "unlock"; vid: number };
 type WorkResult = Reply & { apply?: Apply };
 
 /** Opcodes that run while the cluster is not OK (protocol.md §5.2). */
@@ -289,6 +293,8 @@ export class Sheep {
       },
       leave: async (left: SdNode, members: SdNode[]) => {
         this.members = sortNodes(members);
+        // A dead holder cannot release its VDI locks: they go with it (upstream drops them too).
+        for (const [vid, l] of this.vdis.locks) if (l.owner === nodeHostPort(left)) this.vdis.locks.delete(vid);
         const { state, newEpoch } = applyLeave(this.state, members);
         await this.setState(state, newEpoch);
         this.log.info(`${nodeHostPort(left)} left; epoch ${this.state.epoch}`);
@@ -479,7 +485,9 @@ export class Sheep {
   /** Every node learns what a work phase did (NEW_VDI / DEL_VDI) in the same order. */
   private applyWorkResult(a: Apply): void {
     if (a.type === "vdi-added") applyVdiAdded(this.vdis, a.state);
-    else applyVdiDeleted(this.vdis, a.vid);
+    else if (a.type === "vdi-deleted") applyVdiDeleted(this.vdis, a.vid);
+    else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
+    else this.vdis.locks.delete(a.vid);
   }
 
   private async mainPhase(req: Header, data: Buffer, _sender: SdNode): Promise<Reply> {
@@ -593,6 +601,31 @@ export class Sheep {
     });
   }
 
+  /**
+   * Takes the cluster-wide lock of a VDI for this sheep (exclusive attach). Serialized with every
+   * other cluster operation, so two sheep can never both win.
+   */
+  lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply> {
+    return this.clusterWork(async () => {
+      const rsp = new Header();
+      const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
+      rsp.rspVdiId = r.vid;
+      rsp.rspVdiCopies = r.nrCopies;
+      rsp.rspVdiBlockSizeShift = r.blockSizeShift;
+      if (this.vdis.locks.has(r.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
+      return { hdr: rsp, data: EMPTY, apply: { type: "lock", vid: r.vid, owner: nodeHostPort(this.me) } };
+    });
+  }
+
+  releaseVdi(vid: number): Promise<Reply> {
+    return this.clusterWork(() => {
+      const rsp = new Header();
+      rsp.rspVdiId = vid;
+      if (!this.vdis.locks.has(vid)) return Promise.resolve({ hdr: rsp, data: EMPTY });
+      return Promise.resolve({ hdr: rsp, data: EMPTY, apply: { type: "unlock", vid } as Apply });
+    });
+  }
+
   // ---------------------------------------------------------------- request dispatch
 
   private serveConnection(sock: net.Socket): void {
@@ -682,18 +715,22 @@ export class Sheep {
       case Op.DEL_VDI:
         if (data.length !== 256 && data.length !== 512) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return await this.delVdiWork(req, data);
-      case Op.GET_VDI_INFO:
-      case Op.LOCK_VDI: {
+      case Op.LOCK_VDI:
+      case Op.GET_VDI_INFO: {
         if (data.length !== 256 && data.length !== 512) return errorReply(req, new SdError(Res.INVALID_PARMS));
         const name = readFixedString(data, 0, 256);
         const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-        const r = await lookupVdi(this.metaIO, this.vdis, name, { tag: tag || undefined, snapid: req.snapid || undefined });
+        const opts = { tag: tag || undefined, snapid: req.snapid || undefined };
+        // Without the cluster flag USE_LOCK a LOCK_VDI is only a lookup (upstream).
+        if (req.opcode === Op.LOCK_VDI && this.state.flags & 0x0008) return await this.lockVdi(name, opts);
+        const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
         rsp.rspVdiId = r.vid;
         rsp.rspVdiCopies = r.nrCopies;
         rsp.rspVdiBlockSizeShift = r.blockSizeShift;
         return { hdr: rsp, data: EMPTY };
       }
       case Op.RELEASE_VDI:
+        if (this.vdis.locks.has(req.baseVdiId)) await this.releaseVdi(req.baseVdiId);
         return { hdr: rsp, data: EMPTY };
       case Op.GET_VDI_ATTR: {
         const r = await this.clusterWork(async () => {
@@ -718,7 +755,7 @@ export class Sheep {
       case Op.GET_VDI_COPIES: {
         const states = [...this.vdis.states.values()];
         if (states.length * 1428 > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
-        return { hdr: rsp, data: encodeVdiStates(this.vdis) };
+        return { hdr: rsp, data: encodeVdiStates(this.vdis, this.members) };
       }
       case Op.FLUSH_VDI:
         return errorReply(req, new SdError(Res.INVALID_PARMS));
@@ -783,6 +820,22 @@ export class Sheep {
         list.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
         if (b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
         return { hdr: rsp, data: b };
+      }
+      case Op.REPAIR_REPLICA: {
+        // Fetch the object from the named node and store it here (dog vdi check).
+        const addr = req.b.subarray(24, 40);
+        const port = req.b.readUInt16LE(40);
+        const src = makeNode("127.0.0.1", port);
+        addr.copy(src.addr);
+        const size = this.storedSize(req.oid);
+        const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
+        rq.oid = req.oid;
+        rq.epoch = this.state.epoch;
+        rq.tgtEpoch = this.state.epoch;
+        const r = await this.sendTo(src, rq);
+        if (r.hdr.result !== Res.SUCCESS) return errorReply(req, new SdError(r.hdr.result));
+        await this.store.createAndWrite(req.oid, 0, r.data, size);
+        return { hdr: rsp, data: EMPTY };
       }
       case Op.EXIST:
         return { hdr: withResult(rsp, this.store.exists(req.oid) ? Res.SUCCESS : Res.NO_OBJ), data: EMPTY };
@@ -881,6 +934,9 @@ export class Sheep {
     if (!isVdiObj(oid) || end <= SD_INODE_DATA_INDEX_OFFSET || start >= SD_INODE_GREF_OFFSET) {
       return await this.gateway.writeAll(req, data);
     }
+    // Hyper volumes keep a B-tree root there, not flat slots: no reference counting (upstream).
+    const storePolicy = (await this.metaIO.read(oid, 553, 1))[0];
+    if (storePolicy !== 0) return await this.gateway.writeAll(req, data);
     const s = Math.max(start, SD_INODE_DATA_INDEX_OFFSET);
     const e = Math.min(end, SD_INODE_GREF_OFFSET);
     const firstIdx = Math.floor((s - SD_INODE_DATA_INDEX_OFFSET) / 4);
@@ -890,21 +946,13 @@ export class Sheep {
     const gref = await this.metaIO.read(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, n * 8);
     const r = await this.gateway.writeAll(req, data);
     const now = await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
-    const drops: Array<Promise<unknown>> = [];
-    let touchedGref = false;
-    for (let i = 0; i < n; i++) {
-      const ov = old.readUInt32LE(i * 4);
-      const nv = now.readUInt32LE(i * 4);
-      if (ov === 0 || ov === nv) continue;
-      touchedGref = true;
-      const gen = gref.readInt32LE(i * 8);
-      const count = gref.readInt32LE(i * 8 + 4);
-      const dataOid = vidToDataOid(ov, firstIdx + i);
-      drops.push(this.decref(dataOid, gen, count).catch((err) => this.log.warn(`decref ${dataOid.toString(16)}: ${err.message}`)));
+    const plan = decrefPlan(firstIdx, old, gref, now);
+    if (plan.decrefs.length && !plan.gref.equals(gref)) {
+      await this.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, plan.gref);
     }
-    if (touchedGref && gref.some((b) => b !== 0)) {
-      await this.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, Buffer.alloc(n * 8));
-    }
+    const drops = plan.decrefs.map((d) =>
+      this.decref(d.oid, d.generation, d.count).catch((err) => this.log.warn(`decref ${d.oid.toString(16)}: ${err.message}`))
+    );
     await Promise.all(drops);
     return r;
   }
@@ -976,13 +1024,46 @@ export class Sheep {
           return { hdr: rsp, data: EMPTY };
         }
         case Op.DECREF_PEER:
-          return { hdr: withResult(rsp, Res.NO_SUPPORT), data: EMPTY };
+          await this.decrefPeer(req.oid, req.b.readUInt32LE(24), req.b.readUInt32LE(28));
+          return { hdr: rsp, data: EMPTY };
         default:
           return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
       }
     } catch (e) {
       return { hdr: withResult(rsp, e instanceof SdError ? e.code : errnoToRes(e)), data: EMPTY };
     }
+  }
+
+  private readonly ledgerLocks = new Map<bigint, Promise<void>>();
+
+  /**
+   * One replica's share of a DECREF (protocol.md §9.4): update the ledger; when no generation
+   * references the data object any more, drop the ledger, and the first holder of the ledger
+   * removes the data object from the cluster.
+   */
+  private decrefPeer(ledger: bigint, gen: number, count: number): Promise<void> {
+    const prev = this.ledgerLocks.get(ledger) ?? Promise.resolve();
+    const next = prev.catch(() => {}).then(async () => {
+      const size = 4 * 1024 * 1024;
+      const cur = this.store.exists(ledger) ? ledgerFromBuffer(await this.store.read(ledger, 0, size)) : null;
+      const r = applyLedgerDecref(cur, gen, count);
+      if (!r.empty) {
+        await this.store.createAndWrite(ledger, 0, ledgerToBuffer(r.ledger), size);
+        return;
+      }
+      if (cur) await this.store.remove(ledger).catch(() => {});
+      const first = this.ring.placeObject(ledger, this.copiesFor(ledger, 0))[0];
+      if (first && nodeEqual(first, this.me)) {
+        const h = Header.req(Op.REMOVE_OBJ);
+        h.oid = ledger & ~(1n << 59n);
+        void this.gateway.writeAll(h, EMPTY).catch((e) => this.log.warn(`reclaim ${h.oid.toString(16)}: ${(e as Error).message}`));
+      }
+    });
+    this.ledgerLocks.set(ledger, next);
+    void next.finally(() => {
+      if (this.ledgerLocks.get(ledger) === next) this.ledgerLocks.delete(ledger);
+    });
+    return next;
   }
 
   storedSize(oid: bigint): number {
@@ -1016,7 +1097,7 @@ export class Sheep {
         b[25] = this.state.copies;
         b[26] = this.state.copyPolicy;
         b.writeUInt16LE(this.state.flags, 30);
-        b.write(this.driver?.name ?? "local", 32, 15, "utf8");
+        b.write(this.state.store, 32, 15, "utf8");
       }
       b.writeBigUInt64LE(rec.time, 8);
       b.writeUInt32LE(e, 16);
@@ -1073,7 +1154,7 @@ export class Sheep {
 }
 
 /** GET_VDI_COPIES payload: vdi_state records of 1428 bytes (protocol.md §13.5). */
-function encodeVdiStates(t: VdiTable): Buffer {
+function encodeVdiStates(t: VdiTable, nodes: SdNode[]): Buffer {
   const states = [...t.states.values()];
   const b = Buffer.alloc(states.length * 1428);
   states.forEach((s, i) => {
@@ -1085,7 +1166,10 @@ function encodeVdiStates(t: VdiTable): Buffer {
     b[o + 7] = s.copyPolicy;
     b[o + 8] = s.blockSizeShift;
     b.writeUInt32LE(s.parentVid, o + 12);
-    b.writeUInt32LE(t.locks.has(s.vid) ? 2 : 1, o + 16);
+    const lock = t.locks.get(s.vid);
+    b.writeUInt32LE(lock ? 2 : 1, o + 16);
+    const owner = lock && nodes.find((n) => nodeHostPort(n) === lock.owner);
+    if (owner) encodeNode(owner).copy(b, o + 20, 24, 64);
   });
   return b;
 }
@@ -1111,6 +1195,10 @@ function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buff
       blockSizeShift: states[o + 8],
       parentVid: states.readUInt32LE(o + 12),
     });
+    if (states.readUInt32LE(o + 16) === 2) {
+      const owner = decodeNode(Buffer.concat([Buffer.alloc(24), states.subarray(o + 20, o + 60), Buffer.alloc(16)]));
+      t.locks.set(vid, { owner: nodeHostPort(owner) });
+    }
   }
 }
 

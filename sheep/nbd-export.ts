@@ -70,7 +70,16 @@ export class SheepExportProvider implements ExportProvider {
       }
       throw new NbdOpenError("other", `cannot open ${name}: ${(e as Error).message}`);
     }
-    return new VdiExport(name, h, opts.readOnlyRequested || h.readOnly);
+    if (opts.readOnlyRequested || h.readOnly) return new VdiExport(name, h, true, null);
+    // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
+    // read-only, so inspection always works and a second writer is refused.
+    const r = await this.sheep.lockVdi(vdi, o);
+    if (r.hdr.result === Res.VDI_LOCKED) {
+      const owner = this.sheep.vdis.locks.get(h.vid)?.owner ?? "another client";
+      return new VdiExport(name, h, true, null, `VDI ${vdi} is locked by ${owner}: read-only`);
+    }
+    if (r.hdr.result !== Res.SUCCESS) throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
+    return new VdiExport(name, h, false, () => this.sheep.releaseVdi(h.vid).then(() => {}));
   }
 }
 
@@ -79,7 +88,13 @@ class VdiExport implements BlockExport {
   readonly prefBlock = 4096;
   readonly maxBlock = MAX_BLOCK;
   readonly size: number;
-  constructor(readonly name: string, private readonly h: VdiHandle, readonly readOnly: boolean) {
+  constructor(
+    readonly name: string,
+    private readonly h: VdiHandle,
+    readonly readOnly: boolean,
+    private readonly release: (() => Promise<void>) | null,
+    readonly description?: string,
+  ) {
     this.size = h.size;
   }
 
@@ -161,7 +176,8 @@ class VdiExport implements BlockExport {
     return Promise.resolve(out);
   }
 
-  close(): Promise<void> {
-    return Promise.resolve();
+  async close(): Promise<void> {
+    const rel = this.release;
+    if (rel) await rel().catch(() => {});
   }
 }

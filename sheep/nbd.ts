@@ -64,6 +64,8 @@ const BASE_ALLOCATION_ID = 1;
 const MIN_WRITE_PAYLOAD_LIMIT = 32 * 1024 * 1024;
 /** Replies up to this size are sent as one buffer (one copy, one syscall). */
 const COALESCE_LIMIT = 64 * 1024;
+/** Replies up to this size wait for the end of the current turn to be merged with others. */
+const SMALL_REPLY = 512;
 /** Beyond this many extents a structured read is sent as plain data. */
 const MAX_READ_SEGMENTS = 64;
 /** Bound on descriptors in one block status reply; clients ask again for the rest. */
@@ -196,6 +198,7 @@ class Connection {
   private inputEnded = false; // NBD_CMD_DISC, client half-close or server shutdown
   private closed = false; // socket is gone
   private paused = false;
+  private flushScheduled = false;
   private timer: ReturnType<typeof setTimeout>; // handshake deadline, then the close deadline
   private needDrain = false; // socket.write() returned false; queue in outQ until 'drain'
   private outQ: Buffer[] = [];
@@ -254,17 +257,27 @@ class Connection {
    */
   private send(b: Buffer): void {
     if (this.closed || this.socket.destroyed) return;
+    if (b.length <= SMALL_REPLY && !this.needDrain) {
+      // Small replies (write acks, errors) finishing in the same turn go out in one write.
+      this.outQ.push(b);
+      this.outBytes += b.length;
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        queueMicrotask(() => {
+          this.flushScheduled = false;
+          this.flushOut();
+        });
+      }
+      return;
+    }
+    if (this.outQ.length > 0) this.flushOut(); // keep order within a reply
+    if (!this.needDrain && this.outQ.length === 0) {
+      if (!this.socket.write(b)) this.needDrain = true;
+      return;
+    }
     this.outQ.push(b);
     this.outBytes += b.length;
-    if (!this.flushScheduled && !this.needDrain) {
-      this.flushScheduled = true;
-      queueMicrotask(() => {
-        this.flushScheduled = false;
-        this.flushOut();
-      });
-    }
   }
-  private flushScheduled = false;
 
   private flushOut(): void {
     const q = this.outQ;

@@ -244,6 +244,8 @@ export class RecoveryManager {
           if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
           data = r.data;
         }
+        // A superseded run must not install objects: the new epoch may not place them here.
+        if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
         if (!store.exists(oid)) await store.createAndWrite(oid, 0, data, size);
         this.done(oid);
         return;

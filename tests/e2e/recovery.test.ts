@@ -14,9 +14,22 @@ const MiB = 1024 * 1024;
 const LONG = process.env.SHEEPDOG_LONG === "1";
 const SIZE = (LONG ? 1024 : 256) * MiB;
 
+/** Vnode counts as the cluster computes them (auto vnodes follow each node's capacity). */
+async function vnodeCounts(c: TestCluster, alive: number[]): Promise<Map<number, number>> {
+  const out = await c.dogOk(["node", "list", "-r"], { node: alive[0] });
+  const m = new Map<number, number>();
+  for (const line of out.trim().split("\n")) {
+    const [, hp, vn] = line.split(" ");
+    m.set(Number(hp.split(":")[1]), Number(vn));
+  }
+  return m;
+}
+
 /** Every object present on `alive` nodes sits on exactly the nodes the ring of `alive` names. */
-function placementReport(c: TestCluster, alive: number[], copies: number): string[] {
-  const nodes = alive.map((i) => makeNode("127.0.0.1", c.nodes[i].port, { zone: c.nodes[i].zone }));
+function placementReport(c: TestCluster, alive: number[], copies: number, vnodes: Map<number, number>): string[] {
+  const nodes = alive.map((i) =>
+    makeNode("127.0.0.1", c.nodes[i].port, { zone: c.nodes[i].zone, nrVnodes: vnodes.get(c.nodes[i].port) ?? 128 })
+  );
   const ring = new Ring(nodes);
   const files = alive.map((i) => new Set(c.objectFiles(i)));
   const all = new Set<string>();
@@ -44,7 +57,7 @@ async function waitPlacement(c: TestCluster, alive: number[], copies: number, wh
   let last: string[] = [];
   try {
     await c.waitFor(async () => {
-      last = placementReport(c, alive, copies);
+      last = placementReport(c, alive, copies, await vnodeCounts(c, alive));
       return last.length === 0;
     }, ms, what);
   } catch (e) {
@@ -71,8 +84,8 @@ describe("4 nodes, copies=3", () => {
     await c?.stop();
   });
 
-  test("initial placement follows the ring", () => {
-    expect(placementReport(c, [0, 1, 2, 3], 3)).toEqual([]);
+  test("initial placement follows the ring", async () => {
+    expect(placementReport(c, [0, 1, 2, 3], 3, await vnodeCounts(c, [0, 1, 2, 3]))).toEqual([]);
   });
 
   test("kill -9: objects return to 3 replicas on the survivors; data intact", async () => {

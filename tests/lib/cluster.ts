@@ -143,6 +143,18 @@ function track(proc: ChildProcess): Tracked {
   return t;
 }
 
+/**
+ * For other harnesses (e.g. tests/lib/zookeeper.ts): proc is SIGKILLed, and tempDir (if given)
+ * removed, when the test process dies. Returns proc's exit; release() forgets tempDir again.
+ */
+export function registerPid(
+  proc: ChildProcess,
+  tempDir?: string,
+): { exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>; release(): void } {
+  if (tempDir) registerDir(tempDir);
+  return { exited: track(proc).exited, release: () => tempDir && unregisterDir(tempDir) };
+}
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------------
