@@ -57,8 +57,10 @@ export async function createDriver(spec: string): Promise<ClusterDriver> {
       const { LocalDriver } = await import("./local.ts");
       return new LocalDriver(opt || "/tmp/sheepdog-local");
     }
-    case "zookeeper":
-      throw new DriverConfigError(`cluster driver '${name}' is not implemented yet (see README: limits)`);
+    case "zookeeper": {
+      const { createZookeeperDriver } = await import("./zookeeper.ts");
+      return createZookeeperDriver(opt);
+    }
     case "corosync": {
       const { createCorosyncDriver } = await import("./corosync.ts");
       return createCorosyncDriver(opt);

@@ -19,8 +19,14 @@ async function vidOf(c: TestCluster, name: string, node = 0): Promise<number> {
 }
 
 /** Checks that every listed object exists on exactly the nodes the ring places it on. */
-function checkPlacement(c: TestCluster, oids: bigint[], copies: number): void {
-  const nodes = c.nodes.map((n) => makeNode("127.0.0.1", n.port, { zone: n.zone }));
+async function checkPlacement(c: TestCluster, oids: bigint[], copies: number): Promise<void> {
+  // vnode counts as the cluster reports them (auto vnodes follow capacity)
+  const vn = new Map<number, number>();
+  for (const l of (await c.dogOk(["node", "list", "-r"])).trim().split("\n")) {
+    const [, hp, v] = l.split(" ");
+    vn.set(Number(hp.split(":")[1]), Number(v));
+  }
+  const nodes = c.nodes.map((n) => makeNode("127.0.0.1", n.port, { zone: n.zone, nrVnodes: vn.get(n.port) ?? 128 }));
   const ring = new Ring(nodes);
   const files = c.nodes.map((_, i) => new Set(c.objectFiles(i)));
   for (const oid of oids) {
@@ -89,11 +95,11 @@ describe("3 nodes, copies=3, ports 7000-7002", () => {
     expect(last.stdout.equals(Buffer.alloc(4096))).toBe(true);
   });
 
-  test("every object exists on exactly the 3 nodes the ring says", () => {
+  test("every object exists on exactly the 3 nodes the ring says", async () => {
     // 3 MiB .. 67 MiB touches objects 0..16
     const oids = [vidToVdiOid(vid)];
     for (let i = 0; i <= 16; i++) oids.push(vidToDataOid(vid, i));
-    checkPlacement(c, oids, 3);
+    await checkPlacement(c, oids, 3);
     // and nothing else was allocated
     for (let i = 0; i < 3; i++) expect(c.objectFiles(i).length).toBe(18);
   });
@@ -150,7 +156,7 @@ describe("copies=2 on 3 nodes", () => {
     const last = Math.floor((MiB + data.length - 1) / (4 * MiB));
     const oids = [vidToVdiOid(vid)];
     for (let i = 0; i <= last; i++) oids.push(vidToDataOid(vid, i));
-    checkPlacement(c, oids, 2);
+    await checkPlacement(c, oids, 2);
     const total = [0, 1, 2].reduce((s, i) => s + c.objectFiles(i).length, 0);
     expect(total).toBe(oids.length * 2);
   }, 120_000);

@@ -1,0 +1,1128 @@
+// The `zookeeper` membership driver: -c zookeeper:HOST:PORT[,HOST:PORT...][/CLUSTER_ID][,timeout=MS]
+//
+// Same design as the local driver, on ZooKeeper (sheep-daemon.md §10.4). Under the base znode
+// (/sheepdog, or /CLUSTER_ID, so several clusters can share one ensemble):
+//   queue/<id>-%010d   persistent sequential: one event each, consumed by every node in sequence
+//                      order. A JOIN is rewritten in place (versioned setData, so exactly one
+//                      decision wins) to ACCEPT or REJECT by the master.
+//   master/<nonce>-%010d  ephemeral sequential, one per incarnation (session) of a sheep, created in
+//                      the same transaction as its JOIN, so token order is JOIN order. The master is
+//                      the member with the lowest live token; a joiner whose token is the lowest of
+//                      all founds the cluster. A member whose token is gone is dead: every member
+//                      that sees that pushes a LEAVE (duplicates are ignored when processed).
+//   member/<node string>  ephemeral, created after our ACCEPT (data: nonce, session id); deleting it
+//                      by hand also makes the members push a LEAVE.
+//   queue_pos/<node string>  ephemeral: how far that member has processed the queue; the master
+//                      deletes queue znodes every member has processed.
+// A sheep owns its address, so znodes named after it that belong to an older incarnation are stale
+// and removed at (re)join; upstream instead refused to start until the old session timed out.
+// Session expiry (e.g. the process was stopped past the timeout): the node opens a new session and
+// joins again as a new incarnation; the broadcasts it missed meanwhile are delivered first so its
+// VDI state stays current, and its unfinished block requests are queued again.
+import zookeeper from "node-zookeeper-client";
+import { Buffer } from "node:buffer";
+import { randomBytes } from "node:crypto";
+import * as net from "node:net";
+import * as os from "node:os";
+import process from "node:process";
+import { cbor } from "../core/cbor.ts";
+import type { SdNode } from "../core/node.ts";
+import { decodeNode, encodeNode, nodeString } from "../core/node.ts";
+import type { ClusterDriver, DriverHandlers } from "./driver.ts";
+import { DriverConfigError } from "./driver.ts";
+
+// ------------------------------------------------------------------------------ option parsing
+
+export interface ZookeeperOptions {
+  servers: Array<{ host: string; port: number }>;
+  /** Connection string without chroot: "host:port,host:port". */
+  connect: string;
+  /** Base znode of this cluster: "/sheepdog" or "/<cluster id>". */
+  base: string;
+  /** Requested session timeout in ms (the server may clamp it). */
+  timeout: number;
+}
+
+const USAGE = "expected zookeeper:HOST:PORT[,HOST:PORT...][/CLUSTER_ID][,timeout=MS]";
+export const DEFAULT_BASE = "/sheepdog";
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+export function parseZookeeperOption(opt: string): ZookeeperOptions {
+  const bad = (why: string) => new DriverConfigError(`zookeeper driver: ${why}; ${USAGE}`);
+  if (!opt) throw bad("no ZooKeeper server given");
+  const servers: Array<{ host: string; port: number }> = [];
+  let base = DEFAULT_BASE;
+  let timeout = DEFAULT_TIMEOUT_MS;
+  let sawId = false;
+  for (const item of opt.split(",")) {
+    if (item.startsWith("timeout=")) {
+      const v = item.slice("timeout=".length);
+      if (!/^\d+$/.test(v) || Number(v) <= 0 || Number(v) > 0x7fffffff) throw bad(`invalid timeout '${v}' (milliseconds)`);
+      timeout = Number(v);
+      continue;
+    }
+    if (sawId) throw bad(`unexpected '${item}' after the cluster id`);
+    let hp = item;
+    const slash = item.indexOf("/");
+    if (slash >= 0) {
+      hp = item.slice(0, slash);
+      const id = item.slice(slash + 1);
+      const segs = id.split("/");
+      if (!id || segs.some((s) => !s || s === "." || s === ".." || /[\s\x00-\x1f\x7f]/.test(s))) {
+        throw bad(`invalid cluster id '${id}'`);
+      }
+      if (segs[0] === "zookeeper") throw bad("the cluster id must not start with 'zookeeper' (reserved)");
+      base = "/" + id;
+      sawId = true;
+    }
+    const m = /^([^\s:/]+|\[[0-9a-fA-F:.]+\]):(\d+)$/.exec(hp);
+    if (!m) throw bad(`invalid server '${hp}' (HOST:PORT)`);
+    const port = Number(m[2]);
+    if (port < 1 || port > 65535) throw bad(`invalid port in '${hp}'`);
+    servers.push({ host: m[1], port });
+  }
+  if (!servers.length) throw bad("no ZooKeeper server given");
+  return { servers, connect: servers.map((s) => `${s.host}:${s.port}`).join(","), base, timeout };
+}
+
+export function createZookeeperDriver(opt: string): ClusterDriver {
+  return new ZookeeperDriver(parseZookeeperOption(opt));
+}
+
+// ------------------------------------------------------------------------------ client wrapper
+
+interface ZkState {
+  name: string;
+  code: number;
+}
+interface ZkStat {
+  version: number;
+}
+type Cb<T> = (err: unknown, value: T, extra?: unknown) => void;
+interface ZkTransaction {
+  create(path: string, data: Buffer, mode: number): ZkTransaction;
+  commit(cb: Cb<Array<{ type: number; path?: string }>>): void;
+}
+interface ZkClient {
+  connect(): void;
+  close(): void;
+  on(ev: "state", f: (s: ZkState) => void): void;
+  getSessionId(): Buffer;
+  getSessionTimeout(): number;
+  create(path: string, data: Buffer, mode: number, cb: Cb<string>): void;
+  remove(path: string, version: number, cb: Cb<void>): void;
+  setData(path: string, data: Buffer, version: number, cb: Cb<ZkStat>): void;
+  getData(path: string, watcher: (() => void) | undefined, cb: (err: unknown, data: Buffer, stat: ZkStat) => void): void;
+  getChildren(path: string, watcher: (() => void) | undefined, cb: Cb<string[]>): void;
+  mkdirp(path: string, cb: Cb<string>): void;
+  transaction(): ZkTransaction;
+  connectionManager?: { socket?: net.Socket };
+}
+interface ZkModule {
+  createClient(conn: string, opts: { sessionTimeout: number; spinDelay: number; retries: number }): ZkClient;
+  CreateMode: { PERSISTENT: number; EPHEMERAL: number; PERSISTENT_SEQUENTIAL: number; EPHEMERAL_SEQUENTIAL: number };
+  State: Record<"SYNC_CONNECTED" | "DISCONNECTED" | "EXPIRED", ZkState>;
+  Exception: Record<"NO_NODE" | "NODE_EXISTS" | "BAD_VERSION" | "CONNECTION_LOSS" | "SESSION_EXPIRED", number>;
+}
+const zk = zookeeper as unknown as ZkModule;
+
+/** The session this operation ran on is gone (expired, closed or replaced). */
+class SessionLost extends Error {}
+
+function errCode(e: unknown): number | undefined {
+  const x = e as { getCode?: () => number; code?: unknown };
+  if (typeof x?.getCode === "function") return x.getCode();
+  return typeof x?.code === "number" ? x.code : undefined;
+}
+
+/** One ZooKeeper session. Operations reject with SessionLost once it is killed. */
+class Session {
+  dead = false;
+  connected = false;
+  private failers = new Set<(e: Error) => void>();
+  private onConnect: Array<() => void> = [];
+  private memo = new Map<string, () => void>();
+
+  constructor(readonly client: ZkClient) {}
+
+  /** A stable watcher function per purpose, so the client registers it once per path. */
+  watcher(kind: string, f: () => void): () => void {
+    let w = this.memo.get(kind);
+    if (!w) {
+      w = () => {
+        if (!this.dead) f();
+      };
+      this.memo.set(kind, w);
+    }
+    return w;
+  }
+
+  private op<T>(run: (done: (err: unknown, value?: T) => void) => void): Promise<T> {
+    if (this.dead) return Promise.reject(new SessionLost("session closed"));
+    return new Promise<T>((resolve, reject) => {
+      const fail = (e: Error) => reject(e);
+      this.failers.add(fail);
+      try {
+        run((err, value) => {
+          if (!this.failers.delete(fail)) return;
+          if (err) {
+            const c = errCode(err);
+            reject(c === zk.Exception.SESSION_EXPIRED ? new SessionLost("session expired") : err);
+          } else {
+            resolve(value as T);
+          }
+        });
+      } catch (e) {
+        this.failers.delete(fail);
+        reject(e);
+      }
+    });
+  }
+
+  create(path: string, data: Buffer, mode: number): Promise<string> {
+    return this.op((done) => this.client.create(path, data, mode, done));
+  }
+
+  /** False when the node already exists. */
+  async createIfAbsent(path: string, data: Buffer, mode: number): Promise<boolean> {
+    try {
+      await this.create(path, data, mode);
+      return true;
+    } catch (e) {
+      if (errCode(e) === zk.Exception.NODE_EXISTS) return false;
+      throw e;
+    }
+  }
+
+  /** False when the node does not exist (or has another version). */
+  async remove(path: string, version = -1): Promise<boolean> {
+    try {
+      await this.op<void>((done) => this.client.remove(path, version, done));
+      return true;
+    } catch (e) {
+      const c = errCode(e);
+      if (c === zk.Exception.NO_NODE || c === zk.Exception.BAD_VERSION) return false;
+      throw e;
+    }
+  }
+
+  /** False when the version did not match or the node is gone. */
+  async setData(path: string, data: Buffer, version = -1): Promise<boolean> {
+    try {
+      await this.op<ZkStat>((done) => this.client.setData(path, data, version, done));
+      return true;
+    } catch (e) {
+      const c = errCode(e);
+      if (c === zk.Exception.NO_NODE || c === zk.Exception.BAD_VERSION) return false;
+      throw e;
+    }
+  }
+
+  /** null when the node does not exist. */
+  async getData(path: string, watch?: () => void): Promise<{ data: Buffer; version: number } | null> {
+    try {
+      return await this.op((done) =>
+        this.client.getData(path, watch, (err, data, stat) => done(err, { data: data ?? Buffer.alloc(0), version: stat?.version ?? 0 }))
+      );
+    } catch (e) {
+      if (errCode(e) === zk.Exception.NO_NODE) return null;
+      throw e;
+    }
+  }
+
+  getChildren(path: string, watch?: () => void): Promise<string[]> {
+    return this.op((done) => this.client.getChildren(path, watch, done));
+  }
+
+  mkdirp(path: string): Promise<string> {
+    return this.op((done) => this.client.mkdirp(path, done));
+  }
+
+  /** Creates all nodes atomically; returns their actual paths. */
+  createAll(items: Array<[string, Buffer, number]>): Promise<string[]> {
+    return this.op((done) => {
+      let tx = this.client.transaction();
+      for (const [p, d, m] of items) tx = tx.create(p, d, m);
+      tx.commit((err, res) => done(err, (res ?? []).map((r) => r.path ?? "")));
+    });
+  }
+
+  sessionHex(): string {
+    return this.client.getSessionId().toString("hex");
+  }
+
+  setConnected(up: boolean): void {
+    this.connected = up;
+    if (up) {
+      const w = this.onConnect;
+      this.onConnect = [];
+      for (const f of w) f();
+    }
+  }
+
+  /** Resolves once connected (at once if connected); rejects with SessionLost when the session dies. */
+  waitConnected(): Promise<void> {
+    if (this.dead) return Promise.reject(new SessionLost("session closed"));
+    if (this.connected) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const fail = (e: Error) => reject(e);
+      this.failers.add(fail);
+      this.onConnect.push(() => {
+        if (this.failers.delete(fail)) resolve();
+      });
+    });
+  }
+
+  /** Fails every pending operation and closes the client (CLOSE_SESSION if still connected). */
+  kill(): void {
+    if (this.dead) return;
+    this.dead = true;
+    const f = [...this.failers];
+    this.failers.clear();
+    for (const x of f) x(new SessionLost("session closed"));
+    try {
+      this.client.close();
+    } catch { /* already closed */ }
+  }
+}
+
+// ------------------------------------------------------------------------------ the driver
+
+type EventType = "join" | "accept" | "reject" | "leave" | "notify" | "block" | "unblock" | "update";
+
+interface WireMember {
+  node: Buffer;
+  nonce: string;
+}
+
+interface ZkEvent {
+  t: EventType;
+  /** Unique per push; also the znode name prefix, to find an event after a lost connection. */
+  id: string;
+  /** Sender (or subject for join/leave/update) and its incarnation. */
+  node: Buffer;
+  nonce: string;
+  /** join/accept/reject: the opaque join message. notify/unblock: the message. */
+  msg?: Buffer;
+  /** accept: the member list after the join, in join order. */
+  members?: WireMember[];
+  /** accept: pending block requests (member keys) at that point. */
+  blocks?: string[];
+  time: number;
+}
+
+interface Member {
+  node: SdNode;
+  /** nodeString(node): "IPv4 ip:127.0.0.1 port:7000" */
+  ns: string;
+  nonce: string;
+}
+
+type Step = "next" | "again" | "wait";
+
+const EMPTY = Buffer.alloc(0);
+const CONNECT_TIMEOUT_MS = 10_000;
+const TICK_MS = 1000;
+const PURGE_EVERY_TICKS = 5;
+/** The newest queue znodes are kept even when processed, so a slow rejected joiner can read its REJECT. */
+const PURGE_KEEP = 100;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function asBuf(x: unknown): Buffer {
+  if (Buffer.isBuffer(x)) return x;
+  if (x instanceof Uint8Array) return Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  return EMPTY;
+}
+
+/** Sequence number of a sequential znode name ("<prefix>-%010d"). */
+function seqOf(name: string): number {
+  return Number(name.slice(-10));
+}
+
+function keyOf(m: { ns: string; nonce: string }): string {
+  return `${m.ns}#${m.nonce}`;
+}
+
+function log(msg: string): void {
+  try {
+    process.stderr.write(`zookeeper: ${msg}\n`);
+  } catch { /* stderr gone */ }
+}
+
+export class ZookeeperDriver implements ClusterDriver {
+  readonly name = "zookeeper";
+  private handlers!: DriverHandlers;
+  private session: Session | null = null;
+  private myself!: SdNode;
+  private ns = "";
+  private opaque: Buffer = EMPTY;
+  /** Identifies this incarnation (one per session that joined). */
+  private nonce = "";
+  private incarnation = 0;
+  /** Our /master token name. */
+  private token = "";
+  private joinSeq = -1;
+  /** Last processed queue sequence number. */
+  private pos = -1;
+  private pending: Array<{ name: string; seq: number }> = [];
+  private accepted = false;
+  private everAccepted = false;
+  private stopped = false;
+  private closed = false;
+  private failed = false;
+  private members: Member[] = [];
+  /** Keys of members with a BLOCK queued, in order; the head holds the cluster-wide block. */
+  private blocks: string[] = [];
+  /** Our block() calls whose BLOCK has not reached the head yet (re-queued after a rejoin). */
+  private blockOwed = 0;
+  private pumping = false;
+  private pumpAgain = false;
+  private checking = false;
+  private checkAgain = false;
+  private leavePushed = new Set<string>();
+  /** /member child name -> nonce read from it. */
+  private memberNonces = new Map<string, string>();
+  /** Ids of our pushes in flight -> seen in the queue. */
+  private pushing = new Map<string, boolean>();
+  private ready!: { p: Promise<void>; resolve: () => void };
+  private leaving: (() => void) | null = null;
+  private restartReason: string | null = null;
+  private rejoining = false;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private ticks = 0;
+  private posWritten = -1;
+
+  constructor(readonly opts: ZookeeperOptions) {
+    this.resetReady();
+  }
+
+  private dir(sub: string): string {
+    return `${this.opts.base}/${sub}`;
+  }
+
+  private resetReady(): void {
+    let resolve!: () => void;
+    const p = new Promise<void>((r) => (resolve = r));
+    this.ready = { p, resolve };
+  }
+
+  // -------------------------------------------------------------------- session management
+
+  async init(handlers: DriverHandlers): Promise<void> {
+    this.handlers = handlers;
+    const s = await this.openSession(CONNECT_TIMEOUT_MS);
+    try {
+      await this.ensureDirs(s);
+    } catch (e) {
+      s.kill();
+      throw new Error(`zookeeper driver: cannot create ${this.opts.base} on ${this.opts.connect}: ${(e as Error).message}`);
+    }
+    this.session = s;
+  }
+
+  private openSession(timeoutMs: number): Promise<Session> {
+    const client = zk.createClient(this.opts.connect, { sessionTimeout: this.opts.timeout, spinDelay: 500, retries: 0 });
+    const s = new Session(client);
+    return new Promise((resolve, reject) => {
+      let up = false;
+      const timer = setTimeout(() => {
+        if (up) return;
+        s.kill();
+        reject(
+          new Error(
+            `zookeeper driver: cannot connect to ZooKeeper at ${this.opts.connect} within ${timeoutMs / 1000} s (is it running?)`,
+          ),
+        );
+      }, timeoutMs);
+      client.on("state", (st) => {
+        if (st.code === zk.State.SYNC_CONNECTED.code) {
+          s.setConnected(true);
+          if (!up) {
+            up = true;
+            clearTimeout(timer);
+            resolve(s);
+          } else if (s === this.session) {
+            // Same session after a reconnect: watches were re-armed by the client; look anyway.
+            this.pump();
+            void this.checkLiveness(s);
+          }
+        } else if (st.code === zk.State.EXPIRED.code) {
+          s.setConnected(false);
+          this.onExpired(s);
+        } else if (st.code === zk.State.DISCONNECTED.code) {
+          s.setConnected(false);
+          if (s === this.session && !this.closed) log(`disconnected from ${this.opts.connect}; reconnecting`);
+        }
+      });
+      client.connect();
+    });
+  }
+
+  private async ensureDirs(s: Session): Promise<void> {
+    for (const d of ["queue", "member", "master", "queue_pos"]) await s.mkdirp(this.dir(d));
+  }
+
+  private onExpired(s: Session): void {
+    if (s !== this.session || this.closed) return;
+    log("session expired; joining again with a new session");
+    this.loseSession();
+  }
+
+  /** Drops the current session (closing it) and joins again with a new one. */
+  private loseSession(): void {
+    const s = this.session;
+    this.session = null;
+    s?.kill();
+    this.accepted = false;
+    this.joinSeq = -1;
+    this.pending = [];
+    this.incarnation++;
+    this.resetReady();
+    if (!this.rejoining) void this.rejoin();
+  }
+
+  private async rejoin(): Promise<void> {
+    this.rejoining = true;
+    const deadline = Date.now() + Math.max(60_000, 3 * this.opts.timeout);
+    try {
+      while (!this.closed && !this.failed) {
+        try {
+          if (!this.session) {
+            const s = await this.openSession(CONNECT_TIMEOUT_MS);
+            if (this.closed) {
+              s.kill();
+              return;
+            }
+            this.session = s;
+          }
+          const s = this.session;
+          await this.ensureDirs(s);
+          await this.startIncarnation(s);
+          log(`joining again as ${this.ns} (session ${s.sessionHex()})`);
+          return;
+        } catch (e) {
+          if (this.session?.dead) this.session = null;
+          if (Date.now() > deadline) {
+            this.fail(`cannot rejoin the cluster through ZooKeeper at ${this.opts.connect}: ${(e as Error).message}`);
+            return;
+          }
+          await sleep(1000);
+        }
+      }
+    } finally {
+      this.rejoining = false;
+    }
+  }
+
+  private fail(reason: string): void {
+    if (this.closed || this.failed) return;
+    this.failed = true;
+    log(reason);
+    this.handlers.fatal(reason);
+  }
+
+  localAddr(): string {
+    // The address we reach ZooKeeper from is the one peers most likely reach us at.
+    let a = this.session?.client.connectionManager?.socket?.localAddress ?? "";
+    if (a.startsWith("::ffff:")) a = a.slice(7);
+    if (net.isIP(a)) return a;
+    for (const list of Object.values(os.networkInterfaces())) {
+      for (const i of list ?? []) if (!i.internal && i.family === "IPv4") return i.address;
+    }
+    return "127.0.0.1";
+  }
+
+  // -------------------------------------------------------------------- joining
+
+  async join(myself: SdNode, opaque: Buffer): Promise<void> {
+    this.myself = myself;
+    this.ns = nodeString(myself);
+    this.opaque = opaque;
+    const s = this.session;
+    if (!s) throw new Error("zookeeper driver: join before init");
+    await this.startIncarnation(s);
+    this.timer = setInterval(() => this.tick(), TICK_MS);
+  }
+
+  /** New nonce; removes our stale znodes; creates our token and JOIN in one transaction. */
+  private async startIncarnation(s: Session): Promise<void> {
+    this.nonce = randomBytes(6).toString("hex");
+    const inc = this.incarnation;
+    await this.removeStale(s);
+    const id = randomBytes(6).toString("hex");
+    const ev: ZkEvent = { t: "join", id, node: encodeNode(this.myself), nonce: this.nonce, msg: this.opaque, time: Date.now() };
+    const tokData = Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce }));
+    let token = "";
+    let joinName = "";
+    for (;;) {
+      try {
+        const [t, j] = await s.createAll([
+          [`${this.dir("master")}/${this.nonce}-`, tokData, zk.CreateMode.EPHEMERAL_SEQUENTIAL],
+          [`${this.dir("queue")}/${id}-`, Buffer.from(cbor.encode(ev)), zk.CreateMode.PERSISTENT_SEQUENTIAL],
+        ]);
+        token = t.slice(t.lastIndexOf("/") + 1);
+        joinName = j.slice(j.lastIndexOf("/") + 1);
+        break;
+      } catch (e) {
+        if (errCode(e) !== zk.Exception.CONNECTION_LOSS) throw e;
+        await s.waitConnected();
+        const q = (await s.getChildren(this.dir("queue"))).find((n) => n.startsWith(`${id}-`));
+        if (!q) continue;
+        const t = (await s.getChildren(this.dir("master"))).find((n) => n.startsWith(`${this.nonce}-`));
+        if (!t) throw new SessionLost("token vanished");
+        token = t;
+        joinName = q;
+        break;
+      }
+    }
+    if (inc !== this.incarnation || s !== this.session) throw new SessionLost("session replaced");
+    this.token = token;
+    this.joinSeq = seqOf(joinName);
+    // First join: start at our JOIN. Rejoin: deliver what we missed since our old position.
+    if (!this.everAccepted || this.pos < 0) this.pos = this.joinSeq - 1;
+    this.pending = [];
+    this.ready.resolve();
+    void this.checkLiveness(s);
+    this.pump();
+  }
+
+  /** Removes znodes left by an earlier incarnation of this sheep (we own our address now). */
+  private async removeStale(s: Session): Promise<void> {
+    for (const d of ["member", "queue_pos"]) {
+      const p = `${this.dir(d)}/${this.ns}`;
+      const r = await s.getData(p);
+      if (r && this.decodeMeta(r.data)?.nonce !== this.nonce) {
+        if (await s.remove(p)) log(`removed stale ${p}`);
+      }
+    }
+    for (const t of await s.getChildren(this.dir("master"))) {
+      if (t.startsWith(`${this.nonce}-`)) continue;
+      const r = await s.getData(`${this.dir("master")}/${t}`);
+      const meta = r && this.decodeMeta(r.data);
+      if (meta && meta.node === this.ns) {
+        if (await s.remove(`${this.dir("master")}/${t}`)) log(`removed stale master token ${t}`);
+      }
+    }
+  }
+
+  private decodeMeta(b: Buffer): { node?: string; nonce?: string; pos?: number } | null {
+    try {
+      const v = cbor.decode(b);
+      return v && typeof v === "object" ? v : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // -------------------------------------------------------------------- queue processing
+
+  private pump(): void {
+    void this.runPump();
+  }
+
+  private async runPump(): Promise<void> {
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        try {
+          await this.drain();
+        } catch (e) {
+          if (e instanceof SessionLost || this.closed) continue;
+          const c = errCode(e);
+          if (c === zk.Exception.CONNECTION_LOSS) {
+            // Retried when the client reconnects (or on the next tick).
+            continue;
+          }
+          this.fail(`zookeeper driver: ${(e as Error).stack ?? e}`);
+          return;
+        }
+      } while (this.pumpAgain && !this.closed);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async drain(): Promise<void> {
+    const s = this.session;
+    if (!s || s.dead || this.joinSeq < 0) return;
+    const qdir = this.dir("queue");
+    for (;;) {
+      if (this.closed || this.stopped || this.failed || s !== this.session) return;
+      if (this.restartReason) {
+        log(`${this.restartReason}; joining again`);
+        this.restartReason = null;
+        this.loseSession();
+        return;
+      }
+      if (!this.pending.length) {
+        const kids = await s.getChildren(qdir, s.watcher("queue", () => this.pump()));
+        this.pending = kids
+          .map((name) => ({ name, seq: seqOf(name) }))
+          .filter((e) => Number.isFinite(e.seq) && e.seq > this.pos)
+          .sort((a, b) => a.seq - b.seq);
+        if (!this.pending.length) return;
+      }
+      const head = this.pending[0];
+      const path = `${qdir}/${head.name}`;
+      const r = await s.getData(path);
+      if (s !== this.session) return;
+      if (!r) {
+        if (head.seq === this.joinSeq && !this.accepted) {
+          this.restartReason = "our join request vanished from the queue";
+          continue;
+        }
+        this.pending.shift();
+        this.pos = head.seq;
+        continue;
+      }
+      let ev: ZkEvent | null = null;
+      try {
+        ev = cbor.decode(r.data) as ZkEvent;
+      } catch { /* not ours: skip */ }
+      if (!ev || typeof ev !== "object" || typeof ev.t !== "string") {
+        this.pending.shift();
+        this.pos = head.seq;
+        continue;
+      }
+      if (ev.id && this.pushing.has(ev.id)) this.pushing.set(ev.id, true);
+      const step = await this.process(s, head.seq, path, ev, r.version);
+      if (s !== this.session) return;
+      if (step === "next") {
+        this.pending.shift();
+        this.pos = head.seq;
+      } else if (step === "wait") {
+        // Wait for the JOIN to be rewritten (data watch) or for the master to change (token watch).
+        const w = await s.getData(path, s.watcher("data", () => this.pump()));
+        if (w && w.version === r.version) return;
+      }
+    }
+  }
+
+  private nodes(): SdNode[] {
+    return this.members.map((m) => m.node);
+  }
+
+  private myKey(): string {
+    return keyOf({ ns: this.ns, nonce: this.nonce });
+  }
+
+  private async process(s: Session, seq: number, path: string, ev: ZkEvent, version: number): Promise<Step> {
+    const node = decodeNode(asBuf(ev.node));
+    const ns = nodeString(node);
+    const key = keyOf({ ns, nonce: ev.nonce });
+    const msg = ev.msg ? asBuf(ev.msg) : EMPTY;
+
+    if (!this.accepted) {
+      if (seq < this.joinSeq) {
+        // Catching up after a rejoin: apply what the members applied while we were out.
+        if (ev.t === "notify" || ev.t === "unblock") await this.handlers.notify(node, msg);
+        return "next";
+      }
+      if (seq > this.joinSeq) return "next";
+      switch (ev.t) {
+        case "join":
+          return (await this.tryFound(s, path, ev, version)) ? "again" : "wait";
+        case "reject":
+          this.stopped = true;
+          await s.remove(`${this.dir("master")}/${this.token}`).catch(() => false);
+          if (this.everAccepted) this.fail("the cluster refused to take this sheep back after its ZooKeeper session expired");
+          else this.handlers.rejected(msg);
+          return "wait";
+        case "accept":
+          await this.ownAccept(s, node, ev, msg);
+          return "next";
+        default:
+          return "next";
+      }
+    }
+
+    switch (ev.t) {
+      case "join": {
+        const toks = await this.listTokens(s);
+        if (!this.isMaster(toks)) return "wait";
+        await this.decideJoin(s, path, ev, version, node, ns, toks);
+        return "again";
+      }
+      case "accept": {
+        const old = this.members.find((m) => m.ns === ns && m.nonce !== ev.nonce);
+        if (old) await this.removeMember(old);
+        if (this.members.some((m) => keyOf(m) === key)) return "next";
+        this.members = (ev.members ?? []).map((w) => {
+          const n = decodeNode(asBuf(w.node));
+          return { node: n, ns: nodeString(n), nonce: w.nonce };
+        });
+        await this.handlers.accept(node, this.nodes(), msg);
+        void this.checkLiveness(s);
+        return "next";
+      }
+      case "reject":
+        return "next";
+      case "leave": {
+        const m = this.members.find((x) => keyOf(x) === key);
+        if (m) await this.removeMember(m);
+        if (key === this.myKey()) {
+          if (this.leaving) this.leaving();
+          else this.restartReason = "the cluster removed this sheep";
+        }
+        return "next";
+      }
+      case "notify":
+        await this.handlers.notify(node, msg);
+        return "next";
+      case "block":
+        // A block from a node that already left (e.g. pushed just before it died) is void.
+        if (!this.members.some((m) => keyOf(m) === key)) return "next";
+        this.blocks.push(key);
+        if (this.blocks.length === 1) this.offerBlock();
+        return "next";
+      case "unblock": {
+        const released = this.blocks[0] === key;
+        if (released) this.blocks.shift();
+        await this.handlers.notify(node, msg);
+        if (released && this.blocks.length) this.offerBlock();
+        return "next";
+      }
+      case "update": {
+        const m = this.members.find((x) => keyOf(x) === key);
+        if (!m) return "next";
+        m.node = node;
+        await this.handlers.updateNode(node, this.nodes());
+        return "next";
+      }
+    }
+    return "next";
+  }
+
+  /** Our JOIN is at the head and nobody accepted us: found the cluster if no lower token is alive. */
+  private async tryFound(s: Session, path: string, ev: ZkEvent, version: number): Promise<boolean> {
+    const toks = await this.listTokens(s);
+    const mine = seqOf(this.token);
+    if (!toks.includes(this.token)) return false;
+    if (toks.some((t) => seqOf(t) < mine)) return false;
+    const d = this.handlers.join(this.myself, [], ev.msg ? asBuf(ev.msg) : EMPTY);
+    const out: ZkEvent = d.accept
+      ? { ...ev, t: "accept", msg: d.opaque, members: [{ node: asBuf(ev.node), nonce: ev.nonce }], blocks: [] }
+      : { ...ev, t: "reject", msg: d.opaque };
+    await s.setData(path, Buffer.from(cbor.encode(out)), version);
+    return true;
+  }
+
+  private async decideJoin(
+    s: Session,
+    path: string,
+    ev: ZkEvent,
+    version: number,
+    node: SdNode,
+    ns: string,
+    toks: string[],
+  ): Promise<void> {
+    let out: ZkEvent;
+    if (!toks.some((t) => t.startsWith(`${ev.nonce}-`))) {
+      // The joiner's session ended before we got to its JOIN: nothing to accept.
+      out = { ...ev, t: "reject", msg: EMPTY };
+    } else {
+      // A restarted sheep may join before the LEAVE of its previous incarnation is processed.
+      const others = this.members.filter((m) => m.ns !== ns);
+      const oldKeys = new Set(this.members.filter((m) => m.ns === ns).map(keyOf));
+      const d = this.handlers.join(node, others.map((m) => m.node), ev.msg ? asBuf(ev.msg) : EMPTY);
+      out = d.accept
+        ? {
+          ...ev,
+          t: "accept",
+          msg: d.opaque,
+          members: [...others.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })), { node: asBuf(ev.node), nonce: ev.nonce }],
+          blocks: this.blocks.filter((k) => !oldKeys.has(k)),
+        }
+        : { ...ev, t: "reject", msg: d.opaque };
+    }
+    // Versioned: if another node decided first, ours is dropped and we read theirs.
+    await s.setData(path, Buffer.from(cbor.encode(out)), version);
+  }
+
+  private async ownAccept(s: Session, node: SdNode, ev: ZkEvent, msg: Buffer): Promise<void> {
+    this.members = (ev.members ?? []).map((w) => {
+      const n = decodeNode(asBuf(w.node));
+      return { node: n, ns: nodeString(n), nonce: w.nonce };
+    });
+    this.blocks = (ev.blocks ?? []).filter((k) => this.members.some((m) => keyOf(m) === k));
+    this.accepted = true;
+    const again = this.everAccepted;
+    this.everAccepted = true;
+    this.leavePushed.clear();
+    await this.register(s);
+    await this.handlers.accept(node, this.nodes(), msg);
+    // Block requests of ours that never reached the head died with the old incarnation.
+    if (again) for (let i = 0; i < this.blockOwed; i++) this.pushOwn("block");
+    if (this.blocks.length) this.offerBlock();
+    void this.checkLiveness(s);
+  }
+
+  /** Creates our /member and /queue_pos znodes. */
+  private async register(s: Session): Promise<void> {
+    const meta = (extra: object) => Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), ...extra }));
+    for (const [d, data] of [["member", meta({})], ["queue_pos", meta({ pos: this.joinSeq })]] as const) {
+      const p = `${this.dir(d)}/${this.ns}`;
+      for (let i = 0; i < 3; i++) {
+        if (await s.createIfAbsent(p, data, zk.CreateMode.EPHEMERAL)) break;
+        const r = await s.getData(p);
+        if (r && this.decodeMeta(r.data)?.nonce === this.nonce) break;
+        await s.remove(p);
+      }
+    }
+    this.posWritten = this.joinSeq;
+  }
+
+  private offerBlock(): void {
+    while (this.blocks.length) {
+      const head = this.blocks[0];
+      const m = this.members.find((x) => keyOf(x) === head);
+      if (!m) {
+        this.blocks.shift();
+        continue;
+      }
+      if (head === this.myKey() && this.blockOwed > 0) this.blockOwed--;
+      this.handlers.block(m.node);
+      return;
+    }
+  }
+
+  private async removeMember(m: Member): Promise<void> {
+    const key = keyOf(m);
+    this.members = this.members.filter((x) => keyOf(x) !== key);
+    const wasHead = this.blocks[0] === key;
+    this.blocks = this.blocks.filter((b) => b !== key);
+    await this.handlers.leave(m.node, this.nodes());
+    if (wasHead && this.blocks.length) this.offerBlock();
+  }
+
+  // -------------------------------------------------------------------- liveness and mastership
+
+  private async listTokens(s: Session): Promise<string[]> {
+    return await s.getChildren(this.dir("master"), s.watcher("master", () => void this.checkLiveness(s)));
+  }
+
+  /** Master: the member with the lowest live token. */
+  private isMaster(toks: string[]): boolean {
+    let best = Infinity;
+    let who = "";
+    for (const m of this.members) {
+      const t = toks.find((x) => x.startsWith(`${m.nonce}-`));
+      if (t && seqOf(t) < best) {
+        best = seqOf(t);
+        who = keyOf(m);
+      }
+    }
+    return who === this.myKey();
+  }
+
+  /** Pushes a LEAVE for every member whose token or /member znode is gone. */
+  private async checkLiveness(s: Session): Promise<void> {
+    if (this.checking) {
+      this.checkAgain = true;
+      return;
+    }
+    this.checking = true;
+    try {
+      do {
+        this.checkAgain = false;
+        if (s !== this.session || s.dead || this.closed) return;
+        // Members known before the listings were requested: their tokens predate them.
+        const known = this.accepted ? [...this.members] : [];
+        const toks = await this.listTokens(s);
+        const kids = await s.getChildren(this.dir("member"), s.watcher("member", () => void this.checkLiveness(s)));
+        const gone = new Map<string, string>();
+        for (const [name, nonce] of this.memberNonces) {
+          if (!kids.includes(name)) {
+            gone.set(name, nonce);
+            this.memberNonces.delete(name);
+          }
+        }
+        for (const name of kids) {
+          if (this.memberNonces.has(name)) continue;
+          const r = await s.getData(`${this.dir("member")}/${name}`);
+          const nonce = r && this.decodeMeta(r.data)?.nonce;
+          if (typeof nonce === "string") this.memberNonces.set(name, nonce);
+        }
+        // Mastership or our founding may depend on the tokens that changed.
+        this.pump();
+        if (!this.accepted || s !== this.session) continue;
+        for (const m of known) {
+          const key = keyOf(m);
+          if (key === this.myKey() || this.leavePushed.has(key)) continue;
+          if (!this.members.some((x) => keyOf(x) === key)) continue;
+          const alive = toks.some((t) => t.startsWith(`${m.nonce}-`)) && gone.get(m.ns) !== m.nonce;
+          if (alive) continue;
+          this.leavePushed.add(key);
+          const inc = this.incarnation;
+          void this.push(() => (inc === this.incarnation ? this.event("leave", encodeNode(m.node), m.nonce) : null));
+        }
+      } while (this.checkAgain);
+    } catch (e) {
+      if (!(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed) {
+        log(`liveness check: ${(e as Error).message}`);
+      }
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  // -------------------------------------------------------------------- periodic work
+
+  private tick(): void {
+    const s = this.session;
+    if (!s || s.dead || !s.connected || this.closed) return;
+    this.ticks++;
+    // A safety net in case a watch was lost; cheap when there is nothing new.
+    this.pump();
+    if (!this.accepted) return;
+    void (async () => {
+      try {
+        if (this.pos !== this.posWritten) {
+          const pos = this.pos;
+          const data = Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), pos }));
+          if (await s.setData(`${this.dir("queue_pos")}/${this.ns}`, data)) this.posWritten = pos;
+        }
+        if (this.ticks % PURGE_EVERY_TICKS === 0) await this.purge(s);
+      } catch (e) {
+        if (!(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed) {
+          log(`queue maintenance: ${(e as Error).message}`);
+        }
+      }
+    })();
+  }
+
+  /** Master only: deletes queue znodes every member has processed (minus the newest PURGE_KEEP). */
+  private async purge(s: Session): Promise<void> {
+    if (!this.isMaster(await this.listTokens(s))) return;
+    let min = this.pos;
+    for (const m of [...this.members]) {
+      if (keyOf(m) === this.myKey()) continue;
+      const r = await s.getData(`${this.dir("queue_pos")}/${m.ns}`);
+      const meta = r && this.decodeMeta(r.data);
+      if (!meta || meta.nonce !== m.nonce || typeof meta.pos !== "number") return;
+      min = Math.min(min, meta.pos);
+    }
+    const kids = (await s.getChildren(this.dir("queue"))).map((name) => ({ name, seq: seqOf(name) }))
+      .filter((k) => Number.isFinite(k.seq)).sort((a, b) => a.seq - b.seq);
+    const victims = kids.slice(0, Math.max(0, kids.length - PURGE_KEEP)).filter((k) => k.seq <= min);
+    await Promise.all(victims.map((k) => s.remove(`${this.dir("queue")}/${k.name}`)));
+  }
+
+  // -------------------------------------------------------------------- broadcasting
+
+  private event(t: EventType, node: Buffer, nonce: string, msg?: Buffer): ZkEvent {
+    const ev: ZkEvent = { t, id: "", node, nonce, time: Date.now() };
+    if (msg) ev.msg = msg;
+    return ev;
+  }
+
+  /** Queues an event from this sheep, with the nonce of the incarnation that pushes it. */
+  private pushOwn(t: EventType, msg?: Buffer): void {
+    const inc = this.incarnation;
+    // BLOCKs belong to one incarnation: owed ones are queued again after a rejoin.
+    void this.push(() => (t === "block" && inc !== this.incarnation ? null : this.event(t, encodeNode(this.myself), this.nonce, msg)));
+  }
+
+  /**
+   * Appends an event to the queue, exactly once even across lost connections (the id in the
+   * znode name tells whether a create whose reply was lost happened). make() runs per attempt and
+   * may return null to drop the event (it belonged to an incarnation that is gone).
+   */
+  private async push(make: () => ZkEvent | null): Promise<void> {
+    const id = randomBytes(6).toString("hex");
+    this.pushing.set(id, false);
+    try {
+      let maybeCreated = false;
+      for (;;) {
+        if (this.closed || this.failed) return;
+        await Promise.race([this.ready.p, this.closedPromise()]);
+        const s = this.session;
+        if (this.closed || !s || s.dead) {
+          await sleep(100);
+          continue;
+        }
+        try {
+          if (maybeCreated) {
+            await s.waitConnected();
+            if (this.pushing.get(id) || (await s.getChildren(this.dir("queue"))).some((n) => n.startsWith(`${id}-`))) return;
+          }
+          const ev = make();
+          if (!ev) return;
+          ev.id = id;
+          maybeCreated = true;
+          await s.create(`${this.dir("queue")}/${id}-`, Buffer.from(cbor.encode(ev)), zk.CreateMode.PERSISTENT_SEQUENTIAL);
+          this.pump();
+          return;
+        } catch (e) {
+          if (this.closed) return;
+          if (e instanceof SessionLost || errCode(e) === zk.Exception.CONNECTION_LOSS) {
+            await sleep(50);
+            continue;
+          }
+          throw e;
+        }
+      }
+    } catch (e) {
+      this.fail(`zookeeper driver: cannot queue an event: ${(e as Error).message}`);
+    } finally {
+      this.pushing.delete(id);
+    }
+  }
+
+  private closeWaiters: Array<() => void> = [];
+  private closedPromise(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((r) => this.closeWaiters.push(r));
+  }
+
+  async leave(): Promise<void> {
+    if (!this.accepted || this.closed || !this.session) return;
+    const left = new Promise<void>((resolve) => (this.leaving = resolve));
+    this.pushOwn("leave");
+    await Promise.race([left, sleep(2000)]);
+  }
+
+  notify(msg: Buffer): Promise<void> {
+    this.pushOwn("notify", msg);
+    return Promise.resolve();
+  }
+
+  block(): Promise<void> {
+    this.blockOwed++;
+    if (this.accepted) this.pushOwn("block");
+    return Promise.resolve();
+  }
+
+  unblock(msg: Buffer): Promise<void> {
+    this.pushOwn("unblock", msg);
+    return Promise.resolve();
+  }
+
+  updateNode(node: SdNode): Promise<void> {
+    this.myself = node;
+    this.pushOwn("update");
+    return Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    for (const w of this.closeWaiters.splice(0)) w();
+    this.ready.resolve();
+    const s = this.session;
+    this.session = null;
+    if (!s || s.dead) return;
+    // Close the session now so our ephemeral znodes vanish at once instead of after the timeout.
+    const wasConnected = s.connected;
+    const gone = new Promise<void>((resolve) => s.client.on("state", (st) => st.code === zk.State.DISCONNECTED.code && resolve()));
+    s.kill();
+    if (wasConnected) await Promise.race([gone, sleep(1000)]);
+  }
+}
