@@ -757,6 +757,15 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
     return EXIT_SUCCESS;
   }
   const vid = r.vid;
+  // Clearing the data map of a VDI a client has attached would destroy its disk under it;
+  // upstream 1.0 does not look, we refuse (and change nothing).
+  const states = await getVdiState(c);
+  const lock = states?.find((s) => s.vid === vid && s.lockState !== LOCK_STATE_UNLOCKED);
+  if (lock) {
+    err(`Failed to delete ${name}: ${strerror(Res.VDI_LOCKED)} (owner ${nodeString(lock.lockOwner)}); ` +
+      `detach it first or run 'dog vdi lock unlock ${name}'`);
+    return EXIT_FAILURE;
+  }
   let header: InodeHeader, slots: SlotMap;
   try {
     ({ header, slots } = await readInodeWithSlots(c.req, vid));
@@ -797,8 +806,32 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
   const h = Header.req(Op.DEL_VDI, { flags: Flag.CMD_WRITE, dataLength: payload.length });
   h.snapid = snapid;
   const rsp = await c.exec(h, payload);
-  if (rsp.hdr.result !== Res.SUCCESS) err(`Failed to delete ${name}: ${strerror(rsp.hdr.result)}`);
+  if (rsp.hdr.result !== Res.SUCCESS) {
+    err(`Failed to delete ${name}: ${strerror(rsp.hdr.result)}`);
+    return EXIT_SUCCESS;
+  }
+  if (header.storePolicy === 1) await reclaimHyperObjects(c, vid, slots);
   return EXIT_SUCCESS;
+}
+
+/**
+ * A deleted hyper volume's own data objects and its B-tree leaves: nothing reference-counts
+ * them, so they are removed directly (objects of other VIDs belong to snapshots). Done after
+ * DEL_VDI so a refused delete changes nothing; objects the server already removed are skipped.
+ */
+async function reclaimHyperObjects(c: Ctx, vid: number, slots: SlotMap): Promise<void> {
+  const oids: bigint[] = [];
+  for (const [idx, owner] of slots.entries()) if (owner === vid) oids.push(vidToDataOid(vid, idx));
+  oids.push(...(slots.leafOids?.() ?? []));
+  const lim = new Limiter(16);
+  await Promise.all(oids.map((oid) => lim.run(async () => {
+    const h = Header.req(Op.REMOVE_OBJ);
+    h.oid = oid;
+    const r = await c.exec(h);
+    if (r.hdr.result !== Res.SUCCESS && r.hdr.result !== Res.NO_OBJ) {
+      err(`failed to remove object ${hex(oid)}: ${strerror(r.hdr.result)}`);
+    }
+  })));
 }
 
 async function vdiDelete(c: Ctx): Promise<number> {
@@ -945,10 +978,6 @@ async function vdiWrite(c: Ctx): Promise<number> {
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Failed to read a vdi ${name}`);
-    return EXIT_FAILURE;
-  }
-  if (handle.header.storePolicy === 1) {
-    err("Writing to hyper volumes is not supported by this dog");
     return EXIT_FAILURE;
   }
   const remain = size - ol.offset;
@@ -1495,6 +1524,22 @@ async function findVdiAttrOid(
   return { result: Res.SUCCESS, oid: vidToAttrOid(rsp.hdr.rspVdiId, rsp.hdr.rspAttrId) };
 }
 
+/**
+ * The server looks the VDI up before touching attributes (upstream cluster_get_vdi_attr); done
+ * here as well so an attribute is never created for a VDI that does not exist.
+ */
+async function attrVdiExists(c: Ctx, name: string): Promise<number> {
+  checkVdiName(name);
+  const r = await findVdiName(c, name, c.vdi.snapshotId, c.vdi.snapshotTag);
+  if (r.result === Res.SUCCESS) return EXIT_SUCCESS;
+  if (r.result === Res.NO_VDI || r.result === Res.NO_TAG) {
+    err("VDI not found");
+    return EXIT_MISSING;
+  }
+  err(`Failed to find VDI ${name}: ${strerror(r.result)}`);
+  return EXIT_FAILURE;
+}
+
 async function vdiSetattr(c: Ctx): Promise<number> {
   const name = c.arg()!;
   const key = c.arg(1);
@@ -1502,6 +1547,8 @@ async function vdiSetattr(c: Ctx): Promise<number> {
     err("Please specify the attribute key");
     return EXIT_USAGE;
   }
+  const ex = await attrVdiExists(c, name);
+  if (ex !== EXIT_SUCCESS) return ex;
   let value: Buffer | null = c.arg(2) !== undefined ? Buffer.from(c.arg(2)!, "utf8") : null;
   if (value === null && !c.vdi.delete) value = await c.stdin.read(SD_MAX_VDI_ATTR_VALUE_LEN);
   if (value) {
@@ -1525,6 +1572,8 @@ async function vdiGetattr(c: Ctx): Promise<number> {
     err("Please specify the attribute key");
     return EXIT_USAGE;
   }
+  const ex = await attrVdiExists(c, name);
+  if (ex !== EXIT_SUCCESS) return ex === EXIT_FAILURE ? EXIT_MISSING : ex;
   const r = await findVdiAttrOid(c, name, key, null, false, false, false);
   if (r.result === Res.NO_OBJ) {
     err(`Attribute '${key}' not found`);
@@ -1611,10 +1660,24 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
   ah.b[24] = d.nrCopies;
   ah.b[26] = d.copyPolicy;
   ah.b[27] = h.blockSizeShift;
-  if (await c.light(ah)) {
+  const rsp = await c.exec(ah);
+  if (rsp.hdr.result === Res.SUCCESS) {
     err(`${name}'s redundancy level is set to ${d.nrCopies}, the old one was ${old}.`);
     return EXIT_SUCCESS;
   }
+  if (rsp.hdr.result === Res.INVALID_PARMS || rsp.hdr.result === Res.NO_SUPPORT) {
+    // A sheep without ALTER_VDI_COPY: put the old header back so nothing has changed.
+    try {
+      await writeObject(c.req, vidToVdiOid(v.vid), v.raw, 0, { copies: old, copyPolicy: h.copyPolicy, direct: true });
+    } catch (e) {
+      if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+      err(`Failed to restore the vdi object's header of ${name}: ${strerror(e.code)}`);
+    }
+    err(`Changing ${name}'s redundancy level is not supported: the sheep daemons do not implement ALTER_VDI_COPY ` +
+      `(${strerror(rsp.hdr.result)}). Nothing was changed.`);
+    return EXIT_FAILURE;
+  }
+  err(`Response's result: ${strerror(rsp.hdr.result)}`);
   err(`Changing ${name}'s redundancy level failure.`);
   return EXIT_FAILURE;
 }
@@ -1781,7 +1844,7 @@ async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<numbe
     err("checking erasure coded VDIs is not supported by this dog yet");
     return EXIT_FAILURE;
   }
-  const oids: bigint[] = [vidToVdiOid(h.vdiId)];
+  const oids: bigint[] = [vidToVdiOid(h.vdiId), ...(slots.leafOids?.() ?? [])];
   for (const [idx, vid] of slots.entries()) oids.push(vidToDataOid(vid, idx));
   const os = BigInt(2 ** h.blockSizeShift);
   const total = h.vdiSize;
@@ -1805,6 +1868,7 @@ async function doVdiCheckExist(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<
     for (const n of ring(c).placeObject(oid, copies)) per.get(n)!.push(oid);
   };
   add(vidToVdiOid(h.vdiId));
+  for (const oid of slots.leafOids?.() ?? []) add(oid);
   for (const [idx, vid] of slots.entries()) add(vidToDataOid(vid, idx));
   let total = 0;
   for (const [n, oids] of per) {

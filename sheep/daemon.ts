@@ -112,7 +112,13 @@ export class Sheep {
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await this.store.init();
-    if (this.config.space === 0n && !this.opts.gateway) this.config.space = this.store.statfs().free;
+    if (this.config.space === 0n && !this.opts.gateway) {
+      // Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a
+      // moment apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129).
+      const free = this.store.statfs().free;
+      const gib = 1n << 30n;
+      this.config.space = free >= gib ? (free / gib) * gib : free;
+    }
     writeConfig(this.baseDir, this.config);
 
     await this.loadLocalState();

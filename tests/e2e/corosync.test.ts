@@ -9,7 +9,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { freePort, runDog, TestCluster } from "../lib/cluster.ts";
 import { type Corosync, corosyncInstalled, corosyncReachable, startCorosync, uniqueGroup } from "../lib/corosync.ts";
-import { bridgeCandidates } from "../../drivers/corosync.ts";
+import { bridgeCandidates, createCorosyncDriver } from "../../drivers/corosync.ts";
+import { cbor } from "../../core/cbor.ts";
+import { makeNode, nodeHostPort, type SdNode } from "../../core/node.ts";
 
 const MiB = 1024 * 1024;
 const installed = corosyncInstalled();
@@ -196,4 +198,320 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
       expect(c.logTail(i, 30)).toMatch(/membership lost/);
     }
   }, 90_000);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The driver's state machine against a simulated CPG: drivers in this process, fed the bridge's
+// frames by a fake bus that delivers every event to the current group members in one total
+// order. Handlers take random time, so members lag each other as real sheep do. This reaches the
+// races real runs rarely hit: concurrent founders, the master dying with a JOIN pending,
+// partitions, joins in the middle of block/unblock traffic.
+
+interface SimNode {
+  key: string;
+  hp: string;
+  node: SdNode;
+  // deno-lint-ignore no-explicit-any
+  d: any;
+  log: string[];
+  accepted: boolean;
+  alive: boolean;
+  fatal: string | null;
+  rejected: boolean;
+  /** Replaces the multicast of one message (e.g. to die instead of sending a decision). */
+  intercept?: (m: { t: string }) => boolean;
+}
+
+class FakeCpg {
+  group: SimNode[] = [];
+  private q: Array<() => void> = [];
+  private pid = 100;
+  private port = 7000;
+  unblocks = 0;
+
+  private static frame(type: number, body: Buffer): Buffer {
+    const h = Buffer.alloc(5);
+    h.writeUInt32LE(body.length + 1);
+    h[4] = type;
+    return Buffer.concat([h, body]);
+  }
+
+  private static ids(key: string): Buffer {
+    const [n, p] = key.split(":").map(Number);
+    const b = Buffer.alloc(8);
+    b.writeUInt32LE(n);
+    b.writeUInt32LE(p, 4);
+    return b;
+  }
+
+  enqueue(f: () => void): void {
+    this.q.push(f);
+  }
+
+  /** A new sheep whose bridge has connected but not yet joined the group. */
+  create(port?: number): SimNode {
+    const key = `1:${this.pid++}`;
+    const node = makeNode("127.0.0.1", port ?? this.port++);
+    const d = createCorosyncDriver("sim");
+    const s: SimNode = { key, hp: nodeHostPort(node), node, d, log: [], accepted: false, alive: true, fatal: null, rejected: false };
+    s.d.send = (m: { t: string }) => {
+      if (!s.alive) return;
+      if (s.intercept && s.intercept(m)) return;
+      const body = Buffer.from(cbor.encode(m));
+      this.enqueue(() => {
+        if (!this.group.includes(s)) return; // sent after it left: never delivered
+        const f = FakeCpg.frame(3, Buffer.concat([FakeCpg.ids(s.key), body]));
+        for (const x of [...this.group]) x.d.onData(f);
+      });
+    };
+    s.d.handlers = this.handlers(s);
+    s.d.onData(FakeCpg.frame(1, FakeCpg.ids(key)));
+    return s;
+  }
+
+  private confchg(joined: SimNode[], left: SimNode[]): void {
+    const list = (l: SimNode[], reason: number) => l.map((x) => Buffer.concat([FakeCpg.ids(x.key), Buffer.from([reason, 0, 0, 0])]));
+    const head = Buffer.alloc(12);
+    head.writeUInt32LE(this.group.length);
+    head.writeUInt32LE(left.length, 4);
+    head.writeUInt32LE(joined.length, 8);
+    const f = FakeCpg.frame(2, Buffer.concat([head, ...list(this.group, 0), ...list(left, 5), ...list(joined, 1)]));
+    for (const x of [...this.group]) x.d.onData(f);
+  }
+
+  /** The sheep join the CPG group in one configuration change, then call join(). */
+  join(...ss: SimNode[]): void {
+    this.enqueue(() => {
+      this.group.push(...ss);
+      this.confchg(ss, []);
+    });
+    for (const s of ss) void s.d.join(s.node, Buffer.from(`cinfo ${s.hp}`));
+  }
+
+  /** The sheep die (their bridges leave) in one configuration change. */
+  kill(...ss: SimNode[]): void {
+    this.enqueue(() => this.killNow(...ss));
+  }
+
+  killNow(...ss: SimNode[]): void {
+    for (const s of ss) {
+      s.alive = false;
+      s.d.closed = true;
+    }
+    this.group = this.group.filter((x) => !ss.includes(x));
+    this.confchg([], ss);
+  }
+
+  private handlers(s: SimNode) {
+    const jitter = () => new Promise<void>((r) => setTimeout(r, Math.floor(Math.random() * 3)));
+    const names = (ms: SdNode[]) => ms.map((m) => nodeHostPort(m)).join(",");
+    return {
+      join: (_j: SdNode, _m: SdNode[], opaque: Buffer) => ({ accept: true, opaque }),
+      accept: async (joined: SdNode, members: SdNode[], opaque: Buffer) => {
+        await jitter();
+        s.log.push(`accept ${nodeHostPort(joined)} [${names(members)}] ${opaque.toString()}`);
+        if (nodeHostPort(joined) === s.hp) s.accepted = true;
+      },
+      rejected: () => {
+        s.rejected = true;
+      },
+      leave: async (left: SdNode, members: SdNode[]) => {
+        await jitter();
+        s.log.push(`leave ${nodeHostPort(left)} [${names(members)}]`);
+      },
+      notify: async (sender: SdNode, msg: Buffer) => {
+        await jitter();
+        s.log.push(`notify ${nodeHostPort(sender)} ${msg.toString()}`);
+      },
+      block: (sender: SdNode) => {
+        s.log.push(`block ${nodeHostPort(sender)}`);
+        if (nodeHostPort(sender) !== s.hp) return false;
+        setTimeout(() => void s.d.unblock(Buffer.from(`unblock ${this.unblocks++}`)), Math.floor(Math.random() * 4));
+        return true;
+      },
+      updateNode: async (node: SdNode, members: SdNode[]) => {
+        await jitter();
+        s.log.push(`update ${nodeHostPort(node)} [${names(members)}]`);
+      },
+      fatal: (reason: string) => {
+        s.fatal = reason;
+      },
+    };
+  }
+
+  /** Delivers queued events one per macrotask until nothing happens for a while. */
+  async settle(): Promise<void> {
+    let idle = 0;
+    while (idle < 25) {
+      const f = this.q.shift();
+      if (f) {
+        idle = 0;
+        f();
+      } else idle++;
+      await new Promise((r) => setTimeout(r, f ? 0 : 2));
+    }
+  }
+}
+
+/** Every accepted node's log, from its own accept on, is what every other node logged from there. */
+function expectConsistent(nodes: SimNode[]): void {
+  for (const a of nodes) {
+    if (!a.accepted) continue;
+    expect(a.log[0]?.startsWith(`accept ${a.hp} `)).toBe(true);
+    for (const b of nodes) {
+      if (!b.accepted || a === b) continue;
+      const at = b.log.indexOf(a.log[0]);
+      if (at < 0) continue; // b had left or died before a joined
+      const n = Math.min(a.log.length, b.log.length - at);
+      expect({ pair: `${b.hp} vs ${a.hp}`, log: b.log.slice(at, at + n) }).toEqual({ pair: `${b.hp} vs ${a.hp}`, log: a.log.slice(0, n) });
+    }
+  }
+}
+
+describe("corosync driver state machine (simulated CPG)", () => {
+  test("concurrent starters: one founder, everyone accepted, one event order", async () => {
+    for (let round = 0; round < 10; round++) {
+      const cpg = new FakeCpg();
+      const [a, b, c2, d] = [cpg.create(), cpg.create(), cpg.create(), cpg.create()];
+      cpg.join(a);
+      cpg.join(b);
+      cpg.join(c2, d);
+      await cpg.settle();
+      for (const s of [a, b, c2, d]) expect({ hp: s.hp, accepted: s.accepted }).toEqual({ hp: s.hp, accepted: true });
+      const founders = [a, b, c2, d].filter((s) => /^accept \S+ \[[^,]+\]/.test(s.log[0]));
+      expect(founders.length).toBe(1);
+      expectConsistent([a, b, c2, d]);
+      const last = a.log.filter((l) => l.startsWith("accept ")).at(-1)!;
+      expect(last.split(" ")[2].split(",").length).toBe(4);
+    }
+  }, 60_000);
+
+  test("a late starter is decided by the running cluster, not by itself", async () => {
+    const cpg = new FakeCpg();
+    const [a, b] = [cpg.create(), cpg.create()];
+    cpg.join(a);
+    await cpg.settle();
+    cpg.join(b);
+    await cpg.settle();
+    expect(b.log[0]).toBe(`accept ${b.hp} [${a.hp},${b.hp}] cinfo ${b.hp}`);
+    expectConsistent([a, b]);
+  });
+
+  test("the master dies with a JOIN pending: the next member decides it", async () => {
+    const cpg = new FakeCpg();
+    const ss = [cpg.create(), cpg.create(), cpg.create(), cpg.create()];
+    for (const s of ss) {
+      cpg.join(s);
+      await cpg.settle();
+    }
+    const [master] = ss;
+    master.intercept = (m) => {
+      if (m.t !== "decision") return false;
+      cpg.killNow(master); // dies instead of multicasting the decision
+      return true;
+    };
+    const e = cpg.create();
+    cpg.join(e);
+    await cpg.settle();
+    expect(master.alive).toBe(false);
+    expect(e.accepted).toBe(true);
+    expect(e.log[0]).toBe(`accept ${e.hp} [${ss.map((s) => s.hp).join(",")},${e.hp}] cinfo ${e.hp}`);
+    expect(e.log[1]).toBe(`leave ${master.hp} [${[...ss.slice(1), e].map((s) => s.hp).join(",")}]`);
+    for (const s of ss.slice(1)) expect(s.fatal).toBeNull();
+    expectConsistent([...ss, e]);
+  });
+
+  test("a configuration change that removes a majority stops the survivors", async () => {
+    const cpg = new FakeCpg();
+    const ss = Array.from({ length: 5 }, () => cpg.create());
+    for (const s of ss) {
+      cpg.join(s);
+      await cpg.settle();
+    }
+    cpg.kill(ss[0]); // one of five: a failure, not a partition
+    await cpg.settle();
+    for (const s of ss.slice(1)) expect(s.fatal).toBeNull();
+    cpg.kill(ss[1], ss[2]); // two of four at once: no majority left
+    await cpg.settle();
+    for (const s of ss.slice(3)) {
+      expect(s.fatal).toMatch(/network partition/);
+      expect(s.log.at(-1)).toMatch(/^leave .*\[/); // the earlier single failure, not these
+      expect(s.log.some((l) => l.startsWith(`leave ${ss[1].hp}`))).toBe(false);
+    }
+  });
+
+  test("block/unblock from every member, with a sheep joining midway: one order, each once", async () => {
+    for (let round = 0; round < 5; round++) {
+      const cpg = new FakeCpg();
+      const ss = [cpg.create(), cpg.create(), cpg.create()];
+      for (const s of ss) {
+        cpg.join(s);
+        await cpg.settle();
+      }
+      for (let i = 0; i < 3; i++) for (const s of ss) void s.d.block();
+      const late = cpg.create();
+      cpg.join(late);
+      for (let i = 0; i < 2; i++) void ss[i].d.notify(Buffer.from(`n${i}`));
+      await cpg.settle();
+      for (let i = 0; i < 2; i++) void late.d.block();
+      await cpg.settle();
+      expect(late.accepted).toBe(true);
+      const all = [...ss, late];
+      expectConsistent(all);
+      const unblocks = ss[0].log.filter((l) => l.startsWith("notify ") && l.includes(" unblock "));
+      expect(unblocks.length).toBe(11);
+      expect(new Set(unblocks.map((l) => l.split(" ").at(-1))).size).toBe(11);
+      for (const s of all) expect(s.d.blocks.length).toBe(0);
+    }
+  }, 60_000);
+
+  test("random joins, deaths, notifies and blocks: survivors agree on order and membership", async () => {
+    for (let round = 0; round < 20; round++) {
+      const cpg = new FakeCpg();
+      const all: SimNode[] = [];
+      for (let step = 0; step < 14; step++) {
+        const alive = all.filter((s) => s.alive);
+        const r = Math.random();
+        if (r < 0.35 || alive.length < 2) {
+          const s = cpg.create();
+          all.push(s);
+          cpg.join(s);
+        } else if (r < 0.5 && alive.length > 3) {
+          cpg.kill(alive[Math.floor(Math.random() * alive.length)]);
+        } else {
+          const s = alive[Math.floor(Math.random() * alive.length)];
+          if (s.accepted) void (r < 0.75 ? s.d.notify(Buffer.from(`r${round}s${step}`)) : s.d.block());
+        }
+        if (Math.random() < 0.5) await cpg.settle();
+      }
+      await cpg.settle();
+      const alive = all.filter((s) => s.alive);
+      for (const s of alive) expect({ hp: s.hp, accepted: s.accepted, fatal: s.fatal }).toEqual({ hp: s.hp, accepted: true, fatal: null });
+      expectConsistent(all);
+      const want = alive.map((s) => s.hp).sort();
+      for (const s of alive) expect(s.d.members.map((m: { key: string }) => m.key).sort()).toEqual(alive.map((x) => x.key).sort());
+      expect(want.length).toBe(alive.length);
+    }
+  }, 120_000);
+
+  test("a restarted sheep (same address, new bridge) replaces its old incarnation", async () => {
+    const cpg = new FakeCpg();
+    const [a, b] = [cpg.create(), cpg.create()];
+    cpg.join(a);
+    await cpg.settle();
+    cpg.join(b);
+    await cpg.settle();
+    // b's old bridge is still in the group when the new one joins (its death not yet noticed).
+    b.alive = false;
+    b.d.closed = true;
+    const b2 = cpg.create(b.node.port);
+    cpg.join(b2);
+    await cpg.settle();
+    expect(b2.accepted).toBe(true);
+    expect(a.log.slice(-2)).toEqual([`leave ${b.hp} [${a.hp}]`, `accept ${b.hp} [${a.hp},${b.hp}] cinfo ${b.hp}`]);
+    cpg.kill(b); // the old bridge's leave arrives late: nothing more happens
+    await cpg.settle();
+    expect(a.log.length).toBe(4);
+    expectConsistent([a, b2]);
+  });
 });
