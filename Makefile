@@ -34,10 +34,10 @@ CPG_BRIDGE := drivers/cpg-bridge
 BRIDGE_CC  ?= gcc
 CPG_HEADER := $(firstword $(wildcard /usr/include/corosync/cpg.h /usr/local/include/corosync/cpg.h))
 
-cpg-bridge:
 ifneq ($(CPG_HEADER),)
-	@$(MAKE) --no-print-directory $(CPG_BRIDGE)
+cpg-bridge: $(CPG_BRIDGE)
 else
+cpg-bridge:
 	@echo "corosync/cpg.h not found (install libcpg-dev): skipping $(CPG_BRIDGE); -c corosync will not work"
 endif
 

@@ -124,3 +124,13 @@ export function applyFormat(
     disableRecovery: false,
   };
 }
+
+/** A member's info changed (capacity after reweight, vnodes): a new epoch with the new info. */
+export function applyUpdateNode(cur: ClusterState, node: SdNode): { state: ClusterState; newEpoch: boolean } {
+  const idx = cur.nodes.findIndex((n) => nodeEqual(n, node));
+  if (idx < 0) return { state: cur, newEpoch: false };
+  const nodes = [...cur.nodes];
+  nodes[idx] = node;
+  if (cur.status !== Status.OK || cur.ctime === 0n) return { state: { ...cur, nodes }, newEpoch: false };
+  return { state: { ...cur, nodes, epoch: cur.epoch + 1 }, newEpoch: true };
+}

@@ -31,6 +31,8 @@ export interface ObjectStore {
   purgeStale(): Promise<void>;
   /** Stale copies present (recovery sources): oid, the epoch they belonged to, EC index. */
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }>;
+  /** Per-disk usage for MD_INFO, in path order: free bytes and bytes held by objects. */
+  diskInfo(): Array<{ path: string; free: bigint; used: bigint }>;
   path(oid: bigint, ecIndex?: number): string;
 }
 
@@ -584,6 +586,37 @@ class FileStore implements ObjectStore {
     } catch (e) {
       return Promise.reject(sdErr(e));
     }
+  }
+
+  diskInfo(): Array<{ path: string; free: bigint; used: bigint }> {
+    const out: Array<{ path: string; free: bigint; used: bigint }> = [];
+    for (const d of this.disks) {
+      let free = 0n;
+      try {
+        const st = fs.statfsSync(d.path);
+        free = BigInt(st.bavail) * BigInt(st.bsize);
+      } catch { /* a dead disk reports nothing free */ }
+      let used = 0n;
+      const walk = (dir: string) => {
+        let ents: fs.Dirent[];
+        try {
+          ents = fs.readdirSync(dir, { withFileTypes: true });
+        } catch {
+          return;
+        }
+        for (const e of ents) {
+          if (e.isDirectory()) walk(`${dir}/${e.name}`);
+          else {
+            try {
+              used += BigInt(fs.statSync(`${dir}/${e.name}`).blocks) * 512n;
+            } catch { /* removed meanwhile */ }
+          }
+        }
+      };
+      walk(d.path);
+      out.push({ path: d.path, free, used });
+    }
+    return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   }
 
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {

@@ -123,7 +123,7 @@ class CorosyncDriver implements ClusterDriver {
   private handlers!: DriverHandlers;
   private proc: ChildProcess | null = null;
   private stderrTail = "";
-  private inBuf = Buffer.alloc(0);
+  private inBuf: Buffer = Buffer.alloc(0);
   private myKey = "";
   private myself: SdNode | null = null;
   private addr = "127.0.0.1";

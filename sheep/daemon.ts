@@ -17,7 +17,7 @@ import { openStore } from "../core/store.ts";
 import { readConfig, writeConfig, writeEpoch, readEpoch, listEpochs, removeEpochs, epochFileBytes, latestEpoch } from "../core/config.ts";
 import type { SheepConfig } from "../core/config.ts";
 import type { ClusterState } from "../core/cluster.ts";
-import { applyAccept, applyFormat, applyLeave, decideJoin, decodeState, encodeState, initialState } from "../core/cluster.ts";
+import { applyAccept, applyFormat, applyLeave, applyUpdateNode, decideJoin, decodeState, encodeState, initialState } from "../core/cluster.ts";
 import { decodeInodeHeader } from "../core/inode.ts";
 import { applyLedgerDecref, decrefPlan, ledgerFromBuffer, ledgerToBuffer, VdiBitmap, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
 import type { MetaIO, VdiState } from "../core/vdi.ts";
@@ -320,9 +320,12 @@ export class Sheep {
           );
         return true;
       },
-      updateNode: (node: SdNode, members: SdNode[]) => {
-        this.members = sortNodes(members);
-        void node;
+      updateNode: async (node: SdNode, members: SdNode[]) => {
+        this.members = sortNodes(members.map((m) => (nodeEqual(m, node) ? node : m)));
+        if (nodeEqual(node, this.me)) this.me = node;
+        const { state, newEpoch } = applyUpdateNode(this.state, node);
+        await this.setState(state, newEpoch);
+        this.log.info(`${nodeHostPort(node)} updated (vnodes ${node.nrVnodes}, space ${node.space}); epoch ${this.state.epoch}`);
       },
       fatal: (reason: string) => {
         this.log.emerg(`membership lost: ${reason}`);
@@ -539,6 +542,30 @@ export class Sheep {
       case Op.COMPLETE_RECOVERY:
         if (data.length >= 80) await this.recovery?.onComplete(decodeNode(data), req.tgtEpoch);
         return { hdr: rsp, data: EMPTY };
+      case Op.REWEIGHT: {
+        // Every node re-measures its capacity; a change of 1 % or more is announced (new epoch).
+        if (this.opts.gateway) return { hdr: rsp, data: EMPTY };
+        const gib = 1n << 30n;
+        const free = this.store.statfs().free + this.store.objectBytes();
+        const space = free >= gib ? (free / gib) * gib : free;
+        const old = this.me.space;
+        const diff = space > old ? space - old : old - space;
+        if (old === 0n || diff * 100n >= old) {
+          this.config.space = space;
+          writeConfig(this.baseDir, this.config);
+          void this.driver.updateNode({ ...this.me, space });
+        }
+        return { hdr: rsp, data: EMPTY };
+      }
+      case Op.ALTER_VDI_COPY: {
+        if (req.b[26] !== 0) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+        const vid = req.b.readUInt32LE(20);
+        const st = this.vdis.states.get(vid);
+        if (st) st.nrCopies = req.b[24];
+        // Same epoch, more (or fewer) owners: fetch what is now missing here.
+        this.startRecovery(null);
+        return { hdr: rsp, data: EMPTY };
+      }
       case Op.ALTER_CLUSTER_COPY:
         if (req.clusterCopyPolicy !== 0) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
         this.state = { ...this.state, copies: req.clusterCopies };
@@ -778,6 +805,8 @@ export class Sheep {
       }
       case Op.MAKE_FS:
       case Op.SHUTDOWN:
+      case Op.REWEIGHT:
+      case Op.ALTER_VDI_COPY:
       case Op.ENABLE_RECOVER:
       case Op.DISABLE_RECOVER:
       case Op.ALTER_CLUSTER_COPY:
@@ -877,6 +906,28 @@ export class Sheep {
         if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
         this.recoveryThrottle = { max: data.readUInt32LE(0), interval: Number(data.readBigUInt64LE(8)) };
         this.recovery.poke();
+        return { hdr: rsp, data: EMPTY };
+      }
+      case Op.MD_INFO: {
+        if (req.dataLength !== 263688) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        const b = Buffer.alloc(263688);
+        const disks = this.opts.gateway ? [] : this.store.diskInfo().slice(0, 64);
+        disks.forEach((d, i) => {
+          const o = i * 4120;
+          b.writeInt32LE(i, o);
+          b.writeBigUInt64LE(d.free, o + 8);
+          b.writeBigUInt64LE(d.used, o + 16);
+          b.write(d.path, o + 24, 4095, "utf8");
+        });
+        b.writeInt32LE(disks.length, 263680);
+        return { hdr: rsp, data: b };
+      }
+      case Op.SET_VNODES: {
+        if (this.opts.gateway) return errorReply(req, new SdError(Res.GATEWAY_MODE));
+        if (this.state.flags & 0x0004) return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
+        const v = data.length >= 4 ? data.readInt32LE(0) : 0;
+        if (v < 1 || v > 65535) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        await this.driver.updateNode({ ...this.me, nrVnodes: v });
         return { hdr: rsp, data: EMPTY };
       }
       case Op.GET_VNODES: {

@@ -217,6 +217,8 @@ export interface SheepOpts {
   /** Store (base) directory; default <temp root>/<index>. */
   dir?: string;
   nbdPort?: number;
+  /** Extra object directories (multi-disk): PATH becomes `dir,objDir1,objDir2...`. */
+  objDirs?: string[];
 }
 
 export interface SheepNode {
@@ -226,6 +228,7 @@ export interface SheepNode {
   nbdPort?: number;
   driver: string;
   extra: string[];
+  objDirs?: string[];
   proc: ChildProcess | null;
   /** stdout + stderr of the process (appended across restarts). */
   logFile: string;
@@ -314,6 +317,7 @@ export class TestCluster {
       nbdPort: o.nbdPort,
       driver: o.driver ?? this.defaultDriver,
       extra: o.extra ?? [],
+      objDirs: o.objDirs,
       proc: null,
       logFile: path.join(this.root, "logs", `node${i}.log`),
     });
@@ -333,7 +337,7 @@ export class TestCluster {
       "-l", `dir=${n.dir}`,
     ];
     if (n.nbdPort !== undefined) args.push("--nbd", `127.0.0.1:${n.nbdPort}`);
-    args.push(...n.extra, n.dir);
+    args.push(...n.extra, [n.dir, ...(n.objDirs ?? [])].join(","));
     return args;
   }
 

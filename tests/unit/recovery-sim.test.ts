@@ -60,6 +60,16 @@ class MemoRing extends Ring {
 
 const MAX_ATTEMPTS = 50; // sheep/recovery.ts gives up on an object after this many failed fetches
 
+/**
+ * How the executor treats a fetch that is still in flight when a new epoch supersedes its run.
+ *   as-is          sheep/recovery.ts at d02b956: the reply is installed whenever it arrives, even
+ *                  after the new run has moved the objects this node no longer owns to stale.
+ *   wait-inflight  upstream: the new run starts (moves to stale) once in-flight fetches finished.
+ *   gen-check      the reply of a superseded fetch is dropped (the fetch fails and is retried).
+ * Keep the default in step with sheep/recovery.ts; SIM_EXECUTOR tries a fix before making it.
+ */
+const EXECUTOR = (process.env.SIM_EXECUTOR ?? "as-is") as "as-is" | "wait-inflight" | "gen-check";
+
 /** One fetch of one object (RecoveryManager.fetch): read from a source now, install later. */
 interface Fetch {
   oid: bigint;
@@ -264,6 +274,10 @@ export class Sim {
       this.note(`${n.name} fetch ${hex(f.oid)} failed`);
       return;
     }
+    if (EXECUTOR === "gen-check" && f.gen !== n.rm.generation) {
+      this.note(`${n.name} drops superseded fetch of ${hex(f.oid)}`);
+      return;
+    }
     if (!n.store.has(f.oid)) {
       const t = this.truth.get(f.oid) ?? 0;
       if (f.v < t) this.fail(`${n.name} installed v${f.v} of ${hex(f.oid)} (from ${f.from}, gen ${f.gen}) but v${t} is acknowledged`);
@@ -284,6 +298,7 @@ export class Sim {
   /** RecoveryManager.start(movedFrom). */
   private start(n: SimNode, movedFrom: number | null): void {
     const rm = n.rm;
+    if (EXECUTOR === "wait-inflight") for (const f of [...rm.inflight.values()]) this.settle(n, f);
     const gen = ++rm.generation;
     if (movedFrom !== null) {
       const gone = objectsNoLongerOwned({ me: n.node, ring: this.ring, copiesOf: (o) => this.copiesOf(o), local: [...n.store.keys()] });
