@@ -1758,13 +1758,14 @@ async function lockList(c: Ctx): Promise<number> {
 
 async function lockUnlock(c: Ctx): Promise<number> {
   const name = c.arg()!;
-  const list = await parseVdi(c, false);
-  if (!list) return EXIT_SYSFAIL;
-  const v = list.find((x) => x.name === name);
-  if (!v) {
+  checkVdiName(name);
+  // the working VDI of that name (snapshots share the name and come first in VID order)
+  const r = await findVdiName(c, name, 0, "");
+  if (r.result !== Res.SUCCESS) {
     err(`VDI: ${name} not found`);
     return EXIT_SYSFAIL;
   }
+  const v = { vid: r.vid };
   const vs = await getVdiState(c);
   if (!vs) return EXIT_SYSFAIL;
   for (const s of vs) {

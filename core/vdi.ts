@@ -505,6 +505,18 @@ function countDataObjs(h: InodeHeader): number {
   return Number(n > BigInt(MAX_DATA_OBJS) ? BigInt(MAX_DATA_OBJS) : n);
 }
 
+/** B-tree leaf objects a depth-2 root points at. */
+function btreeLeafOids(ino: Inode): bigint[] {
+  const d = ino.dataVdiId;
+  if ((d[0] & 0xffff) !== INDEX_MAGIC || d[0] >>> 16 !== 2) return [];
+  const out: bigint[] = [];
+  for (let k = 0; k < d[1]; k++) {
+    const w = 2 + 4 * k;
+    out.push((BigInt(d[w + 3]) << 32n) | BigInt(d[w + 2]));
+  }
+  return out;
+}
+
 /** Every (idx, vid) pair of a hyper volume's B-tree index. */
 async function walkBtree(io: MetaIO, ino: Inode, fn: (idx: number, vid: number) => Promise<void>): Promise<void> {
   const d = ino.dataVdiId;
@@ -552,6 +564,12 @@ export async function deleteVdi(
         } catch { /* upstream only logs */ }
       }
     });
+    // the index's own leaves are private to this inode (a snapshot copies them)
+    for (const oid of btreeLeafOids(ino)) {
+      try {
+        await remove(oid);
+      } catch { /* as above */ }
+    }
   }
   h.vdiSize = 0n;
   h.name = "";

@@ -129,6 +129,9 @@ class CorosyncDriver implements ClusterDriver {
   private addr = "127.0.0.1";
   private closed = false;
   private dead = false;
+  /** Settle init() on the bridge's HELLO or its early exit. */
+  private onHello: (() => void) | null = null;
+  private onEarlyExit: ((why: string) => void) | null = null;
 
   // Delivery-level knowledge (updated as frames arrive).
   private live = new Set<string>();
@@ -201,9 +204,6 @@ class CorosyncDriver implements ClusterDriver {
     await hello;
     this.addr = (await ringAddr()) ?? "127.0.0.1";
   }
-
-  private onHello: (() => void) | null = null;
-  private onEarlyExit: ((why: string) => void) | null = null;
 
   private bridgeGone(why: string): void {
     if (this.dead) return;

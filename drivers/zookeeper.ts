@@ -324,8 +324,8 @@ const EMPTY = Buffer.alloc(0);
 const CONNECT_TIMEOUT_MS = 10_000;
 const TICK_MS = 1000;
 const PURGE_EVERY_TICKS = 5;
-/** The newest queue znodes are kept even when processed, so a slow rejected joiner can read its REJECT. */
-const PURGE_KEEP = 100;
+/** The newest processed queue znodes are kept anyway (a little history for debugging). */
+const PURGE_KEEP = 16;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -852,14 +852,12 @@ export class ZookeeperDriver implements ClusterDriver {
     });
     this.blocks = (ev.blocks ?? []).filter((k) => this.members.some((m) => keyOf(m) === k));
     this.accepted = true;
-    const again = this.everAccepted;
     this.everAccepted = true;
     this.leavePushed.clear();
     await this.register(s);
     await this.handlers.accept(node, this.nodes(), msg);
-    // Block requests of ours that never reached the head died with the old incarnation.
-    if (again) for (let i = 0; i < this.blockOwed; i++) this.pushOwn("block");
-    if (this.blocks.length) this.offerBlock();
+    // Block requests made before we were (again) a member: those of an old incarnation died with it.
+    for (let i = 0; i < this.blockOwed; i++) this.pushOwn("block");
     void this.checkLiveness(s);
   }
 
@@ -999,7 +997,10 @@ export class ZookeeperDriver implements ClusterDriver {
 
   /** Master only: deletes queue znodes every member has processed (minus the newest PURGE_KEEP). */
   private async purge(s: Session): Promise<void> {
-    if (!this.isMaster(await this.listTokens(s))) return;
+    const toks = await this.listTokens(s);
+    if (!this.isMaster(toks)) return;
+    // A live token of a non-member is a joiner that may not have read its ACCEPT/REJECT yet.
+    if (!toks.every((t) => this.members.some((m) => t.startsWith(`${m.nonce}-`)))) return;
     let min = this.pos;
     for (const m of [...this.members]) {
       if (keyOf(m) === this.myKey()) continue;

@@ -88,6 +88,11 @@ export class RecoveryManager {
 
   private async run(gen: number, movedFrom: number | null): Promise<void> {
     const h = this.host;
+    // A fetch of the superseded run may still be installing its object; the stale pass below must
+    // see it, or a copy nobody updates would stay current here (upstream also lets in-flight
+    // objects finish before a new recovery starts).
+    if (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
+    if (gen !== this.generation) return;
     const epoch = h.epoch();
     const store = h.store();
     // Copies this node no longer owns become stale copies of the epoch they belonged to.

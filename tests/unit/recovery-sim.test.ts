@@ -1,16 +1,25 @@
 // Seeded simulation of recovery (sheep-daemon.md §4, §6) in the style of FoundationDB/TigerBeetle
 // simulation testing: an in-memory cluster whose nodes run a step-by-step model of the executor in
 // sheep/recovery.ts, with every decision taken by the real planner (core/recovery.ts) on real
-// rings (core/ring.ts). Membership changes land in the middle of recovery; invariants are checked
-// after every step.
+// rings (core/ring.ts). Steps (writes, reads, kills, restarts, joins, full-cluster restarts,
+// partial recovery work, source replies arriving in any order) interleave, so membership changes
+// land in the middle of recovery. After every step:
+//   - every acknowledged write is still readable: each owner holds it current at >= the
+//     acknowledged version, or the first source its fetch would reach has such a version;
+//   - no owner holds an older current copy, and no fetch or write lands on an outdated copy;
+//   - once recovery is quiescent, each object sits on exactly the ring's min(copies, zones)
+//     nodes and no stale copy is left.
+// Kills stay within what the data can survive: fewer than min(copies, zones) since the last
+// cluster-wide completed recovery.
 //
 //   node_modules/.bin/bun test tests/unit/recovery-sim.test.ts
-//   SEED=17 node_modules/.bin/bun test tests/unit/recovery-sim.test.ts       replay one seed (log)
+//   SEED=17 node_modules/.bin/bun test tests/unit/recovery-sim.test.ts       one seed, with its log
 //   SIM_SEEDS=2000 SIM_STEPS=100 node_modules/.bin/bun test tests/unit/recovery-sim.test.ts
+//   SIM_EXECUTOR=gen-check+wait ...                                          another executor model
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import process from "node:process";
-import { makeNode, nodeEqual, nodeHostPort, type SdNode } from "../../core/node.ts";
+import { makeNode, nodeEqual, type SdNode } from "../../core/node.ts";
 import { Ring } from "../../core/ring.ts";
 import { type EpochRing, objectsNoLongerOwned, objectsToRecover, recoverySources } from "../../core/recovery.ts";
 import { Header, Op, Res } from "../../core/proto.ts";
@@ -61,14 +70,18 @@ class MemoRing extends Ring {
 const MAX_ATTEMPTS = 50; // sheep/recovery.ts gives up on an object after this many failed fetches
 
 /**
- * How the executor treats a fetch that is still in flight when a new epoch supersedes its run.
- *   as-is          sheep/recovery.ts at d02b956: the reply is installed whenever it arrives, even
- *                  after the new run has moved the objects this node no longer owns to stale.
- *   wait-inflight  upstream: the new run starts (moves to stale) once in-flight fetches finished.
- *   gen-check      the reply of a superseded fetch is dropped (the fetch fails and is retried).
- * Keep the default in step with sheep/recovery.ts; SIM_EXECUTOR tries a fix before making it.
+ * What the executor does with a fetch still in flight when a new epoch supersedes its run. A fetch
+ * has two waits: the source's reply, then createAndWrite (fdatasync, rename, fsync of the
+ * directory) before store.list()/exists() see the object.
+ *   no-check        d02b956: the reply is installed whenever it arrives.
+ *   gen-check       c1bc850: a reply that arrives after the supersede is dropped, but a write that
+ *                   already started lands later, after the new run moved what it no longer owns.
+ *   gen-check+wait  as upstream ("the new one starts once in-flight objects finish"): the new run
+ *                   moves objects to stale only after the old run's in-flight fetches finished.
+ * Keep the default in step with sheep/recovery.ts; SIM_EXECUTOR tries a change before making it.
  */
-const EXECUTOR = (process.env.SIM_EXECUTOR ?? "as-is") as "as-is" | "wait-inflight" | "gen-check";
+type Executor = "no-check" | "gen-check" | "gen-check+wait";
+const EXECUTOR = (process.env.SIM_EXECUTOR ?? "gen-check+wait") as Executor;
 
 /** One fetch of one object (RecoveryManager.fetch): read from a source now, install later. */
 interface Fetch {
@@ -76,7 +89,9 @@ interface Fetch {
   gen: number;
   v: number | null; // version read, null when no source had it
   from: string;
-  settled: boolean;
+  stale: boolean;
+  /** read: waiting for the source; land: createAndWrite in progress; done. */
+  stage: "read" | "land" | "done";
   ok: boolean;
 }
 
@@ -131,7 +146,7 @@ class SimNode {
   }
 }
 
-export interface SimOptions {
+interface SimOptions {
   /** copies per VDI; objects of VDI i use copies[i]. */
   copies: number[];
   /** Objects per VDI. */
@@ -147,7 +162,7 @@ const VIDS = [0x7c2b25n, 0x3a1f00n, 0x51d0c3n];
 
 class Violation extends Error {}
 
-export class Sim {
+class Sim {
   nodes: SimNode[] = [];
   private byPort = new Map<number, SimNode>();
   rings: MemoRing[] = [];
@@ -163,6 +178,7 @@ export class Sim {
   killsSinceComplete = 0;
   redundancy = 0;
   readonly minCopies: number;
+  stats = { epochs: 0, kills: 0, restarts: 0, adds: 0, fullRestarts: 0, writes: 0, failedWrites: 0, ensures: 0, fetched: 0, fromStale: 0, landedLate: 0, quiescentChecks: 0, completions: 0 };
 
   constructor(readonly rng: Rng, readonly opt: SimOptions) {
     for (let v = 0; v < opt.copies.length; v++) {
@@ -230,7 +246,7 @@ export class Sim {
 
   /** First source that answers, as fetch() walks them: a peer answers from its current copy, else
    *  from its stale copy of the asked epoch; this node reads only its own stale copies. */
-  lookup(n: SimNode, oid: bigint): { v: number; from: string } | null {
+  lookup(n: SimNode, oid: bigint): { v: number; from: string; stale: boolean } | null {
     const srcs = recoverySources({
       oid,
       copies: this.copiesOf(oid),
@@ -240,8 +256,10 @@ export class Sim {
     });
     for (const s of srcs) {
       const src = this.sim(s.node);
-      const v = src === n ? n.staleOf(oid, s.epoch) : src.store.get(oid) ?? src.staleOf(oid, s.epoch);
-      if (v !== undefined) return { v, from: `${src.name}@e${s.epoch}` };
+      if (!src.alive) continue; // the request to a dead node fails
+      const cur = src === n ? undefined : src.store.get(oid);
+      const v = cur ?? src.staleOf(oid, s.epoch);
+      if (v !== undefined) return { v, from: `${src.name}@e${s.epoch}`, stale: cur === undefined };
     }
     return null;
   }
@@ -250,56 +268,77 @@ export class Sim {
   private recoverOne(n: SimNode, oid: bigint, gen: number): Fetch {
     const f0 = n.rm.inflight.get(oid);
     if (f0) return f0;
-    const f: Fetch = { oid, gen, v: null, from: "", settled: false, ok: false };
+    const f: Fetch = { oid, gen, v: null, from: "", stale: false, stage: "read", ok: false };
     if (n.store.has(oid)) {
       n.rm.pending.delete(oid);
-      f.settled = f.ok = true;
+      f.stage = "done";
+      f.ok = true;
       return f;
     }
     const src = this.lookup(n, oid);
     if (src) {
       f.v = src.v;
       f.from = src.from;
+      f.stale = src.stale;
     }
     n.rm.inflight.set(oid, f);
     return f;
   }
 
-  /** The source's reply arrives: install unless a copy appeared meanwhile (as fetch() does). */
-  private settle(n: SimNode, f: Fetch): void {
-    if (f.settled) return;
-    f.settled = true;
-    if (n.rm.inflight.get(f.oid) === f) n.rm.inflight.delete(f.oid);
-    if (f.v === null) {
-      this.note(`${n.name} fetch ${hex(f.oid)} failed`);
+  /** The next event of a fetch: the source's reply arrives, or its createAndWrite completes. */
+  private advance(n: SimNode, f: Fetch): void {
+    if (f.stage === "done") return;
+    const finish = (ok: boolean) => {
+      f.stage = "done";
+      f.ok = ok;
+      if (n.rm.inflight.get(f.oid) === f) n.rm.inflight.delete(f.oid);
+      if (ok) n.rm.pending.delete(f.oid);
+    };
+    if (f.stage === "read") {
+      if (f.v === null) {
+        this.note(`${n.name} fetch ${hex(f.oid)} failed`);
+        return finish(false);
+      }
+      if (EXECUTOR !== "no-check" && f.gen !== n.rm.generation) {
+        this.note(`${n.name} drops superseded fetch of ${hex(f.oid)}`);
+        return finish(false);
+      }
+      if (n.store.has(f.oid)) return finish(true);
+      this.note(`${n.name} writing ${hex(f.oid)} v${f.v} from ${f.from} (gen ${f.gen})`);
+      f.stage = "land";
       return;
     }
-    if (EXECUTOR === "gen-check" && f.gen !== n.rm.generation) {
-      this.note(`${n.name} drops superseded fetch of ${hex(f.oid)}`);
-      return;
-    }
-    if (!n.store.has(f.oid)) {
-      const t = this.truth.get(f.oid) ?? 0;
-      if (f.v < t) this.fail(`${n.name} installed v${f.v} of ${hex(f.oid)} (from ${f.from}, gen ${f.gen}) but v${t} is acknowledged`);
-      n.store.set(f.oid, f.v);
-      this.note(`${n.name} got ${hex(f.oid)} v${f.v} from ${f.from}${f.gen !== n.rm.generation ? ` (superseded gen ${f.gen})` : ""}`);
-    }
-    n.rm.pending.delete(f.oid);
-    f.ok = true;
+    // createAndWrite renames over whatever is there
+    const v = f.v!;
+    const t = this.truth.get(f.oid) ?? 0;
+    if (v < t) this.fail(`${n.name} installed v${f.v} of ${hex(f.oid)} (from ${f.from}, gen ${f.gen}) but v${t} is acknowledged`);
+    n.store.set(f.oid, v);
+    const superseded = f.gen !== n.rm.generation;
+    if (superseded) this.stats.landedLate++;
+    if (f.stale) this.stats.fromStale++;
+    this.stats.fetched++;
+    this.note(`${n.name} got ${hex(f.oid)} v${f.v} from ${f.from}${superseded ? ` (superseded gen ${f.gen})` : ""}`);
+    finish(true);
+  }
+
+  /** Waits for a fetch to finish. */
+  private complete(n: SimNode, f: Fetch): void {
+    while (f.stage !== "done") this.advance(n, f);
   }
 
   /** A request needs oid now (ensure()): recover it first if it is pending. */
   ensure(n: SimNode, oid: bigint): void {
     if (!n.rm.pending.has(oid) || n.store.has(oid)) return;
     this.note(`${n.name} recovers ${hex(oid)} first`);
-    this.settle(n, this.recoverOne(n, oid, n.rm.generation));
+    this.stats.ensures++;
+    this.complete(n, this.recoverOne(n, oid, n.rm.generation));
   }
 
   /** RecoveryManager.start(movedFrom). */
   private start(n: SimNode, movedFrom: number | null): void {
     const rm = n.rm;
-    if (EXECUTOR === "wait-inflight") for (const f of [...rm.inflight.values()]) this.settle(n, f);
     const gen = ++rm.generation;
+    if (EXECUTOR === "gen-check+wait") for (const f of [...rm.inflight.values()]) this.complete(n, f);
     if (movedFrom !== null) {
       const gone = objectsNoLongerOwned({ me: n.node, ring: this.ring, copiesOf: (o) => this.copiesOf(o), local: [...n.store.keys()] });
       for (const oid of gone) n.moveToStale(oid, movedFrom);
@@ -328,7 +367,7 @@ export class Sim {
     const r = rm.run;
     const stuck = !r || r.phase === "done";
     if (rm.inflight.size && (stuck || this.rng.chance(0.3))) {
-      this.settle(n, this.rng.pick([...rm.inflight.values()]));
+      this.advance(n, this.rng.pick([...rm.inflight.values()]));
       return;
     }
     if (!r || r.phase === "done") return;
@@ -353,9 +392,9 @@ export class Sim {
       }
       case "recover": {
         if (r.batch) {
-          const open = r.batch.filter((f) => !f.settled);
+          const open = r.batch.filter((f) => f.stage !== "done");
           if (open.length) {
-            this.settle(n, this.rng.pick(open));
+            this.advance(n, this.rng.pick(open));
             return;
           }
           for (const f of r.batch) {
@@ -400,6 +439,7 @@ export class Sim {
       purged = true;
     }
     if (purged) {
+      this.stats.completions++;
       this.note(`e${epoch} complete: stale purged`);
       this.killsSinceComplete = 0;
       this.redundancy = Math.min(this.minCopies, this.ring.nrZones);
@@ -410,6 +450,7 @@ export class Sim {
 
   private newEpoch(members: SimNode[], joiner: SimNode | null): void {
     const e = ++this.epoch;
+    this.stats.epochs++;
     this.rings[e] = new MemoRing(members.map((n) => n.node));
     this.members[e] = members;
     this.redundancy = Math.min(this.redundancy, this.minCopies, this.rings[e].nrZones);
@@ -436,6 +477,7 @@ export class Sim {
     n.alive = false;
     n.rm = new Rm(); // in-flight fetches die with the process
     this.killsSinceComplete++;
+    this.stats.kills++;
     this.note(`kill ${n.name}`);
     this.newEpoch(this.live, null);
   }
@@ -443,6 +485,7 @@ export class Sim {
   restart(n: SimNode): void {
     n.alive = true;
     n.rm = new Rm();
+    this.stats.restarts++;
     this.note(`restart ${n.name} (last epoch ${n.epoch})`);
     this.newEpoch(this.live, n);
   }
@@ -450,6 +493,7 @@ export class Sim {
   add(zone: number): SimNode {
     const n = this.newNode(zone);
     this.note(`add ${n.name}/z${zone}`);
+    this.stats.adds++;
     this.newEpoch(this.live, n);
     return n;
   }
@@ -457,6 +501,7 @@ export class Sim {
   /** Every daemon stops and starts again; the cluster comes back in the same epoch. */
   fullRestart(): void {
     this.note(`full restart`);
+    this.stats.fullRestarts++;
     for (const n of this.live) n.rm = new Rm();
     for (const n of this.live) this.start(n, null);
   }
@@ -484,6 +529,8 @@ export class Sim {
     }
     const ok = failed.length === 0;
     if (ok) this.truth.set(oid, v);
+    this.stats.writes++;
+    if (!ok) this.stats.failedWrites++;
     this.note(`write ${hex(oid)} v${v} -> [${owners.map((o) => o.name).join(",")}] ${ok ? "ack" : `FAILED at ${failed.join(",")}`}`);
     return ok;
   }
@@ -529,6 +576,7 @@ export class Sim {
       }
     }
     if (!this.quiescent()) return;
+    this.stats.quiescentChecks++;
     for (const n of this.live) {
       if (n.stale.size) this.fail(`quiescent but ${n.name} keeps ${n.stale.size} stale copies`);
     }
@@ -562,15 +610,16 @@ function configFor(rng: Rng): SimOptions {
   return { copies, objects: 4 + rng.int(10), batch: rng.pick([1, 2, 4, 8]), zones, maxNodes: 10, zoneCount };
 }
 
-export interface SimResult {
+interface SimResult {
   seed: number;
   ok: boolean;
   failedAt: number;
   error: string;
   log: string[];
+  stats: Sim["stats"];
 }
 
-export function runSeed(seed: number, steps: number): SimResult {
+function runSeed(seed: number, steps: number): SimResult {
   const rng = new Rng(seed);
   const opt = configFor(rng);
   const sim = new Sim(rng, opt);
@@ -591,11 +640,11 @@ export function runSeed(seed: number, steps: number): SimResult {
     sim.check();
     if (!sim.quiescent()) sim.fail("not quiescent after drain");
     sim.endStep();
-    return { seed, ok: true, failedAt: 0, error: "", log: sim.log };
+    return { seed, ok: true, failedAt: 0, error: "", log: sim.log, stats: sim.stats };
   } catch (e) {
     if (!(e instanceof Violation)) sim.note(`EXCEPTION: ${(e as Error).stack}`);
     sim.flushStep();
-    return { seed, ok: false, failedAt: step, error: (e as Error).message, log: sim.log };
+    return { seed, ok: false, failedAt: step, error: (e as Error).message, log: sim.log, stats: sim.stats };
   }
 }
 
@@ -603,11 +652,24 @@ function oneStep(sim: Sim, rng: Rng): void {
   const roll = rng.int(100);
   const dead = sim.nodes.filter((n) => !n.alive);
   if (roll < 30) {
-    sim.write(rng.pick(sim.oids));
+    // Often an object some owner still has to recover: the write then waits for it (ensure).
+    const pending = sim.live.flatMap((n) => [...n.rm.pending]);
+    sim.write(pending.length && rng.chance(0.4) ? rng.pick(pending) : rng.pick(sim.oids));
   } else if (roll < 37 && sim.truth.size) {
     const oid = rng.pick([...sim.truth.keys()]);
     sim.read(oid, rng.pick(sim.owners(oid)));
-  } else if (roll < 72) {
+  } else if (roll < 78 && sim.canKill() && roll >= 72) {
+    sim.kill(rng.pick(sim.live));
+  } else if (roll < 84 && roll >= 78 && dead.length) {
+    sim.restart(rng.pick(dead));
+  } else if (roll < 88 && roll >= 78 && sim.nodes.length < sim.opt.maxNodes) {
+    sim.add(rng.int(sim.opt.zoneCount + 1));
+  } else if (roll < 90 && roll >= 88) {
+    sim.fullRestart();
+  } else if (roll < 94 && roll >= 90) {
+    sim.note("drain");
+    sim.drain();
+  } else {
     const units = 1 + rng.int(10);
     for (let i = 0; i < units; i++) {
       const busy = sim.live.filter((n) => sim.hasWork(n));
@@ -615,19 +677,6 @@ function oneStep(sim: Sim, rng: Rng): void {
       sim.work(rng.pick(busy));
     }
     sim.note(`work x${units}`);
-  } else if (roll < 80 && sim.canKill()) {
-    sim.kill(rng.pick(sim.live));
-  } else if (roll < 86 && dead.length) {
-    sim.restart(rng.pick(dead));
-  } else if (roll < 90 && sim.nodes.length < sim.opt.maxNodes) {
-    sim.add(rng.int(sim.opt.zoneCount + 1));
-  } else if (roll < 93) {
-    sim.fullRestart();
-  } else if (roll < 97) {
-    sim.note("drain");
-    sim.drain();
-  } else {
-    sim.write(rng.pick(sim.oids));
   }
 }
 
@@ -639,29 +688,288 @@ function envInt(name: string, dflt: number): number {
 test("recovery simulation: random seeds keep every acknowledged write", () => {
   const steps = envInt("SIM_STEPS", 60);
   const only = process.env.SEED;
-  const seeds = only ? [Number(only)] : Array.from({ length: envInt("SIM_SEEDS", 250) }, (_, i) => i + 1);
+  const seeds = only ? [Number(only)] : Array.from({ length: envInt("SIM_SEEDS", 300) }, (_, i) => i + 1);
   const t0 = performance.now();
   const failures: SimResult[] = [];
+  const total: Record<string, number> = {};
   let ran = 0;
   for (const seed of seeds) {
     const r = runSeed(seed, steps);
     ran += r.ok ? steps : r.failedAt;
+    for (const [k, v] of Object.entries(r.stats)) total[k] = (total[k] ?? 0) + v;
     if (!r.ok) failures.push(r);
-    if (only) console.log(r.log.join("\n"));
+    else if (only) console.log(r.log.join("\n"));
   }
   const ms = performance.now() - t0;
   if (failures.length) {
     // The shortest failing run is the easiest to read.
     failures.sort((a, b) => a.failedAt - b.failedAt || a.seed - b.seed);
     const f = failures[0];
-    const msg =
-      `${failures.length}/${seeds.length} seeds violate an invariant:\n` +
-      failures.slice(0, 20).map((x) => `  seed ${x.seed} step ${x.failedAt}: ${x.error}\n`).join("") +
-      `Shortest: seed ${f.seed} at step ${f.failedAt}: ${f.error}\n` +
-      `Replay: SEED=${f.seed} SIM_STEPS=${steps} node_modules/.bin/bun test tests/unit/recovery-sim.test.ts\n` +
-      f.log.join("\n");
-    console.error(msg);
-    throw new Error(msg);
+    const env = process.env.SIM_EXECUTOR ? `SIM_EXECUTOR=${EXECUTOR} ` : "";
+    throw new Error(
+      `${failures.length}/${seeds.length} seeds violate an invariant (executor model: ${EXECUTOR}):\n` +
+        failures.slice(0, 20).map((x) => `  seed ${x.seed} step ${x.failedAt}: ${x.error}\n`).join("") +
+        `Shortest: seed ${f.seed} at step ${f.failedAt}: ${f.error}\n` +
+        `Replay: ${env}SEED=${f.seed} SIM_STEPS=${steps} node_modules/.bin/bun test tests/unit/recovery-sim.test.ts\n` +
+        f.log.join("\n"),
+    );
   }
-  console.log(`recovery sim: ${seeds.length} seeds, ${ran} steps in ${ms.toFixed(0)} ms`);
+  const st = Object.entries(total).map(([k, v]) => `${k} ${v}`).join(", ");
+  console.log(`recovery sim (${EXECUTOR}): ${seeds.length} seeds, ${ran} steps in ${ms.toFixed(0)} ms; ${st}`);
 }, 120_000);
+
+// ------------------------------------------------------------------------------------------ targeted
+
+function scripted(copies: number, zones: number[], objects = 64): Sim {
+  return new Sim(new Rng(zones.length * 31 + copies), { copies: [copies], objects, batch: 2, zones, maxNodes: 10, zoneCount: zones.length });
+}
+
+function placed(nodes: SimNode[], oid: bigint, copies: number): SimNode[] {
+  const r = new Ring(nodes.map((n) => n.node));
+  return r.placeObject(oid, copies).map((x) => nodes.find((n) => nodeEqual(n.node, x))!);
+}
+
+/** Runs fn and checks the invariants, printing the step log if they fail. */
+function steps(sim: Sim, label: string, fn: () => void): void {
+  sim.beginStep(label);
+  try {
+    fn();
+    sim.check();
+  } catch (e) {
+    sim.flushStep();
+    throw new Error(`${(e as Error).message}\n${sim.log.join("\n")}`);
+  }
+  sim.endStep();
+}
+
+test("a rejoining node's outdated stale copy is not preferred over a newer holder's stale copy", () => {
+  const sim = scripted(2, [0, 1, 2, 3, 4], 200);
+  const all = [...sim.nodes];
+  const [a] = all;
+  // x: on a and b in epoch 1; on b and c once a is gone; a owns it again after b is gone too.
+  const x = sim.oids.find((o) => {
+    const own1 = placed(all, o, 2);
+    if (!own1.includes(a)) return false;
+    const b = own1.find((n) => n !== a)!;
+    const own2 = placed(all.filter((n) => n !== a), o, 2);
+    const c = own2.find((n) => n !== b);
+    return own2.includes(b) && c !== undefined && placed(all.filter((n) => n !== b), o, 2).includes(a);
+  })!;
+  expect(x).toBeDefined();
+  const b = placed(all, x, 2).find((n) => n !== a)!;
+  const c = placed(all.filter((n) => n !== a), x, 2).find((n) => n !== b)!;
+
+  steps(sim, "write v1 to a,b", () => sim.write(x));
+  steps(sim, "kill a, recover", () => {
+    sim.kill(a);
+    sim.drain();
+  });
+  steps(sim, "two writes while a is away", () => {
+    expect(sim.write(x)).toBe(true);
+    expect(sim.write(x)).toBe(true);
+  });
+  const latest = sim.truth.get(x)!;
+  // a comes back (epoch 3) and b fails before anyone recovered anything (epoch 4).
+  steps(sim, "restart a, kill b", () => {
+    sim.restart(a);
+    sim.kill(b);
+  });
+  expect(a.store.has(x)).toBe(false);
+  expect(a.staleOf(x, 1)).toBe(1); // a's own copy, from before the two writes
+  expect(c.staleOf(x, 2)).toBe(latest); // c's copy, moved to stale when a came back
+  // The planner walks epoch 3, then epoch 2 (c), and reaches a's own stale copy of epoch 1 only after.
+  const srcs = recoverySources({ oid: x, copies: 2, me: a.node, history: sim.history(a), alive: (n) => sim.isMember(n) });
+  const at = (n: SimNode, e: number) => srcs.findIndex((s) => s.epoch === e && nodeEqual(s.node, n.node));
+  expect(at(c, 2)).toBeGreaterThanOrEqual(0);
+  expect(at(c, 2)).toBeLessThan(at(a, 1));
+  expect(sim.lookup(a, x)).toEqual({ v: latest, from: `${c.name}@e2`, stale: true });
+  steps(sim, "recover", () => sim.drain());
+  expect(a.store.get(x)).toBe(latest);
+  expect(sim.live.every((n) => n.stale.size === 0)).toBe(true);
+});
+
+test("copies=3: a second failure in the middle of recovery loses nothing", () => {
+  const sim = scripted(3, [0, 1, 2, 3, 4, 5], 40);
+  const [n0, n1] = sim.nodes;
+  steps(sim, "write every object", () => {
+    for (const o of sim.oids) expect(sim.write(o)).toBe(true);
+  });
+  steps(sim, "kill n0", () => sim.kill(n0));
+  steps(sim, "partial recovery", () => {
+    for (let i = 0; i < 5; i++) for (const n of sim.live) if (sim.hasWork(n)) sim.work(n);
+  });
+  expect(sim.quiescent()).toBe(false);
+  steps(sim, "writes during recovery", () => {
+    for (const o of sim.oids.slice(0, 15)) sim.write(o);
+  });
+  expect(sim.canKill()).toBe(true);
+  steps(sim, "kill n1 mid-recovery", () => sim.kill(n1));
+  // A third failure before recovery completes may lose data legitimately.
+  expect(sim.canKill()).toBe(false);
+  steps(sim, "partial recovery", () => {
+    for (let i = 0; i < 3; i++) for (const n of sim.live) if (sim.hasWork(n)) sim.work(n);
+  });
+  steps(sim, "recover", () => sim.drain());
+  for (const [o, v] of sim.truth) {
+    const own = sim.owners(o);
+    expect(own.length).toBe(3);
+    for (const n of own) expect(n.store.get(o)).toBe(v);
+  }
+  expect(sim.canKill()).toBe(true);
+});
+
+test("a full-cluster restart in the middle of recovery resumes it", () => {
+  const sim = scripted(2, [0, 1, 2, 3], 30);
+  steps(sim, "write every object", () => {
+    for (const o of sim.oids) sim.write(o);
+  });
+  steps(sim, "add a node", () => sim.add(4));
+  steps(sim, "partial recovery", () => {
+    for (let i = 0; i < 4; i++) for (const n of sim.live) if (sim.hasWork(n)) sim.work(n);
+  });
+  const staleBefore = sim.live.reduce((k, n) => k + n.stale.size, 0);
+  expect(staleBefore).toBeGreaterThan(0);
+  steps(sim, "full restart", () => sim.fullRestart());
+  expect(sim.live.every((n) => n.rm.lastComplete === 0)).toBe(true);
+  steps(sim, "kill one", () => sim.kill(sim.nodes[1]));
+  steps(sim, "recover", () => sim.drain());
+  for (const [o, v] of sim.truth) for (const n of sim.owners(o)) expect(n.store.get(o)).toBe(v);
+});
+
+// ------------------------------------------------------------------------------------------ executor
+
+/** An in-memory ObjectStore with FileStore's visibility rule: a created object shows in list() and
+ *  exists() only once createAndWrite has finished (after fdatasync, rename and directory fsync). */
+class MemStore {
+  cur = new Map<bigint, Buffer>();
+  stale = new Map<string, Buffer>();
+  hold: Promise<void> | null = null;
+  writing = 0;
+  exists(oid: bigint): boolean {
+    return this.cur.has(oid);
+  }
+  list(): bigint[] {
+    return [...this.cur.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  }
+  listStale(): Array<{ oid: bigint; epoch: number }> {
+    return [...this.stale.keys()].map((k) => ({ oid: BigInt(k.split("@")[0]), epoch: Number(k.split("@")[1]) }));
+  }
+  async createAndWrite(oid: bigint, _off: number, data: Buffer): Promise<void> {
+    this.writing++;
+    try {
+      if (this.hold) await this.hold; // the fdatasync
+      this.cur.set(oid, Buffer.from(data));
+    } finally {
+      this.writing--;
+    }
+  }
+  moveToStale(oid: bigint, epoch: number): Promise<void> {
+    const d = this.cur.get(oid);
+    if (!d) return Promise.reject(new SdError(Res.NO_OBJ));
+    this.cur.delete(oid);
+    this.stale.set(`${oid}@${epoch}`, d);
+    return Promise.resolve();
+  }
+  readStale(oid: bigint, epoch: number, off: number, len: number): Promise<Buffer> {
+    const d = this.stale.get(`${oid}@${epoch}`);
+    return d ? Promise.resolve(d.subarray(off, off + len)) : Promise.reject(new SdError(Res.NO_OBJ));
+  }
+  purgeStale(): Promise<void> {
+    this.stale.clear();
+    return Promise.resolve();
+  }
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+test("executor: an object still being written when a new epoch starts is not left behind on a non-owner", async () => {
+  const [a, b, c, p] = [0, 1, 2, 3].map((i) => makeNode("127.0.0.1", 7100 + i, { zone: i }));
+  const rings: Ring[] = [];
+  rings[1] = new Ring([b, c]);
+  rings[2] = new Ring([a, b, c]);
+  rings[3] = new Ring([a, b, c, p]);
+  rings[4] = new Ring([a, b, c]);
+  const has = (r: Ring, o: bigint, n: SdNode) => r.placeObject(o, 2).some((x) => nodeEqual(x, n));
+  // x: a owns it in epochs 2 and 4 (p absent) but not in epoch 3, where its partner keeps it.
+  let x = 0n;
+  for (let o = 1n; o < 100_000n; o++) {
+    const partner = rings[2].placeObject(o, 2).find((n) => !nodeEqual(n, a));
+    if (has(rings[2], o, a) && !has(rings[3], o, a) && partner && has(rings[3], o, partner)) {
+      x = o;
+      break;
+    }
+  }
+  expect(x).not.toBe(0n);
+  const ver = (v: number) => Buffer.from(new BigUint64Array([BigInt(v)]).buffer);
+  // The rest of the cluster as a's peers see it: current copies and stale copies per node.
+  const peers = new Map<number, { cur: Map<bigint, number>; stale: Map<string, number> }>();
+  for (const n of [b, c, p]) peers.set(n.port, { cur: new Map(), stale: new Map() });
+  peers.get(b.port)!.cur.set(x, 1);
+  peers.get(c.port)!.cur.set(x, 1);
+  const store = new MemStore();
+  let epoch = 2;
+  let members = [a, b, c];
+  const reported: number[] = [];
+  let release!: () => void;
+  store.hold = new Promise<void>((r) => (release = r));
+  const host = {
+    me: a,
+    log: { info() {}, warn() {}, err() {}, emerg() {}, notice() {}, debug() {} } as unknown as Logger,
+    store: () => store as unknown as ObjectStore,
+    epoch: () => epoch,
+    ring: () => rings[epoch],
+    nodes: () => members,
+    ringOf: (e: number) => Promise.resolve(rings[e] ?? null),
+    copiesFor: () => 2,
+    storedSize: () => 8,
+    peer: (node: SdNode, h: Header) => {
+      const rsp = new Header();
+      let data = Buffer.alloc(0);
+      if (h.opcode === Op.GET_OBJ_LIST) {
+        const oids = nodeEqual(node, a)
+          ? [...store.list(), ...store.listStale().map((s) => s.oid)]
+          : [...peers.get(node.port)!.cur.keys(), ...[...peers.get(node.port)!.stale.keys()].map((k) => BigInt(k.split("@")[0]))];
+        data = Buffer.alloc(oids.length * 8);
+        oids.forEach((o, i) => data.writeBigUInt64LE(o, i * 8));
+      } else if (h.opcode === Op.READ_PEER) {
+        const st = peers.get(node.port)!;
+        const v = st.cur.get(h.oid) ?? st.stale.get(`${h.oid}@${h.tgtEpoch}`);
+        if (v === undefined) rsp.result = Res.NO_OBJ;
+        else data = ver(v);
+      } else rsp.result = Res.INVALID_PARMS;
+      return Promise.resolve({ hdr: rsp, data });
+    },
+    reportComplete: (e: number) => {
+      reported.push(e);
+      return Promise.resolve();
+    },
+    disabled: () => false,
+    throttle: () => ({ max: 0, interval: 0 }),
+    freeBytes: () => 1n << 40n,
+  };
+  const rm = new RecoveryManager(host);
+
+  // Epoch 2: a joined and owns x; it has read x (v1) from b and is writing it to disk.
+  rm.start(1);
+  await until("a writing x", () => store.writing === 1);
+  // Epoch 3: p joins and takes x over from a; p and the partner then acknowledge v2.
+  epoch = 3;
+  members = [a, b, c, p];
+  for (const n of rings[3].placeObject(x, 2)) peers.get(n.port)!.cur.set(x, 2);
+  rm.start(2);
+  release();
+  await until("epoch 3 recovery", () => reported.includes(3) && store.writing === 0);
+  // Epoch 4: p leaves; a owns x again and must end up with v2, not its leftover v1.
+  epoch = 4;
+  members = [a, b, c];
+  rm.start(3);
+  await until("epoch 4 recovery", () => reported.includes(4));
+  const got = store.cur.get(x)?.readBigUInt64LE(0);
+  expect(`a holds v${got} of x`).toBe("a holds v2 of x");
+});

@@ -434,6 +434,9 @@ test("snapshot of a depth-2 hyper volume copies the leaf nodes", async () => {
   expect(io.objs.get(vidToBtreeOid(s.vid, 0))!.equals(leaf)).toBe(true);
   // the snapshot still points at its own leaf
   expect(io.objs.get(vidToVdiOid(v))!.readBigUInt64LE(4664 + 16)).toBe(leafOid);
+  // deleting the working VDI removes its leaf, not the snapshot's object it refers to
+  expect(await deleteVdi(io, t, "hv")).toBe(s.vid);
+  expect(io.removed).toEqual([vidToBtreeOid(s.vid, 0)]);
 });
 
 test("decrefPlan: replaced slots decref with old gref, unchanged slots keep theirs", () => {
