@@ -65,6 +65,7 @@ const PRE_KILL_MS = FULL ? 8000 : 4000;
 const FILE_SIZE = Math.max(APPLIANCE_SIZE, NBD_SIZE, REC_SIZE);
 
 const results = new Results();
+const loadAtStart = os.loadavg().map((x) => x.toFixed(1)).join(" ");
 const started = now();
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-bench-"));
 process.on("exit", () => {
@@ -333,15 +334,16 @@ async function versionStartMs(): Promise<number> {
   return median(xs);
 }
 
-/** A TCP connection to port; resolves with a promise of the time its close is seen. */
-async function closeWatcher(port: number): Promise<Promise<number | null>> {
+/** A TCP connection to port; `closed` resolves with the time its close is seen (null after 60 s). */
+async function closeWatcher(port: number): Promise<{ closed: Promise<number | null> }> {
   const s = net.connect({ host: "127.0.0.1", port });
   s.on("data", () => {});
   await new Promise<void>((resolve, reject) => {
     s.once("connect", () => resolve());
     s.once("error", reject);
   });
-  return new Promise((resolve) => {
+  // Wrapped in an object: an async function returning a bare promise would wait for it.
+  const closed = new Promise<number | null>((resolve) => {
     const t = setTimeout(() => {
       s.destroy();
       resolve(null);
@@ -355,6 +357,7 @@ async function closeWatcher(port: number): Promise<Promise<number | null>> {
     s.once("close", done);
     s.once("error", done);
   });
+  return { closed };
 }
 
 async function nodeListed(port0: number, port: number): Promise<boolean> {
@@ -382,7 +385,7 @@ async function membershipFor(label: string, driver: string | undefined, killRef:
     const kills: number[] = [], exits: number[] = [], joins: number[] = [], joinLogs: number[] = [];
     for (let it = 0; it < ITERS; it++) {
       const tails = survivors.map((i) => new LogTail(path.join(c.nodes[i].dir, "sheep.log")));
-      const closed = await closeWatcher(c.nodes[victim].port);
+      const { closed } = await closeWatcher(c.nodes[victim].port);
       const t0 = now();
       const seen = tails.map((t) => t.waitFor(/ left; epoch \d+/, 120_000));
       await c.kill(victim, "SIGKILL");
@@ -695,6 +698,7 @@ function machineInfo(): string {
     `- tools: ${toolVersion("qemu-nbd", ["--version"])}; ${toolVersion("fio", ["--version"])}; ${toolVersion("nbdcopy", ["--version"])}`,
     `- sizes: random file ${FILE_SIZE / MiB} MiB (NBD copies all of it), appliance ${APPLIANCE_SIZE / MiB} MiB, recovery ${REC_SIZE / MiB} MiB,` +
     ` fio ${FIO_RUNTIME} s per run (+1 s ramp), ${ITERS} membership iterations, ${CREATES} creates`,
+    `- load average at start: ${loadAtStart}, at end: ${os.loadavg().map((x) => x.toFixed(1)).join(" ")} (other work on the machine makes figures noisy)`,
     `- ratio = ours/ref; "better" says which direction is good. Clients, servers and sheep share the same ${os.cpus().length} cores.`,
   ].join("\n");
 }

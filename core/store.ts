@@ -31,6 +31,11 @@ export interface ObjectStore {
   purgeStale(): Promise<void>;
   /** Stale copies present (recovery sources): oid, the epoch they belonged to, EC index. */
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }>;
+  /**
+   * Checks the file really is on disk (a replica deleted behind our back, e.g. by a failing disk
+   * or an operator): forgets it when it is not. Consistency checks use this, not the cache.
+   */
+  verify(oid: bigint, ecIndex?: number): boolean;
   /** Per-disk usage for MD_INFO, in path order: free bytes and bytes held by objects. */
   diskInfo(): Array<{ path: string; free: bigint; used: bigint }>;
   path(oid: bigint, ecIndex?: number): string;
@@ -586,6 +591,17 @@ class FileStore implements ObjectStore {
     } catch (e) {
       return Promise.reject(sdErr(e));
     }
+  }
+
+  verify(oid: bigint, ecIndex?: number): boolean {
+    const name = fileName(oid, ecIndex);
+    const e = this.entries.get(name);
+    if (!e) return this.lookup(oid, ecIndex) !== null;
+    const path = this.pathOn(e.disk, oid, ecIndex);
+    if (fs.existsSync(path)) return true;
+    this.fds.invalidate(path);
+    this.dropEntry(name);
+    return this.lookup(oid, ecIndex) !== null;
   }
 
   diskInfo(): Array<{ path: string; free: bigint; used: bigint }> {

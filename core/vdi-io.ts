@@ -176,6 +176,17 @@ function lowerBound(keys: number[], k: number): number {
   return lo;
 }
 
+/** First leaf whose largest idx is >= k. */
+function leafFor(leaves: BtreeLeaf[], k: number): number {
+  let lo = 0, hi = leaves.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (leaves[mid].max < k) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 function encodeIndexNode(depth: number, n: number, body: (b: Buffer) => void, size: number): Buffer {
   const b = Buffer.alloc(size);
   b.writeUInt16LE(INDEX_MAGIC, 0);
@@ -262,7 +273,7 @@ export class BtreeIndex implements SlotMap {
   get(idx: number): number {
     let keys = this.rootIdx, vals = this.rootVid;
     if (this.depth === 2) {
-      const p = lowerBound(this.leaves.map((l) => l.max), idx);
+      const p = leafFor(this.leaves, idx);
       if (p >= this.leaves.length) return 0;
       keys = this.leaves[p].idx;
       vals = this.leaves[p].vid;
@@ -311,7 +322,7 @@ export class BtreeIndex implements SlotMap {
         this.rootDirty = true;
         return;
       }
-      const p = lowerBound(this.leaves.map((l) => l.max), idx);
+      const p = leafFor(this.leaves, idx);
       if (p < this.leaves.length) {
         const leaf = this.leaves[p];
         const q = lowerBound(leaf.idx, idx);

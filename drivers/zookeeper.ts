@@ -47,6 +47,14 @@ const USAGE = "expected zookeeper:HOST:PORT[,HOST:PORT...][/CLUSTER_ID][,timeout
 export const DEFAULT_BASE = "/sheepdog";
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
+function badChars(s: string): boolean {
+  for (const ch of s) {
+    const c = ch.charCodeAt(0);
+    if (c < 0x21 || c === 0x7f) return true;
+  }
+  return false;
+}
+
 export function parseZookeeperOption(opt: string): ZookeeperOptions {
   const bad = (why: string) => new DriverConfigError(`zookeeper driver: ${why}; ${USAGE}`);
   if (!opt) throw bad("no ZooKeeper server given");
@@ -68,7 +76,7 @@ export function parseZookeeperOption(opt: string): ZookeeperOptions {
       hp = item.slice(0, slash);
       const id = item.slice(slash + 1);
       const segs = id.split("/");
-      if (!id || segs.some((s) => !s || s === "." || s === ".." || /[\s\x00-\x1f\x7f]/.test(s))) {
+      if (!id || segs.some((s) => !s || s === "." || s === ".." || badChars(s))) {
         throw bad(`invalid cluster id '${id}'`);
       }
       if (segs[0] === "zookeeper") throw bad("the cluster id must not start with 'zookeeper' (reserved)");

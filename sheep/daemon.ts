@@ -597,6 +597,13 @@ export class Sheep {
       h.offset = offset;
       await this.gateway.writeAll(h, data);
     },
+    remove: async (oid) => {
+      const h = Header.req(Op.REMOVE_OBJ);
+      h.oid = oid;
+      await this.gateway.writeAll(h, EMPTY).catch((e) => {
+        if (!(e instanceof SdError && e.code === Res.NO_OBJ)) throw e;
+      });
+    },
   };
 
   private newVdiWork(req: Header, data: Buffer): Promise<Reply> {
@@ -628,7 +635,11 @@ export class Sheep {
       rsp.opcode = req.opcode;
       const name = readFixedString(data, 0, 256);
       const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-      const vid = await deleteVdi(this.metaIO, this.vdis, name, { tag: tag || undefined, snapid: req.snapid || undefined });
+      const opts = { tag: tag || undefined, snapid: req.snapid || undefined };
+      // A VDI attached for writing is not deleted under its user.
+      const found = await lookupVdi(this.metaIO, this.vdis, name, opts);
+      if (this.vdis.locks.has(found.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
+      const vid = await deleteVdi(this.metaIO, this.vdis, name, opts);
       rsp.rspVdiId = vid;
       return { hdr: rsp, data: EMPTY, apply: { type: "vdi-deleted", vid } };
     });
@@ -766,13 +777,19 @@ export class Sheep {
         if (this.vdis.locks.has(req.baseVdiId)) await this.releaseVdi(req.baseVdiId);
         return { hdr: rsp, data: EMPTY };
       case Op.GET_VDI_ATTR: {
+        if (data.length < 784) return errorReply(req, new SdError(Res.INVALID_PARMS));
         const r = await this.clusterWork(async () => {
           const h = new Header();
+          // The VDI must exist; its create_time goes into the attribute (upstream).
+          const name = readFixedString(data, 0, 256);
+          const tag = readFixedString(data, 256, 256);
+          const snapid = data.readUInt32LE(520) || req.snapid;
+          const v = await lookupVdi(this.metaIO, this.vdis, name, { tag: tag || undefined, snapid: snapid || undefined });
           const a = await getVdiAttr(this.metaIO, this.vdis, data, {
             creat: !!(req.flags & Flag.CMD_CREAT),
             excl: !!(req.flags & Flag.CMD_EXCL),
             del: !!(req.flags & Flag.CMD_DEL),
-          }, 0n);
+          }, v.header.createTime);
           h.rspVdiId = a.vid;
           h.rspAttrId = a.attrId;
           return { hdr: h, data: EMPTY };
@@ -873,12 +890,12 @@ export class Sheep {
         return { hdr: rsp, data: EMPTY };
       }
       case Op.EXIST:
-        return { hdr: withResult(rsp, this.store.exists(req.oid) ? Res.SUCCESS : Res.NO_OBJ), data: EMPTY };
+        return { hdr: withResult(rsp, this.store.verify(req.oid) ? Res.SUCCESS : Res.NO_OBJ), data: EMPTY };
       case Op.OIDS_EXIST: {
         const missing: bigint[] = [];
         for (let i = 0; i + 8 <= data.length; i += 8) {
           const oid = data.readBigUInt64LE(i);
-          if (!this.store.exists(oid)) missing.push(oid);
+          if (!this.store.verify(oid)) missing.push(oid);
         }
         const b = Buffer.alloc(missing.length * 8);
         missing.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
@@ -1073,6 +1090,7 @@ export class Sheep {
           await this.store.remove(req.oid, req.ecIndex || undefined);
           return { hdr: rsp, data: EMPTY };
         case Op.GET_HASH: {
+          if (!this.store.verify(req.oid)) return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
           const { createHash } = await import("node:crypto");
           const size = this.storedSize(req.oid);
           const d = await this.store.read(req.oid, 0, size);
