@@ -13,6 +13,12 @@ export interface BlockExport {
   readonly minBlock: number; // 1 or 512
   readonly prefBlock: number; // 4096
   readonly maxBlock: number; // <= 32 MiB
+  /**
+   * Whether connections to this export are interchangeable (NBD CAN_MULTI_CONN): flushes cover
+   * every connection's writes and every connection may write. Default true; an exclusive
+   * writable export (one writer connection, later ones read-only) says false.
+   */
+  readonly multiConn?: boolean;
   /** Optional human-readable text for NBD_INFO_DESCRIPTION. */
   readonly description?: string;
   /** Exactly `length` bytes; the server never modifies the buffer, so it may be a view. */
@@ -42,7 +48,7 @@ export interface BlockExport {
 export interface ExportProvider {
   list(): Promise<Array<{ name: string; description?: string }>>;
   /** Throws NbdOpenError when the export cannot be opened. */
-  open(name: string, opts: { readOnlyRequested: boolean }): Promise<BlockExport>;
+  open(name: string, opts: { readOnlyRequested: boolean; probe?: boolean }): Promise<BlockExport>;
 }
 
 export class NbdOpenError extends Error {

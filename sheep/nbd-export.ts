@@ -51,7 +51,7 @@ export class SheepExportProvider implements ExportProvider {
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  async open(name: string, opts: { readOnlyRequested: boolean }): Promise<BlockExport> {
+  async open(name: string, opts: { readOnlyRequested: boolean; probe?: boolean }): Promise<BlockExport> {
     const at = name.lastIndexOf("@");
     let vdi = name;
     const o: { snapid?: number; tag?: string } = {};
@@ -71,6 +71,11 @@ export class SheepExportProvider implements ExportProvider {
       throw new NbdOpenError("other", `cannot open ${name}: ${(e as Error).message}`);
     }
     if (opts.readOnlyRequested || h.readOnly) return new VdiExport(name, h, true, null);
+    // NBD_OPT_INFO: describe what a GO would get now, without taking the lock.
+    if (opts.probe) {
+      const owner = this.sheep.vdis.locks.get(h.vid)?.owner;
+      return new VdiExport(name, h, owner !== undefined, null, owner ? `VDI ${vdi} is locked by ${owner}: read-only` : undefined);
+    }
     // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
     // read-only, so inspection always works and a second writer is refused.
     const r = await this.sheep.lockVdi(vdi, o);
@@ -88,6 +93,8 @@ class VdiExport implements BlockExport {
   readonly prefBlock = 4096;
   readonly maxBlock = MAX_BLOCK;
   readonly size: number;
+  /** One writer connection per VDI (exclusive attach): connections are not interchangeable. */
+  readonly multiConn: boolean;
   constructor(
     readonly name: string,
     private readonly h: VdiHandle,
@@ -96,6 +103,7 @@ class VdiExport implements BlockExport {
     readonly description?: string,
   ) {
     this.size = h.size;
+    this.multiConn = readOnly;
   }
 
   async read(offset: number, length: number): Promise<Buffer> {

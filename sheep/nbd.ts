@@ -466,17 +466,20 @@ class Connection {
 
   private txFlags(exp: BlockExport): number {
     const ro = exp.readOnly || !!this.opts.readOnly;
-    // CAN_MULTI_CONN: BlockExport.flush() makes every write completed before it durable,
-    // whichever connection issued it, so a flush or FUA on one connection covers all of them.
-    let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.CAN_MULTI_CONN;
+    // CAN_MULTI_CONN promises that connections to the export are interchangeable: flush() of an
+    // export covers the writes of every connection, and the export says whether every connection
+    // may write (an exclusive VDI admits one writer; nbdcopy then uses a single connection).
+    let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA;
+    if (ro || exp.multiConn !== false) f |= TxFlag.CAN_MULTI_CONN;
     if (ro) f |= TxFlag.READ_ONLY;
     else f |= TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FAST_ZERO;
     if (this.structured) f |= TxFlag.SEND_DF;
     return f;
   }
 
-  private async openExport(name: string): Promise<BlockExport> {
-    return await this.opts.provider.open(name, { readOnlyRequested: !!this.opts.readOnly });
+  /** `probe`: NBD_OPT_INFO only describes the export; it must not take it (no VDI lock). */
+  private async openExport(name: string, probe = false): Promise<BlockExport> {
+    return await this.opts.provider.open(name, { readOnlyRequested: !!this.opts.readOnly, probe });
   }
 
   private async handleHandshake(ev: HandshakeEvent): Promise<void> {
@@ -546,7 +549,7 @@ class Connection {
     if (!req) return this.opt(option, Rep.ERR_INVALID, "malformed NBD_OPT_INFO/NBD_OPT_GO");
     let exp: BlockExport;
     try {
-      exp = await this.openExport(req.name);
+      exp = await this.openExport(req.name, option === Opt.INFO);
     } catch (e) {
       const msg = (e as Error).message || String(e);
       if (e instanceof NbdOpenError && e.kind === "unknown") {

@@ -106,7 +106,12 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
 
   beforeAll(async () => {
     cs = await startCorosync();
-    c = await TestCluster.start(3, { driver: `corosync:${uniqueGroup()}`, format: { copies: 3 } });
+    c = await TestCluster.start(3, { driver: `corosync:${uniqueGroup()}` });
+    // A sheep's port opens before it has joined: format only once all three are members, or dog
+    // sees fewer zones than copies, asks for confirmation and (stdin empty) quietly gives up.
+    await waitMembers(c, [0, 1, 2], [0, 1, 2], "3 members before format");
+    await c.dogOk(["cluster", "format", "-c", "3"]);
+    await c.waitRunning();
   }, 120_000);
   afterAll(async () => {
     await c?.stop();

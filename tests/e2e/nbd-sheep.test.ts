@@ -231,8 +231,6 @@ class RawNbd {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
 // ------------------------------------------------------------------------------ tests
 
 test("the Debian NBD clients are installed", () => {
