@@ -295,6 +295,15 @@ export class TestCluster {
       // Sequential starts keep join order (and so node order in epochs) deterministic.
       for (let i = 0; i < n; i++) await c.startNode(i);
       if (opts.format) {
+        // A sheep listens before it has joined: format only once every node sees all members,
+        // or dog would count too few zones (and ask for confirmation).
+        await c.waitFor(async () => {
+          for (let i = 0; i < n; i++) {
+            const r = await c.dog(["node", "list", "-r"], { node: i });
+            if (r.code !== 0 || r.stdout.toString().trim().split("\n").length !== n) return false;
+          }
+          return true;
+        }, 30_000, `all ${n} sheep to be members`);
         const args = ["cluster", "format"];
         if (opts.format.copies !== undefined) args.push("-c", String(opts.format.copies));
         if (opts.format.store !== undefined) args.push("-b", opts.format.store);
