@@ -9,15 +9,16 @@ import {
   ledgerOid,
   MAX_DATA_OBJS,
   SD_ATTR_OBJ_SIZE,
+  SD_INODE_DATA_INDEX_OFFSET,
+  SD_INODE_GREF_OFFSET,
   SD_INODE_HEADER_SIZE,
-  SD_INODE_SIZE,
   SD_NR_VDIS,
   vidToAttrOid,
   vidToBtreeOid,
   vidToDataOid,
   vidToVdiOid,
 } from "./oid.ts";
-import { decodeInodeHeader, Inode, type InodeHeader } from "./inode.ts";
+import { decodeInodeHeader, encodeInodeHeader, Inode, type InodeHeader } from "./inode.ts";
 
 /** Gateway-level object I/O (replication is the implementer's business). */
 export interface MetaIO {
@@ -327,12 +328,46 @@ export interface NewVdiResult {
 const INDEX_MAGIC = 0x6274;
 const BTREE_NODE_SIZE = 4 * 1024 * 1024;
 
+/**
+ * Reads an inode: the header, then only the slots its size covers (flat) or the B-tree root
+ * (hyper). A whole inode is 12.5 MB; reading it for every snapshot, clone and delete was the
+ * bulk of their cost.
+ */
 async function readInode(io: MetaIO, vid: number, errCode: number): Promise<Inode> {
   try {
-    return Inode.decode(await io.read(vidToVdiOid(vid), 0, SD_INODE_SIZE));
+    const oid = vidToVdiOid(vid);
+    const hdr = await io.read(oid, 0, SD_INODE_HEADER_SIZE);
+    const h = decodeInodeHeader(hdr);
+    const n = inodeSpan(h);
+    const data = await io.read(oid, SD_INODE_DATA_INDEX_OFFSET, 4 * n);
+    const ino = Inode.decode(Buffer.concat([hdr, data]));
+    if (h.storePolicy === 0 && n > 0) {
+      const g = await io.read(oid, SD_INODE_GREF_OFFSET, 8 * n);
+      for (let i = 0; i < 2 * n; i++) ino.gref[i] = g.readInt32LE(4 * i);
+    }
+    return ino;
   } catch (e) {
     throw new SdError(errCode, `reading inode ${vid.toString(16)}: ${(e as Error).message}`);
   }
+}
+
+/** Slots of an inode that can be non-zero: those its size covers; the whole root for hyper volumes. */
+function inodeSpan(h: InodeHeader): number {
+  return h.storePolicy === 0 ? countDataObjs(h) : MAX_DATA_OBJS;
+}
+
+/** Creates an inode object from its non-zero parts (a created object is zero-filled). */
+async function createInode(io: MetaIO, vid: number, ino: Inode): Promise<void> {
+  const oid = vidToVdiOid(vid);
+  await io.create(oid, ino.encodePrefix());
+  const n = lastNonZeroGref(ino) + 1;
+  if (n > 0) await io.write(oid, SD_INODE_GREF_OFFSET, ino.grefRange(0, n));
+}
+
+function lastNonZeroGref(ino: Inode): number {
+  const g = ino.gref;
+  for (let i = g.length - 1; i >= 0; i--) if (g[i] !== 0) return i >> 1;
+  return -1;
 }
 
 async function guarded(code: number, fn: () => Promise<void>): Promise<void> {
@@ -444,9 +479,13 @@ export async function newVdi(
       const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
       base.header.snapCtime = req.now;
       bumpCounts(base);
-      await guarded(Res.BASE_VDI_WRITE, () => io.write(vidToVdiOid(baseVid), 0, base.encode()));
+      await guarded(Res.BASE_VDI_WRITE, async () => {
+        // Only the header (snap_ctime) and the reference counts change.
+        await io.write(vidToVdiOid(baseVid), 0, encodeInodeHeader(base.header));
+        await writeGref(io, baseVid, base);
+      });
       const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
-      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+      await guarded(Res.VDI_WRITE, () => createInode(io, vid, ino));
     } else {
       // rebase: current becomes a snapshot, the new working VDI is based on baseVid
       const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
@@ -456,7 +495,7 @@ export async function newVdi(
       bumpCounts(base);
       await guarded(Res.VDI_WRITE, () => writeGref(io, baseVid, base));
       const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
-      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+      await guarded(Res.VDI_WRITE, () => createInode(io, vid, ino));
     }
   } else {
     if (info.result === Res.SUCCESS) throw new SdError(Res.VDI_EXIST);
@@ -466,14 +505,14 @@ export async function newVdi(
     oldVid = req.baseVid === 0 ? info.vid : req.baseVid;
     if (req.baseVid === 0) {
       const ino = await allocInode(io, req, p, snapId, vid, 0);
-      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+      await guarded(Res.VDI_WRITE, () => createInode(io, vid, ino));
     } else {
       const baseVid = req.baseVid;
       const base = await readInode(io, baseVid, Res.BASE_VDI_READ);
       bumpCounts(base);
       await guarded(Res.BASE_VDI_WRITE, () => writeGref(io, baseVid, base));
       const ino = await allocInode(io, req, p, snapId, vid, baseVid, base);
-      await guarded(Res.VDI_WRITE, () => io.create(vidToVdiOid(vid), ino.encode()));
+      await guarded(Res.VDI_WRITE, () => createInode(io, vid, ino));
     }
   }
 
@@ -490,9 +529,10 @@ export async function newVdi(
   return { vid, nrCopies, blockSizeShift, copyPolicy, snapId, oldVid, added };
 }
 
+/** Writes the reference counts of the covered slots (the rest were read as, and stay, zero). */
 async function writeGref(io: MetaIO, vid: number, ino: Inode): Promise<void> {
-  const g = ino.grefRange(0, MAX_DATA_OBJS);
-  await io.write(vidToVdiOid(vid), SD_INODE_SIZE - g.length, g);
+  const n = Math.max(lastNonZeroGref(ino) + 1, ino.header.storePolicy === 0 ? countDataObjs(ino.header) : 0);
+  if (n > 0) await io.write(vidToVdiOid(vid), SD_INODE_GREF_OFFSET, ino.grefRange(0, n));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -571,10 +611,22 @@ export async function deleteVdi(
       } catch { /* as above */ }
     }
   }
+  const span = inodeSpan(h);
   h.vdiSize = 0n;
   h.name = "";
-  const cleared = Inode.create(h);
-  await io.write(vidToVdiOid(vid), 0, cleared.encode());
+  // Header cleared, every slot and count it covered zeroed: only the header stays meaningful.
+  const oid = vidToVdiOid(vid);
+  await io.write(oid, 0, encodeInodeHeader(h));
+  for (let i = 0; i < span; i += 1 << 18) {
+    const k = Math.min(span - i, 1 << 18);
+    await io.write(oid, SD_INODE_DATA_INDEX_OFFSET + 4 * i, Buffer.alloc(4 * k));
+  }
+  if (h.storePolicy === 0) {
+    for (let i = 0; i < span; i += 1 << 18) {
+      const k = Math.min(span - i, 1 << 18);
+      await io.write(oid, SD_INODE_GREF_OFFSET + 8 * i, Buffer.alloc(8 * k));
+    }
+  }
   return vid;
 }
 

@@ -151,7 +151,28 @@ class Session {
   private onConnect: Array<() => void> = [];
   private memo = new Map<string, () => void>();
 
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  private lastSocket: net.Socket | null = null;
+
   constructor(readonly client: ZkClient) {}
+
+  /**
+   * The client times only the TCP connect, not the handshake that follows. A server that is
+   * starting up can accept a connection and then neither answer nor close it (ZooKeeper 3.8 hits
+   * a NullPointerException closing it), and the session expires while we wait. So a connection
+   * attempt that makes no progress for `ms` is dropped, which makes the client try again.
+   */
+  startWatchdog(ms: number): void {
+    this.watchdog = setInterval(() => {
+      if (this.dead || this.connected) {
+        this.lastSocket = null;
+        return;
+      }
+      const sock = this.client.connectionManager?.socket ?? null;
+      if (sock && sock === this.lastSocket && !sock.destroyed) sock.destroy();
+      this.lastSocket = sock;
+    }, ms);
+  }
 
   /** A stable watcher function per purpose, so the client registers it once per path. */
   watcher(kind: string, f: () => void): () => void {
@@ -285,6 +306,7 @@ class Session {
   kill(): void {
     if (this.dead) return;
     this.dead = true;
+    if (this.watchdog) clearInterval(this.watchdog);
     const f = [...this.failers];
     this.failers.clear();
     for (const x of f) x(new SessionLost("session closed"));
@@ -432,6 +454,7 @@ export class ZookeeperDriver implements ClusterDriver {
   private openSession(timeoutMs: number): Promise<Session> {
     const client = zk.createClient(this.opts.connect, { sessionTimeout: this.opts.timeout, spinDelay: 500, retries: 0 });
     const s = new Session(client);
+    s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(this.opts.timeout / 6))));
     return new Promise((resolve, reject) => {
       let up = false;
       const timer = setTimeout(() => {

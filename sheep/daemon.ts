@@ -314,7 +314,10 @@ export class Sheep {
           return true;
         }
         w.run()
-          .catch((e): WorkResult => errorReply(new Header(), e))
+          .catch((e): WorkResult => {
+            this.log.warn(`cluster operation failed: ${(e as Error).message}`);
+            return errorReply(new Header(), e);
+          })
           .then((r) =>
             this.driver.unblock(Buffer.from(cbor.encode({ kind: "op", opId: w.opId, req: EMPTY, rsp: r.hdr.b, data: r.data, apply: r.apply })))
           );
@@ -415,10 +418,14 @@ export class Sheep {
     });
   }
 
+  /** Copies of inodes this node is creating, before the operation commits their VDI state. */
+  private readonly pendingCopies = new Map<number, number>();
+
   private copiesFor(oid: bigint, hint: number): number {
-    const st = this.vdis.states.get(oidToVid(oid));
+    const vid = oidToVid(oid);
+    const st = this.vdis.states.get(vid);
     if (st && st.nrCopies) return st.nrCopies;
-    return hint || this.state.copies || 3;
+    return this.pendingCopies.get(vid) || hint || this.state.copies || 3;
   }
 
   /** A joining node learns VDI bitmaps and states from a member (upstream: GET_VDI_COPIES). */
@@ -493,7 +500,10 @@ export class Sheep {
 
   /** Every node learns what a work phase did (NEW_VDI / DEL_VDI) in the same order. */
   private applyWorkResult(a: Apply): void {
-    if (a.type === "vdi-added") applyVdiAdded(this.vdis, a.state);
+    if (a.type === "vdi-added") {
+      applyVdiAdded(this.vdis, a.state);
+      this.pendingCopies.delete(a.state.vid);
+    }
     else if (a.type === "vdi-deleted") applyVdiDeleted(this.vdis, a.vid);
     else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
     else this.vdis.locks.delete(a.vid);
@@ -589,6 +599,14 @@ export class Sheep {
       const h = Header.req(Op.CREATE_AND_WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: data.length });
       h.oid = oid;
       h.offset = offset;
+      // A new inode lives on as many nodes as its header says, from its first byte on.
+      if (isVdiObj(oid) && offset === 0 && data.length >= 4664) {
+        const copies = decodeInodeHeader(data).nrCopies;
+        if (copies) {
+          this.pendingCopies.set(oidToVid(oid), copies);
+          h.objCopies = copies;
+        }
+      }
       await this.gateway.writeAll(h, data);
     },
     write: async (oid, offset, data) => {

@@ -6,7 +6,7 @@ import { Buffer } from "node:buffer";
 import type { SdNode } from "../core/node.ts";
 import { nodeEqual, nodeHostPort, nodeIp } from "../core/node.ts";
 import type { Ring } from "../core/ring.ts";
-import { Flag, Header, Op, Res } from "../core/proto.ts";
+import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { ClientPool } from "../core/client.ts";
 
@@ -128,7 +128,11 @@ export class Gateway {
           const e = r.reason instanceof SdError ? r.reason : new SdError(Res.NETWORK_ERROR, String(r.reason));
           if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
         } else if (r.value.hdr.result !== Res.SUCCESS) {
-          const e = new SdError(r.value.hdr.result);
+          const n = targets[results.indexOf(r)];
+          const e = new SdError(
+            r.value.hdr.result,
+            `${strerror(r.value.hdr.result)} (${nodeHostPort(n)}, op 0x${req.opcode.toString(16)}, oid ${req.oid.toString(16).padStart(16, "0")})`,
+          );
           if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
         } else ok = r.value;
       }

@@ -49,8 +49,10 @@ class MemIO implements MetaIO {
     if (offset < o.length) o.copy(out, 0, offset, Math.min(o.length, offset + length));
     return Promise.resolve(out);
   }
+  // Like the store: a created object has its full size, zero-filled around the payload.
   create(oid: bigint, data: Buffer, offset = 0): Promise<void> {
-    const b = Buffer.alloc(offset + data.length);
+    const full = (oid >> 63n) & 1n ? SD_INODE_SIZE : 0;
+    const b = Buffer.alloc(Math.max(full, offset + data.length));
     data.copy(b, offset);
     this.objs.set(oid, b);
     return Promise.resolve();
