@@ -137,13 +137,54 @@ function fsyncP(fd: number): Promise<void> {
   return new Promise((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fd = fs.openSync(dir, "r");
-  try {
-    await fsyncP(fd);
-  } finally {
-    closeQuiet(fd);
+/**
+ * Group commit for directory syncs: a rename is durable once a sync of its directory that
+ * started after it completes. Callers arriving while a sync runs share the next one, so N
+ * concurrent creates in a directory cost about two syncs instead of N.
+ */
+class GroupSync {
+  private running: Promise<void> | null = null;
+  private queued: Promise<void> | null = null;
+  constructor(private readonly run: () => Promise<void>) {}
+  sync(): Promise<void> {
+    if (!this.running) return this.start();
+    if (!this.queued) {
+      this.queued = this.running.catch(() => {}).then(() => {
+        this.queued = null;
+        return this.start();
+      });
+    }
+    return this.queued;
   }
+  private start(): Promise<void> {
+    const p = (async () => {
+      try {
+        await this.run();
+      } finally {
+        this.running = null;
+      }
+    })();
+    this.running = p;
+    return p;
+  }
+}
+
+const dirSyncs = new Map<string, GroupSync>();
+
+function fsyncDir(dir: string): Promise<void> {
+  let g = dirSyncs.get(dir);
+  if (!g) {
+    g = new GroupSync(async () => {
+      const fd = fs.openSync(dir, "r");
+      try {
+        await fsyncP(fd);
+      } finally {
+        closeQuiet(fd);
+      }
+    });
+    dirSyncs.set(dir, g);
+  }
+  return g.sync();
 }
 
 function preadFull(fd: number, length: number, offset: number): Buffer {

@@ -65,7 +65,9 @@ export function parseZookeeperOption(opt: string): ZookeeperOptions {
   for (const item of opt.split(",")) {
     if (item.startsWith("timeout=")) {
       const v = item.slice("timeout=".length);
-      if (!/^\d+$/.test(v) || Number(v) <= 0 || Number(v) > 0x7fffffff) throw bad(`invalid timeout '${v}' (milliseconds)`);
+      if (!/^\d+$/.test(v) || Number(v) <= 0 || Number(v) > 0x7fffffff) {
+        throw bad(`invalid timeout '${v}' (milliseconds)`);
+      }
       timeout = Number(v);
       continue;
     }
@@ -79,12 +81,15 @@ export function parseZookeeperOption(opt: string): ZookeeperOptions {
       if (!id || segs.some((s) => !s || s === "." || s === ".." || badChars(s))) {
         throw bad(`invalid cluster id '${id}'`);
       }
-      if (segs[0] === "zookeeper") throw bad("the cluster id must not start with 'zookeeper' (reserved)");
+      if (segs[0] === "zookeeper") {
+        throw bad("the cluster id must not start with 'zookeeper' (reserved)");
+      }
       base = "/" + id;
       sawId = true;
     }
-    const m = /^([^\s:/]+|\[[0-9a-fA-F:.]+\]):(\d+)$/.exec(hp);
-    if (!m) throw bad(`invalid server '${hp}' (HOST:PORT)`);
+    // node-zookeeper-client cannot parse IPv6 literals in its connection string.
+    const m = /^([^\s:/[\]]+):(\d+)$/.exec(hp);
+    if (!m) throw bad(`invalid server '${hp}' (HOST:PORT, host name or IPv4 address)`);
     const port = Number(m[2]);
     if (port < 1 || port > 65535) throw bad(`invalid port in '${hp}'`);
     servers.push({ host: m[1], port });
@@ -120,17 +125,32 @@ interface ZkClient {
   create(path: string, data: Buffer, mode: number, cb: Cb<string>): void;
   remove(path: string, version: number, cb: Cb<void>): void;
   setData(path: string, data: Buffer, version: number, cb: Cb<ZkStat>): void;
-  getData(path: string, watcher: (() => void) | undefined, cb: (err: unknown, data: Buffer, stat: ZkStat) => void): void;
+  getData(
+    path: string,
+    watcher: (() => void) | undefined,
+    cb: (err: unknown, data: Buffer, stat: ZkStat) => void,
+  ): void;
   getChildren(path: string, watcher: (() => void) | undefined, cb: Cb<string[]>): void;
   mkdirp(path: string, cb: Cb<string>): void;
   transaction(): ZkTransaction;
   connectionManager?: { socket?: net.Socket };
 }
 interface ZkModule {
-  createClient(conn: string, opts: { sessionTimeout: number; spinDelay: number; retries: number }): ZkClient;
-  CreateMode: { PERSISTENT: number; EPHEMERAL: number; PERSISTENT_SEQUENTIAL: number; EPHEMERAL_SEQUENTIAL: number };
+  createClient(
+    conn: string,
+    opts: { sessionTimeout: number; spinDelay: number; retries: number },
+  ): ZkClient;
+  CreateMode: {
+    PERSISTENT: number;
+    EPHEMERAL: number;
+    PERSISTENT_SEQUENTIAL: number;
+    EPHEMERAL_SEQUENTIAL: number;
+  };
   State: Record<"SYNC_CONNECTED" | "DISCONNECTED" | "EXPIRED", ZkState>;
-  Exception: Record<"NO_NODE" | "NODE_EXISTS" | "BAD_VERSION" | "CONNECTION_LOSS" | "SESSION_EXPIRED", number>;
+  Exception: Record<
+    "NO_NODE" | "NODE_EXISTS" | "BAD_VERSION" | "CONNECTION_LOSS" | "SESSION_EXPIRED",
+    number
+  >;
 }
 const zk = zookeeper as unknown as ZkModule;
 
@@ -248,10 +268,18 @@ class Session {
   }
 
   /** null when the node does not exist. */
-  async getData(path: string, watch?: () => void): Promise<{ data: Buffer; version: number } | null> {
+  async getData(
+    path: string,
+    watch?: () => void,
+  ): Promise<{ data: Buffer; version: number } | null> {
     try {
       return await this.op((done) =>
-        this.client.getData(path, watch, (err, data, stat) => done(err, { data: data ?? Buffer.alloc(0), version: stat?.version ?? 0 }))
+        this.client.getData(
+          path,
+          watch,
+          (err, data, stat) =>
+            done(err, { data: data ?? Buffer.alloc(0), version: stat?.version ?? 0 }),
+        )
       );
     } catch (e) {
       if (errCode(e) === zk.Exception.NO_NODE) return null;
@@ -415,7 +443,7 @@ export class ZookeeperDriver implements ClusterDriver {
   private memberNonces = new Map<string, string>();
   /** Ids of our pushes in flight -> seen in the queue. */
   private pushing = new Map<string, boolean>();
-  private ready!: { p: Promise<void>; resolve: () => void };
+  private ready!: { p: Promise<void>; resolve: () => void; done: boolean };
   private leaving: (() => void) | null = null;
   private restartReason: string | null = null;
   private rejoining = false;
@@ -431,10 +459,17 @@ export class ZookeeperDriver implements ClusterDriver {
     return `${this.opts.base}/${sub}`;
   }
 
+  /** Pushes wait on this until the current incarnation's JOIN exists (or the driver closes). */
   private resetReady(): void {
-    let resolve!: () => void;
-    const p = new Promise<void>((r) => (resolve = r));
-    this.ready = { p, resolve };
+    if (this.ready && !this.ready.done) return;
+    const r = { p: Promise.resolve(), resolve: () => {}, done: false };
+    r.p = new Promise<void>((res) => {
+      r.resolve = () => {
+        r.done = true;
+        res();
+      };
+    });
+    this.ready = r;
   }
 
   // -------------------------------------------------------------------- session management
@@ -446,13 +481,21 @@ export class ZookeeperDriver implements ClusterDriver {
       await this.ensureDirs(s);
     } catch (e) {
       s.kill();
-      throw new Error(`zookeeper driver: cannot create ${this.opts.base} on ${this.opts.connect}: ${(e as Error).message}`);
+      throw new Error(
+        `zookeeper driver: cannot create ${this.opts.base} on ${this.opts.connect}: ${
+          (e as Error).message
+        }`,
+      );
     }
     this.session = s;
   }
 
   private openSession(timeoutMs: number): Promise<Session> {
-    const client = zk.createClient(this.opts.connect, { sessionTimeout: this.opts.timeout, spinDelay: 500, retries: 0 });
+    const client = zk.createClient(this.opts.connect, {
+      sessionTimeout: this.opts.timeout,
+      spinDelay: 500,
+      retries: 0,
+    });
     const s = new Session(client);
     s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(this.opts.timeout / 6))));
     return new Promise((resolve, reject) => {
@@ -462,7 +505,9 @@ export class ZookeeperDriver implements ClusterDriver {
         s.kill();
         reject(
           new Error(
-            `zookeeper driver: cannot connect to ZooKeeper at ${this.opts.connect} within ${timeoutMs / 1000} s (is it running?)`,
+            `zookeeper driver: cannot connect to ZooKeeper at ${this.opts.connect} within ${
+              timeoutMs / 1000
+            } s (is it running?)`,
           ),
         );
       }, timeoutMs);
@@ -483,7 +528,9 @@ export class ZookeeperDriver implements ClusterDriver {
           this.onExpired(s);
         } else if (st.code === zk.State.DISCONNECTED.code) {
           s.setConnected(false);
-          if (s === this.session && !this.closed) log(`disconnected from ${this.opts.connect}; reconnecting`);
+          if (s === this.session && !this.closed) {
+            log(`disconnected from ${this.opts.connect}; reconnecting`);
+          }
         }
       });
       client.connect();
@@ -529,13 +576,19 @@ export class ZookeeperDriver implements ClusterDriver {
           }
           const s = this.session;
           await this.ensureDirs(s);
+          // Before join() there is nothing to rejoin; join() starts the incarnation.
+          if (!this.myself) return;
           await this.startIncarnation(s);
           log(`joining again as ${this.ns} (session ${s.sessionHex()})`);
           return;
         } catch (e) {
           if (this.session?.dead) this.session = null;
           if (Date.now() > deadline) {
-            this.fail(`cannot rejoin the cluster through ZooKeeper at ${this.opts.connect}: ${(e as Error).message}`);
+            this.fail(
+              `cannot rejoin the cluster through ZooKeeper at ${this.opts.connect}: ${
+                (e as Error).message
+              }`,
+            );
             return;
           }
           await sleep(1000);
@@ -549,6 +602,7 @@ export class ZookeeperDriver implements ClusterDriver {
   private fail(reason: string): void {
     if (this.closed || this.failed) return;
     this.failed = true;
+    this.ready.resolve();
     log(reason);
     this.handlers.fatal(reason);
   }
@@ -570,10 +624,12 @@ export class ZookeeperDriver implements ClusterDriver {
     this.myself = myself;
     this.ns = nodeString(myself);
     this.opaque = opaque;
+    // The session may have expired since init(): let the new one come up first.
+    while (this.rejoining && !this.closed) await sleep(50);
     const s = this.session;
-    if (!s) throw new Error("zookeeper driver: join before init");
-    await this.startIncarnation(s);
-    this.timer = setInterval(() => this.tick(), TICK_MS);
+    if (!s) throw new Error(`zookeeper driver: no session with ZooKeeper at ${this.opts.connect}`);
+    if (this.joinSeq < 0) await this.startIncarnation(s);
+    this.timer ??= setInterval(() => this.tick(), TICK_MS);
   }
 
   /** New nonce; removes our stale znodes; creates our token and JOIN in one transaction. */
@@ -582,7 +638,14 @@ export class ZookeeperDriver implements ClusterDriver {
     const inc = this.incarnation;
     await this.removeStale(s);
     const id = randomBytes(6).toString("hex");
-    const ev: ZkEvent = { t: "join", id, node: encodeNode(this.myself), nonce: this.nonce, msg: this.opaque, time: Date.now() };
+    const ev: ZkEvent = {
+      t: "join",
+      id,
+      node: encodeNode(this.myself),
+      nonce: this.nonce,
+      msg: this.opaque,
+      time: Date.now(),
+    };
     const tokData = Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce }));
     let token = "";
     let joinName = "";
@@ -590,7 +653,11 @@ export class ZookeeperDriver implements ClusterDriver {
       try {
         const [t, j] = await s.createAll([
           [`${this.dir("master")}/${this.nonce}-`, tokData, zk.CreateMode.EPHEMERAL_SEQUENTIAL],
-          [`${this.dir("queue")}/${id}-`, Buffer.from(cbor.encode(ev)), zk.CreateMode.PERSISTENT_SEQUENTIAL],
+          [
+            `${this.dir("queue")}/${id}-`,
+            Buffer.from(cbor.encode(ev)),
+            zk.CreateMode.PERSISTENT_SEQUENTIAL,
+          ],
         ]);
         token = t.slice(t.lastIndexOf("/") + 1);
         joinName = j.slice(j.lastIndexOf("/") + 1);
@@ -600,7 +667,9 @@ export class ZookeeperDriver implements ClusterDriver {
         await s.waitConnected();
         const q = (await s.getChildren(this.dir("queue"))).find((n) => n.startsWith(`${id}-`));
         if (!q) continue;
-        const t = (await s.getChildren(this.dir("master"))).find((n) => n.startsWith(`${this.nonce}-`));
+        const t = (await s.getChildren(this.dir("master"))).find((n) =>
+          n.startsWith(`${this.nonce}-`)
+        );
         if (!t) throw new SessionLost("token vanished");
         token = t;
         joinName = q;
@@ -743,7 +812,13 @@ export class ZookeeperDriver implements ClusterDriver {
     return keyOf({ ns: this.ns, nonce: this.nonce });
   }
 
-  private async process(s: Session, seq: number, path: string, ev: ZkEvent, version: number): Promise<Step> {
+  private async process(
+    s: Session,
+    seq: number,
+    path: string,
+    ev: ZkEvent,
+    version: number,
+  ): Promise<Step> {
     const node = decodeNode(asBuf(ev.node));
     const ns = nodeString(node);
     const key = keyOf({ ns, nonce: ev.nonce });
@@ -762,8 +837,11 @@ export class ZookeeperDriver implements ClusterDriver {
         case "reject":
           this.stopped = true;
           await s.remove(`${this.dir("master")}/${this.token}`).catch(() => false);
-          if (this.everAccepted) this.fail("the cluster refused to take this sheep back after its ZooKeeper session expired");
-          else this.handlers.rejected(msg);
+          if (this.everAccepted) {
+            this.fail(
+              "the cluster refused to take this sheep back after its ZooKeeper session expired",
+            );
+          } else this.handlers.rejected(msg);
           return "wait";
         case "accept":
           await this.ownAccept(s, node, ev, msg);
@@ -838,7 +916,13 @@ export class ZookeeperDriver implements ClusterDriver {
     if (toks.some((t) => seqOf(t) < mine)) return false;
     const d = this.handlers.join(this.myself, [], ev.msg ? asBuf(ev.msg) : EMPTY);
     const out: ZkEvent = d.accept
-      ? { ...ev, t: "accept", msg: d.opaque, members: [{ node: asBuf(ev.node), nonce: ev.nonce }], blocks: [] }
+      ? {
+        ...ev,
+        t: "accept",
+        msg: d.opaque,
+        members: [{ node: asBuf(ev.node), nonce: ev.nonce }],
+        blocks: [],
+      }
       : { ...ev, t: "reject", msg: d.opaque };
     await s.setData(path, Buffer.from(cbor.encode(out)), version);
     return true;
@@ -867,7 +951,10 @@ export class ZookeeperDriver implements ClusterDriver {
           ...ev,
           t: "accept",
           msg: d.opaque,
-          members: [...others.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })), { node: asBuf(ev.node), nonce: ev.nonce }],
+          members: [...others.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })), {
+            node: asBuf(ev.node),
+            nonce: ev.nonce,
+          }],
           blocks: this.blocks.filter((k) => !oldKeys.has(k)),
         }
         : { ...ev, t: "reject", msg: d.opaque };
@@ -894,8 +981,13 @@ export class ZookeeperDriver implements ClusterDriver {
 
   /** Creates our /member and /queue_pos znodes. */
   private async register(s: Session): Promise<void> {
-    const meta = (extra: object) => Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), ...extra }));
-    for (const [d, data] of [["member", meta({})], ["queue_pos", meta({ pos: this.joinSeq })]] as const) {
+    const meta = (extra: object) =>
+      Buffer.from(
+        cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), ...extra }),
+      );
+    for (
+      const [d, data] of [["member", meta({})], ["queue_pos", meta({ pos: this.joinSeq })]] as const
+    ) {
       const p = `${this.dir(d)}/${this.ns}`;
       for (let i = 0; i < 3; i++) {
         if (await s.createIfAbsent(p, data, zk.CreateMode.EPHEMERAL)) break;
@@ -933,7 +1025,10 @@ export class ZookeeperDriver implements ClusterDriver {
   // -------------------------------------------------------------------- liveness and mastership
 
   private async listTokens(s: Session): Promise<string[]> {
-    return await s.getChildren(this.dir("master"), s.watcher("master", () => void this.checkLiveness(s)));
+    return await s.getChildren(
+      this.dir("master"),
+      s.watcher("master", () => void this.checkLiveness(s)),
+    );
   }
 
   /** Master: the member with the lowest live token. */
@@ -964,7 +1059,10 @@ export class ZookeeperDriver implements ClusterDriver {
         // Members known before the listings were requested: their tokens predate them.
         const known = this.accepted ? [...this.members] : [];
         const toks = await this.listTokens(s);
-        const kids = await s.getChildren(this.dir("member"), s.watcher("member", () => void this.checkLiveness(s)));
+        const kids = await s.getChildren(
+          this.dir("member"),
+          s.watcher("member", () => void this.checkLiveness(s)),
+        );
         const gone = new Map<string, string>();
         for (const [name, nonce] of this.memberNonces) {
           if (!kids.includes(name)) {
@@ -989,11 +1087,16 @@ export class ZookeeperDriver implements ClusterDriver {
           if (alive) continue;
           this.leavePushed.add(key);
           const inc = this.incarnation;
-          void this.push(() => (inc === this.incarnation ? this.event("leave", encodeNode(m.node), m.nonce) : null));
+          void this.push(() => (inc === this.incarnation
+            ? this.event("leave", encodeNode(m.node), m.nonce)
+            : null)
+          );
         }
       } while (this.checkAgain);
     } catch (e) {
-      if (!(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed) {
+      if (
+        !(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed
+      ) {
         log(`liveness check: ${(e as Error).message}`);
       }
     } finally {
@@ -1014,12 +1117,16 @@ export class ZookeeperDriver implements ClusterDriver {
       try {
         if (this.pos !== this.posWritten) {
           const pos = this.pos;
-          const data = Buffer.from(cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), pos }));
+          const data = Buffer.from(
+            cbor.encode({ node: this.ns, nonce: this.nonce, session: s.sessionHex(), pos }),
+          );
           if (await s.setData(`${this.dir("queue_pos")}/${this.ns}`, data)) this.posWritten = pos;
         }
         if (this.ticks % PURGE_EVERY_TICKS === 0) await this.purge(s);
       } catch (e) {
-        if (!(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed) {
+        if (
+          !(e instanceof SessionLost) && errCode(e) !== zk.Exception.CONNECTION_LOSS && !this.closed
+        ) {
           log(`queue maintenance: ${(e as Error).message}`);
         }
       }
@@ -1040,9 +1147,14 @@ export class ZookeeperDriver implements ClusterDriver {
       if (!meta || meta.nonce !== m.nonce || typeof meta.pos !== "number") return;
       min = Math.min(min, meta.pos);
     }
-    const kids = (await s.getChildren(this.dir("queue"))).map((name) => ({ name, seq: seqOf(name) }))
+    const kids = (await s.getChildren(this.dir("queue"))).map((name) => ({
+      name,
+      seq: seqOf(name),
+    }))
       .filter((k) => Number.isFinite(k.seq)).sort((a, b) => a.seq - b.seq);
-    const victims = kids.slice(0, Math.max(0, kids.length - PURGE_KEEP)).filter((k) => k.seq <= min);
+    const victims = kids.slice(0, Math.max(0, kids.length - PURGE_KEEP)).filter((k) =>
+      k.seq <= min
+    );
     await Promise.all(victims.map((k) => s.remove(`${this.dir("queue")}/${k.name}`)));
   }
 
@@ -1058,7 +1170,11 @@ export class ZookeeperDriver implements ClusterDriver {
   private pushOwn(t: EventType, msg?: Buffer): void {
     const inc = this.incarnation;
     // BLOCKs belong to one incarnation: owed ones are queued again after a rejoin.
-    void this.push(() => (t === "block" && inc !== this.incarnation ? null : this.event(t, encodeNode(this.myself), this.nonce, msg)));
+    void this.push(
+      () => (t === "block" && inc !== this.incarnation
+        ? null
+        : this.event(t, encodeNode(this.myself), this.nonce, msg)),
+    );
   }
 
   /**
@@ -1073,7 +1189,7 @@ export class ZookeeperDriver implements ClusterDriver {
       let maybeCreated = false;
       for (;;) {
         if (this.closed || this.failed) return;
-        await Promise.race([this.ready.p, this.closedPromise()]);
+        await this.ready.p;
         const s = this.session;
         if (this.closed || !s || s.dead) {
           await sleep(100);
@@ -1082,13 +1198,20 @@ export class ZookeeperDriver implements ClusterDriver {
         try {
           if (maybeCreated) {
             await s.waitConnected();
-            if (this.pushing.get(id) || (await s.getChildren(this.dir("queue"))).some((n) => n.startsWith(`${id}-`))) return;
+            if (
+              this.pushing.get(id) ||
+              (await s.getChildren(this.dir("queue"))).some((n) => n.startsWith(`${id}-`))
+            ) return;
           }
           const ev = make();
           if (!ev) return;
           ev.id = id;
           maybeCreated = true;
-          await s.create(`${this.dir("queue")}/${id}-`, Buffer.from(cbor.encode(ev)), zk.CreateMode.PERSISTENT_SEQUENTIAL);
+          await s.create(
+            `${this.dir("queue")}/${id}-`,
+            Buffer.from(cbor.encode(ev)),
+            zk.CreateMode.PERSISTENT_SEQUENTIAL,
+          );
           this.pump();
           return;
         } catch (e) {
@@ -1105,12 +1228,6 @@ export class ZookeeperDriver implements ClusterDriver {
     } finally {
       this.pushing.delete(id);
     }
-  }
-
-  private closeWaiters: Array<() => void> = [];
-  private closedPromise(): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    return new Promise((r) => this.closeWaiters.push(r));
   }
 
   async leave(): Promise<void> {
@@ -1146,14 +1263,15 @@ export class ZookeeperDriver implements ClusterDriver {
     if (this.closed) return;
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
-    for (const w of this.closeWaiters.splice(0)) w();
     this.ready.resolve();
     const s = this.session;
     this.session = null;
     if (!s || s.dead) return;
     // Close the session now so our ephemeral znodes vanish at once instead of after the timeout.
     const wasConnected = s.connected;
-    const gone = new Promise<void>((resolve) => s.client.on("state", (st) => st.code === zk.State.DISCONNECTED.code && resolve()));
+    const gone = new Promise<void>((resolve) =>
+      s.client.on("state", (st) => st.code === zk.State.DISCONNECTED.code && resolve())
+    );
     s.kill();
     if (wasConnected) await Promise.race([gone, sleep(1000)]);
   }

@@ -1035,9 +1035,14 @@ export class Sheep {
     const lastIdx = Math.ceil((e - SD_INODE_DATA_INDEX_OFFSET) / 4);
     const n = lastIdx - firstIdx;
     const old = await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
+    // Filling empty slots (every new object) replaces nothing: no counts to read or drop.
+    if (old.every((b) => b === 0)) return await this.gateway.writeAll(req, data);
     const gref = await this.metaIO.read(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, n * 8);
     const r = await this.gateway.writeAll(req, data);
-    const now = await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
+    // Slot-aligned writes carry the new slots; anything else is read back.
+    const aligned = start >= SD_INODE_DATA_INDEX_OFFSET && end <= SD_INODE_GREF_OFFSET &&
+      (start - SD_INODE_DATA_INDEX_OFFSET) % 4 === 0 && data.length % 4 === 0;
+    const now = aligned ? data : await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
     const plan = decrefPlan(firstIdx, old, gref, now);
     if (plan.decrefs.length && !plan.gref.equals(gref)) {
       await this.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, plan.gref);

@@ -7,8 +7,12 @@ import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import zookeeper from "node-zookeeper-client";
+import * as net from "node:net";
 import { TestCluster } from "../lib/cluster.ts";
 import { startZookeeper, type ZookeeperServer } from "../lib/zookeeper.ts";
+import { createZookeeperDriver, parseZookeeperOption } from "../../drivers/zookeeper.ts";
+import type { DriverHandlers } from "../../drivers/driver.ts";
+import { makeNode } from "../../core/node.ts";
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -34,7 +38,9 @@ async function startZkCluster(n: number, driver: string, copies: number): Promis
 async function nodePorts(c: TestCluster, i: number): Promise<number[]> {
   const r = await c.dog(["node", "list", "-r"], { node: i, timeoutMs: 10_000 });
   if (r.code !== 0) return [];
-  return r.stdout.toString().trim().split("\n").filter(Boolean).map((l) => Number(l.split(" ")[1].split(":")[1]));
+  return r.stdout.toString().trim().split("\n").filter(Boolean).map((l) =>
+    Number(l.split(" ")[1].split(":")[1])
+  );
 }
 
 /** Waits until every running node lists exactly the running nodes' ports (or `count` of them). */
@@ -43,10 +49,14 @@ async function waitMembers(c: TestCluster, count: number, timeoutMs = 30_000): P
   const want = running.map((i) => c.nodes[i].port).sort();
   expect(want.length).toBe(count);
   for (const i of running) {
-    await c.waitFor(async () => {
-      const ports = (await nodePorts(c, i)).sort();
-      return JSON.stringify(ports) === JSON.stringify(want);
-    }, timeoutMs, `node ${i} to list ports ${want.join(",")}`);
+    await c.waitFor(
+      async () => {
+        const ports = (await nodePorts(c, i)).sort();
+        return JSON.stringify(ports) === JSON.stringify(want);
+      },
+      timeoutMs,
+      `node ${i} to list ports ${want.join(",")}`,
+    );
   }
 }
 
@@ -58,17 +68,33 @@ async function epochOf(c: TestCluster, i: number): Promise<number> {
 }
 
 /** Waits until every running node reports the same latest epoch, greater than `above`; returns it. */
-async function waitEpochConverged(c: TestCluster, above: number, timeoutMs = 30_000): Promise<number> {
+async function waitEpochConverged(
+  c: TestCluster,
+  above: number,
+  timeoutMs = 30_000,
+): Promise<number> {
   let epoch = 0;
-  await c.waitFor(async () => {
-    const es = await Promise.all(c.nodes.map((_, i) => i).filter((i) => c.isRunning(i)).map((i) => epochOf(c, i)));
-    epoch = es[0];
-    return es.every((e) => e === es[0]) && es[0] > above;
-  }, timeoutMs, `epochs to converge above ${above}`);
+  await c.waitFor(
+    async () => {
+      const es = await Promise.all(
+        c.nodes.map((_, i) => i).filter((i) => c.isRunning(i)).map((i) => epochOf(c, i)),
+      );
+      epoch = es[0];
+      return es.every((e) => e === es[0]) && es[0] > above;
+    },
+    timeoutMs,
+    `epochs to converge above ${above}`,
+  );
   return epoch;
 }
 
-async function readBack(c: TestCluster, name: string, off: number, data: Buffer, node: number): Promise<void> {
+async function readBack(
+  c: TestCluster,
+  name: string,
+  off: number,
+  data: Buffer,
+  node: number,
+): Promise<void> {
   const r = await c.dog(["vdi", "read", name, String(off), String(data.length)], { node });
   expect(r.code).toBe(0);
   expect(r.stdout.length).toBe(data.length);
@@ -101,7 +127,9 @@ async function zkClient(hosts: string): Promise<Zk> {
   await new Promise((r) => cl.once("connected", r));
   return {
     children: (p) =>
-      new Promise((resolve, reject) => cl.getChildren(p, (e: Error | null, k: string[]) => (e ? reject(e) : resolve(k)))),
+      new Promise((resolve, reject) =>
+        cl.getChildren(p, (e: Error | null, k: string[]) => (e ? reject(e) : resolve(k)))
+      ),
     close: () => cl.close(),
   };
 }
@@ -113,6 +141,7 @@ describe("zookeeper: 3 nodes, copies=3", () => {
   let c: TestCluster;
   const TIMEOUT = 8000;
   const data = randomBytes(20 * MiB);
+  const small = randomBytes(MiB + 4321);
   const OFF = 3 * MiB;
 
   beforeAll(async () => {
@@ -127,7 +156,9 @@ describe("zookeeper: 3 nodes, copies=3", () => {
   test("format, vdi create, write and read back through every node", async () => {
     const info = await c.dogOk(["cluster", "info"]);
     expect(info.split("\n")[0]).toBe("Cluster status: running, auto-recovery enabled");
-    expect(info).toMatch(/ {6}1 \[127\.0\.0\.1:\d+:128, 127\.0\.0\.1:\d+:128, 127\.0\.0\.1:\d+:128\]/);
+    expect(info).toMatch(
+      / {6}1 \[127\.0\.0\.1:\d+:128, 127\.0\.0\.1:\d+:128, 127\.0\.0\.1:\d+:128\]/,
+    );
     await c.dogOk(["vdi", "create", "alpha", "256M"]);
     await c.dogOk(["vdi", "write", "alpha", String(OFF), String(data.length)], { input: data });
     for (const node of [0, 1, 2]) await readBack(c, "alpha", OFF, data, node);
@@ -159,7 +190,9 @@ describe("zookeeper: 3 nodes, copies=3", () => {
     await waitMembers(c, 3);
     await c.dogOk(["vdi", "create", "after-zk-restart", "16M"], { node: 1 });
     await readBack(c, "alpha", OFF, data, 2);
-    for (let i = 0; i < 3; i++) expect(fs.readFileSync(c.nodes[i].logFile, "utf8")).not.toContain("session expired");
+    for (let i = 0; i < 3; i++) {
+      expect(fs.readFileSync(c.nodes[i].logFile, "utf8")).not.toContain("session expired");
+    }
   }, 120_000);
 
   test("a sheep stopped past its session timeout leaves, then notices and rejoins", async () => {
@@ -168,10 +201,21 @@ describe("zookeeper: 3 nodes, copies=3", () => {
     p.kill("SIGSTOP");
     try {
       // The others see it leave once ZooKeeper expires its session.
-      await c.waitFor(async () => JSON.stringify(await nodePorts(c, 0)) === JSON.stringify([c.nodes[0].port, c.nodes[1].port].sort()),
-        TIMEOUT + 15_000, "node 0 to drop the stopped node");
+      await c.waitFor(
+        async () =>
+          JSON.stringify(await nodePorts(c, 0)) ===
+            JSON.stringify([c.nodes[0].port, c.nodes[1].port].sort()),
+        TIMEOUT + 15_000,
+        "node 0 to drop the stopped node",
+      );
       expect(await epochOf(c, 0)).toBeGreaterThan(before);
       await readBack(c, "alpha", OFF, data, 1);
+      // A VDI created while it is away (2 nodes left, copies=3: written to both).
+      await c.dogOk(["vdi", "create", "while-away", "16M"], { node: 0 });
+      await c.dogOk(["vdi", "write", "while-away", "0", String(small.length)], {
+        node: 1,
+        input: small,
+      });
     } finally {
       p.kill("SIGCONT");
     }
@@ -180,21 +224,28 @@ describe("zookeeper: 3 nodes, copies=3", () => {
     expect(fs.readFileSync(c.nodes[2].logFile, "utf8")).toContain("session expired");
     expect(c.isRunning(2)).toBe(true);
     await readBack(c, "alpha", OFF, data, 2);
-    // The VDI created while it was away is known to it too.
-    await c.dogOk(["vdi", "create", "while-away", "16M"], { node: 0 });
+    // It learned about the VDI created while it was away (the broadcasts it missed are delivered
+    // before its new JOIN), and can read it.
     const v = await vids(c, 2);
     expect(v.has("while-away")).toBe(true);
     expect(v.has("alpha")).toBe(true);
+    await readBack(c, "while-away", 0, small, 2);
   }, 180_000);
 
   test("kill -9 of one sheep: new epoch, data reads through the survivors", async () => {
     const before = await epochOf(c, 0);
     await c.kill(2, "SIGKILL");
-    await c.waitFor(async () => (await epochOf(c, 0)) > before, TIMEOUT + 15_000, "a new epoch after the kill");
+    await c.waitFor(
+      async () => (await epochOf(c, 0)) > before,
+      TIMEOUT + 15_000,
+      "a new epoch after the kill",
+    );
     await waitMembers(c, 2);
     for (const node of [0, 1]) await readBack(c, "alpha", OFF, data, node);
     const info = await c.dogOk(["cluster", "info"]);
-    expect(info).toMatch(new RegExp(` ${before + 1} \\[127\\.0\\.0\\.1:\\d+:128, 127\\.0\\.0\\.1:\\d+:128\\]`));
+    expect(info).toMatch(
+      new RegExp(` ${before + 1} \\[127\\.0\\.0\\.1:\\d+:128, 127\\.0\\.0\\.1:\\d+:128\\]`),
+    );
   }, 120_000);
 
   test("the killed sheep restarts and rejoins at once", async () => {
@@ -260,7 +311,9 @@ describe("zookeeper: clusters sharing one ZooKeeper, concurrency, queue purging"
 
   test("20 parallel creates through different sheep all succeed with distinct ids", async () => {
     const names = Array.from({ length: 20 }, (_, i) => `par${i}`);
-    const rs = await Promise.all(names.map((n, i) => a.dog(["vdi", "create", n, "4M"], { node: i % 3 })));
+    const rs = await Promise.all(
+      names.map((n, i) => a.dog(["vdi", "create", n, "4M"], { node: i % 3 })),
+    );
     for (const r of rs) expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
     for (const node of [0, 1, 2]) {
       const v = await vids(a, node);
@@ -271,22 +324,37 @@ describe("zookeeper: clusters sharing one ZooKeeper, concurrency, queue purging"
   }, 120_000);
 
   test("10 parallel creates of the same name: exactly one succeeds", async () => {
-    const rs = await Promise.all(Array.from({ length: 10 }, (_, i) => a.dog(["vdi", "create", "same", "4M"], { node: i % 3 })));
+    const rs = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => a.dog(["vdi", "create", "same", "4M"], { node: i % 3 })),
+    );
     expect(rs.filter((r) => r.code === 0).length).toBe(1);
-    for (const r of rs.filter((r) => r.code !== 0)) expect(r.stderr).toContain("VDI exists already");
-    const rows = (await a.dogOk(["vdi", "list", "-r"])).split("\n").filter((l) => l.split(" ")[1] === "same");
+    for (const r of rs.filter((r) => r.code !== 0)) {
+      expect(r.stderr).toContain("VDI exists already");
+    }
+    const rows = (await a.dogOk(["vdi", "list", "-r"])).split("\n").filter((l) =>
+      l.split(" ")[1] === "same"
+    );
     expect(rows.length).toBe(1);
   }, 120_000);
 
   test("processed queue znodes are deleted", async () => {
     // Enough cluster operations that the queue would otherwise hold well over a hundred events.
     for (let round = 0; round < 4; round++) {
-      const rs = await Promise.all(Array.from({ length: 15 }, (_, i) => a.dog(["vdi", "create", `q${round}-${i}`, "4M"], { node: i % 3 })));
+      const rs = await Promise.all(
+        Array.from(
+          { length: 15 },
+          (_, i) => a.dog(["vdi", "create", `q${round}-${i}`, "4M"], { node: i % 3 }),
+        ),
+      );
       for (const r of rs) expect(r.code).toBe(0);
     }
     const z = await zkClient(zk.hosts);
     try {
-      await a.waitFor(async () => (await z.children("/alpha/queue")).length <= 40, 30_000, "the alpha queue to be purged");
+      await a.waitFor(
+        async () => (await z.children("/alpha/queue")).length <= 40,
+        30_000,
+        "the alpha queue to be purged",
+      );
     } finally {
       z.close();
     }
@@ -320,16 +388,125 @@ describe("zookeeper: bad configuration", () => {
   }
 
   test("unreachable ZooKeeper: the sheep exits non-zero within 15 s", async () => {
-    await expectStartupFailure("zookeeper:127.0.0.1:1", /cannot connect to ZooKeeper at 127\.0\.0\.1:1/);
+    await expectStartupFailure(
+      "zookeeper:127.0.0.1:1",
+      /cannot connect to ZooKeeper at 127\.0\.0\.1:1/,
+    );
   }, 30_000);
 
   test("empty option: rejected", async () => {
-    await expectStartupFailure("zookeeper:", /Invalid cluster driver 'zookeeper:'|no ZooKeeper server/);
+    await expectStartupFailure(
+      "zookeeper:",
+      /Invalid cluster driver 'zookeeper:'|no ZooKeeper server/,
+    );
   }, 30_000);
 
   test("bad port, cluster id and timeout: rejected with a clear message", async () => {
     await expectStartupFailure("zookeeper:127.0.0.1:99999", /zookeeper driver: invalid port/);
     await expectStartupFailure("zookeeper:127.0.0.1:2181/", /zookeeper driver: invalid cluster id/);
-    await expectStartupFailure("zookeeper:127.0.0.1:2181,timeout=soon", /zookeeper driver: invalid timeout 'soon'/);
+    await expectStartupFailure(
+      "zookeeper:127.0.0.1:2181,timeout=soon",
+      /zookeeper driver: invalid timeout 'soon'/,
+    );
+  }, 60_000);
+});
+
+describe("zookeeper: option parsing", () => {
+  test("defaults, cluster id, timeout, several servers", () => {
+    expect(parseZookeeperOption("127.0.0.1:2181")).toEqual({
+      servers: [{ host: "127.0.0.1", port: 2181 }],
+      connect: "127.0.0.1:2181",
+      base: "/sheepdog",
+      timeout: 30000,
+    });
+    const o = parseZookeeperOption("zk1:2181,zk2:2182,10.0.0.3:2183/prod/east,timeout=5000");
+    expect(o.connect).toBe("zk1:2181,zk2:2182,10.0.0.3:2183");
+    expect(o.base).toBe("/prod/east");
+    expect(o.timeout).toBe(5000);
+    expect(parseZookeeperOption("h:1/x").base).toBe("/x");
+  });
+
+  test("bad syntax throws a clear error", () => {
+    for (
+      const [opt, msg] of [
+        ["", "no ZooKeeper server"],
+        ["host", "invalid server 'host'"],
+        ["host:", "invalid server"],
+        [":2181", "invalid server"],
+        ["h:0", "invalid port"],
+        ["h:70000", "invalid port"],
+        ["h:1,timeout=0", "invalid timeout"],
+        ["h:1,timeout=1.5", "invalid timeout"],
+        ["h:1/", "invalid cluster id"],
+        ["h:1/a//b", "invalid cluster id"],
+        ["h:1/a b", "invalid cluster id"],
+        ["h:1/zookeeper", "reserved"],
+        ["h:1/x,h2:2", "after the cluster id"],
+        ["[::1]:2181", "invalid server"],
+      ] as const
+    ) {
+      expect(() => parseZookeeperOption(opt)).toThrow(msg);
+    }
+  });
+});
+
+describe("zookeeper: a connection stuck in the handshake is retried", () => {
+  // ZooKeeper 3.8 can accept a connection while it starts and then neither answer nor close it;
+  // a blackholing proxy reproduces that. The session must survive a 3 s blackout.
+  test("blackout shorter than the session timeout: no expiry, events keep flowing", async () => {
+    const zk = await startZookeeper();
+    let hole = false;
+    const socks = new Set<net.Socket>();
+    const proxy = net.createServer((c) => {
+      socks.add(c);
+      c.on("close", () => socks.delete(c));
+      c.on("error", () => {});
+      if (hole) return;
+      const u = net.connect(zk.port, "127.0.0.1");
+      socks.add(u);
+      u.on("error", () => c.destroy());
+      u.on("close", () => {
+        socks.delete(u);
+        c.destroy();
+      });
+      c.on("close", () => u.destroy());
+      c.pipe(u);
+      u.pipe(c);
+    });
+    await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", () => r()));
+    const port = (proxy.address() as net.AddressInfo).port;
+    const events: string[] = [];
+    let joined!: () => void;
+    const isJoined = new Promise<void>((r) => (joined = r));
+    const d = createZookeeperDriver(`127.0.0.1:${port},timeout=6000`);
+    const h: DriverHandlers = {
+      join: (_n, _m, o) => ({ accept: true, opaque: o }),
+      accept: () => joined(),
+      rejected: () => events.push("rejected"),
+      leave: () => void events.push("leave"),
+      notify: (_s, m) => void events.push(`notify ${m}`),
+      block: () => false,
+      updateNode: () => {},
+      fatal: (r) => events.push(`fatal ${r}`),
+    };
+    try {
+      await d.init(h);
+      await d.join(makeNode("127.0.0.1", 7000), Buffer.from("x"));
+      await isJoined;
+      hole = true;
+      for (const x of socks) x.destroy();
+      await sleep(3000);
+      hole = false;
+      await sleep(8000); // past the session timeout
+      await d.notify(Buffer.from("after"));
+      const deadline = Date.now() + 5000;
+      while (!events.includes("notify after") && Date.now() < deadline) await sleep(50);
+      expect(events).toEqual(["notify after"]);
+    } finally {
+      await d.close();
+      proxy.close();
+      for (const x of socks) x.destroy();
+      await zk.stop();
+    }
   }, 60_000);
 });
