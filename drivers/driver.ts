@@ -28,6 +28,11 @@ export interface DriverHandlers {
   updateNode(node: SdNode, members: SdNode[]): void | Promise<void>;
   /** Membership was lost for good (session gone, engine died): the node must stop serving. */
   fatal(reason: string): void;
+  /**
+   * The join message for a rejoin (after a lost session): the node's current cluster view, so a
+   * node that rejoins is judged by what it knows now, not by what it knew at startup.
+   */
+  joinMessage?(): Buffer;
 }
 
 export interface ClusterDriver {

@@ -133,7 +133,11 @@ interface ZkClient {
   getChildren(path: string, watcher: (() => void) | undefined, cb: Cb<string[]>): void;
   mkdirp(path: string, cb: Cb<string>): void;
   transaction(): ZkTransaction;
-  connectionManager?: { socket?: net.Socket };
+  connectionManager?: {
+    socket?: net.Socket;
+    pendingBuffer?: Buffer | null;
+    on?(ev: "state", f: (st: number) => void): void;
+  };
 }
 interface ZkModule {
   createClient(
@@ -497,6 +501,13 @@ export class ZookeeperDriver implements ClusterDriver {
       retries: 0,
     });
     const s = new Session(client);
+    // The client keeps a partial frame from a dropped connection and would parse the next
+    // connection's handshake reply behind it: start every connection attempt (state 1,
+    // CONNECTING) with an empty buffer.
+    const cm = client.connectionManager;
+    cm?.on?.("state", (st) => {
+      if (st === 1) cm.pendingBuffer = null;
+    });
     s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(this.opts.timeout / 6))));
     return new Promise((resolve, reject) => {
       let up = false;
@@ -635,6 +646,8 @@ export class ZookeeperDriver implements ClusterDriver {
   /** New nonce; removes our stale znodes; creates our token and JOIN in one transaction. */
   private async startIncarnation(s: Session): Promise<void> {
     this.nonce = randomBytes(6).toString("hex");
+    // A rejoin presents the daemon's current view (the cluster may have moved on meanwhile).
+    if (this.incarnation > 0) this.opaque = this.handlers.joinMessage?.() ?? this.opaque;
     const inc = this.incarnation;
     await this.removeStale(s);
     const id = randomBytes(6).toString("hex");

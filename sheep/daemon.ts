@@ -268,7 +268,8 @@ export class Sheep {
       },
       accept: async (joined: SdNode, members: SdNode[], opaque: Buffer) => {
         const decided = decodeState(opaque);
-        const wasMe = !this.joined && nodeEqual(joined, this.me);
+        // Also true for a rejoin after a lost session: everything a joiner does is redone.
+        const wasMe = nodeEqual(joined, this.me);
         const prevCtime = this.state.ctime;
         const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
@@ -330,6 +331,7 @@ export class Sheep {
         await this.setState(state, newEpoch);
         this.log.info(`${nodeHostPort(node)} updated (vnodes ${node.nrVnodes}, space ${node.space}); epoch ${this.state.epoch}`);
       },
+      joinMessage: () => encodeState(this.state),
       fatal: (reason: string) => {
         this.log.emerg(`membership lost: ${reason}`);
         this.shutdown(1);

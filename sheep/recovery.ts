@@ -49,6 +49,9 @@ export class RecoveryManager {
   private lastComplete = 0;
   private reported = new Map<number, Set<string>>();
   private wake: (() => void) | null = null;
+  /** Resolves once the running recovery knows its object list (or was superseded). */
+  private planned: Promise<void> = Promise.resolve();
+  private planDone: () => void = () => {};
   pausedReason = "";
 
   constructor(private readonly host: RecoveryHost) {}
@@ -62,6 +65,8 @@ export class RecoveryManager {
     const gen = ++this.generation;
     this.running = true;
     this.phase = 0;
+    this.planDone();
+    this.planned = new Promise((resolve) => (this.planDone = resolve));
     this.poke();
     void this.run(gen, movedFrom).catch((e) => this.host.log.err(`recovery: ${(e as Error).stack ?? e}`));
   }
@@ -115,6 +120,7 @@ export class RecoveryManager {
     this.total = todo.length;
     this.finished = 0;
     this.phase = 1;
+    this.planDone();
     if (todo.length) h.log.info(`recovery for epoch ${epoch}: ${todo.length} objects to fetch`);
     const attempts = new Map<bigint, number>();
     const queue = [...todo];
@@ -203,6 +209,12 @@ export class RecoveryManager {
 
   /** A request needs `oid` now: recover it first, out of order (upstream parks such requests). */
   async ensure(oid: bigint): Promise<void> {
+    if (this.host.store().exists(oid)) return;
+    // While the object list is being gathered any missing object may be one to recover: wait
+    // for the plan instead of answering "no object" to a request the gateway would not retry.
+    if (this.running && this.phase === 0) {
+      await Promise.race([this.planned, new Promise((r) => setTimeout(r, 10_000))]);
+    }
     if (!this.pending.has(oid) || this.host.store().exists(oid)) return;
     await this.recoverOne(oid, this.generation).catch(() => {});
   }

@@ -148,3 +148,42 @@ describe("recovery disabled, then enabled", () => {
     expect(Buffer.compare(got.subarray(32 * MiB, 48 * MiB), b)).toBe(0);
   }, 300_000);
 });
+
+describe("client I/O while nodes die and join", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start(4, { nbd: true, format: { copies: 3 } });
+  }, 120_000);
+  afterAll(async () => {
+    await c?.stop();
+  });
+
+  test("fio with verify over NBD keeps running through a kill -9 and a join: no error, nothing lost", async () => {
+    const { spawn } = await import("node:child_process");
+    const os = await import("node:os");
+    await c.dogOk(["vdi", "create", "io", "256M"]);
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-fio-"));
+    const args = [
+      "--name=churn", "--ioengine=nbd", `--uri=nbd://127.0.0.1:${c.nodes[0].nbdPort}/io`, "--rw=randrw", "--bs=16k",
+      "--iodepth=8", "--size=64m", "--time_based", "--runtime=12", "--verify=crc32c", "--verify_backlog=128",
+      "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
+    ];
+    const fio = spawn("fio", args, { cwd: tmp, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "", err = "";
+    fio.stdout!.on("data", (d) => (out += d));
+    fio.stderr!.on("data", (d) => (err += d));
+    const done = new Promise<number>((resolve) => fio.on("exit", (code) => resolve(code ?? 1)));
+    await new Promise((r) => setTimeout(r, 3000));
+    await c.kill(3);
+    await new Promise((r) => setTimeout(r, 3000));
+    await c.addNode({ zone: 4 });
+    const code = await done;
+    fs.rmSync(tmp, { recursive: true, force: true });
+    const json = JSON.parse(out.slice(out.indexOf("{")));
+    const job = json.jobs[0];
+    expect({ code, error: job.error, stderr: err.split("\n").filter((l) => /error|verify/i.test(l)) })
+      .toEqual({ code: 0, error: 0, stderr: [] });
+    expect(job.write.io_bytes).toBeGreaterThan(0);
+    expect(job.read.io_bytes).toBeGreaterThan(0);
+  }, 120_000);
+});

@@ -17,21 +17,9 @@ import { makeNode } from "../../core/node.ts";
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/**
- * Starts n sheep on the zookeeper driver, waits until every one sees all n members (sheep listen
- * before they have joined), then formats.
- */
-async function startZkCluster(n: number, driver: string, copies: number): Promise<TestCluster> {
-  const c = await TestCluster.start(n, { driver });
-  try {
-    await waitMembers(c, n);
-    await c.dogOk(["cluster", "format", "-c", String(copies)]);
-    await c.waitRunning();
-    return c;
-  } catch (e) {
-    await c.stop();
-    throw e;
-  }
+/** n sheep on the zookeeper driver, formatted (the harness waits until all of them are members). */
+function startZkCluster(n: number, driver: string, copies: number): Promise<TestCluster> {
+  return TestCluster.start(n, { driver, format: { copies } });
 }
 
 /** Ports listed by `dog node list -r` on node i. */
