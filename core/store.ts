@@ -454,20 +454,24 @@ class FileStore implements ObjectStore {
     });
   }
 
+  /** The object's entry and a cached descriptor of its file; NO_OBJ (and forgotten) if missing. */
+  private openExisting(name: string, oid: bigint, ecIndex?: number): { e: Entry; c: CachedFd; path: string } {
+    const e = this.lookup(oid, ecIndex);
+    if (!e) throw new SdError(Res.NO_OBJ);
+    const path = this.pathOn(e.disk, oid, ecIndex);
+    try {
+      return { e, c: this.fds.acquire(path), path };
+    } catch (err) {
+      if (isEnoent(err)) this.dropEntry(name);
+      throw sdErr(err);
+    }
+  }
+
   async read(oid: bigint, offset: number, length: number, ecIndex?: number): Promise<Buffer> {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, () => {
-      const e = this.lookup(oid, ecIndex);
-      if (!e) throw new SdError(Res.NO_OBJ);
-      const path = this.pathOn(e.disk, oid, ecIndex);
-      let c: CachedFd;
-      try {
-        c = this.fds.acquire(path);
-      } catch (err) {
-        if (isEnoent(err)) this.dropEntry(name);
-        throw sdErr(err);
-      }
+      const { c } = this.openExisting(name, oid, ecIndex);
       try {
         return preadFull(c.fd, length, offset);
       } catch (err) {
@@ -516,16 +520,7 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, async () => {
-      const e = this.lookup(oid, ecIndex);
-      if (!e) throw new SdError(Res.NO_OBJ);
-      const path = this.pathOn(e.disk, oid, ecIndex);
-      let c: CachedFd;
-      try {
-        c = this.fds.acquire(path);
-      } catch (err) {
-        if (isEnoent(err)) this.dropEntry(name);
-        throw sdErr(err);
-      }
+      const { e, c } = this.openExisting(name, oid, ecIndex);
       try {
         pwriteFull(c.fd, data, offset);
         const bytes = allocatedBytes(fs.fstatSync(c.fd));

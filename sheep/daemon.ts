@@ -121,6 +121,15 @@ export class Sheep {
     }
     writeConfig(this.baseDir, this.config);
 
+    // Accepted so existing command lines keep working, but said out loud: neither exists here.
+    if (this.opts.journal !== null) {
+      this.log.warn("-j (journal) is not implemented: every write is synced to its object file before it is acknowledged");
+      process.stderr.write("sheep: warning: -j (journal) is not implemented; writes are synced directly\n");
+    }
+    if (this.opts.cache !== null) {
+      this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
+      process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
+    }
     await this.loadLocalState();
     await this.listen();
 
