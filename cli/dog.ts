@@ -988,12 +988,12 @@ async function vdiWrite(c: Ctx): Promise<number> {
   const CHUNK = Math.max(os, 32 * 1024 * 1024);
   let done = 0;
   let stdinDone = false;
-  let pending: Promise<void> | null = null;
-  const flush = async () => {
-    if (!pending) return;
-    const p = pending;
-    pending = null;
-    await p;
+  // Chunks end on object boundaries, so chunks in flight never share an object: several may
+  // be written at once (one at a time left the cluster idle between chunks).
+  const DEPTH = 4;
+  const pending: Promise<void>[] = [];
+  const flush = async (keep = 0) => {
+    while (pending.length > keep) await pending.shift();
   };
   try {
     while (done < total) {
@@ -1023,11 +1023,11 @@ async function vdiWrite(c: Ctx): Promise<number> {
           data.copy(buf, 0);
         }
       }
-      await flush();
+      await flush(DEPTH - 1);
       if (buf.length) {
-        const off = abs;
-        pending = handle.write(off, buf);
-        pending.catch(() => {});
+        const w = handle.write(abs, buf);
+        w.catch(() => {});
+        pending.push(w);
       }
       done += buf.length;
       if (last) break;
