@@ -171,6 +171,7 @@ export class Sheep {
       disabled: () => this.state.disableRecovery,
       throttle: () => this.recoveryThrottle,
       freeBytes: () => this.store.statfs().free,
+      clientLoad: () => this.clientRequests,
     });
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
@@ -745,7 +746,20 @@ export class Sheep {
     sock.on("close", () => this.sockets.delete(sock));
   }
 
+  /** Requests in progress other than recovery's own (recovery yields to them). */
+  private clientRequests = 0;
+
   async handle(req: Header, data: Buffer): Promise<Reply> {
+    const counted = !(req.flags & Flag.CMD_RECOVERY) && req.opcode !== Op.GET_OBJ_LIST && req.opcode !== Op.STAT_RECOVERY;
+    if (counted) this.clientRequests++;
+    try {
+      return await this.handleCounted(req, data);
+    } finally {
+      if (counted) this.clientRequests--;
+    }
+  }
+
+  private async handleCounted(req: Header, data: Buffer): Promise<Reply> {
     const op = req.opcode;
     if (op >= 0x80 && req.protoVer !== SD_SHEEP_PROTO_VER) return errorReply(req, new SdError(Res.VER_MISMATCH));
     if (op < 0x80 && req.protoVer > 0x02) return errorReply(req, new SdError(Res.VER_MISMATCH));

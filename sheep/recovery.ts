@@ -34,6 +34,8 @@ export interface RecoveryHost {
   throttle(): { max: number; interval: number };
   /** Free bytes on the local store (recovery pauses instead of filling the disk). */
   freeBytes(): bigint;
+  /** Client (non-recovery) requests being served right now. */
+  clientLoad(): number;
 }
 
 const MAX_ATTEMPTS = 50;
@@ -137,7 +139,9 @@ export class RecoveryManager {
       }
       this.pausedReason = "";
       const { max, interval } = h.throttle();
-      const batchSize = max > 0 && interval > 0 ? max : 8;
+      // Unthrottled: full speed while idle, upstream's 2 in parallel while clients are served,
+      // so recovery does not starve VMs.
+      const batchSize = max > 0 && interval > 0 ? max : h.clientLoad() > 0 ? 2 : 8;
       const batch = queue.splice(0, batchSize);
       const started = Date.now();
       const results = await Promise.allSettled(batch.map((oid) => this.recoverOne(oid, gen)));

@@ -952,6 +952,7 @@ test("executor: an object still being written when a new epoch starts is not lef
     disabled: () => false,
     throttle: () => ({ max: 0, interval: 0 }),
     freeBytes: () => 1n << 40n,
+    clientLoad: () => 0,
   };
   const rm = new RecoveryManager(host);
 
