@@ -46,6 +46,11 @@ interface QueueEvent {
 
 const POLL_MS = 40;
 const ELECTION_MS = 100;
+/** Members publish their queue position this often; the master compacts this often. */
+const POS_EVERY = 64;
+const COMPACT_EVERY = 256;
+/** Events kept behind the slowest member, as a margin for a member that is about to publish. */
+const KEEP_BEHIND = 1024;
 
 function memberKey(m: { node: SdNode; nonce: string }): string {
   return `${nodeHostPort(m.node)}.${m.nonce}`;
@@ -57,6 +62,9 @@ export class LocalDriver implements ClusterDriver {
   private readonly queueDir: string;
   private readonly memberDir: string;
   private readonly tmpDir: string;
+  private readonly posDir: string;
+  private processed = 0;
+  private compactedBelow = 0;
   private readonly nonce = randomBytes(6).toString("hex");
   private myself!: SdNode;
   private server: net.Server | null = null;
@@ -68,6 +76,8 @@ export class LocalDriver implements ClusterDriver {
   private nextSeq = 0;
   private tmpCounter = 0;
   private conns = new Map<string, net.Socket>();
+  /** Peers' liveness connections to us: closed with us, as the kernel does when a process dies. */
+  private readonly inbound = new Set<net.Socket>();
   private dead = new Set<string>();
   private pumping = false;
   private again = false;
@@ -80,12 +90,13 @@ export class LocalDriver implements ClusterDriver {
     this.queueDir = path.join(dir, "queue");
     this.memberDir = path.join(dir, "members");
     this.tmpDir = path.join(dir, "tmp");
+    this.posDir = path.join(dir, "pos");
   }
 
   init(handlers: DriverHandlers): Promise<void> {
     this.handlers = handlers;
     try {
-      for (const d of [this.dir, this.queueDir, this.memberDir, this.tmpDir]) fs.mkdirSync(d, { recursive: true });
+      for (const d of [this.dir, this.queueDir, this.memberDir, this.tmpDir, this.posDir]) fs.mkdirSync(d, { recursive: true });
     } catch (e) {
       throw new DriverConfigError(`local driver: cannot use ${this.dir}: ${(e as Error).message}`);
     }
@@ -114,6 +125,8 @@ export class LocalDriver implements ClusterDriver {
     const p = this.sockPath(this.myself, this.nonce);
     return new Promise((resolve, reject) => {
       const srv = net.createServer((sock) => {
+        this.inbound.add(sock);
+        sock.on("close", () => this.inbound.delete(sock));
         let buf = "";
         sock.on("data", (d) => {
           buf += d.toString();
@@ -215,6 +228,8 @@ export class LocalDriver implements ClusterDriver {
           const done = await this.process(this.pos, ev);
           if (!done) break;
           this.pos++;
+          if (this.accepted && ++this.processed % POS_EVERY === 0) this.publishPos();
+          if (this.accepted && this.processed % COMPACT_EVERY === 0 && this.isMaster()) this.compact();
         }
       } while (this.again);
     } catch (e) {
@@ -262,6 +277,7 @@ export class LocalDriver implements ClusterDriver {
       this.members = (ev.members ?? []).map((m) => ({ node: decodeNode(m.node), nonce: m.nonce }));
       this.blocks = ev.blocks ?? [];
       this.accepted = true;
+      this.publishPos();
       for (const m of this.members) this.watch(m);
       await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
       return true;
@@ -323,6 +339,43 @@ export class LocalDriver implements ClusterDriver {
         return true;
       }
     }
+  }
+
+  /** Where this member is in the queue: the master never deletes events at or after it. */
+  private publishPos(): void {
+    const f = path.join(this.posDir, `${nodeHostPort(this.myself)}.${this.nonce}`);
+    const tmp = path.join(this.tmpDir, `${this.nonce}.pos`);
+    fs.writeFileSync(tmp, String(this.pos));
+    fs.renameSync(tmp, f);
+  }
+
+  /**
+   * Deletes events every member has processed (the queue would otherwise grow without bound).
+   * Positions of processes that are no longer members are dropped first.
+   */
+  private compact(): void {
+    const members = new Set(this.members.map((m) => memberKey(m)));
+    let min = Infinity;
+    for (const f of fs.readdirSync(this.posDir)) {
+      if (!members.has(f)) {
+        fs.rmSync(path.join(this.posDir, f), { force: true });
+        continue;
+      }
+      const n = Number(fs.readFileSync(path.join(this.posDir, f), "utf8"));
+      if (Number.isFinite(n)) min = Math.min(min, n);
+    }
+    // A member that has not published yet holds the compaction back entirely.
+    if (!Number.isFinite(min) || members.size > fs.readdirSync(this.posDir).length) return;
+    const below = min - KEEP_BEHIND;
+    if (this.compactedBelow === 0) {
+      for (const f of fs.readdirSync(this.queueDir)) {
+        const n = Number(f);
+        if (Number.isInteger(n) && n < below) fs.rmSync(path.join(this.queueDir, f), { force: true });
+      }
+    } else {
+      for (let n = this.compactedBelow; n < below; n++) fs.rmSync(this.seqPath(n), { force: true });
+    }
+    if (below > this.compactedBelow) this.compactedBelow = below;
   }
 
   private offerBlock(): void {
@@ -453,7 +506,12 @@ export class LocalDriver implements ClusterDriver {
     if (this.timer) clearInterval(this.timer);
     for (const c of this.conns.values()) c.destroy();
     this.conns.clear();
-    if (this.myself) fs.rmSync(this.sockPath(this.myself, this.nonce), { force: true });
+    for (const c of this.inbound) c.destroy();
+    this.inbound.clear();
+    if (this.myself) {
+      fs.rmSync(this.sockPath(this.myself, this.nonce), { force: true });
+      fs.rmSync(path.join(this.posDir, `${nodeHostPort(this.myself)}.${this.nonce}`), { force: true });
+    }
     return new Promise((resolve) => {
       if (!this.server) return resolve();
       this.server.close(() => resolve());
