@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { Buffer } from "node:buffer";
-import { freePort, portOpen, registerPid, ROOT, sheepCommand } from "../tests/lib/cluster.ts";
+import { freePort, portOpen, registerPid, ROOT, sheepCommand, storeObjects } from "../tests/lib/cluster.ts";
 
 export const MB = 1e6;
 export const MiB = 1024 * 1024;
@@ -284,24 +284,11 @@ export class LogTail {
 
 export function objectSizes(storeDir: string): Map<string, number> {
   const out = new Map<string, number>();
-  const walk = (d: string) => {
-    let ents: fs.Dirent[];
+  for (const [name, file] of storeObjects(storeDir)) {
     try {
-      ents = fs.readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of ents) {
-      if (e.isDirectory()) {
-        if (e.name !== ".stale") walk(path.join(d, e.name));
-      } else if (!e.name.endsWith(".tmp") && /^[0-9a-f]{16}(_\d+)?$/.test(e.name)) {
-        try {
-          out.set(e.name, fs.statSync(path.join(d, e.name)).size);
-        } catch { /* raced with a move */ }
-      }
-    }
-  };
-  walk(path.join(storeDir, "obj"));
+      out.set(name, fs.statSync(file).size);
+    } catch { /* raced with a move */ }
+  }
   return out;
 }
 

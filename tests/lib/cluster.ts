@@ -489,24 +489,7 @@ export class TestCluster {
 
   /** Object file names (%016x or %016x_<idx>) in node i's store, sorted; skips .stale and *.tmp. */
   objectFiles(i: number): string[] {
-    const out: string[] = [];
-    const walk = (d: string) => {
-      let ents: fs.Dirent[];
-      try {
-        ents = fs.readdirSync(d, { withFileTypes: true });
-      } catch {
-        return;
-      }
-      for (const e of ents) {
-        if (e.isDirectory()) {
-          if (e.name !== ".stale") walk(path.join(d, e.name));
-        } else if (!e.name.endsWith(".tmp") && /^[0-9a-f]{16}(_\d+)?$/.test(e.name)) {
-          out.push(e.name);
-        }
-      }
-    };
-    walk(path.join(this.nodes[i].dir, "obj"));
-    return out.sort();
+    return [...storeObjects(this.nodes[i].dir).keys()].sort();
   }
 
   /** Last lines of node i's captured output and of its sheep.log, for failure messages. */
@@ -548,6 +531,28 @@ export class TestCluster {
 }
 
 /** Runs the product with the given argv (e.g. ["dog", "vdi", "list", ...]) and collects output. */
+/** Object files under `<storeDir>/obj` (any layout): name -> path; skips .stale and *.tmp. */
+export function storeObjects(storeDir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    let ents: fs.Dirent[];
+    try {
+      ents = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of ents) {
+      if (e.isDirectory()) {
+        if (e.name !== ".stale") walk(path.join(d, e.name));
+      } else if (!e.name.endsWith(".tmp") && /^[0-9a-f]{16}(_\d+)?$/.test(e.name)) {
+        out.set(e.name, path.join(d, e.name));
+      }
+    }
+  };
+  walk(path.join(storeDir, "obj"));
+  return out;
+}
+
 export async function runDog(argv: string[], opts: DogOpts = {}): Promise<DogResult> {
   const [cmd, ...pre] = sheepCommand();
   const proc = spawn(cmd, [...pre, ...argv], {
