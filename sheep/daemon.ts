@@ -172,6 +172,9 @@ export class Sheep {
       throttle: () => this.recoveryThrottle,
       freeBytes: () => this.store.statfs().free,
       clientLoad: () => this.clientRequests,
+      installed: (oid, data) => {
+        if (isVdiObj(oid) && data.length >= 4664) this.registerInode(decodeInodeHeader(data));
+      },
     });
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
@@ -296,8 +299,10 @@ export class Sheep {
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
-          if (members.length > 1) await this.fetchVdiState().catch((e) => this.log.warn(`vdi state fetch: ${e.message}`));
+          if (members.length > 1) await this.fetchVdiState(members);
           this.joinWaiter?.resolve();
+        } else {
+          void this.fetchVdiState([joined]);
         }
         this.log.info(`${nodeHostPort(joined)} joined; epoch ${this.state.epoch}, ${members.length} members, status ${this.state.status}`);
       },
@@ -440,22 +445,24 @@ export class Sheep {
     return this.pendingCopies.get(vid) || hint || this.state.copies || 3;
   }
 
-  /** A joining node learns VDI bitmaps and states from a member (upstream: GET_VDI_COPIES). */
-  private async fetchVdiState(): Promise<void> {
-    for (const n of this.members) {
-      if (nodeEqual(n, this.me)) continue;
+  /**
+   * VDI bitmaps and states are merged from other members (upstream: GET_VDI_COPIES): a joiner asks
+   * every member, and members ask the joiner, so after a full restart everyone knows every VDI
+   * even when its inode is not stored locally.
+   */
+  private async fetchVdiState(from: SdNode[]): Promise<void> {
+    await Promise.all(from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
       try {
         const c = await this.pool.get(ipOf(n), n.port);
         const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
         const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
         const st = await c.request(Header.req(Op.GET_VDI_COPIES, { dataLength: 1428 * 65536 }));
-        if (inuse.hdr.result || del.hdr.result || st.hdr.result) continue;
+        if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
         mergeVdiState(this.vdis, inuse.data, del.data, st.data);
-        return;
       } catch (e) {
         this.log.debug(`vdi state from ${nodeHostPort(n)}: ${(e as Error).message}`);
       }
-    }
+    }));
   }
 
   // ---------------------------------------------------------------- cluster operations

@@ -36,6 +36,8 @@ export interface RecoveryHost {
   freeBytes(): bigint;
   /** Client (non-recovery) requests being served right now. */
   clientLoad(): number;
+  /** An object was recovered here (an inode tells the node about its VDI). */
+  installed?(oid: bigint, data: Buffer): void;
 }
 
 const MAX_ATTEMPTS = 50;
@@ -267,7 +269,10 @@ export class RecoveryManager {
         }
         // A superseded run must not install objects: the new epoch may not place them here.
         if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
-        if (!store.exists(oid)) await store.createAndWrite(oid, 0, data, size);
+        if (!store.exists(oid)) {
+          await store.createAndWrite(oid, 0, data, size);
+          h.installed?.(oid, data);
+        }
         this.done(oid);
         return;
       } catch (e) {

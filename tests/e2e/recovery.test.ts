@@ -213,6 +213,10 @@ describe("full-cluster restart in the middle of recovery", () => {
     for (const i of [0, 1, 2]) await c.startNode(i);
     await c.waitRunning();
     await waitPlacement(c, [0, 1, 2], 2, "placement after the restart");
+    // every sheep knows the VDI, also one that does not store its inode
+    for (const i of [0, 1, 2]) {
+      await c.waitFor(async () => (await c.dog(["vdi", "list", "-r", "r"], { node: i })).stdout.toString().includes(" r "), 10_000, `node ${i} to know VDI r`);
+    }
     const got = await readAll(c, "r", data.length, 2);
     expect(Buffer.compare(got, data)).toBe(0);
   }, 300_000);
