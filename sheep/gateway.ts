@@ -106,8 +106,9 @@ export class Gateway {
           netErrors++;
         }
       }
-      // Only a definite answer from every holder is final; otherwise try again on a newer epoch.
-      if (netErrors > 0 && !(last instanceof SdError && last.code === Res.NO_OBJ)) throw last;
+      // Only a definite answer from every holder is final: a holder that could not answer may be
+      // the one with the object, so try again (on a newer epoch if membership is changing).
+      if (netErrors > 0) throw new SdError(Res.NETWORK_ERROR, `no holder of ${req.oid.toString(16)} answered: ${(last as Error).message}`);
       throw last;
     });
   }
