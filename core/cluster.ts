@@ -50,6 +50,11 @@ export function sameNodeSet(a: readonly SdNode[], b: readonly SdNode[]): boolean
   return a.every((x) => b.some((y) => nodeEqual(x, y)));
 }
 
+/** A formatted cluster serves once every node of its last epoch is present again. */
+function statusWith(s: ClusterState, present: readonly SdNode[]): number {
+  return s.nodes.every((n) => present.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+}
+
 export type JoinResult = { accept: true; state: ClusterState } | { accept: false; code: number; reason: string };
 
 /**
@@ -61,14 +66,14 @@ export function decideJoin(master: ClusterState, members: readonly SdNode[], joi
   if (members.length === 0) {
     const s = { ...joiner };
     if (s.ctime === 0n) s.status = Status.WAIT;
-    else s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+    else s.status = statusWith(s, all);
     return { accept: true, state: s };
   }
   if (master.ctime === 0n) {
     // Unformatted master: a formatted joiner brings the cluster's identity (restart in any order).
     if (joiner.ctime !== 0n && joiner.epoch > master.epoch) {
       const s = { ...joiner };
-      s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+      s.status = statusWith(s, all);
       return { accept: true, state: s };
     }
     return { accept: true, state: { ...master } };
@@ -80,7 +85,7 @@ export function decideJoin(master: ClusterState, members: readonly SdNode[], joi
   if (master.status !== Status.WAIT) return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
   let s = { ...master };
   if (joiner.ctime === master.ctime && joiner.epoch > master.epoch) s = { ...joiner };
-  s.status = s.nodes.every((n) => all.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
+  s.status = statusWith(s, all);
   return { accept: true, state: s };
 }
 

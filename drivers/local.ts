@@ -107,6 +107,11 @@ export class LocalDriver implements ClusterDriver {
     return "127.0.0.1";
   }
 
+  /** This process's member key (address and incarnation). */
+  private myKey(): string {
+    return memberKey({ node: this.myself, nonce: this.nonce });
+  }
+
   private sockPath(node: SdNode, nonce: string): string {
     return path.join(this.memberDir, `${nodeIp(node)}_${node.port}.${nonce}.sock`);
   }
@@ -249,7 +254,7 @@ export class LocalDriver implements ClusterDriver {
 
   /** The master is the oldest member still alive as far as this process can tell. */
   private isMaster(): boolean {
-    const me = `${nodeHostPort(this.myself)}.${this.nonce}`;
+    const me = this.myKey();
     for (const m of this.members) {
       const k = memberKey(m);
       if (k === me) return true;
@@ -316,7 +321,7 @@ export class LocalDriver implements ClusterDriver {
       case "leave": {
         const m = this.members.find((x) => memberKey(x) === key);
         if (m) await this.removeMember(m);
-        if (key === `${nodeHostPort(this.myself)}.${this.nonce}` && this.leaving) this.leaving();
+        if (key === this.myKey() && this.leaving) this.leaving();
         return true;
       }
       case "notify":
@@ -343,7 +348,7 @@ export class LocalDriver implements ClusterDriver {
 
   /** Where this member is in the queue: the master never deletes events at or after it. */
   private publishPos(): void {
-    const f = path.join(this.posDir, `${nodeHostPort(this.myself)}.${this.nonce}`);
+    const f = path.join(this.posDir, this.myKey());
     const tmp = path.join(this.tmpDir, `${this.nonce}.pos`);
     fs.writeFileSync(tmp, String(this.pos));
     fs.renameSync(tmp, f);
@@ -398,7 +403,7 @@ export class LocalDriver implements ClusterDriver {
   /** Keeps a connection to a member; its close means the member process is gone. */
   private watch(m: Member): void {
     const key = memberKey(m);
-    if (key === `${nodeHostPort(this.myself)}.${this.nonce}` || this.conns.has(key)) return;
+    if (key === this.myKey() || this.conns.has(key)) return;
     const sock = net.connect(this.sockPath(m.node, m.nonce));
     this.conns.set(key, sock);
     sock.on("error", () => {});
@@ -510,7 +515,7 @@ export class LocalDriver implements ClusterDriver {
     this.inbound.clear();
     if (this.myself) {
       fs.rmSync(this.sockPath(this.myself, this.nonce), { force: true });
-      fs.rmSync(path.join(this.posDir, `${nodeHostPort(this.myself)}.${this.nonce}`), { force: true });
+      fs.rmSync(path.join(this.posDir, this.myKey()), { force: true });
     }
     return new Promise((resolve) => {
       if (!this.server) return resolve();

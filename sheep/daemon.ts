@@ -6,20 +6,23 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { EMPTY, Flag, FrameParser, Header, Op, ProtocolError, Res, SD_SHEEP_PROTO_VER, Status, ctimeNow, readFixedString } from "../core/proto.ts";
+import { ClusterFlag, EMPTY, Flag, FrameParser, Header, Op, ProtocolError, Res, SD_SHEEP_PROTO_VER, Status, ctimeNow, readFixedString } from "../core/proto.ts";
 import { SdError, errnoToRes } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import { decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, sortNodes } from "../core/node.ts";
+import { decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
 import { Ring, autoVnodes } from "../core/ring.ts";
-import { isDataObj, isVdiObj, oidToVid, SD_INODE_GREF_OFFSET, SD_INODE_DATA_INDEX_OFFSET, ledgerOid } from "../core/oid.ts";
+import {
+  dataOidToIdx, isAttrObj, isDataObj, isVdiObj, LEDGER_BIT, ledgerOid, oidToVid, SD_ATTR_OBJ_SIZE, SD_INODE_DATA_INDEX_OFFSET,
+  SD_INODE_GREF_OFFSET, SD_INODE_HEADER_SIZE, SD_INODE_SIZE, vidToVdiOid,
+} from "../core/oid.ts";
 import type { ObjectStore } from "../core/store.ts";
 import { openStore } from "../core/store.ts";
 import { readConfig, writeConfig, writeEpoch, readEpoch, listEpochs, removeEpochs, epochFileBytes, latestEpoch } from "../core/config.ts";
 import type { SheepConfig } from "../core/config.ts";
 import type { ClusterState } from "../core/cluster.ts";
 import { applyAccept, applyFormat, applyLeave, applyUpdateNode, decideJoin, decodeState, encodeState, initialState } from "../core/cluster.ts";
-import { decodeInodeHeader } from "../core/inode.ts";
-import { applyLedgerDecref, decrefPlan, ledgerFromBuffer, ledgerToBuffer, VdiBitmap, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
+import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
+import { applyLedgerDecref, decrefPlan, ledgerFromBuffer, ledgerToBuffer, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
 import type { MetaIO, VdiState } from "../core/vdi.ts";
 import { ClientPool } from "../core/client.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
@@ -100,7 +103,7 @@ export class Sheep {
     fs.mkdirSync(this.baseDir, { recursive: true });
     fs.mkdirSync(path.join(this.baseDir, "epoch"), { recursive: true });
     this.lockBaseDir();
-    const disks = this.opts.objDirs.length ? this.opts.objDirs.map((d) => path.resolve(d)) : [path.join(this.baseDir, "obj")];
+    const disks = this.objectDirs();
     for (const d of this.opts.objDirs) {
       if (fs.existsSync(path.join(d, "config")) && fs.existsSync(path.join(d, "epoch"))) throw new Error(`${d} is meta-store, abort`);
     }
@@ -112,13 +115,7 @@ export class Sheep {
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await this.store.init();
-    if (this.config.space === 0n && !this.opts.gateway) {
-      // Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a
-      // moment apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129).
-      const free = this.store.statfs().free;
-      const gib = 1n << 30n;
-      this.config.space = free >= gib ? (free / gib) * gib : free;
-    }
+    if (this.config.space === 0n && !this.opts.gateway) this.config.space = announcedSpace(this.store.statfs().free);
     writeConfig(this.baseDir, this.config);
 
     // Accepted so existing command lines keep working, but said out loud: neither exists here.
@@ -173,7 +170,8 @@ export class Sheep {
       freeBytes: () => this.store.statfs().free,
       clientLoad: () => this.clientRequests,
       installed: (oid, data) => {
-        if (isVdiObj(oid) && data.length >= 4664) this.registerInode(decodeInodeHeader(data));
+        const h = inodeHeaderOf(oid, 0, data);
+        if (h) registerInode(this.vdis, h);
       },
     });
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
@@ -182,6 +180,11 @@ export class Sheep {
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
+  }
+
+  /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
+  private objectDirs(): string[] {
+    return this.opts.objDirs.length ? this.opts.objDirs.map((d) => path.resolve(d)) : [path.join(this.baseDir, "obj")];
   }
 
   /** One daemon per store directory: an exclusive lock file holding our pid. */
@@ -208,7 +211,7 @@ export class Sheep {
     const s = initialState();
     s.ctime = this.config.ctime;
     // An unformatted sheep advertises its vnode strategy; dog cluster format checks it.
-    s.flags = this.config.ctime === 0n ? (this.opts.vnodes === null ? 0x0004 : 0) : this.config.flags;
+    s.flags = this.config.ctime === 0n ? (this.opts.vnodes === null ? ClusterFlag.AUTO_VNODES : 0) : this.config.flags;
     s.copies = this.config.copies;
     s.copyPolicy = this.config.copyPolicy;
     s.blockSizeShift = this.config.blockSizeShift;
@@ -225,16 +228,11 @@ export class Sheep {
     for (const oid of this.store.list()) {
       if (!isVdiObj(oid)) continue;
       try {
-        const hdr = decodeInodeHeader(await this.store.read(oid, 0, 4664));
-        this.registerInode(hdr);
+        registerInode(this.vdis, decodeInodeHeader(await this.store.read(oid, 0, SD_INODE_HEADER_SIZE)));
       } catch (err) {
         this.log.warn(`cannot read inode ${oid.toString(16)}: ${(err as Error).message}`);
       }
     }
-  }
-
-  private registerInode(h: ReturnType<typeof decodeInodeHeader>): void {
-    registerInode(this.vdis, h);
   }
 
   private listen(): Promise<void> {
@@ -294,8 +292,8 @@ export class Sheep {
         }
         const wasOk = this.state.status === Status.OK && this.joined;
         await this.setState(state, newEpoch);
-        if (wasMe && state.status === Status.OK && !newEpoch) this.startRecovery(null);
-        if (!wasMe && !wasOk && state.status === Status.OK && !newEpoch) this.startRecovery(null);
+        // Same epoch but the cluster (re)starts serving: objects may be missing after an unclean stop.
+        if (state.status === Status.OK && !newEpoch && (wasMe || !wasOk)) this.startRecovery(null);
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
@@ -403,12 +401,12 @@ export class Sheep {
   /** One request to a peer (or to ourselves). */
   private async sendTo(node: SdNode, hdr: Header, data?: Buffer): Promise<Reply> {
     if (nodeEqual(node, this.me)) return await this.handle(hdr, data ?? EMPTY);
-    const c = await this.pool.get(ipOf(node), node.port);
+    const c = await this.pool.get(nodeIp(node), node.port);
     return await c.request(hdr, data);
   }
 
   private ringNodes(nodes: SdNode[]): SdNode[] {
-    return this.state.flags & 0x0004 ? autoVnodes(nodes) : nodes;
+    return this.state.flags & ClusterFlag.AUTO_VNODES ? autoVnodes(nodes) : nodes;
   }
 
   private persistConfig(): void {
@@ -453,7 +451,7 @@ export class Sheep {
   private async fetchVdiState(from: SdNode[]): Promise<void> {
     await Promise.all(from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
       try {
-        const c = await this.pool.get(ipOf(n), n.port);
+        const c = await this.pool.get(nodeIp(n), n.port);
         const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
         const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
         const st = await c.request(Header.req(Op.GET_VDI_COPIES, { dataLength: 1428 * 65536 }));
@@ -536,8 +534,7 @@ export class Sheep {
         if (storeName !== "plain" && storeName !== "tree") return { hdr: withResult(rsp, Res.NO_STORE), data: EMPTY };
         await this.store.format();
         if (this.store.kind !== storeName) {
-          const disks = this.opts.objDirs.length ? this.opts.objDirs.map((d) => path.resolve(d)) : [path.join(this.baseDir, "obj")];
-          this.store = openStore(storeName, disks, { nosync: this.opts.nosync });
+          this.store = openStore(storeName, this.objectDirs(), { nosync: this.opts.nosync });
           await this.store.init();
         }
         this.vdis = new VdiTable();
@@ -574,9 +571,7 @@ export class Sheep {
       case Op.REWEIGHT: {
         // Every node re-measures its capacity; a change of 1 % or more is announced (new epoch).
         if (this.opts.gateway) return { hdr: rsp, data: EMPTY };
-        const gib = 1n << 30n;
-        const free = this.store.statfs().free + this.store.objectBytes();
-        const space = free >= gib ? (free / gib) * gib : free;
+        const space = announcedSpace(this.store.statfs().free + this.store.objectBytes());
         const old = this.me.space;
         const diff = space > old ? space - old : old - space;
         if (old === 0n || diff * 100n >= old) {
@@ -619,8 +614,9 @@ export class Sheep {
       h.oid = oid;
       h.offset = offset;
       // A new inode lives on as many nodes as its header says, from its first byte on.
-      if (isVdiObj(oid) && offset === 0 && data.length >= 4664) {
-        const copies = decodeInodeHeader(data).nrCopies;
+      const ih = inodeHeaderOf(oid, offset, data);
+      if (ih) {
+        const copies = ih.nrCopies;
         if (copies) {
           this.pendingCopies.set(oidToVid(oid), copies);
           h.objCopies = copies;
@@ -670,9 +666,7 @@ export class Sheep {
     return this.clusterWork(async () => {
       const rsp = new Header();
       rsp.opcode = req.opcode;
-      const name = readFixedString(data, 0, 256);
-      const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-      const opts = { tag: tag || undefined, snapid: req.snapid || undefined };
+      const { name, opts } = vdiNameArgs(req, data);
       // A VDI attached for writing is not deleted under its user.
       const found = await lookupVdi(this.metaIO, this.vdis, name, opts);
       if (this.vdis.locks.has(found.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
@@ -688,11 +682,8 @@ export class Sheep {
    */
   lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply> {
     return this.clusterWork(async () => {
-      const rsp = new Header();
       const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
-      rsp.rspVdiId = r.vid;
-      rsp.rspVdiCopies = r.nrCopies;
-      rsp.rspVdiBlockSizeShift = r.blockSizeShift;
+      const rsp = vdiFound(new Header(), r);
       if (this.vdis.locks.has(r.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
       return { hdr: rsp, data: EMPTY, apply: { type: "lock", vid: r.vid, owner: nodeHostPort(this.me) } };
     });
@@ -794,12 +785,9 @@ export class Sheep {
         return await this.gateway.writeAll(req, EMPTY);
       case Op.DISCARD_OBJ: {
         // Dropping a data object = writing 0 into its inode slot; the inode write path reclaims it.
-        const oid = req.oid;
-        const vid = oidToVid(oid);
-        const idx = Number(oid & 0xffffffffn);
         const h = Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: 4 });
-        h.oid = (1n << 63n) | (BigInt(vid) << 32n);
-        h.offset = SD_INODE_DATA_INDEX_OFFSET + 4 * idx;
+        h.oid = vidToVdiOid(oidToVid(req.oid));
+        h.offset = SD_INODE_DATA_INDEX_OFFSET + 4 * dataOidToIdx(req.oid);
         await this.gwWrite(h, Buffer.alloc(4)).catch(() => {});
         return { hdr: rsp, data: EMPTY };
       }
@@ -812,23 +800,17 @@ export class Sheep {
       case Op.LOCK_VDI:
       case Op.GET_VDI_INFO: {
         if (data.length !== 256 && data.length !== 512) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        const name = readFixedString(data, 0, 256);
-        const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-        const opts = { tag: tag || undefined, snapid: req.snapid || undefined };
+        const { name, opts } = vdiNameArgs(req, data);
         // Without the cluster flag USE_LOCK a LOCK_VDI is only a lookup (upstream).
-        if (req.opcode === Op.LOCK_VDI && this.state.flags & 0x0008) return await this.lockVdi(name, opts);
-        const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
-        rsp.rspVdiId = r.vid;
-        rsp.rspVdiCopies = r.nrCopies;
-        rsp.rspVdiBlockSizeShift = r.blockSizeShift;
-        return { hdr: rsp, data: EMPTY };
+        if (req.opcode === Op.LOCK_VDI && this.state.flags & ClusterFlag.USE_LOCK) return await this.lockVdi(name, opts);
+        return { hdr: vdiFound(rsp, await lookupVdi(this.metaIO, this.vdis, name, opts)), data: EMPTY };
       }
       case Op.RELEASE_VDI:
         if (this.vdis.locks.has(req.baseVdiId)) await this.releaseVdi(req.baseVdiId);
         return { hdr: rsp, data: EMPTY };
       case Op.GET_VDI_ATTR: {
         if (data.length < 784) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        const r = await this.clusterWork(async () => {
+        return await this.clusterWork(async () => {
           const h = new Header();
           // The VDI must exist; its create_time goes into the attribute (upstream).
           const name = readFixedString(data, 0, 256);
@@ -844,7 +826,6 @@ export class Sheep {
           h.rspAttrId = a.attrId;
           return { hdr: h, data: EMPTY };
         });
-        return r;
       }
       case Op.READ_VDIS:
         if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
@@ -853,8 +834,7 @@ export class Sheep {
         if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return { hdr: rsp, data: this.vdis.deleted.toBuffer() };
       case Op.GET_VDI_COPIES: {
-        const states = [...this.vdis.states.values()];
-        if (states.length * 1428 > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
+        if (this.vdis.states.size * 1428 > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
         return { hdr: rsp, data: encodeVdiStates(this.vdis, this.members) };
       }
       case Op.FLUSH_VDI:
@@ -917,9 +897,7 @@ export class Sheep {
       }
       case Op.GET_OBJ_LIST: {
         // Stale copies count: they are what a new owner recovers from.
-        const list = [...new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)])];
-        const b = Buffer.alloc(list.length * 8);
-        list.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
+        const b = encodeOids(new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)]));
         if (b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
         return { hdr: rsp, data: b };
       }
@@ -947,9 +925,7 @@ export class Sheep {
           const oid = data.readBigUInt64LE(i);
           if (!this.store.verify(oid)) missing.push(oid);
         }
-        const b = Buffer.alloc(missing.length * 8);
-        missing.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
-        return { hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS), data: b };
+        return { hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS), data: encodeOids(missing) };
       }
       case Op.GET_LOGLEVEL: {
         const b = Buffer.alloc(4);
@@ -991,7 +967,7 @@ export class Sheep {
       }
       case Op.SET_VNODES: {
         if (this.opts.gateway) return errorReply(req, new SdError(Res.GATEWAY_MODE));
-        if (this.state.flags & 0x0004) return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
+        if (this.state.flags & ClusterFlag.AUTO_VNODES) return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
         const v = data.length >= 4 ? data.readInt32LE(0) : 0;
         if (v < 1 || v > 65535) return errorReply(req, new SdError(Res.INVALID_PARMS));
         await this.driver.updateNode({ ...this.me, nrVnodes: v });
@@ -1133,10 +1109,12 @@ export class Sheep {
           const d = await this.store.read(req.oid, req.offset, req.dataLength, req.ecIndex || undefined);
           return { hdr: rsp, data: d };
         }
-        case Op.CREATE_AND_WRITE_PEER:
+        case Op.CREATE_AND_WRITE_PEER: {
           await this.store.createAndWrite(req.oid, req.offset, data, this.storedSize(req.oid), req.ecIndex || undefined);
-          if (isVdiObj(req.oid) && req.offset === 0 && data.length >= 4664) this.registerInode(decodeInodeHeader(data));
+          const ih = inodeHeaderOf(req.oid, req.offset, data);
+          if (ih) registerInode(this.vdis, ih);
           return { hdr: rsp, data: EMPTY };
+        }
         case Op.WRITE_PEER:
           if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
           await this.store.write(req.oid, req.offset, data, req.ecIndex || undefined);
@@ -1185,7 +1163,7 @@ export class Sheep {
       const first = this.ring.placeObject(ledger, this.copiesFor(ledger, 0))[0];
       if (first && nodeEqual(first, this.me)) {
         const h = Header.req(Op.REMOVE_OBJ);
-        h.oid = ledger & ~(1n << 59n);
+        h.oid = ledger & ~LEDGER_BIT;
         void this.gateway.writeAll(h, EMPTY).catch((e) => this.log.warn(`reclaim ${h.oid.toString(16)}: ${(e as Error).message}`));
       }
     });
@@ -1197,8 +1175,8 @@ export class Sheep {
   }
 
   storedSize(oid: bigint): number {
-    if (isVdiObj(oid)) return 12587576;
-    if (oid & (1n << 61n)) return 66320;
+    if (isVdiObj(oid)) return SD_INODE_SIZE;
+    if (isAttrObj(oid)) return SD_ATTR_OBJ_SIZE;
     return this.objectSize(oid);
   }
 
@@ -1306,14 +1284,8 @@ function encodeVdiStates(t: VdiTable, nodes: SdNode[]): Buffer {
 
 /** A joining node merges what a member knows about VDIs into its own table. */
 function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buffer): void {
-  const a = t.inuse.toBuffer();
-  const d = t.deleted.toBuffer();
-  for (let i = 0; i < a.length; i++) {
-    a[i] |= inuse[i];
-    d[i] |= deleted[i];
-  }
-  t.inuse = VdiBitmap.from(a);
-  t.deleted = VdiBitmap.from(d);
+  t.inuse.merge(inuse);
+  t.deleted.merge(deleted);
   for (let o = 0; o + 1428 <= states.length; o += 1428) {
     const vid = states.readUInt32LE(o);
     t.states.set(vid, {
@@ -1332,6 +1304,40 @@ function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buff
   }
 }
 
+/** Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a moment
+ * apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129). */
+function announcedSpace(bytes: bigint): bigint {
+  const gib = 1n << 30n;
+  return bytes >= gib ? (bytes / gib) * gib : bytes;
+}
+
+/** The inode header carried by a write that starts an inode object, else null. */
+function inodeHeaderOf(oid: bigint, offset: number, data: Buffer): InodeHeader | null {
+  return isVdiObj(oid) && offset === 0 && data.length >= SD_INODE_HEADER_SIZE ? decodeInodeHeader(data) : null;
+}
+
+/** name[256] or name[256] + tag[256] payload plus the header's snapid (VDI lookups). */
+function vdiNameArgs(req: Header, data: Buffer): { name: string; opts: { tag?: string; snapid?: number } } {
+  const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
+  return { name: readFixedString(data, 0, 256), opts: { tag: tag || undefined, snapid: req.snapid || undefined } };
+}
+
+/** Reply fields of a VDI lookup (GET_VDI_INFO, LOCK_VDI). */
+function vdiFound(h: Header, r: { vid: number; nrCopies: number; blockSizeShift: number }): Header {
+  h.rspVdiId = r.vid;
+  h.rspVdiCopies = r.nrCopies;
+  h.rspVdiBlockSizeShift = r.blockSizeShift;
+  return h;
+}
+
+/** u64 LE oid array (GET_OBJ_LIST, OIDS_EXIST replies). */
+function encodeOids(oids: Iterable<bigint>): Buffer {
+  const list = [...oids];
+  const b = Buffer.alloc(list.length * 8);
+  list.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
+  return b;
+}
+
 function withResult(h: Header, code: number): Header {
   h.result = code;
   return h;
@@ -1341,12 +1347,6 @@ export function errorReply(_req: Header, e: unknown): Reply {
   const h = new Header();
   h.result = e instanceof SdError ? e.code : errnoToRes(e);
   return { hdr: h, data: EMPTY };
-}
-
-function ipOf(n: SdNode): string {
-  const a = n.addr;
-  const v4 = a.subarray(0, 12).every((x) => x === 0);
-  return v4 ? `${a[12]}.${a[13]}.${a[14]}.${a[15]}` : nodeHostPort(n).slice(0, nodeHostPort(n).lastIndexOf(":"));
 }
 
 function processAlive(pid: number): boolean {

@@ -6,7 +6,7 @@ import { Buffer } from "node:buffer";
 import type { SdNode } from "../core/node.ts";
 import { nodeEqual, nodeHostPort, nodeIp } from "../core/node.ts";
 import type { Ring } from "../core/ring.ts";
-import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
+import { Flag, Header, Op, Res, SD_SHEEP_PROTO_VER, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { ClientPool } from "../core/client.ts";
 
@@ -66,7 +66,7 @@ export class Gateway {
   private peerHeader(req: Header, peerOp: number, epoch: number): Header {
     const h = req.clone();
     h.opcode = peerOp;
-    h.protoVer = 0x0a;
+    h.protoVer = SD_SHEEP_PROTO_VER;
     h.epoch = epoch;
     return h;
   }
