@@ -5,7 +5,14 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
 import { Buffer } from "node:buffer";
-import { freePort, portOpen, registerPid, ROOT, sheepCommand, storeObjects } from "../tests/lib/cluster.ts";
+import {
+  freePort,
+  portOpen,
+  registerPid,
+  ROOT,
+  sheepCommand,
+  storeObjects,
+} from "../tests/lib/cluster.ts";
 
 export const MB = 1e6;
 export const MiB = 1024 * 1024;
@@ -77,8 +84,12 @@ export async function run(argv: string[], o: RunOpts): Promise<RunResult> {
   proc.stderr?.on("data", (b: Buffer) => {
     if (err.length < MAX_CAPTURE) err += b.toString();
   });
-  const outDone = new Promise<void>((r) => (proc.stdout ? proc.stdout.on("close", () => r()) : r()));
-  const errDone = new Promise<void>((r) => (proc.stderr ? proc.stderr.on("close", () => r()) : r()));
+  const outDone = new Promise<void>((
+    r,
+  ) => (proc.stdout ? proc.stdout.on("close", () => r()) : r()));
+  const errDone = new Promise<void>((
+    r,
+  ) => (proc.stderr ? proc.stderr.on("close", () => r()) : r()));
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -95,7 +106,9 @@ export async function run(argv: string[], o: RunOpts): Promise<RunResult> {
 
 export function fail(what: string, r: RunResult): Error {
   return new Error(
-    `${what} failed (code ${r.code}${r.timedOut ? ", timed out" : ""}): ${(r.err || r.out).trim().slice(-1500)}`,
+    `${what} failed (code ${r.code}${r.timedOut ? ", timed out" : ""}): ${
+      (r.err || r.out).trim().slice(-1500)
+    }`,
   );
 }
 
@@ -145,9 +158,33 @@ export async function startRefServer(
   const port = await freePort();
   let argv: string[];
   if (kind === "nbdkit") {
-    argv = ["nbdkit", "-f", "-i", "127.0.0.1", "-p", String(port), "-e", "disk", "--threads=16", "file", file];
+    argv = [
+      "nbdkit",
+      "-f",
+      "-i",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      "-e",
+      "disk",
+      "--threads=16",
+      "file",
+      file,
+    ];
   } else {
-    argv = ["qemu-nbd", "-f", "raw", "-b", "127.0.0.1", "-p", String(port), "-x", "disk", "--shared=16", "-t"];
+    argv = [
+      "qemu-nbd",
+      "-f",
+      "raw",
+      "-b",
+      "127.0.0.1",
+      "-p",
+      String(port),
+      "-x",
+      "disk",
+      "--shared=16",
+      "-t",
+    ];
     if (kind === "qemu-nbd-writethrough") argv.push("--cache=writethrough");
     argv.push(file);
   }
@@ -174,7 +211,11 @@ export async function startRefServer(
   };
   const deadline = Date.now() + 15_000;
   for (;;) {
-    if (done) throw new Error(`${kind} exited during startup: ${fs.readFileSync(logFile, "utf8").slice(-1000)}`);
+    if (done) {
+      throw new Error(
+        `${kind} exited during startup: ${fs.readFileSync(logFile, "utf8").slice(-1000)}`,
+      );
+    }
     if (await portOpen(port, 300)) break;
     if (Date.now() > deadline) {
       await stop();
@@ -204,9 +245,19 @@ export async function fio(
   size: number,
 ): Promise<FioResult> {
   const argv = [
-    "fio", "--name=bench", "--ioengine=nbd", `--uri=${uri}`, `--rw=${rw}`, "--bs=4k",
-    `--iodepth=${qd}`, `--size=${size}`, `--runtime=${runtimeS}`, "--ramp_time=1", "--time_based",
-    "--randrepeat=0", "--output-format=json",
+    "fio",
+    "--name=bench",
+    "--ioengine=nbd",
+    `--uri=${uri}`,
+    `--rw=${rw}`,
+    "--bs=4k",
+    `--iodepth=${qd}`,
+    `--size=${size}`,
+    `--runtime=${runtimeS}`,
+    "--ramp_time=1",
+    "--time_based",
+    "--randrepeat=0",
+    "--output-format=json",
   ];
   const r = await run(argv, { timeoutMs: (runtimeS + 60) * 1000 });
   const i = r.out.indexOf("{");
@@ -225,7 +276,12 @@ export async function fio(
 }
 
 /** nbdcopy SRC DST; returns wall ms (throws on failure). */
-export async function nbdcopy(src: string, dst: string, extra: string[], timeoutMs: number): Promise<RunResult> {
+export async function nbdcopy(
+  src: string,
+  dst: string,
+  extra: string[],
+  timeoutMs: number,
+): Promise<RunResult> {
   return await run(["nbdcopy", ...extra, src, dst], { timeoutMs });
 }
 
@@ -267,7 +323,11 @@ export class LogTail {
   }
 
   /** Resolves with the performance.now() at which a line matching re was first seen, or null. */
-  async waitFor(re: RegExp, timeoutMs: number, pollMs = 5): Promise<{ t: number; line: string } | null> {
+  async waitFor(
+    re: RegExp,
+    timeoutMs: number,
+    pollMs = 5,
+  ): Promise<{ t: number; line: string } | null> {
     const deadline = now() + timeoutMs;
     for (;;) {
       for (const line of this.readNew()) {
@@ -303,7 +363,9 @@ export function staleCount(storeDir: string): number {
 /** Replica count per object name over the given store dirs. */
 export function replicaCounts(dirs: string[]): Map<string, number> {
   const m = new Map<string, number>();
-  for (const d of dirs) for (const name of objectSizes(d).keys()) m.set(name, (m.get(name) ?? 0) + 1);
+  for (const d of dirs) {
+    for (const name of objectSizes(d).keys()) m.set(name, (m.get(name) ?? 0) + 1);
+  }
   return m;
 }
 
@@ -340,7 +402,9 @@ export class Results {
     this.rows.push(r);
     const ratio = r.ours !== null && r.ref !== null && r.ref !== 0 ? r.ours / r.ref : null;
     log(
-      `${r.section} | ${r.metric}: ${fmt(r.ours)} ${r.unit} vs ${r.refName} ${fmt(r.ref)} ${r.unit}` +
+      `${r.section} | ${r.metric}: ${fmt(r.ours)} ${r.unit} vs ${r.refName} ${
+        fmt(r.ref)
+      } ${r.unit}` +
         (ratio !== null ? ` (x${ratio.toFixed(3)})` : "") + (r.note ? ` [${r.note}]` : ""),
     );
   }
@@ -362,9 +426,9 @@ export class Results {
       const cpu = r.cpu ? `${r.cpu[0].toFixed(1)} / ${r.cpu[1].toFixed(1)}` : "";
       const metric = r.note ? `${r.metric} (${r.note})` : r.metric;
       lines.push(
-        `| ${r.section} | ${metric} | ${fmt(r.ours)} ${r.unit} | ${r.refName} | ${fmt(r.ref)} ${r.unit} | ${ratio} | ${
-          r.better === "higher" ? "higher ↑" : "lower ↓"
-        } | ${cpu} |`,
+        `| ${r.section} | ${metric} | ${fmt(r.ours)} ${r.unit} | ${r.refName} | ${
+          fmt(r.ref)
+        } ${r.unit} | ${ratio} | ${r.better === "higher" ? "higher ↑" : "lower ↓"} | ${cpu} |`,
       );
     }
     return lines.join("\n");

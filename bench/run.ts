@@ -48,7 +48,11 @@ const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
 const SECTIONS = ["appliance", "nbd", "membership", "recovery"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
-for (const s of ONLY) if (!SECTIONS.includes(s)) throw new Error(`unknown section ${s}; sections: ${SECTIONS.join(",")}`);
+for (const s of ONLY) {
+  if (!SECTIONS.includes(s)) {
+    throw new Error(`unknown section ${s}; sections: ${SECTIONS.join(",")}`);
+  }
+}
 
 const mib = (name: string, dflt: number) => (env[name] ? Number(env[name]) * MiB : dflt);
 const APPLIANCE_SIZE = mib("BENCH_APPLIANCE_MB", 1 * GiB);
@@ -91,7 +95,10 @@ async function withCluster<T>(c: TestCluster, f: (c: TestCluster) => Promise<T>)
 
 async function makeSource(): Promise<void> {
   log(`writing ${FILE_SIZE / MiB} MiB of random data to ${SRC}`);
-  const r = await run(["head", "-c", String(FILE_SIZE), "/dev/urandom"], { timeoutMs: 600_000, stdoutFile: SRC });
+  const r = await run(["head", "-c", String(FILE_SIZE), "/dev/urandom"], {
+    timeoutMs: 600_000,
+    stdoutFile: SRC,
+  });
   if (r.code !== 0 || fs.statSync(SRC).size !== FILE_SIZE) throw fail("head /dev/urandom", r);
 }
 
@@ -99,7 +106,9 @@ async function makeSource(): Promise<void> {
 async function cpSync(): Promise<number> {
   const dst = path.join(work, "copy.bin");
   fs.rmSync(dst, { force: true });
-  const r = await run(["sh", "-c", `cp '${SRC}' '${dst}' && sync '${dst}'`], { timeoutMs: 600_000 });
+  const r = await run(["sh", "-c", `cp '${SRC}' '${dst}' && sync '${dst}'`], {
+    timeoutMs: 600_000,
+  });
   if (r.code !== 0) throw fail("cp + sync", r);
   return mbps(FILE_SIZE, r.ms);
 }
@@ -147,9 +156,15 @@ async function appliance(): Promise<void> {
       const check = await run([
         "sh",
         "-c",
-        `'${cmd}' ${pre.join(" ")} dog vdi read v 0 ${size} -a 127.0.0.1 -p ${port} | cmp -n ${size} - '${SRC}'`,
+        `'${cmd}' ${
+          pre.join(" ")
+        } dog vdi read v 0 ${size} -a 127.0.0.1 -p ${port} | cmp -n ${size} - '${SRC}'`,
       ], { timeoutMs: 900_000 });
-      if (check.code !== 0) results.note(`appliance copies=${copies}: data read back differs from data written: ${check.out}${check.err}`);
+      if (check.code !== 0) {
+        results.note(
+          `appliance copies=${copies}: data read back differs from data written: ${check.out}${check.err}`,
+        );
+      }
       const sec = `appliance 3 nodes copies=${copies}`;
       results.add({
         section: sec,
@@ -195,25 +210,35 @@ type Target = { name: string; uri: string; pids: () => number[] };
 async function multiConnProbe(t: Target): Promise<void> {
   const small = path.join(work, "probe.bin");
   if (!fs.existsSync(small)) {
-    const r = await run(["head", "-c", String(64 * MiB), SRC], { timeoutMs: 60_000, stdoutFile: small });
+    const r = await run(["head", "-c", String(64 * MiB), SRC], {
+      timeoutMs: 60_000,
+      stdoutFile: small,
+    });
     if (r.code !== 0) throw fail("head", r);
   }
   const outcomes: string[] = [];
   for (let i = 0; i < 3; i++) {
     await sleep(1500);
     const r = await nbdcopy(small, t.uri, ["--flush"], 120_000);
-    outcomes.push(r.code === 0 ? "ok" : `failed (${(r.err || r.out).trim().split("\n")[0].slice(0, 200)})`);
+    outcomes.push(
+      r.code === 0 ? "ok" : `failed (${(r.err || r.out).trim().split("\n")[0].slice(0, 200)})`,
+    );
   }
   log(`${t.name}: nbdcopy multi-conn write probe: ${outcomes.join("; ")}`);
   if (outcomes.some((o) => o !== "ok")) {
     results.note(
-      `${t.name}: nbdcopy with default connections (multi-conn) writing 64 MiB, 3 tries: ${outcomes.join("; ")}. The export` +
+      `${t.name}: nbdcopy with default connections (multi-conn) writing 64 MiB, 3 tries: ${
+        outcomes.join("; ")
+      }. The export` +
         ` advertises CAN_MULTI_CONN, but connections opened while another holds the VDI lock are served read-only`,
     );
   }
 }
 
-async function nbdSuite(t: Target, opts: { writesOnly?: boolean; isRef: boolean }): Promise<NbdFigures> {
+async function nbdSuite(
+  t: Target,
+  opts: { writesOnly?: boolean; isRef: boolean },
+): Promise<NbdFigures> {
   const f: NbdFigures = { fio: {}, cpu: {} };
   const timeoutMs = 30 * 60_000;
   const measure = async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
@@ -230,15 +255,26 @@ async function nbdSuite(t: Target, opts: { writesOnly?: boolean; isRef: boolean 
         return await fn();
       } catch (e) {
         if (opts.isRef || a >= 3) throw e;
-        results.note(`${t.name}: ${what} failed (attempt ${a} of 3, retried after 2 s): ${(e as Error).message.split("\n")[0].slice(0, 300)}`);
+        results.note(
+          `${t.name}: ${what} failed (attempt ${a} of 3, retried after 2 s): ${
+            (e as Error).message.split("\n")[0].slice(0, 300)
+          }`,
+        );
         await sleep(2000);
       }
     }
   };
-  const copy = async (key: "write" | "rewrite" | "read", args: string[], src: string, dst: string) => {
+  const copy = async (
+    key: "write" | "rewrite" | "read",
+    args: string[],
+    src: string,
+    dst: string,
+  ) => {
     await measure(key, async () => {
       const r = await nbdcopy(src, dst, args, timeoutMs);
-      if (r.code !== 0) throw fail(`nbdcopy ${args.join(" ")} ${key === "read" ? "from" : "to"} ${t.name}`, r);
+      if (r.code !== 0) {
+        throw fail(`nbdcopy ${args.join(" ")} ${key === "read" ? "from" : "to"} ${t.name}`, r);
+      }
       f[key] = mbps(FILE_SIZE, r.ms);
     });
   };
@@ -254,48 +290,100 @@ async function nbdSuite(t: Target, opts: { writesOnly?: boolean; isRef: boolean 
     : [["randread", 1], ["randread", 32], ["randwrite", 1], ["randwrite", 32]];
   for (const [rw, qd] of jobs) {
     const key = `${rw}${qd}`;
-    f.fio[key] = await retry(`fio ${rw} QD${qd}`, () => measure(key, () => fio(t.uri, rw, qd, FIO_RUNTIME, FILE_SIZE)));
-    log(`${t.name} ${rw} QD${qd}: ${f.fio[key].iops.toFixed(0)} IOPS p50 ${f.fio[key].p50us.toFixed(0)} us p99 ${f.fio[key].p99us.toFixed(0)} us`);
+    f.fio[key] = await retry(
+      `fio ${rw} QD${qd}`,
+      () => measure(key, () => fio(t.uri, rw, qd, FIO_RUNTIME, FILE_SIZE)),
+    );
+    log(
+      `${t.name} ${rw} QD${qd}: ${f.fio[key].iops.toFixed(0)} IOPS p50 ${
+        f.fio[key].p50us.toFixed(0)
+      } us p99 ${f.fio[key].p99us.toFixed(0)} us`,
+    );
   }
-  log(`${t.name}: write ${f.write?.toFixed(0)} / rewrite ${f.rewrite?.toFixed(0)} / read ${f.read?.toFixed(0)} MB/s`);
+  log(
+    `${t.name}: write ${f.write?.toFixed(0)} / rewrite ${f.rewrite?.toFixed(0)} / read ${
+      f.read?.toFixed(0)
+    } MB/s`,
+  );
   return f;
 }
 
-async function refSuite(kind: "qemu-nbd" | "qemu-nbd-writethrough" | "nbdkit", writesOnly: boolean): Promise<NbdFigures> {
+async function refSuite(
+  kind: "qemu-nbd" | "qemu-nbd-writethrough" | "nbdkit",
+  writesOnly: boolean,
+): Promise<NbdFigures> {
   const disk = path.join(work, "disk.raw");
   fs.rmSync(disk, { force: true });
   fs.writeFileSync(disk, "");
   fs.truncateSync(disk, FILE_SIZE);
   const srv = await startRefServer(kind, disk, work);
   try {
-    return await nbdSuite({ name: kind, uri: srv.uri, pids: () => [srv.pid] }, { writesOnly, isRef: true });
+    return await nbdSuite({ name: kind, uri: srv.uri, pids: () => [srv.pid] }, {
+      writesOnly,
+      isRef: true,
+    });
   } finally {
     await srv.stop();
     fs.rmSync(disk, { force: true });
   }
 }
 
-function nbdRows(sec: string, ours: NbdFigures, ref: NbdFigures, refName: string, writesOnly: boolean): void {
+function nbdRows(
+  sec: string,
+  ours: NbdFigures,
+  ref: NbdFigures,
+  refName: string,
+  writesOnly: boolean,
+): void {
   const cpu = (k: string, k2 = k): [number, number] | undefined =>
     ours.cpu[k] !== undefined && ref.cpu[k2] !== undefined ? [ours.cpu[k], ref.cpu[k2]] : undefined;
   const size = `${FILE_SIZE / MiB} MiB`;
   results.add({
-    section: sec, metric: `nbdcopy seq write ${size}, 1 conn, first write`, unit: "MB/s", ours: ours.write ?? null, refName,
-    ref: ref.write ?? null, better: "higher", cpu: cpu("write"),
+    section: sec,
+    metric: `nbdcopy seq write ${size}, 1 conn, first write`,
+    unit: "MB/s",
+    ours: ours.write ?? null,
+    refName,
+    ref: ref.write ?? null,
+    better: "higher",
+    cpu: cpu("write"),
   });
   results.add({
-    section: sec, metric: `nbdcopy seq write ${size}, 1 conn, overwrite`, unit: "MB/s", ours: ours.rewrite ?? null, refName,
-    ref: ref.rewrite ?? null, better: "higher", cpu: cpu("rewrite"),
+    section: sec,
+    metric: `nbdcopy seq write ${size}, 1 conn, overwrite`,
+    unit: "MB/s",
+    ours: ours.rewrite ?? null,
+    refName,
+    ref: ref.rewrite ?? null,
+    better: "higher",
+    cpu: cpu("rewrite"),
   });
   if (!writesOnly) {
-    results.add({ section: sec, metric: `nbdcopy seq read ${size}`, unit: "MB/s", ours: ours.read ?? null, refName, ref: ref.read ?? null, better: "higher", cpu: cpu("read") });
+    results.add({
+      section: sec,
+      metric: `nbdcopy seq read ${size}`,
+      unit: "MB/s",
+      ours: ours.read ?? null,
+      refName,
+      ref: ref.read ?? null,
+      better: "higher",
+      cpu: cpu("read"),
+    });
   }
-  const jobs = writesOnly ? ["randwrite1", "randwrite32"] : ["randread1", "randread32", "randwrite1", "randwrite32"];
+  const jobs = writesOnly
+    ? ["randwrite1", "randwrite32"]
+    : ["randread1", "randread32", "randwrite1", "randwrite32"];
   for (const k of jobs) {
     const [, rw, qd] = /^(rand\w+?)(\d+)$/.exec(k)!;
     results.add({
-      section: sec, metric: `fio 4k ${rw} QD${qd}`, unit: "IOPS", ours: ours.fio[k]?.iops ?? null, refName,
-      ref: ref.fio[k]?.iops ?? null, better: "higher", cpu: cpu(k),
+      section: sec,
+      metric: `fio 4k ${rw} QD${qd}`,
+      unit: "IOPS",
+      ours: ours.fio[k]?.iops ?? null,
+      refName,
+      ref: ref.fio[k]?.iops ?? null,
+      better: "higher",
+      cpu: cpu(k),
     });
   }
   for (const k of writesOnly ? ["randwrite1"] : ["randread1", "randwrite1"]) {
@@ -303,8 +391,13 @@ function nbdRows(sec: string, ours: NbdFigures, ref: NbdFigures, refName: string
     for (const p of ["p50", "p99"] as const) {
       const field = p === "p50" ? "p50us" : "p99us";
       results.add({
-        section: sec, metric: `fio 4k ${rw} QD1 ${p} latency`, unit: "us", ours: ours.fio[k]?.[field] ?? null, refName,
-        ref: ref.fio[k]?.[field] ?? null, better: "lower",
+        section: sec,
+        metric: `fio 4k ${rw} QD1 ${p} latency`,
+        unit: "us",
+        ours: ours.fio[k]?.[field] ?? null,
+        refName,
+        ref: ref.fio[k]?.[field] ?? null,
+        better: "lower",
       });
     }
   }
@@ -318,7 +411,9 @@ async function nbd(): Promise<void> {
   }
   log("NBD reference: qemu-nbd (writeback page cache, as in real-components.md)");
   const qemu = await refSuite("qemu-nbd", false);
-  log("NBD reference for durable writes: qemu-nbd --cache=writethrough (fdatasync per write, like sheep)");
+  log(
+    "NBD reference for durable writes: qemu-nbd --cache=writethrough (fdatasync per write, like sheep)",
+  );
   const qemuWt = await refSuite("qemu-nbd-writethrough", true);
   let kit: NbdFigures | null = null;
   if (NBDKIT) {
@@ -326,15 +421,18 @@ async function nbd(): Promise<void> {
     else results.note("nbdkit not installed: no nbdkit reference");
   }
   for (const [nodes, copies] of [[1, 1], [3, 3]]) {
-    const figs = await withCluster(await TestCluster.start(nodes, { nbd: true, format: { copies } }), async (c) => {
-      await c.dogOk(["vdi", "create", "disk", String(FILE_SIZE)]);
-      const pids = c.nodes.map((n) => n.proc!.pid!);
-      return await nbdSuite({
-        name: `sheep ${nodes} node(s) copies=${copies}`,
-        uri: `nbd://127.0.0.1:${c.nodes[0].nbdPort}/disk`,
-        pids: () => pids,
-      }, { isRef: false });
-    });
+    const figs = await withCluster(
+      await TestCluster.start(nodes, { nbd: true, format: { copies } }),
+      async (c) => {
+        await c.dogOk(["vdi", "create", "disk", String(FILE_SIZE)]);
+        const pids = c.nodes.map((n) => n.proc!.pid!);
+        return await nbdSuite({
+          name: `sheep ${nodes} node(s) copies=${copies}`,
+          uri: `nbd://127.0.0.1:${c.nodes[0].nbdPort}/disk`,
+          pids: () => pids,
+        }, { isRef: false });
+      },
+    );
     const sec = `NBD ${nodes} node${nodes > 1 ? "s" : ""} copies=${copies}`;
     nbdRows(sec, figs, qemu, "qemu-nbd", false);
     nbdRows(sec, figs, qemuWt, "qemu-nbd writethrough", true);
@@ -386,7 +484,11 @@ async function nodeListed(port0: number, port: number): Promise<boolean> {
   return r.code === 0 && r.out.includes(`127.0.0.1:${port} `);
 }
 
-async function membershipFor(label: string, driver: string | undefined, killRef: { name: string; ms: number } | null): Promise<void> {
+async function membershipFor(
+  label: string,
+  driver: string | undefined,
+  killRef: { name: string; ms: number } | null,
+): Promise<void> {
   const startRef = await versionStartMs();
   await withCluster(await TestCluster.start(3, { driver, format: { copies: 3 } }), async (c) => {
     const port0 = c.nodes[0].port;
@@ -394,7 +496,9 @@ async function membershipFor(label: string, driver: string | undefined, killRef:
     // Cluster-wide op latency beside a plain round trip; interleaved so both see the same noise.
     const creates: number[] = [], lists: number[] = [];
     for (let k = 0; k < CREATES; k++) {
-      const cr = await run(dogArgv(port0, ["vdi", "create", `m${k}`, "16M"]), { timeoutMs: 60_000 });
+      const cr = await run(dogArgv(port0, ["vdi", "create", `m${k}`, "16M"]), {
+        timeoutMs: 60_000,
+      });
       if (cr.code !== 0) throw fail(`dog vdi create (${label})`, cr);
       creates.push(cr.ms);
       const ls = await run(dogArgv(port0, ["node", "list"]), { timeoutMs: 60_000 });
@@ -414,7 +518,9 @@ async function membershipFor(label: string, driver: string | undefined, killRef:
       if (tc !== null) exits.push(tc - t0);
       const got = await Promise.all(seen);
       if (got.some((g) => g === null)) {
-        results.note(`${label}: survivors did not log a new epoch within 120 s of kill -9 (iteration ${it})`);
+        results.note(
+          `${label}: survivors did not log a new epoch within 120 s of kill -9 (iteration ${it})`,
+        );
         break;
       }
       kills.push(Math.max(...got.map((g) => g!.t)) - t0);
@@ -434,7 +540,9 @@ async function membershipFor(label: string, driver: string | undefined, killRef:
       const tServe = now() - t1;
       const jl = await Promise.race([joinSeen, sleep(1000).then(() => null)]);
       if (!listed) {
-        results.note(`${label}: restarted sheep not in dog node list within 120 s (iteration ${it})`);
+        results.note(
+          `${label}: restarted sheep not in dog node list within 120 s (iteration ${it})`,
+        );
         break;
       }
       joins.push(tServe);
@@ -442,25 +550,50 @@ async function membershipFor(label: string, driver: string | undefined, killRef:
       await c.waitRunning(60_000);
       await sleep(300);
     }
-    log(`${label}: kill->epoch ${kills.map((x) => x.toFixed(0)).join(",")} ms; join ${joins.map((x) => x.toFixed(0)).join(",")} ms`);
+    log(
+      `${label}: kill->epoch ${kills.map((x) => x.toFixed(0)).join(",")} ms; join ${
+        joins.map((x) => x.toFixed(0)).join(",")
+      } ms`,
+    );
     const sec = `membership (${label})`;
     results.add({
-      section: sec, metric: `kill -9 → new epoch on all survivors, median of ${kills.length}`, unit: "ms",
-      ours: kills.length ? median(kills) : null, refName: killRef?.name ?? "TCP peer of the killed sheep sees the close",
-      ref: killRef?.ms ?? median(exits), better: "lower",
+      section: sec,
+      metric: `kill -9 → new epoch on all survivors, median of ${kills.length}`,
+      unit: "ms",
+      ours: kills.length ? median(kills) : null,
+      refName: killRef?.name ?? "TCP peer of the killed sheep sees the close",
+      ref: killRef?.ms ?? median(exits),
+      better: "lower",
     });
     results.add({
-      section: sec, metric: `start → serving (port + in dog node list), median of ${joins.length}`, unit: "ms",
-      ours: joins.length ? median(joins) : null, refName: "`sheepdog --version` (process start)", ref: startRef, better: "lower",
-      note: joinLogs.length ? `join logged by node 0 after ${median(joinLogs).toFixed(0)} ms` : undefined,
+      section: sec,
+      metric: `start → serving (port + in dog node list), median of ${joins.length}`,
+      unit: "ms",
+      ours: joins.length ? median(joins) : null,
+      refName: "`sheepdog --version` (process start)",
+      ref: startRef,
+      better: "lower",
+      note: joinLogs.length
+        ? `join logged by node 0 after ${median(joinLogs).toFixed(0)} ms`
+        : undefined,
     });
     results.add({
-      section: sec, metric: `dog vdi create p50 of ${CREATES}`, unit: "ms", ours: median(creates),
-      refName: "dog node list p50 (1 round trip)", ref: median(lists), better: "lower",
+      section: sec,
+      metric: `dog vdi create p50 of ${CREATES}`,
+      unit: "ms",
+      ours: median(creates),
+      refName: "dog node list p50 (1 round trip)",
+      ref: median(lists),
+      better: "lower",
     });
     results.add({
-      section: sec, metric: `dog vdi create p99 of ${CREATES}`, unit: "ms", ours: quantile(creates, 0.99),
-      refName: "dog node list p99", ref: quantile(lists, 0.99), better: "lower",
+      section: sec,
+      metric: `dog vdi create p99 of ${CREATES}`,
+      unit: "ms",
+      ours: quantile(creates, 0.99),
+      refName: "dog node list p99",
+      ref: quantile(lists, 0.99),
+      better: "lower",
     });
   });
 }
@@ -478,8 +611,9 @@ async function membership(): Promise<void> {
       const lib = await import(coroLib);
       const { bridgeCandidates } = await import(coroDriver);
       const bridge = (bridgeCandidates() as string[]).some((p) => fs.existsSync(p));
-      if (!lib.corosyncInstalled()) results.note("corosync not installed: corosync membership skipped");
-      else if (!bridge) results.note("drivers/cpg-bridge not built: corosync membership skipped");
+      if (!lib.corosyncInstalled()) {
+        results.note("corosync not installed: corosync membership skipped");
+      } else if (!bridge) results.note("drivers/cpg-bridge not built: corosync membership skipped");
       else {
         const cs = await lib.startCorosync();
         try {
@@ -489,14 +623,18 @@ async function membership(): Promise<void> {
         }
       }
     } catch (e) {
-      results.note(`corosync membership failed: ${(e as Error).message.split("\n").slice(0, 6).join(" / ")}`);
+      results.note(
+        `corosync membership failed: ${(e as Error).message.split("\n").slice(0, 6).join(" / ")}`,
+      );
     }
   }
 
   const zkDriver = path.join(ROOT, "drivers", "zookeeper.ts");
   const zkLib = path.join(ROOT, "tests", "lib", "zookeeper.ts");
   if (!fs.existsSync(zkDriver) || !fs.existsSync(zkLib)) {
-    results.note("zookeeper driver or tests/lib/zookeeper.ts missing: zookeeper membership skipped");
+    results.note(
+      "zookeeper driver or tests/lib/zookeeper.ts missing: zookeeper membership skipped",
+    );
   } else if (!fs.existsSync("/usr/share/java/zookeeper.jar")) {
     results.note("zookeeper not installed: zookeeper membership skipped");
   } else {
@@ -514,7 +652,9 @@ async function membership(): Promise<void> {
         await zk.stop();
       }
     } catch (e) {
-      results.note(`zookeeper membership failed: ${(e as Error).message.split("\n").slice(0, 6).join(" / ")}`);
+      results.note(
+        `zookeeper membership failed: ${(e as Error).message.split("\n").slice(0, 6).join(" / ")}`,
+      );
     }
   }
 }
@@ -523,7 +663,12 @@ async function membership(): Promise<void> {
 // 4. recovery: re-replication after kill -9, client I/O during recovery
 
 /** Waits until every object on `alive` has exactly `copies` replicas and no stale copies remain. */
-async function settle(c: TestCluster, alive: number[], copies: number, timeoutMs: number): Promise<number> {
+async function settle(
+  c: TestCluster,
+  alive: number[],
+  copies: number,
+  timeoutMs: number,
+): Promise<number> {
   const t0 = now();
   const dirs = alive.map((i) => c.nodes[i].dir);
   let stable = 0;
@@ -535,7 +680,11 @@ async function settle(c: TestCluster, alive: number[], copies: number, timeoutMs
     if (stable >= 3) return now() - t0;
     await sleep(200);
   }
-  throw new Error(`cluster did not settle (every object at ${copies} copies, no stale) within ${timeoutMs / 1000} s`);
+  throw new Error(
+    `cluster did not settle (every object at ${copies} copies, no stale) within ${
+      timeoutMs / 1000
+    } s`,
+  );
 }
 
 interface BwSample {
@@ -577,7 +726,12 @@ interface Cycle {
   };
 }
 
-async function recoveryCycle(c: TestCluster, victim: number, load: string | null, label: string): Promise<Cycle> {
+async function recoveryCycle(
+  c: TestCluster,
+  victim: number,
+  load: string | null,
+  label: string,
+): Promise<Cycle> {
   const alive = c.nodes.map((_, i) => i).filter((i) => i !== victim);
   const all = replicaCounts(c.nodes.map((n) => n.dir));
   const names = [...all.keys()];
@@ -592,11 +746,22 @@ async function recoveryCycle(c: TestCluster, victim: number, load: string | null
     let connected: () => void = () => {};
     const isConnected = new Promise<void>((r) => (connected = r));
     fioDone = run([
-      "fio", "--name=load", "--ioengine=nbd", `--uri=${load}`, "--rw=randrw", "--rwmixread=50", "--bs=1M",
-      "--iodepth=4", `--size=${LOAD_SIZE}`, "--runtime=900", "--time_based", `--write_bw_log=${bwPrefix}`,
+      "fio",
+      "--name=load",
+      "--ioengine=nbd",
+      `--uri=${load}`,
+      "--rw=randrw",
+      "--rwmixread=50",
+      "--bs=1M",
+      "--iodepth=4",
+      `--size=${LOAD_SIZE}`,
+      "--runtime=900",
+      "--time_based",
+      `--write_bw_log=${bwPrefix}`,
       // Keep loading through I/O errors (they are counted and reported) so the window stays covered.
       "--continue_on_error=io",
-      "--log_avg_msec=250", "--output-format=json",
+      "--log_avg_msec=250",
+      "--output-format=json",
     ], {
       timeoutMs: 960_000,
       onSpawn: (p) => (fioProc = p),
@@ -626,7 +791,9 @@ async function recoveryCycle(c: TestCluster, victim: number, load: string | null
   }
   const ep = await Promise.race([seen, sleep(1000).then(() => null)]);
   const killToEpochMs = ep && ep.every((x) => x) ? Math.max(...ep.map((x) => x!.t)) - t0 : null;
-  if (tDone === null) throw new Error(`${label}: objects not back to 3 replicas within ${limit / 1000} s`);
+  if (tDone === null) {
+    throw new Error(`${label}: objects not back to 3 replicas within ${limit / 1000} s`);
+  }
   const cycle: Cycle = { bytes, objects: onVictim.size, killToEpochMs, totalMs: tDone - t0 };
   if (load && fioDone) {
     // Keep loading a while after recovery: the reference is the same topology (survivors) at rest.
@@ -637,9 +804,18 @@ async function recoveryCycle(c: TestCluster, victim: number, load: string | null
     const r = (await fioDone) as Awaited<ReturnType<typeof run>>;
     let errors = 0;
     try {
-      errors = JSON.parse(r.out.slice(r.out.indexOf("{"))).jobs.reduce((a: number, j: { total_err?: number }) => a + (j.total_err ?? 0), 0);
+      errors = JSON.parse(r.out.slice(r.out.indexOf("{"))).jobs.reduce(
+        (a: number, j: { total_err?: number }) => a + (j.total_err ?? 0),
+        0,
+      );
     } catch { /* no JSON: see the exit code */ }
-    const errLines = [...new Set((r.err + r.out).split("\n").filter((l) => /error/i.test(l) && !/"/.test(l)).map((l) => l.replace(/offset=\d+/, "offset=N")))];
+    const errLines = [
+      ...new Set(
+        (r.err + r.out).split("\n").filter((l) => /error/i.test(l) && !/"/.test(l)).map((l) =>
+          l.replace(/offset=\d+/, "offset=N")
+        ),
+      ),
+    ];
     // fio ends with code 128 after our SIGINT; count its I/O errors instead.
     if (errors > 0 || !r.out.includes("{")) {
       results.note(
@@ -661,8 +837,12 @@ async function recoveryCycle(c: TestCluster, victim: number, load: string | null
       windowMs: done - kill,
     };
   }
-  log(`${label}: ${cycle.objects} objects / ${(bytes / MB).toFixed(0)} MB back at 3 replicas ${(cycle.totalMs / 1000).toFixed(1)} s after kill -9` +
-    (killToEpochMs !== null ? ` (epoch after ${killToEpochMs.toFixed(0)} ms)` : ""));
+  log(
+    `${label}: ${cycle.objects} objects / ${(bytes / MB).toFixed(0)} MB back at 3 replicas ${
+      (cycle.totalMs / 1000).toFixed(1)
+    } s after kill -9` +
+      (killToEpochMs !== null ? ` (epoch after ${killToEpochMs.toFixed(0)} ms)` : ""),
+  );
   return cycle;
 }
 
@@ -671,11 +851,21 @@ async function recovery(): Promise<void> {
   await withCluster(await TestCluster.start(4, { nbd: true, format: { copies: 3 } }), async (c) => {
     const port0 = c.nodes[0].port;
     await c.dogOk(["vdi", "create", "big", String(REC_SIZE)]);
-    const w = await run(dogArgv(port0, ["vdi", "write", "big", "0", String(REC_SIZE)]), { timeoutMs: 1_800_000, stdinFile: SRC });
+    const w = await run(dogArgv(port0, ["vdi", "write", "big", "0", String(REC_SIZE)]), {
+      timeoutMs: 1_800_000,
+      stdinFile: SRC,
+    });
     if (w.code !== 0) throw fail("dog vdi write big", w);
-    log(`recovery setup: ${REC_SIZE / MiB} MiB written to 4 nodes copies=3 at ${mbps(REC_SIZE, w.ms).toFixed(0)} MB/s`);
+    log(
+      `recovery setup: ${REC_SIZE / MiB} MiB written to 4 nodes copies=3 at ${
+        mbps(REC_SIZE, w.ms).toFixed(0)
+      } MB/s`,
+    );
     await c.dogOk(["vdi", "create", "load", String(LOAD_SIZE)]);
-    const wl = await run(dogArgv(port0, ["vdi", "write", "load", "0", String(LOAD_SIZE)]), { timeoutMs: 600_000, stdinFile: SRC });
+    const wl = await run(dogArgv(port0, ["vdi", "write", "load", "0", String(LOAD_SIZE)]), {
+      timeoutMs: 600_000,
+      stdinFile: SRC,
+    });
     if (wl.code !== 0) throw fail("dog vdi write load", wl);
     const load = `nbd://127.0.0.1:${c.nodes[0].nbdPort}/load`;
     await settle(c, [0, 1, 2, 3], 3, 300_000);
@@ -684,16 +874,25 @@ async function recovery(): Promise<void> {
       const t = now();
       await c.startNode(victim, { timeoutMs: 120_000 });
       const ms = await settle(c, [0, 1, 2, 3], 3, 600_000);
-      log(`rejoin after ${what}: settled ${((now() - t) / 1000).toFixed(1)} s after restart (${(ms / 1000).toFixed(1)} s after port open)`);
+      log(
+        `rejoin after ${what}: settled ${((now() - t) / 1000).toFixed(1)} s after restart (${
+          (ms / 1000).toFixed(1)
+        } s after port open)`,
+      );
     };
     const sec = "recovery 4 nodes copies=3";
     const add = (cyc: Cycle, metric: string) => {
       results.add({
-        section: sec, metric, unit: "MB/s", ours: mbps(cyc.bytes, cyc.totalMs), refName: "cp + sync (same disk)", ref,
+        section: sec,
+        metric,
+        unit: "MB/s",
+        ours: mbps(cyc.bytes, cyc.totalMs),
+        refName: "cp + sync (same disk)",
+        ref,
         better: "higher",
-        note: `${cyc.objects} obj, ${(cyc.bytes / MB).toFixed(0)} MB, 3 replicas after ${(cyc.totalMs / 1000).toFixed(1)} s, epoch after ${
-          cyc.killToEpochMs?.toFixed(0) ?? "?"
-        } ms`,
+        note: `${cyc.objects} obj, ${(cyc.bytes / MB).toFixed(0)} MB, 3 replicas after ${
+          (cyc.totalMs / 1000).toFixed(1)
+        } s, epoch after ${cyc.killToEpochMs?.toFixed(0) ?? "?"} ms`,
       });
     };
     const clientRows = (cyc: Cycle, how: string) => {
@@ -702,14 +901,28 @@ async function recovery(): Promise<void> {
       const f = (x: number | null) => (x === null ? "?" : x.toFixed(0));
       const refName = "same fio run after recovery (3 survivors, at rest)";
       results.add({
-        section: sec, metric: `client 1M randrw QD4 read during recovery, ${how}`, unit: "MB/s", ours: cl.duringR,
-        refName, ref: cl.afterR, better: "higher",
-        note: `${(cl.windowMs / 1000).toFixed(1)} s window; ${f(cl.beforeR)} MB/s before the kill on 4 nodes`,
+        section: sec,
+        metric: `client 1M randrw QD4 read during recovery, ${how}`,
+        unit: "MB/s",
+        ours: cl.duringR,
+        refName,
+        ref: cl.afterR,
+        better: "higher",
+        note: `${(cl.windowMs / 1000).toFixed(1)} s window; ${
+          f(cl.beforeR)
+        } MB/s before the kill on 4 nodes`,
       });
       results.add({
-        section: sec, metric: `client 1M randrw QD4 write during recovery, ${how}`, unit: "MB/s", ours: cl.duringW,
-        refName, ref: cl.afterW, better: "higher",
-        note: `${(cl.windowMs / 1000).toFixed(1)} s window; ${f(cl.beforeW)} MB/s before the kill on 4 nodes`,
+        section: sec,
+        metric: `client 1M randrw QD4 write during recovery, ${how}`,
+        unit: "MB/s",
+        ours: cl.duringW,
+        refName,
+        ref: cl.afterW,
+        better: "higher",
+        note: `${(cl.windowMs / 1000).toFixed(1)} s window; ${
+          f(cl.beforeW)
+        } MB/s before the kill on 4 nodes`,
       });
     };
 
@@ -723,11 +936,16 @@ async function recovery(): Promise<void> {
     await rejoin("loaded cycle");
 
     for (const i of [0, 1, 2, 3]) {
-      const r = await run(dogArgv(c.nodes[i].port, ["node", "recovery", "set-throttle", THR_MAX, THR_INTERVAL]), { timeoutMs: 30_000 });
+      const r = await run(
+        dogArgv(c.nodes[i].port, ["node", "recovery", "set-throttle", THR_MAX, THR_INTERVAL]),
+        { timeoutMs: 30_000 },
+      );
       if (r.code !== 0) results.note(`set-throttle on node ${i} failed: ${r.err.trim()}`);
     }
     for (const i of [0, 1, 2, 3]) {
-      const g = await run(dogArgv(c.nodes[i].port, ["node", "recovery", "get-throttle"]), { timeoutMs: 30_000 });
+      const g = await run(dogArgv(c.nodes[i].port, ["node", "recovery", "get-throttle"]), {
+        timeoutMs: 30_000,
+      });
       log(`throttle on node ${i}: ${(g.out + g.err).trim()}`); // dog prints it on stderr, as upstream
     }
     const how = `throttled ${THR_MAX} obj/${THR_INTERVAL} ms per node`;
@@ -740,17 +958,40 @@ async function recovery(): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 
 function machineInfo(): string {
-  const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" }).stdout.trim();
-  const dirty = spawnSync("git", ["status", "--porcelain", "--", "core", "sheep", "drivers", "cli", "mod.ts"], { cwd: ROOT, encoding: "utf8" }).stdout.trim();
-  const fsType = spawnSync("stat", ["-f", "-c", "%T", os.tmpdir()], { encoding: "utf8" }).stdout.trim();
+  const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" })
+    .stdout.trim();
+  const dirty = spawnSync("git", [
+    "status",
+    "--porcelain",
+    "--",
+    "core",
+    "sheep",
+    "drivers",
+    "cli",
+    "mod.ts",
+  ], { cwd: ROOT, encoding: "utf8" }).stdout.trim();
+  const fsType = spawnSync("stat", ["-f", "-c", "%T", os.tmpdir()], { encoding: "utf8" }).stdout
+    .trim();
   return [
-    `- date: ${new Date().toISOString()}, mode: ${FULL ? "full" : "quick"}, sections: ${ONLY.join(", ")}`,
-    `- commit: ${git}${dirty ? " (+ uncommitted changes in product sources)" : ""}; product: ${sheepCommand().join(" ")}`,
-    `- machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), ${(os.totalmem() / GiB).toFixed(0)} GiB RAM, kernel ${os.release()}, ${os.tmpdir()} on ${fsType}`,
-    `- tools: ${toolVersion("qemu-nbd", ["--version"])}; ${toolVersion("fio", ["--version"])}; ${toolVersion("nbdcopy", ["--version"])}`,
-    `- sizes: random file ${FILE_SIZE / MiB} MiB (NBD copies all of it), appliance ${APPLIANCE_SIZE / MiB} MiB, recovery ${REC_SIZE / MiB} MiB,` +
+    `- date: ${new Date().toISOString()}, mode: ${FULL ? "full" : "quick"}, sections: ${
+      ONLY.join(", ")
+    }`,
+    `- commit: ${git}${dirty ? " (+ uncommitted changes in product sources)" : ""}; product: ${
+      sheepCommand().join(" ")
+    }`,
+    `- machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? "?"}), ${
+      (os.totalmem() / GiB).toFixed(0)
+    } GiB RAM, kernel ${os.release()}, ${os.tmpdir()} on ${fsType}`,
+    `- tools: ${toolVersion("qemu-nbd", ["--version"])}; ${toolVersion("fio", ["--version"])}; ${
+      toolVersion("nbdcopy", ["--version"])
+    }`,
+    `- sizes: random file ${FILE_SIZE / MiB} MiB (NBD copies all of it), appliance ${
+      APPLIANCE_SIZE / MiB
+    } MiB, recovery ${REC_SIZE / MiB} MiB,` +
     ` fio ${FIO_RUNTIME} s per run (+1 s ramp), ${ITERS} membership iterations, ${CREATES} creates`,
-    `- load average at start: ${loadAtStart}, at end: ${os.loadavg().map((x) => x.toFixed(1)).join(" ")} (other work on the machine makes figures noisy)`,
+    `- load average at start: ${loadAtStart}, at end: ${
+      os.loadavg().map((x) => x.toFixed(1)).join(" ")
+    } (other work on the machine makes figures noisy)`,
     `- ratio = ours/ref; "better" says which direction is good. Clients, servers and sheep share the same ${os.cpus().length} cores.`,
   ].join("\n");
 }

@@ -7,13 +7,20 @@ import { isIP } from "node:net";
 import { ClientPool, errnoText, NetworkError } from "../core/client.ts";
 import { SdError } from "../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
-import { decodeNodes, nodeHostPort, nodeIp, nodeString, type SdNode, sortNodes } from "../core/node.ts";
 import {
+  decodeNodes,
+  nodeHostPort,
+  nodeIp,
+  nodeString,
+  type SdNode,
+  sortNodes,
+} from "../core/node.ts";
+import {
+  dataOidToIdx,
   isDataObj,
   MAX_DATA_OBJS,
   oidHex,
   oidToVid,
-  dataOidToIdx,
   SD_ATTR_OBJ_SIZE,
   SD_INODE_HEADER_SIZE,
   SD_INODE_SIZE,
@@ -24,7 +31,16 @@ import {
   vidToVdiOid,
 } from "../core/oid.ts";
 import { VERSION } from "../core/version.ts";
-import { ClusterFlag, fixedString, Flag, Header, Op, readFixedString, Res, strerror } from "../core/proto.ts";
+import {
+  ClusterFlag,
+  fixedString,
+  Flag,
+  Header,
+  Op,
+  readFixedString,
+  Res,
+  strerror,
+} from "../core/proto.ts";
 import { Ring } from "../core/ring.ts";
 import {
   countDataObjs,
@@ -72,8 +88,8 @@ import {
   invalidSubcommand,
   mainUsage,
   parseSubArgs,
-  type SubDef,
   subcommandUsage,
+  type SubDef,
 } from "./options.ts";
 
 export const EXIT_SUCCESS = 0;
@@ -217,7 +233,9 @@ class StdinReader {
   /** fgets(buf, size): up to size-1 bytes or through the newline; null at EOF. */
   async gets(size: number): Promise<string | null> {
     for (;;) {
-      const joined = this.chunks.length > 1 ? Buffer.concat(this.chunks) : this.chunks[0] ?? Buffer.alloc(0);
+      const joined = this.chunks.length > 1
+        ? Buffer.concat(this.chunks)
+        : this.chunks[0] ?? Buffer.alloc(0);
       this.chunks = joined.length ? [joined] : [];
       const nl = joined.indexOf(10);
       if (nl >= 0 && nl < size - 1) return this.take(nl + 1).toString("latin1");
@@ -300,15 +318,46 @@ class Ctx {
   readonly pool = new ClientPool({ connectTimeoutMs: 30_000, idleMs: 0 });
   readonly stdin = new StdinReader();
   vdi: VdiCmdData = {
-    index: -1, snapshotId: 0, snapshotTag: "", exclusive: false, delete: false, prealloc: false, nrCopies: 0,
-    copyPolicy: 0, blockSizeShift: 0, writeback: false, fromSnapshotId: 0, fromSnapshotTag: "", force: false,
-    storePolicy: 0, oid: 0n, noShare: false, exist: false, reduceIdentical: false,
+    index: -1,
+    snapshotId: 0,
+    snapshotTag: "",
+    exclusive: false,
+    delete: false,
+    prealloc: false,
+    nrCopies: 0,
+    copyPolicy: 0,
+    blockSizeShift: 0,
+    writeback: false,
+    fromSnapshotId: 0,
+    fromSnapshotTag: "",
+    force: false,
+    storePolicy: 0,
+    oid: 0n,
+    noShare: false,
+    exist: false,
+    reduceIdentical: false,
   };
   cluster: ClusterCmdData = {
-    copies: 0, copyPolicy: 0, multithread: false, blockSizeShift: 0, force: false, strict: false, diff: false,
-    name: "", fixedVnodes: false, useLock: false, recycleVid: false, avoidDiskfull: false,
+    copies: 0,
+    copyPolicy: 0,
+    multithread: false,
+    blockSizeShift: 0,
+    force: false,
+    strict: false,
+    diff: false,
+    name: "",
+    fixedVnodes: false,
+    useLock: false,
+    recycleVid: false,
+    avoidDiskfull: false,
   };
-  node: NodeCmdData = { allNodes: false, recoveryProgress: false, watch: false, local: false, force: false };
+  node: NodeCmdData = {
+    allNodes: false,
+    recoveryProgress: false,
+    watch: false,
+    local: false,
+    force: false,
+  };
   private reported = new Set<string>();
   /** Set when the command is over: late failures of abandoned requests are not reported. */
   closing = false;
@@ -416,7 +465,11 @@ function ring(c: Ctx): Ring {
 // ---------------------------------------------------------------------------------------------
 // generic nested subcommands (do_generic_subcommand)
 
-async function genericSubcommand(c: Ctx, subs: SubDef[], handlers: Record<string, Handler>): Promise<number> {
+async function genericSubcommand(
+  c: Ctx,
+  subs: SubDef[],
+  handlers: Record<string, Handler>,
+): Promise<number> {
   const name = c.arg();
   const s = subs.find((x) => x.name === name);
   if (!s || !handlers[s.name]) c.usage(EXIT_FAILURE);
@@ -436,12 +489,21 @@ const MAX_NAME = 255;
 /** pstrcpy() would silently truncate; refuse instead of acting on another name. */
 function checkVdiName(name: string, what = "VDI name"): void {
   if (Buffer.byteLength(name, "utf8") > MAX_NAME) {
-    err(`${what} is too long (${Buffer.byteLength(name, "utf8")} bytes, the limit is ${MAX_NAME}): ${name}`);
+    err(
+      `${what} is too long (${
+        Buffer.byteLength(name, "utf8")
+      } bytes, the limit is ${MAX_NAME}): ${name}`,
+    );
     throw new Exit(EXIT_USAGE);
   }
 }
 
-async function findVdiName(c: Ctx, name: string, snapid: number, tag: string): Promise<{ result: number; vid: number }> {
+async function findVdiName(
+  c: Ctx,
+  name: string,
+  snapid: number,
+  tag: string,
+): Promise<{ result: number; vid: number }> {
   try {
     const info = await getVdiInfo(c.req, name, snapid, tag);
     return { result: Res.SUCCESS, vid: info.vid };
@@ -452,7 +514,9 @@ async function findVdiName(c: Ctx, name: string, snapid: number, tag: string): P
 }
 
 function openErrorMessage(name: string, snapid: number, tag: string, result: number): string {
-  return `Failed to open VDI ${name} (snapshot id: ${snapid} snapshot tag: ${tag}): ${strerror(result)}`;
+  return `Failed to open VDI ${name} (snapshot id: ${snapid} snapshot tag: ${tag}): ${
+    strerror(result)
+  }`;
 }
 
 interface VdiObj {
@@ -463,7 +527,13 @@ interface VdiObj {
 }
 
 /** read_vdi_obj(): GET_VDI_INFO + inode read; prints upstream's messages and throws Exit(1). */
-async function readVdiObj(c: Ctx, name: string, snapid: number, tag: string, full: boolean): Promise<VdiObj> {
+async function readVdiObj(
+  c: Ctx,
+  name: string,
+  snapid: number,
+  tag: string,
+  full: boolean,
+): Promise<VdiObj> {
   checkVdiName(name);
   const r = await findVdiName(c, name, snapid, tag);
   if (r.result !== Res.SUCCESS) {
@@ -477,7 +547,11 @@ async function readVdiObj(c: Ctx, name: string, snapid: number, tag: string, ful
     return { vid: r.vid, header, raw, slots };
   } catch (e) {
     if (e instanceof SdError && !(e instanceof NetworkError)) {
-      err(`Failed to read object ${oidHex(vidToVdiOid(r.vid)).replace(/^0+/, "")} ${strerror(e.code)}`);
+      err(
+        `Failed to read object ${oidHex(vidToVdiOid(r.vid)).replace(/^0+/, "")} ${
+          strerror(e.code)
+        }`,
+      );
       if (snapid) err(`Failed to read a snapshot ${name}:${snapid}`);
       else if (tag) err(`Failed to read a snapshot ${name}:${tag}`);
       else err(`Failed to read a vdi ${name}`);
@@ -501,8 +575,15 @@ function hex(n: number | bigint): string {
 
 /** do_vdi_create(): NEW_VDI. Returns the new vid or prints the error and returns null. */
 async function doVdiCreate(
-  c: Ctx, name: string, size: bigint, baseVid: number, snapshot: boolean,
-  copies: number, policy: number, storePolicy: number, shift: number,
+  c: Ctx,
+  name: string,
+  size: bigint,
+  baseVid: number,
+  snapshot: boolean,
+  copies: number,
+  policy: number,
+  storePolicy: number,
+  shift: number,
 ): Promise<number | null> {
   const h = Header.req(Op.NEW_VDI, { flags: Flag.CMD_WRITE, dataLength: 256 });
   h.baseVdiId = baseVid;
@@ -521,7 +602,12 @@ async function doVdiCreate(
 }
 
 /** Writes data_vdi_id for the given (sorted) indexes, one WRITE_OBJ per run. */
-async function writeSlots(c: Ctx, vid: number, h: InodeHeader, slots: Map<number, number>): Promise<void> {
+async function writeSlots(
+  c: Ctx,
+  vid: number,
+  h: InodeHeader,
+  slots: Map<number, number>,
+): Promise<void> {
   const idxs = [...slots.keys()].sort((a, b) => a - b);
   let i = 0;
   const lim = new Limiter(8);
@@ -532,11 +618,15 @@ async function writeSlots(c: Ctx, vid: number, h: InodeHeader, slots: Map<number
     const start = idxs[i];
     const payload = Buffer.alloc((j - i + 1) * 4);
     for (let k = i; k <= j; k++) payload.writeUInt32LE(slots.get(idxs[k])! >>> 0, (k - i) * 4);
-    tasks.push(lim.run(() =>
-      writeObject(c.req, vidToVdiOid(vid), payload, SD_INODE_HEADER_SIZE + 4 * start, {
-        copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
-      })
-    ));
+    tasks.push(
+      lim.run(() =>
+        writeObject(c.req, vidToVdiOid(vid), payload, SD_INODE_HEADER_SIZE + 4 * start, {
+          copies: h.nrCopies,
+          copyPolicy: h.copyPolicy,
+          direct: true,
+        })
+      ),
+    );
     i = j + 1;
   }
   const rs = await Promise.allSettled(tasks);
@@ -580,31 +670,42 @@ async function parseVdi(c: Ctx, withSlots: boolean): Promise<ParsedVdi[] | null>
     }
   }
   const lim = new Limiter(16);
-  const results = await Promise.all(vids.map((vid) =>
-    lim.run(async (): Promise<ParsedVdi | null> => {
-      let header: InodeHeader;
-      try {
-        header = decodeInodeHeader(await readObject(c.req, vidToVdiOid(vid), SD_INODE_HEADER_SIZE + 8, 0, true));
-      } catch (e) {
-        if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
-        err(`Failed to read object ${hex(vidToVdiOid(vid))} ${strerror(e.code)}`);
-        err("Failed to read inode header");
-        return null;
-      }
-      if (header.name === "") return null;
-      let slots: SlotMap | null = null;
-      if (withSlots) {
+  const results = await Promise.all(
+    vids.map((vid) =>
+      lim.run(async (): Promise<ParsedVdi | null> => {
+        let header: InodeHeader;
         try {
-          slots = (await readInodeWithSlots(c.req, vid)).slots;
+          header = decodeInodeHeader(
+            await readObject(c.req, vidToVdiOid(vid), SD_INODE_HEADER_SIZE + 8, 0, true),
+          );
         } catch (e) {
           if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
-          err("Failed to read inode");
+          err(`Failed to read object ${hex(vidToVdiOid(vid))} ${strerror(e.code)}`);
+          err("Failed to read inode header");
           return null;
         }
-      }
-      return { vid: header.vdiId, name: header.name, tag: header.tag, snapid: isSnap(header) ? header.snapId : 0, header, slots };
-    })
-  ));
+        if (header.name === "") return null;
+        let slots: SlotMap | null = null;
+        if (withSlots) {
+          try {
+            slots = (await readInodeWithSlots(c.req, vid)).slots;
+          } catch (e) {
+            if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+            err("Failed to read inode");
+            return null;
+          }
+        }
+        return {
+          vid: header.vdiId,
+          name: header.name,
+          tag: header.tag,
+          snapid: isSnap(header) ? header.snapId : 0,
+          header,
+          slots,
+        };
+      })
+    ),
+  );
   return results.filter((x): x is ParsedVdi => x !== null);
 }
 
@@ -664,20 +765,38 @@ async function vdiCreate(c: Ctx): Promise<number> {
   }
   const oldMax = BigInt(objectSize) * BigInt(OLD_MAX_DATA_OBJS);
   if (size > oldMax && d.storePolicy === 0) {
-    err(`VDI size is larger than ${strnumber(oldMax, c.raw)} bytes, please use '-y' to create a hyper volume with size up to ` +
-      `${strnumber(SD_MAX_VDI_SIZE, c.raw)} bytes or use '-z' to create larger object size volume`);
+    err(
+      `VDI size is larger than ${
+        strnumber(oldMax, c.raw)
+      } bytes, please use '-y' to create a hyper volume with size up to ` +
+        `${
+          strnumber(SD_MAX_VDI_SIZE, c.raw)
+        } bytes or use '-z' to create larger object size volume`,
+    );
     return EXIT_USAGE;
   }
   if (size > SD_MAX_VDI_SIZE) {
     err("VDI size is too large");
     return EXIT_USAGE;
   }
-  const vid = await doVdiCreate(c, name, size, 0, false, d.nrCopies, d.copyPolicy, d.storePolicy, d.blockSizeShift);
+  const vid = await doVdiCreate(
+    c,
+    name,
+    size,
+    0,
+    false,
+    d.nrCopies,
+    d.copyPolicy,
+    d.storePolicy,
+    d.blockSizeShift,
+  );
   if (vid === null) return EXIT_FAILURE;
   if (d.prealloc) {
     let h: InodeHeader;
     try {
-      h = decodeInodeHeader(await readObject(c.req, vidToVdiOid(vid), SD_INODE_HEADER_SIZE, 0, true));
+      h = decodeInodeHeader(
+        await readObject(c.req, vidToVdiOid(vid), SD_INODE_HEADER_SIZE, 0, true),
+      );
     } catch (e) {
       if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
       err("Failed to read a newly created VDI object");
@@ -700,11 +819,18 @@ async function vdiCreate(c: Ctx): Promise<number> {
       for (let idx = start; idx < end; idx++) {
         tasks.push(lim.run(async () => {
           await writeObject(c.req, vidToDataOid(vid, idx), Buffer.alloc(0), 0, {
-            create: true, copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+            create: true,
+            copies: h.nrCopies,
+            copyPolicy: h.copyPolicy,
+            direct: true,
           });
           slots.set(idx, vid);
           done++;
-          showProgress(BigInt(done) * BigInt(os) > total ? total : BigInt(done) * BigInt(os), total, false);
+          showProgress(
+            BigInt(done) * BigInt(os) > total ? total : BigInt(done) * BigInt(os),
+            total,
+            false,
+          );
         }));
       }
       const rs = await Promise.allSettled(tasks);
@@ -762,8 +888,12 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
   const states = await getVdiState(c);
   const lock = states?.find((s) => s.vid === vid && s.lockState !== LOCK_STATE_UNLOCKED);
   if (lock) {
-    err(`Failed to delete ${name}: ${strerror(Res.VDI_LOCKED)} (owner ${nodeString(lock.lockOwner)}); ` +
-      `detach it first or run 'dog vdi lock unlock ${name}'`);
+    err(
+      `Failed to delete ${name}: ${strerror(Res.VDI_LOCKED)} (owner ${
+        nodeString(lock.lockOwner)
+      }); ` +
+        `detach it first or run 'dog vdi lock unlock ${name}'`,
+    );
     return EXIT_FAILURE;
   }
   let header: InodeHeader, slots: SlotMap;
@@ -791,9 +921,17 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
       }
       if (i === start) break;
       try {
-        await writeObject(c.req, vidToVdiOid(vid), Buffer.alloc((i - start) * 4), SD_INODE_HEADER_SIZE + 4 * start, {
-          copies: header.nrCopies, copyPolicy: header.copyPolicy, direct: true,
-        });
+        await writeObject(
+          c.req,
+          vidToVdiOid(vid),
+          Buffer.alloc((i - start) * 4),
+          SD_INODE_HEADER_SIZE + 4 * start,
+          {
+            copies: header.nrCopies,
+            copyPolicy: header.copyPolicy,
+            direct: true,
+          },
+        );
       } catch (e) {
         if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
         err(`Failed to write object ${hex(vidToVdiOid(vid))}: ${strerror(e.code)}`);
@@ -824,14 +962,16 @@ async function reclaimHyperObjects(c: Ctx, vid: number, slots: SlotMap): Promise
   for (const [idx, owner] of slots.entries()) if (owner === vid) oids.push(vidToDataOid(vid, idx));
   oids.push(...(slots.leafOids?.() ?? []));
   const lim = new Limiter(16);
-  await Promise.all(oids.map((oid) => lim.run(async () => {
-    const h = Header.req(Op.REMOVE_OBJ);
-    h.oid = oid;
-    const r = await c.exec(h);
-    if (r.hdr.result !== Res.SUCCESS && r.hdr.result !== Res.NO_OBJ) {
-      err(`failed to remove object ${hex(oid)}: ${strerror(r.hdr.result)}`);
-    }
-  })));
+  await Promise.all(oids.map((oid) =>
+    lim.run(async () => {
+      const h = Header.req(Op.REMOVE_OBJ);
+      h.oid = oid;
+      const r = await c.exec(h);
+      if (r.hdr.result !== Res.SUCCESS && r.hdr.result !== Res.NO_OBJ) {
+        err(`failed to remove object ${hex(oid)}: ${strerror(r.hdr.result)}`);
+      }
+    })
+  ));
 }
 
 async function vdiDelete(c: Ctx): Promise<number> {
@@ -867,7 +1007,11 @@ async function vdiResize(c: Ctx): Promise<number> {
   const raw = Buffer.from(v.raw);
   raw.writeBigUInt64LE(newSize, 536);
   try {
-    await writeObject(c.req, vidToVdiOid(v.vid), raw, 0, { copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true });
+    await writeObject(c.req, vidToVdiOid(v.vid), raw, 0, {
+      copies: h.nrCopies,
+      copyPolicy: h.copyPolicy,
+      direct: true,
+    });
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Failed to write object ${hex(vidToVdiOid(v.vid))}: ${strerror(e.code)}`);
@@ -907,7 +1051,10 @@ async function vdiRead(c: Ctx): Promise<number> {
   }
   let handle: VdiHandle;
   try {
-    handle = await VdiHandle.openVid(c.req, name, v.vid, { snapid: c.vdi.snapshotId, tag: c.vdi.snapshotTag });
+    handle = await VdiHandle.openVid(c.req, name, v.vid, {
+      snapid: c.vdi.snapshotId,
+      tag: c.vdi.snapshotTag,
+    });
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Failed to read a vdi ${name}`);
@@ -1052,14 +1199,18 @@ async function vdiSnapshot(c: Ctx): Promise<number> {
   const r = await findVdiName(c, name, 0, d.snapshotTag);
   let v: VdiObj;
   if (r.result === Res.SUCCESS) {
-    const raw = await readObject(c.req, vidToVdiOid(r.vid), SD_INODE_HEADER_SIZE, 0, true).catch((e) => {
-      if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
-      err(`Failed to read object ${hex(vidToVdiOid(r.vid))} ${strerror(e.code)}`);
-      throw new Exit(EXIT_FAILURE);
-    });
+    const raw = await readObject(c.req, vidToVdiOid(r.vid), SD_INODE_HEADER_SIZE, 0, true).catch(
+      (e) => {
+        if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+        err(`Failed to read object ${hex(vidToVdiOid(r.vid))} ${strerror(e.code)}`);
+        throw new Exit(EXIT_FAILURE);
+      },
+    );
     const header = decodeInodeHeader(raw);
     if (isSnap(header)) {
-      err(`Failed to create snapshot for ${name}, maybe snapshot id (${d.snapshotId}) or tag (${d.snapshotTag}) is existed`);
+      err(
+        `Failed to create snapshot for ${name}, maybe snapshot id (${d.snapshotId}) or tag (${d.snapshotTag}) is existed`,
+      );
       return EXIT_FAILURE;
     }
     v = { vid: r.vid, header, raw, slots: emptySlots() };
@@ -1077,30 +1228,55 @@ async function vdiSnapshot(c: Ctx): Promise<number> {
   if (d.reduceIdentical) {
     const { slots } = await readInodeWithSlots(c.req, v.vid);
     let own = false;
-    for (const [, vid] of slots.entries()) if (vid === v.vid) { own = true; break; }
+    for (const [, vid] of slots.entries()) {
+      if (vid === v.vid) {
+        own = true;
+        break;
+      }
+    }
     if (!own) return EXIT_SUCCESS;
   }
   try {
     await writeObject(c.req, vidToVdiOid(v.vid), fixedString(d.snapshotTag, 256), 256, {
-      copies: h.nrCopies, copyPolicy: h.copyPolicy,
+      copies: h.nrCopies,
+      copyPolicy: h.copyPolicy,
     });
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Failed to write object ${hex(vidToVdiOid(v.vid))}: ${strerror(e.code)}`);
     return EXIT_FAILURE;
   }
-  const newVid = await doVdiCreate(c, name, h.vdiSize, v.vid, true, h.nrCopies, h.copyPolicy, h.storePolicy, h.blockSizeShift);
+  const newVid = await doVdiCreate(
+    c,
+    name,
+    h.vdiSize,
+    v.vid,
+    true,
+    h.nrCopies,
+    h.copyPolicy,
+    h.storePolicy,
+    h.blockSizeShift,
+  );
   if (newVid === null) return EXIT_FAILURE;
   if (c.verbose) {
-    out(c.raw ? `${hex(newVid)} ${hex(v.vid)}\n`
-      : `new VID of original VDI: ${hex(newVid)}, VDI ID of newly created snapshot: ${hex(v.vid)}\n`);
+    out(
+      c.raw
+        ? `${hex(newVid)} ${hex(v.vid)}\n`
+        : `new VID of original VDI: ${hex(newVid)}, VDI ID of newly created snapshot: ${
+          hex(v.vid)
+        }\n`,
+    );
   }
   return EXIT_SUCCESS;
 }
 
 /** Copies (or zero-allocates) objects of `src` into the new VDI `newVid` and records the slots. */
 async function copyObjects(
-  c: Ctx, src: SlotMap, srcHeader: InodeHeader, newVid: number, allocateHoles: boolean,
+  c: Ctx,
+  src: SlotMap,
+  srcHeader: InodeHeader,
+  newVid: number,
+  allocateHoles: boolean,
 ): Promise<boolean> {
   const h = srcHeader;
   const os = 2 ** h.blockSizeShift;
@@ -1119,9 +1295,14 @@ async function copyObjects(
         continue;
       }
       tasks.push(lim.run(async () => {
-        const data = vid ? await readObject(c.req, vidToDataOid(vid, idx), os, 0, true) : Buffer.alloc(0);
+        const data = vid
+          ? await readObject(c.req, vidToDataOid(vid, idx), os, 0, true)
+          : Buffer.alloc(0);
         await writeObject(c.req, vidToDataOid(newVid, idx), data, 0, {
-          create: true, copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+          create: true,
+          copies: h.nrCopies,
+          copyPolicy: h.copyPolicy,
+          direct: true,
         });
         slots.set(idx, newVid);
         done++;
@@ -1160,7 +1341,17 @@ async function vdiClone(c: Ctx): Promise<number> {
   const v = await readVdiObj(c, src, d.snapshotId, d.snapshotTag, true);
   const h = v.header;
   const baseVid = d.noShare ? 0 : v.vid;
-  const newVid = await doVdiCreate(c, dst, h.vdiSize, baseVid, false, h.nrCopies, h.copyPolicy, h.storePolicy, h.blockSizeShift);
+  const newVid = await doVdiCreate(
+    c,
+    dst,
+    h.vdiSize,
+    baseVid,
+    false,
+    h.nrCopies,
+    h.copyPolicy,
+    h.storePolicy,
+    h.blockSizeShift,
+  );
   if (newVid === null) return EXIT_FAILURE;
   if (d.prealloc || d.noShare) {
     if (h.storePolicy === 1) {
@@ -1169,7 +1360,9 @@ async function vdiClone(c: Ctx): Promise<number> {
     }
     if (!await copyObjects(c, v.slots, h, newVid, d.prealloc)) return EXIT_FAILURE;
   }
-  if (c.verbose) out(c.raw ? `${hex(newVid)}\n` : `VDI ID of newly created clone: ${hex(newVid)}\n`);
+  if (c.verbose) {
+    out(c.raw ? `${hex(newVid)}\n` : `VDI ID of newly created clone: ${hex(newVid)}\n`);
+  }
   return EXIT_SUCCESS;
 }
 
@@ -1182,7 +1375,9 @@ async function vdiRollback(c: Ctx): Promise<number> {
   }
   const v = await readVdiObj(c, name, d.snapshotId, d.snapshotTag, false);
   if (!d.force) {
-    await c.confirm("This operation discards any changes made since the previous\nsnapshot was taken.  Continue? [yes/no]: ");
+    await c.confirm(
+      "This operation discards any changes made since the previous\nsnapshot was taken.  Continue? [yes/no]: ",
+    );
   }
   const ret = await doVdiDelete(c, name, 0, "");
   if (ret !== EXIT_SUCCESS) {
@@ -1190,7 +1385,17 @@ async function vdiRollback(c: Ctx): Promise<number> {
     return EXIT_FAILURE;
   }
   const h = v.header;
-  const newVid = await doVdiCreate(c, name, h.vdiSize, v.vid, false, d.nrCopies, h.copyPolicy, h.storePolicy, h.blockSizeShift);
+  const newVid = await doVdiCreate(
+    c,
+    name,
+    h.vdiSize,
+    v.vid,
+    false,
+    d.nrCopies,
+    h.copyPolicy,
+    h.storePolicy,
+    h.blockSizeShift,
+  );
   if (newVid === null) return EXIT_FAILURE;
   if (c.verbose) out(c.raw ? `${hex(newVid)}\n` : `New VDI ID of rollbacked VDI: ${hex(newVid)}\n`);
   return EXIT_SUCCESS;
@@ -1207,7 +1412,9 @@ interface TreeNode {
   children: TreeNode[];
 }
 
-export function renderVdiTree(items: { name: string; label: string; vid: number; pvid: number; highlight: boolean }[]): string {
+export function renderVdiTree(
+  items: { name: string; label: string; vid: number; pvid: number; highlight: boolean }[],
+): string {
   const root: TreeNode = { name: "", label: "", vid: 0, pvid: 0, highlight: false, children: [] };
   const find = (parent: TreeNode, vid: number, name: string): TreeNode | null => {
     for (const v of parent.children) {
@@ -1276,7 +1483,9 @@ async function vdiTree(c: Ctx): Promise<number> {
   const hl = isStdoutTty() && !c.raw;
   out(renderVdiTree(list.map((v) => ({
     name: v.name,
-    label: isSnap(v.header) ? strftime("[%Y-%m-%d %H:%M]", ctimeSeconds(v.header.createTime)) : "(you are here)",
+    label: isSnap(v.header)
+      ? strftime("[%Y-%m-%d %H:%M]", ctimeSeconds(v.header.createTime))
+      : "(you are here)",
     vid: v.vid,
     pvid: v.header.parentVdiId,
     highlight: hl && !isSnap(v.header),
@@ -1285,15 +1494,23 @@ async function vdiTree(c: Ctx): Promise<number> {
 }
 
 async function vdiGraph(c: Ctx): Promise<number> {
-  out('digraph G {\n  node [shape = "box", fontname = "Courier"];\n\n  "0" [shape = "ellipse", label = "root"];\n\n');
+  out(
+    'digraph G {\n  node [shape = "box", fontname = "Courier"];\n\n  "0" [shape = "ellipse", label = "root"];\n\n',
+  );
   const list = await parseVdi(c, false);
   if (!list) return EXIT_SUCCESS;
   for (const v of list) {
     const ti = ctimeSeconds(v.header.createTime);
     out(`  "${hex(v.header.parentVdiId)}" -> "${hex(v.vid)}";\n`);
     out(`  "${hex(v.vid)}" [\n    group = "${v.name}",\n    label = "`);
-    out(`Name: ${padLeft(v.name, 10)}\\nTag:  ${padLeft(hex(v.snapid), 10)}\\nSize: ${padLeft(strnumber(v.header.vdiSize, c.raw), 10)}\\n` +
-      `Date: ${padLeft(strftime("%Y-%m-%d", ti), 10)}\\nTime: ${padLeft(strftime("%H:%M:%S", ti), 10)}`);
+    out(
+      `Name: ${padLeft(v.name, 10)}\\nTag:  ${padLeft(hex(v.snapid), 10)}\\nSize: ${
+        padLeft(strnumber(v.header.vdiSize, c.raw), 10)
+      }\\n` +
+        `Date: ${padLeft(strftime("%Y-%m-%d", ti), 10)}\\nTime: ${
+          padLeft(strftime("%H:%M:%S", ti), 10)
+        }`,
+    );
     out(isSnap(v.header) ? '"\n  ];\n\n' : '",\n    color="red"\n  ];\n\n');
   }
   out("}\n");
@@ -1316,18 +1533,27 @@ async function forEachNodePrint(c: Ctx, oid: bigint): Promise<void> {
     }
     const sheep = nodeHostPort(n);
     switch (rsp.hdr.result) {
-      case Res.SUCCESS: out(`${sheep} has the object\n`); break;
-      case Res.NO_OBJ: out(`${sheep} doesn't have the object\n`); break;
+      case Res.SUCCESS:
+        out(`${sheep} has the object\n`);
+        break;
+      case Res.NO_OBJ:
+        out(`${sheep} doesn't have the object\n`);
+        break;
       case Res.OLD_NODE_VER:
-      case Res.NEW_NODE_VER: err("The node list has changed: please try again"); break;
-      default: err(`${sheep}: hit an unexpected error (${strerror(rsp.hdr.result)})`);
+      case Res.NEW_NODE_VER:
+        err("The node list has changed: please try again");
+        break;
+      default:
+        err(`${sheep}: hit an unexpected error (${strerror(rsp.hdr.result)})`);
     }
   }
 }
 
 function printExpectedLocation(c: Ctx, oid: bigint, copies: number): void {
   if (c.nodes.length < copies) {
-    out(`\nBecause number of nodes (${c.nodes.length}) is less than number of copies (${copies}), the object should be located at every nodes.\n`);
+    out(
+      `\nBecause number of nodes (${c.nodes.length}) is less than number of copies (${copies}), the object should be located at every nodes.\n`,
+    );
     return;
   }
   out("\nAccording to sheepdog algorithm, the object should be located at:\n");
@@ -1358,7 +1584,11 @@ async function vdiObjectLocation(c: Ctx): Promise<number> {
   const vdiId = v.slots.get(idx);
   if (vdiId) {
     const oid = vidToDataOid(vdiId, idx);
-    out(`Looking for the object 0x${hex(oid)} (vid 0x${hex(vid)} idx ${idx}, ${v.header.nrCopies} copies) with ${c.nodes.length} nodes\n\n`);
+    out(
+      `Looking for the object 0x${hex(oid)} (vid 0x${
+        hex(vid)
+      } idx ${idx}, ${v.header.nrCopies} copies) with ${c.nodes.length} nodes\n\n`,
+    );
     await forEachNodePrint(c, oid);
     printExpectedLocation(c, oid, v.header.nrCopies);
   } else {
@@ -1377,7 +1607,8 @@ async function vdiObjectMap(c: Ctx): Promise<number> {
     throw e;
   }
   out("Index       VID\n");
-  const row = (idx: number, vid: number) => `${String(idx).padStart(8, "0")} ${padLeft(hex(vid), 8)}\n`;
+  const row = (idx: number, vid: number) =>
+    `${String(idx).padStart(8, "0")} ${padLeft(hex(vid), 8)}\n`;
   if (c.vdi.index !== -1) {
     out(row(c.vdi.index, v.slots.get(c.vdi.index)));
   } else {
@@ -1400,8 +1631,12 @@ async function vdiObjectDumpInode(c: Ctx): Promise<number> {
     return EXIT_FAILURE;
   }
   const h = decodeInodeHeader(buf);
-  let s = `name: ${h.name}\ntag: ${h.tag}\ncreate_time: ${hex(h.createTime)}\nsnap_ctime: ${hex(h.snapCtime)}\n`;
-  s += `vm_clock_nsec: ${hex(h.vmClockNsec)}\nvdi_size: ${h.vdiSize}\nvm_state_size: ${h.vmStateSize}\n`;
+  let s = `name: ${h.name}\ntag: ${h.tag}\ncreate_time: ${hex(h.createTime)}\nsnap_ctime: ${
+    hex(h.snapCtime)
+  }\n`;
+  s += `vm_clock_nsec: ${
+    hex(h.vmClockNsec)
+  }\nvdi_size: ${h.vdiSize}\nvm_state_size: ${h.vmStateSize}\n`;
   s += `copy_policy: ${h.copyPolicy}\nstore_policy: ${h.storePolicy}\nnr_copies: ${h.nrCopies}\n`;
   s += `block_size_shift: ${h.blockSizeShift}\nsnap_id: ${h.snapId}\nvdi_id: ${hex(h.vdiId)}\n`;
   s += `parent_vdi_id: ${hex(h.parentVdiId)}\nbtree_counter: ${h.btreeCounter}\n`;
@@ -1417,7 +1652,10 @@ async function vdiObjectDumpInode(c: Ctx): Promise<number> {
     const vid = buf.readUInt32LE(DATA + 4 * i);
     const gen = buf.readInt32LE(GREF + 8 * i), cnt = buf.readInt32LE(GREF + 8 * i + 4);
     if (!vid) {
-      if (gen || cnt) d += `WARNING: index ${i} doesn't have data vdi ID but its generation and count is not zero(${gen}, ${cnt})`;
+      if (gen || cnt) {
+        d +=
+          `WARNING: index ${i} doesn't have data vdi ID but its generation and count is not zero(${gen}, ${cnt})`;
+      }
       continue;
     }
     d += `${i}: ${hex(vid)}, ${gen}, ${cnt}\n`;
@@ -1436,10 +1674,17 @@ function vdiObject(c: Ctx): Promise<number> {
 
 // vdi track
 
-async function statCluster(c: Ctx, nodesNr: number): Promise<{ result: number; logs: ReturnType<typeof decodeEpochLogs>; hasData: boolean; nodesNr: number }> {
+async function statCluster(
+  c: Ctx,
+  nodesNr: number,
+): Promise<
+  { result: number; logs: ReturnType<typeof decodeEpochLogs>; hasData: boolean; nodesNr: number }
+> {
   let n = nodesNr;
   for (;;) {
-    const h = Header.req(Op.STAT_CLUSTER, { dataLength: Math.max(1, c.epoch) * (EPOCH_LOG_SIZE + n * SD_NODE_SIZE) });
+    const h = Header.req(Op.STAT_CLUSTER, {
+      dataLength: Math.max(1, c.epoch) * (EPOCH_LOG_SIZE + n * SD_NODE_SIZE),
+    });
     h.nodesNr = n;
     const rsp = await c.exec(h);
     if (rsp.hdr.result === Res.BUFFER_SMALL) {
@@ -1447,7 +1692,12 @@ async function statCluster(c: Ctx, nodesNr: number): Promise<{ result: number; l
       n = want > n ? want : Math.max(1, n * 2);
       continue;
     }
-    return { result: rsp.hdr.result, logs: decodeEpochLogs(rsp.data, n), hasData: rsp.data.length > 0, nodesNr: n };
+    return {
+      result: rsp.hdr.result,
+      logs: decodeEpochLogs(rsp.data, n),
+      hasData: rsp.data.length > 0,
+      nodesNr: n,
+    };
   }
 }
 
@@ -1492,9 +1742,17 @@ async function vdiTrack(c: Ctx): Promise<number> {
       return EXIT_FAILURE;
     }
     oid = vidToDataOid(v.slots.get(idx), idx);
-    out(`Tracking the object 0x${hex(oid)} (the inode vid 0x${hex(vid)} idx ${idx}) with ${c.nodes.length} nodes\n`);
+    out(
+      `Tracking the object 0x${hex(oid)} (the inode vid 0x${
+        hex(vid)
+      } idx ${idx}) with ${c.nodes.length} nodes\n`,
+    );
   } else {
-    out(`Tracking the object 0x${hex(oid)} (the inode vid 0x${hex(vid)}) with ${c.nodes.length} nodes\n`);
+    out(
+      `Tracking the object 0x${hex(oid)} (the inode vid 0x${
+        hex(vid)
+      }) with ${c.nodes.length} nodes\n`,
+    );
   }
   return doTrackObject(c, oid, v.header.nrCopies);
 }
@@ -1502,7 +1760,13 @@ async function vdiTrack(c: Ctx): Promise<number> {
 // vdi setattr / getattr
 
 async function findVdiAttrOid(
-  c: Ctx, name: string, key: string, value: Buffer | null, create: boolean, excl: boolean, del: boolean,
+  c: Ctx,
+  name: string,
+  key: string,
+  value: Buffer | null,
+  create: boolean,
+  excl: boolean,
+  del: boolean,
 ): Promise<{ result: number; oid: bigint }> {
   const attr = Buffer.alloc(SD_ATTR_OBJ_SIZE);
   fixedString(name, 256).copy(attr, 0);
@@ -1557,11 +1821,20 @@ async function vdiSetattr(c: Ctx): Promise<number> {
   }
   const r = await findVdiAttrOid(c, name, key, value, !c.vdi.delete, c.vdi.exclusive, c.vdi.delete);
   switch (r.result) {
-    case Res.SUCCESS: return EXIT_SUCCESS;
-    case Res.VDI_EXIST: err(`The attribute '${key}' already exists`); return EXIT_EXISTS;
-    case Res.NO_OBJ: err(`Attribute '${key}' not found`); return EXIT_MISSING;
-    case Res.NO_VDI: err("VDI not found"); return EXIT_MISSING;
-    default: err(`Failed to set attribute: ${strerror(r.result)}`); return EXIT_FAILURE;
+    case Res.SUCCESS:
+      return EXIT_SUCCESS;
+    case Res.VDI_EXIST:
+      err(`The attribute '${key}' already exists`);
+      return EXIT_EXISTS;
+    case Res.NO_OBJ:
+      err(`Attribute '${key}' not found`);
+      return EXIT_MISSING;
+    case Res.NO_VDI:
+      err("VDI not found");
+      return EXIT_MISSING;
+    default:
+      err(`Failed to set attribute: ${strerror(r.result)}`);
+      return EXIT_FAILURE;
   }
 }
 
@@ -1612,8 +1885,10 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
     out("The vdi's redundancy level is not specified, use 3 as default.\n");
   }
   if (d.nrCopies > c.nodes.length && !d.force) {
-    await c.confirm(`Number of copies (${d.nrCopies}) is larger than number of nodes (${c.nodes.length}).\n` +
-      "Are you sure you want to continue? [yes/no]: ");
+    await c.confirm(
+      `Number of copies (${d.nrCopies}) is larger than number of nodes (${c.nodes.length}).\n` +
+        "Are you sure you want to continue? [yes/no]: ",
+    );
   }
   let v: VdiObj;
   try {
@@ -1637,19 +1912,29 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
   }
   const list = await parseVdi(c, false);
   if (!list) return EXIT_SYSFAIL;
-  const standalone = h.parentVdiId === 0 && !list.some((x) => x.header.parentVdiId === v.vid && x.name === h.name);
+  const standalone = h.parentVdiId === 0 &&
+    !list.some((x) => x.header.parentVdiId === v.vid && x.name === h.name);
   if (!standalone) {
     err("Only standalone vdi supports changing redundancy level.");
     err(`Please clone ${name} with -n (--no-share) option first.`);
     return EXIT_FAILURE;
   }
   if (!d.force) {
-    await c.confirm(banner("Caution! Changing VDI's redundancy level will affect", "the VDI itself only and trigger recovery."));
+    await c.confirm(
+      banner(
+        "Caution! Changing VDI's redundancy level will affect",
+        "the VDI itself only and trigger recovery.",
+      ),
+    );
   }
   const raw = Buffer.from(v.raw);
   raw[554] = d.nrCopies;
   try {
-    await writeObject(c.req, vidToVdiOid(v.vid), raw, 0, { copies: old, copyPolicy: h.copyPolicy, direct: true });
+    await writeObject(c.req, vidToVdiOid(v.vid), raw, 0, {
+      copies: old,
+      copyPolicy: h.copyPolicy,
+      direct: true,
+    });
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Overwrite the vdi object's header of ${name} failure while setting its redundancy level.`);
@@ -1668,13 +1953,19 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
   if (rsp.hdr.result === Res.INVALID_PARMS || rsp.hdr.result === Res.NO_SUPPORT) {
     // A sheep without ALTER_VDI_COPY: put the old header back so nothing has changed.
     try {
-      await writeObject(c.req, vidToVdiOid(v.vid), v.raw, 0, { copies: old, copyPolicy: h.copyPolicy, direct: true });
+      await writeObject(c.req, vidToVdiOid(v.vid), v.raw, 0, {
+        copies: old,
+        copyPolicy: h.copyPolicy,
+        direct: true,
+      });
     } catch (e) {
       if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
       err(`Failed to restore the vdi object's header of ${name}: ${strerror(e.code)}`);
     }
-    err(`Changing ${name}'s redundancy level is not supported: the sheep daemons do not implement ALTER_VDI_COPY ` +
-      `(${strerror(rsp.hdr.result)}). Nothing was changed.`);
+    err(
+      `Changing ${name}'s redundancy level is not supported: the sheep daemons do not implement ALTER_VDI_COPY ` +
+        `(${strerror(rsp.hdr.result)}). Nothing was changed.`,
+    );
     return EXIT_FAILURE;
   }
   err(`Response's result: ${strerror(rsp.hdr.result)}`);
@@ -1695,8 +1986,13 @@ interface VdiState {
 
 function nodeIdToNode(b: Buffer, off: number): SdNode {
   return {
-    addr: Buffer.from(b.subarray(off, off + 16)), port: b.readUInt16LE(off + 16),
-    ioAddr: Buffer.alloc(16), ioPort: 0, nrVnodes: 0, zone: 0, space: 0n,
+    addr: Buffer.from(b.subarray(off, off + 16)),
+    port: b.readUInt16LE(off + 16),
+    ioAddr: Buffer.alloc(16),
+    ioPort: 0,
+    nrVnodes: 0,
+    zone: 0,
+    space: 0n,
   };
 }
 
@@ -1722,8 +2018,12 @@ async function getVdiState(c: Ctx): Promise<VdiState[] | null> {
         pn.push(nodeIdToNode(b, off + 188 + 40 * j));
       }
       out.push({
-        vid: b.readUInt32LE(off), lockState: b.readUInt32LE(off + 16), lockOwner: nodeIdToNode(b, off + 20),
-        nrParticipants: nr, participantsState: ps, participants: pn,
+        vid: b.readUInt32LE(off),
+        lockState: b.readUInt32LE(off + 16),
+        lockOwner: nodeIdToNode(b, off + 20),
+        nrParticipants: nr,
+        participantsState: ps,
+        participants: pn,
       });
     }
     return out;
@@ -1748,7 +2048,13 @@ async function lockList(c: Ctx): Promise<number> {
       for (let j = 0; j < s.nrParticipants; j++) {
         line += ` ${nodeString(s.participants[j])}`;
         const st = s.participantsState[j];
-        line += st === 1 ? "(modified)" : st === 2 ? "(shared)" : st === 3 ? "(invalidated)" : `(UNKNOWN ${st}, BUG!)`;
+        line += st === 1
+          ? "(modified)"
+          : st === 2
+          ? "(shared)"
+          : st === 3
+          ? "(invalidated)"
+          : `(UNKNOWN ${st}, BUG!)`;
       }
       out(line + "\n");
     }
@@ -1772,10 +2078,18 @@ async function lockUnlock(c: Ctx): Promise<number> {
     if (s.vid !== v.vid) continue;
     let type: number;
     switch (s.lockState) {
-      case LOCK_STATE_UNLOCKED: err(`VDI: ${name} is not locked`); return EXIT_SYSFAIL;
-      case LOCK_STATE_LOCKED: type = 0; break;
-      case LOCK_STATE_SHARED: type = 1; break;
-      default: err(`VDI: ${name} unknown lock state`); return EXIT_SYSFAIL;
+      case LOCK_STATE_UNLOCKED:
+        err(`VDI: ${name} is not locked`);
+        return EXIT_SYSFAIL;
+      case LOCK_STATE_LOCKED:
+        type = 0;
+        break;
+      case LOCK_STATE_SHARED:
+        type = 1;
+        break;
+      default:
+        err(`VDI: ${name} unknown lock state`);
+        return EXIT_SYSFAIL;
     }
     const h = Header.req(Op.RELEASE_VDI);
     h.baseVdiId = v.vid;
@@ -1802,8 +2116,9 @@ async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void>
     h.tgtEpoch = c.epoch;
     h.epoch = c.epoch;
     const rsp = await c.exec(h, undefined, n);
-    if (rsp.hdr.result === Res.SUCCESS) found.push({ node: n, hash: rsp.hdr.digest.toString("hex") });
-    else if (rsp.hdr.result === Res.NO_OBJ) found.push({ node: n, hash: null });
+    if (rsp.hdr.result === Res.SUCCESS) {
+      found.push({ node: n, hash: rsp.hdr.digest.toString("hex") });
+    } else if (rsp.hdr.result === Res.NO_OBJ) found.push({ node: n, hash: null });
     else {
       err(`failed to read ${hex(oid)}, ${strerror(rsp.hdr.result)}`);
       throw new Exit(EXIT_FAILURE);
@@ -1816,7 +2131,12 @@ async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void>
     return;
   }
   let best = "", bestN = 0;
-  for (const [h, n] of votes) if (n > bestN) { best = h; bestN = n; }
+  for (const [h, n] of votes) {
+    if (n > bestN) {
+      best = h;
+      bestN = n;
+    }
+  }
   const present = found.filter((f) => f.hash).length;
   if (bestN * 2 <= present && votes.size > 1) {
     err(`no majority of ${hex(oid)}`);
@@ -1830,8 +2150,13 @@ async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void>
     h.oid = oid;
     src.addr.copy(h.b, 24, 0, 16);
     h.b.writeUInt16LE(src.port, 40);
-    if (await c.light(h, f.node)) out(f.hash ? `fixed replica ${hex(oid)}\n` : `fixed missing ${hex(oid)}\n`);
-    else err(`failed to repair object ${oidHex(oid)} from ${nodeHostPort(src)} to ${nodeHostPort(f.node)}`);
+    if (await c.light(h, f.node)) {
+      out(f.hash ? `fixed replica ${hex(oid)}\n` : `fixed missing ${hex(oid)}\n`);
+    } else {err(
+        `failed to repair object ${oidHex(oid)} from ${nodeHostPort(src)} to ${
+          nodeHostPort(f.node)
+        }`,
+      );}
   }
 }
 
@@ -1851,11 +2176,13 @@ async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<numbe
   const total = h.vdiSize;
   let done = 0n;
   const lim = new Limiter(8);
-  await Promise.all(oids.map((oid) => lim.run(async () => {
-    await checkObject(c, oid, h.nrCopies);
-    done += os;
-    showProgress(done > total ? total : done, total, false);
-  })));
+  await Promise.all(oids.map((oid) =>
+    lim.run(async () => {
+      await checkObject(c, oid, h.nrCopies);
+      done += os;
+      showProgress(done > total ? total : done, total, false);
+    })
+  ));
   showProgress(total, total, false);
   out(`finish check&repair ${h.name}\n`);
   return EXIT_SUCCESS;
@@ -1875,10 +2202,16 @@ async function doVdiCheckExist(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<
   for (const [n, oids] of per) {
     const payload = Buffer.alloc(oids.length * 8);
     oids.forEach((o, i) => payload.writeBigUInt64LE(o, i * 8));
-    const rsp = await c.exec(Header.req(Op.OIDS_EXIST, { flags: Flag.CMD_WRITE | Flag.CMD_PIGGYBACK }), payload, n);
+    const rsp = await c.exec(
+      Header.req(Op.OIDS_EXIST, { flags: Flag.CMD_WRITE | Flag.CMD_PIGGYBACK }),
+      payload,
+      n,
+    );
     const k = Math.floor(rsp.data.length / 8);
     total += k;
-    for (let i = 0; i < k; i++) out(`[${nodeHostPort(n)}] oid ${oidHex(rsp.data.readBigUInt64LE(i * 8))} is missing.\n`);
+    for (let i = 0; i < k; i++) {
+      out(`[${nodeHostPort(n)}] oid ${oidHex(rsp.data.readBigUInt64LE(i * 8))} is missing.\n`);
+    }
   }
   if (total === 0) {
     out(`${h.name} is fine, no object is missing.\n`);
@@ -1960,12 +2293,18 @@ async function vdiBackup(c: Ctx): Promise<number> {
     const [toData, fromData] = await p;
     fill();
     let offset = 0, length = os;
-    while (length > 0 && toData.compare(fromData, offset, offset + SECTOR_SIZE, offset, offset + SECTOR_SIZE) === 0) {
+    while (
+      length > 0 &&
+      toData.compare(fromData, offset, offset + SECTOR_SIZE, offset, offset + SECTOR_SIZE) === 0
+    ) {
       offset += SECTOR_SIZE;
       length -= SECTOR_SIZE;
     }
     let tail = os - SECTOR_SIZE;
-    while (length > 0 && toData.compare(fromData, tail, tail + SECTOR_SIZE, tail, tail + SECTOR_SIZE) === 0) {
+    while (
+      length > 0 &&
+      toData.compare(fromData, tail, tail + SECTOR_SIZE, tail, tail + SECTOR_SIZE) === 0
+    ) {
       tail -= SECTOR_SIZE;
       length -= SECTOR_SIZE;
     }
@@ -1986,7 +2325,10 @@ async function vdiBackup(c: Ctx): Promise<number> {
 async function doRestore(c: Ctx, name: string, snapid: number, tag: string): Promise<number> {
   const hdr = await c.stdin.read(8);
   if (hdr.length !== 8) err("failed to read backup header, Success");
-  if (hdr.length !== 8 || hdr.readUInt32LE(0) !== VDI_BACKUP_FORMAT_VERSION || hdr.readUInt32LE(4) !== VDI_BACKUP_MAGIC) {
+  if (
+    hdr.length !== 8 || hdr.readUInt32LE(0) !== VDI_BACKUP_FORMAT_VERSION ||
+    hdr.readUInt32LE(4) !== VDI_BACKUP_MAGIC
+  ) {
     err("The backup file is corrupted");
     return EXIT_SYSFAIL;
   }
@@ -1998,7 +2340,17 @@ async function doRestore(c: Ctx, name: string, snapid: number, tag: string): Pro
     throw e;
   }
   const h = snap.header;
-  const vid = await doVdiCreate(c, name, h.vdiSize, snap.vid, false, h.nrCopies, h.copyPolicy, h.storePolicy, h.blockSizeShift);
+  const vid = await doVdiCreate(
+    c,
+    name,
+    h.vdiSize,
+    snap.vid,
+    false,
+    h.nrCopies,
+    h.copyPolicy,
+    h.storePolicy,
+    h.blockSizeShift,
+  );
   if (vid === null) {
     err("Failed to read VDI");
     return EXIT_FAILURE;
@@ -2019,13 +2371,18 @@ async function doRestore(c: Ctx, name: string, snapid: number, tag: string): Pro
     const parentVid = snap.slots.get(idx);
     try {
       await writeObject(c.req, vidToDataOid(vid, idx), data, offset, {
-        create: true, cowOid: parentVid ? vidToDataOid(parentVid, idx) : 0n,
-        copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+        create: true,
+        cowOid: parentVid ? vidToDataOid(parentVid, idx) : 0n,
+        copies: h.nrCopies,
+        copyPolicy: h.copyPolicy,
+        direct: true,
       });
       const slot = Buffer.alloc(4);
       slot.writeUInt32LE(vid, 0);
       await writeObject(c.req, vidToVdiOid(vid), slot, SD_INODE_HEADER_SIZE + 4 * idx, {
-        copies: h.nrCopies, copyPolicy: h.copyPolicy, direct: true,
+        copies: h.nrCopies,
+        copyPolicy: h.copyPolicy,
+        direct: true,
       });
     } catch (e) {
       if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
@@ -2070,7 +2427,17 @@ async function vdiRestore(c: Ctx): Promise<number> {
   let ret = await doRestore(c, name, d.snapshotId, d.snapshotTag);
   // recreate the working VDI on top of its old parent (the restored VDI becomes a snapshot)
   const ch = current.header;
-  const r = await doVdiCreate(c, name, ch.vdiSize, ch.parentVdiId, true, ch.nrCopies, ch.copyPolicy, ch.storePolicy, ch.blockSizeShift);
+  const r = await doVdiCreate(
+    c,
+    name,
+    ch.vdiSize,
+    ch.parentVdiId,
+    true,
+    ch.nrCopies,
+    ch.copyPolicy,
+    ch.storePolicy,
+    ch.blockSizeShift,
+  );
   if (r === null) {
     err("failed to resume the current vdi");
     ret = EXIT_FAILURE;
@@ -2163,7 +2530,12 @@ interface RecoveryState {
 function decodeRecoveryState(b: Buffer): RecoveryState {
   const z = Buffer.alloc(24);
   b.copy(z, 0, 0, Math.min(24, b.length));
-  return { inRecovery: z[0], state: z.readUInt32LE(4), nrFinished: z.readBigUInt64LE(8), nrTotal: z.readBigUInt64LE(16) };
+  return {
+    inRecovery: z[0],
+    state: z.readUInt32LE(4),
+    nrFinished: z.readBigUInt64LE(8),
+    nrTotal: z.readBigUInt64LE(16),
+  };
 }
 
 async function getRecoveryState(c: Ctx): Promise<RecoveryState | null> {
@@ -2189,9 +2561,14 @@ async function nodeRecoveryProgress(c: Ctx): Promise<number> {
       break;
     }
     switch (st.state) {
-      case 0: out("\rpreparing a checked object list..."); break;
-      case 2: out("\rnotifying a completion of recovery..."); break;
-      default: showProgress(st.nrFinished, st.nrTotal, true);
+      case 0:
+        out("\rpreparing a checked object list...");
+        break;
+      case 2:
+        out("\rnotifying a completion of recovery...");
+        break;
+      default:
+        showProgress(st.nrFinished, st.nrTotal, true);
     }
     await new Promise((r) => setTimeout(r, 1000));
   }
@@ -2236,7 +2613,10 @@ async function nodeRecoverySet(c: Ctx): Promise<number> {
   const payload = Buffer.alloc(24);
   payload.writeUInt32LE(max, 0);
   payload.writeBigUInt64LE(interval, 8);
-  const rsp = await c.exec(Header.req(Op.SET_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: 24 }), payload);
+  const rsp = await c.exec(
+    Header.req(Op.SET_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: 24 }),
+    payload,
+  );
   if (rsp.hdr.result !== Res.SUCCESS) {
     err("Failed to execute request");
     return 255;
@@ -2281,12 +2661,23 @@ async function nodeMdInfoOne(c: Ctx, n?: SdNode): Promise<number> {
   const host = n ? nodeHostPort(n) : `${c.host}:${c.port}`;
   for (let i = 0; i < nr; i++) {
     const off = i * 4120;
-    const idx = b.readInt32LE(off), free = b.readBigUInt64LE(off + 8), used = b.readBigUInt64LE(off + 16);
+    const idx = b.readInt32LE(off),
+      free = b.readBigUInt64LE(off + 8),
+      used = b.readBigUInt64LE(off + 16);
     const path = readFixedString(b, off + 24, 4096);
     const size = free + used;
     const ratio = Math.trunc((Number(used) / Number(size)) * 100) | 0;
-    if (c.raw) out(`${host} ${idx} ${strnumber(size, true)} ${strnumber(used, true)} ${strnumber(free, true)} ${ratio}% ${path}\n`);
-    else out(`${padLeft(String(idx), 2)}\t${strnumber(size)}\t${strnumber(used)}\t${strnumber(free)}\t${padLeft(String(ratio), 3)}%\t${path}\n`);
+    if (c.raw) {
+      out(
+        `${host} ${idx} ${strnumber(size, true)} ${strnumber(used, true)} ${
+          strnumber(free, true)
+        } ${ratio}% ${path}\n`,
+      );
+    } else {out(
+        `${padLeft(String(idx), 2)}\t${strnumber(size)}\t${strnumber(used)}\t${strnumber(free)}\t${
+          padLeft(String(ratio), 3)
+        }%\t${path}\n`,
+      );}
   }
   return EXIT_SUCCESS;
 }
@@ -2303,12 +2694,20 @@ async function mdInfo(c: Ctx): Promise<number> {
 
 async function mdPlugUnplug(c: Ctx, plug: boolean): Promise<number> {
   if (!c.node.force) {
-    await c.confirm(banner(plug ? "Caution! The directories to be plugged will be purged."
-      : "Caution! Recovery will be triggered after unplugging."));
+    await c.confirm(
+      banner(
+        plug
+          ? "Caution! The directories to be plugged will be purged."
+          : "Caution! Recovery will be triggered after unplugging.",
+      ),
+    );
   }
   const disks = c.arg()!;
   const payload = Buffer.concat([Buffer.from(disks, "utf8"), Buffer.alloc(1)]);
-  const rsp = await c.exec(Header.req(plug ? Op.MD_PLUG : Op.MD_UNPLUG, { flags: Flag.CMD_WRITE }), payload);
+  const rsp = await c.exec(
+    Header.req(plug ? Op.MD_PLUG : Op.MD_UNPLUG, { flags: Flag.CMD_WRITE }),
+    payload,
+  );
   if (rsp.hdr.result !== Res.SUCCESS) {
     err("Failed to execute request, look for sheep.log for more information");
     return EXIT_FAILURE;
@@ -2341,18 +2740,35 @@ async function nodeStat(c: Ctx): Promise<number> {
     if (c.node.watch) {
       if (!last) last = s;
       const l = last;
-      out((c.raw ? "" : "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS\nClient\t") +
-        `${gAct}\t${gTot}\t${gWr}\t${gRd}\t${gRm}\t${gFl}\t${sn(gRx)}\t${sn(gTx)}\t${sn(gRx - l[4])}\t${sn(gTx - l[5])}\t${gTot - l[2]}\n`);
-      out((c.raw ? "" : "Peer\t") +
-        `${pAct}\t${pTot}\t${pWr}\t${pRd}\t${pRm}\t0\t${sn(pRx)}\t${sn(pTx)}\t${sn(pRx - l[6])}\t${sn(pTx - l[7])}\t${pTot - l[3]}\n`);
+      out(
+        (c.raw
+          ? ""
+          : "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS\nClient\t") +
+          `${gAct}\t${gTot}\t${gWr}\t${gRd}\t${gRm}\t${gFl}\t${sn(gRx)}\t${sn(gTx)}\t${
+            sn(gRx - l[4])
+          }\t${sn(gTx - l[5])}\t${gTot - l[2]}\n`,
+      );
+      out(
+        (c.raw ? "" : "Peer\t") +
+          `${pAct}\t${pTot}\t${pWr}\t${pRd}\t${pRm}\t0\t${sn(pRx)}\t${sn(pTx)}\t${
+            sn(pRx - l[6])
+          }\t${sn(pTx - l[7])}\t${pTot - l[3]}\n`,
+      );
       last = s;
       await new Promise((r) => setTimeout(r, 1000));
       continue;
     }
     // upstream quirk: the Write column shows the read counter and vice versa
-    out((c.raw ? "" : "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\nClient\t") +
-      `${gAct}\t${gTot}\t${gRd}\t${gWr}\t${gRm}\t${gFl}\t${sn(gRx)}\t${sn(gTx)}\n`);
-    out((c.raw ? "" : "Peer\t") + `${pAct}\t${pTot}\t${pRd}\t${pWr}\t${pRm}\t0\t${sn(pRx)}\t${sn(pTx)}\n`);
+    out(
+      (c.raw
+        ? ""
+        : "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\nClient\t") +
+        `${gAct}\t${gTot}\t${gRd}\t${gWr}\t${gRm}\t${gFl}\t${sn(gRx)}\t${sn(gTx)}\n`,
+    );
+    out(
+      (c.raw ? "" : "Peer\t") +
+        `${pAct}\t${pTot}\t${pRd}\t${pWr}\t${pRm}\t0\t${sn(pRx)}\t${sn(pTx)}\n`,
+    );
     return EXIT_SUCCESS;
   }
 }
@@ -2394,7 +2810,12 @@ async function logLevelList(_c: Ctx): Promise<number> {
 
 function nodeLog(c: Ctx): Promise<number> {
   return genericSubcommand(c, c.sub.sub!, {
-    level: (cc) => genericSubcommand(cc, cc.sub.sub![0].sub!, { set: logLevelSet, get: logLevelGet, list: logLevelList }),
+    level: (cc) =>
+      genericSubcommand(cc, cc.sub.sub![0].sub!, {
+        set: logLevelSet,
+        get: logLevelGet,
+        list: logLevelList,
+      }),
   });
 }
 
@@ -2449,7 +2870,11 @@ async function listStore(c: Ctx): Promise<number> {
 async function clusterFormat(c: Ctx): Promise<number> {
   const d = c.cluster;
   for (const n of c.nodes) {
-    const rsp = await c.exec(Header.req(Op.CLUSTER_INFO, { dataLength: CLUSTER_INFO_SIZE }), undefined, n);
+    const rsp = await c.exec(
+      Header.req(Op.CLUSTER_INFO, { dataLength: CLUSTER_INFO_SIZE }),
+      undefined,
+      n,
+    );
     if (rsp.hdr.result !== Res.SUCCESS) {
       err(strerror(rsp.hdr.result));
       return EXIT_FAILURE;
@@ -2457,17 +2882,23 @@ async function clusterFormat(c: Ctx): Promise<number> {
     const flags = rsp.data.length >= 18 ? rsp.data.readUInt16LE(16) : 0;
     if (n.nrVnodes !== 0) {
       if (flags & ClusterFlag.AUTO_VNODES && d.fixedVnodes) {
-        err("Can not apply the option of '-V', because there are vnode strategy of sheep is auto in the cluster");
+        err(
+          "Can not apply the option of '-V', because there are vnode strategy of sheep is auto in the cluster",
+        );
         return EXIT_FAILURE;
       } else if (!(flags & ClusterFlag.AUTO_VNODES) && !d.fixedVnodes) {
-        err("Need to specify the option of '-V', because there are vnode strategy of sheep is fixed in the cluster");
+        err(
+          "Need to specify the option of '-V', because there are vnode strategy of sheep is fixed in the cluster",
+        );
         return EXIT_FAILURE;
       }
     }
   }
   if (d.copies > c.zones) {
-    await c.confirm(`Number of copies (${d.copies}) is larger than number of zones (${c.zones}).\n` +
-      "Are you sure you want to continue? [yes/no]: ");
+    await c.confirm(
+      `Number of copies (${d.copies}) is larger than number of zones (${c.zones}).\n` +
+        "Are you sure you want to continue? [yes/no]: ",
+    );
   }
   const rv = await c.exec(Header.req(Op.READ_VDIS, { dataLength: VDI_BITMAP_SIZE }));
   if (rv.hdr.result !== Res.SUCCESS) {
@@ -2518,7 +2949,9 @@ const RECOVER_PRINT = "Caution! Please try starting all the cluster nodes normal
 
 async function clusterForceRecover(c: Ctx): Promise<number> {
   if (!c.cluster.force) await c.confirm(RECOVER_PRINT);
-  const rsp = await c.exec(Header.req(Op.FORCE_RECOVER, { dataLength: SD_NODE_SIZE * SD_MAX_NODES }));
+  const rsp = await c.exec(
+    Header.req(Op.FORCE_RECOVER, { dataLength: SD_NODE_SIZE * SD_MAX_NODES }),
+  );
   if (rsp.hdr.result !== Res.SUCCESS) {
     err(`failed to execute request, ${strerror(rsp.hdr.result)}`);
     return EXIT_FAILURE;
@@ -2527,7 +2960,9 @@ async function clusterForceRecover(c: Ctx): Promise<number> {
 }
 
 async function clusterRecoverToggle(c: Ctx, enable: boolean): Promise<number> {
-  if (!await c.light(Header.req(enable ? Op.ENABLE_RECOVER : Op.DISABLE_RECOVER))) return EXIT_FAILURE;
+  if (!await c.light(Header.req(enable ? Op.ENABLE_RECOVER : Op.DISABLE_RECOVER))) {
+    return EXIT_FAILURE;
+  }
   out(`Cluster recovery: ${enable ? "enable" : "disable"}\n`);
   return EXIT_SUCCESS;
 }
@@ -2567,8 +3002,10 @@ async function clusterAlterCopy(c: Ctx): Promise<number> {
     out("The cluster's redundancy level is not specified, use 3 as default.\n");
   }
   if (!d.force && d.copies > c.nodes.length) {
-    await c.confirm(`Number of copies (${d.copies}) is larger than number of nodes (${c.nodes.length}).\n` +
-      "Are you sure you want to continue? [yes/no]: ");
+    await c.confirm(
+      `Number of copies (${d.copies}) is larger than number of nodes (${c.nodes.length}).\n` +
+        "Are you sure you want to continue? [yes/no]: ",
+    );
   }
   const rsp = await c.exec(Header.req(Op.CLUSTER_INFO, { dataLength: CLUSTER_INFO_SIZE }));
   if (rsp.hdr.result !== Res.SUCCESS) {
@@ -2585,7 +3022,12 @@ async function clusterAlterCopy(c: Ctx): Promise<number> {
     return EXIT_FAILURE;
   }
   if (!d.force) {
-    await c.confirm(banner("Caution! Changing cluster's redundancy level will affect", "all the VDIs to be created later."));
+    await c.confirm(
+      banner(
+        "Caution! Changing cluster's redundancy level will affect",
+        "all the VDIs to be created later.",
+      ),
+    );
   }
   const h = Header.req(Op.ALTER_CLUSTER_COPY);
   h.clusterCopies = d.copies;
@@ -2681,10 +3123,16 @@ function blockSizeShiftOpt(opt: string): number {
 function vdiParser(c: Ctx, ch: string, opt: string): void {
   const d = c.vdi;
   switch (ch) {
-    case "P": d.prealloc = true; break;
-    case "n": d.noShare = true; break;
+    case "P":
+      d.prealloc = true;
+      break;
+    case "n":
+      d.noShare = true;
+      break;
     case "i": {
-      const m = opt.startsWith("0x") ? /^0x([0-9a-fA-F]+)/.exec(opt) : /^[ \t]*([+-]?\d+)/.exec(opt);
+      const m = opt.startsWith("0x")
+        ? /^0x([0-9a-fA-F]+)/.exec(opt)
+        : /^[ \t]*([+-]?\d+)/.exec(opt);
       if (!m) {
         err("The index must be a decimal integer or a hexadecimal integer started with 0x");
         throw new Exit(EXIT_FAILURE);
@@ -2706,9 +3154,15 @@ function vdiParser(c: Ctx, ch: string, opt: string): void {
       }
       break;
     }
-    case "x": d.exclusive = true; break;
-    case "d": d.delete = true; break;
-    case "w": d.writeback = true; break;
+    case "x":
+      d.exclusive = true;
+      break;
+    case "d":
+      d.delete = true;
+      break;
+    case "w":
+      d.writeback = true;
+      break;
     case "c": {
       const r = parseCopies(opt);
       if (!r) {
@@ -2727,8 +3181,12 @@ function vdiParser(c: Ctx, ch: string, opt: string): void {
       } else d.fromSnapshotId = r.value;
       break;
     }
-    case "f": d.force = true; break;
-    case "y": d.storePolicy = 1; break;
+    case "f":
+      d.force = true;
+      break;
+    case "y":
+      d.storePolicy = 1;
+      break;
     case "o": {
       const m = /^[ \t]*(?:0[xX])?([0-9a-fA-F]+)/.exec(opt);
       if (!m) {
@@ -2738,16 +3196,24 @@ function vdiParser(c: Ctx, ch: string, opt: string): void {
       d.oid = BigInt.asUintN(64, BigInt("0x" + m[1]));
       break;
     }
-    case "e": d.exist = true; break;
-    case "z": d.blockSizeShift = blockSizeShiftOpt(opt); break;
-    case "R": d.reduceIdentical = true; break;
+    case "e":
+      d.exist = true;
+      break;
+    case "z":
+      d.blockSizeShift = blockSizeShiftOpt(opt);
+      break;
+    case "R":
+      d.reduceIdentical = true;
+      break;
   }
 }
 
 function clusterParser(c: Ctx, ch: string, opt: string): void {
   const d = c.cluster;
   switch (ch) {
-    case "b": d.name = Buffer.from(opt, "utf8").subarray(0, STORE_LEN - 1).toString("utf8"); break;
+    case "b":
+      d.name = Buffer.from(opt, "utf8").subarray(0, STORE_LEN - 1).toString("utf8");
+      break;
     case "c": {
       const r = parseCopies(opt);
       if (!r) {
@@ -2758,25 +3224,54 @@ function clusterParser(c: Ctx, ch: string, opt: string): void {
       d.copyPolicy = r.policy;
       break;
     }
-    case "f": d.force = true; break;
-    case "l": d.useLock = true; break;
-    case "m": d.multithread = true; d.strict = true; break; // upstream fallthrough
-    case "t": d.strict = true; break;
-    case "z": d.blockSizeShift = blockSizeShiftOpt(opt); break;
-    case "V": d.fixedVnodes = true; break;
-    case "R": d.recycleVid = true; break;
-    case "d": d.diff = true; break;
-    case "F": d.avoidDiskfull = true; break;
+    case "f":
+      d.force = true;
+      break;
+    case "l":
+      d.useLock = true;
+      break;
+    case "m":
+      d.multithread = true;
+      d.strict = true;
+      break; // upstream fallthrough
+    case "t":
+      d.strict = true;
+      break;
+    case "z":
+      d.blockSizeShift = blockSizeShiftOpt(opt);
+      break;
+    case "V":
+      d.fixedVnodes = true;
+      break;
+    case "R":
+      d.recycleVid = true;
+      break;
+    case "d":
+      d.diff = true;
+      break;
+    case "F":
+      d.avoidDiskfull = true;
+      break;
   }
 }
 
 function nodeParser(c: Ctx, ch: string): void {
   switch (ch) {
-    case "A": c.node.allNodes = true; break;
-    case "P": c.node.recoveryProgress = true; break;
-    case "w": c.node.watch = true; break;
-    case "l": c.node.local = true; break;
-    case "f": c.node.force = true; break;
+    case "A":
+      c.node.allNodes = true;
+      break;
+    case "P":
+      c.node.recoveryProgress = true;
+      break;
+    case "w":
+      c.node.watch = true;
+      break;
+    case "l":
+      c.node.local = true;
+      break;
+    case "f":
+      c.node.force = true;
+      break;
   }
 }
 
@@ -2850,10 +3345,18 @@ async function run(argv: string[], version: string): Promise<number> {
         c.port = p;
         continue;
       }
-      case "r": c.raw = true; continue;
-      case "v": c.verbose = true; continue;
-      case "h": c.usage(EXIT_SUCCESS); break;
-      case "T": c.elapsed = true; continue;
+      case "r":
+        c.raw = true;
+        continue;
+      case "v":
+        c.verbose = true;
+        continue;
+      case "h":
+        c.usage(EXIT_SUCCESS);
+        break;
+      case "T":
+        c.elapsed = true;
+        continue;
     }
     if (cmd.name === "vdi") vdiParser(c, o.ch, v);
     else if (cmd.name === "cluster") clusterParser(c, o.ch, v);
@@ -2866,7 +3369,9 @@ async function run(argv: string[], version: string): Promise<number> {
     if (sub.needArg && c.args.length === 0) c.usage(EXIT_USAGE);
     const ret = await HANDLERS[`${cmd.name} ${sub.name}`](c);
     if (ret === EXIT_USAGE) c.usage(EXIT_USAGE);
-    if (c.elapsed) out(`\nElapsed time: ${cFixed((performance.now() - start) / 1000, 3)} seconds\n`);
+    if (c.elapsed) {
+      out(`\nElapsed time: ${cFixed((performance.now() - start) / 1000, 3)} seconds\n`);
+    }
     return ret;
   } finally {
     c.closing = true;

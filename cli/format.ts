@@ -3,7 +3,7 @@
 import { Buffer } from "node:buffer";
 import type { SdNode } from "../core/node.ts";
 import { decodeNodes, nodeHostPort } from "../core/node.ts";
-import { readFixedString, strerror, Res, ClusterFlag } from "../core/proto.ts";
+import { ClusterFlag, readFixedString, Res, strerror } from "../core/proto.ts";
 
 // ---------------------------------------------------------------------------------------------
 // printf-compatible number formatting
@@ -97,8 +97,9 @@ export const SIZE_HELP =
 
 /** Prefix that C strtod() would consume, and its value. */
 function strtod(s: string): { value: number; rest: string } {
-  const m = /^[ \t\n\v\f\r]*([+-]?)(0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)/i
-    .exec(s);
+  const m =
+    /^[ \t\n\v\f\r]*([+-]?)(0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)/i
+      .exec(s);
   if (!m) return { value: 0, rest: s };
   const sign = m[1] === "-" ? -1 : 1;
   const body = m[2];
@@ -131,8 +132,19 @@ export function parseSize(value: string): bigint | null {
   const { value: v, rest } = strtod(value);
   if (rest.length > 1) return null;
   const mult: Record<string, number> = {
-    P: 1024 ** 5, p: 1024 ** 5, T: 1024 ** 4, t: 1024 ** 4, G: 1024 ** 3, g: 1024 ** 3,
-    M: 1024 ** 2, m: 1024 ** 2, K: 1024, k: 1024, B: 1, b: 1, "": 1,
+    P: 1024 ** 5,
+    p: 1024 ** 5,
+    T: 1024 ** 4,
+    t: 1024 ** 4,
+    G: 1024 ** 3,
+    g: 1024 ** 3,
+    M: 1024 ** 2,
+    m: 1024 ** 2,
+    K: 1024,
+    k: 1024,
+    B: 1,
+    b: 1,
+    "": 1,
   };
   const k = mult[rest];
   if (k === undefined) return null;
@@ -208,16 +220,26 @@ export function strftime(fmt: string, sec: number): string {
   const d = new Date(sec * 1000);
   return fmt.replace(/%([YmdHMSbae%])/g, (_, c: string) => {
     switch (c) {
-      case "Y": return String(d.getFullYear());
-      case "m": return p2(d.getMonth() + 1);
-      case "d": return p2(d.getDate());
-      case "e": return padLeft(String(d.getDate()), 2);
-      case "H": return p2(d.getHours());
-      case "M": return p2(d.getMinutes());
-      case "S": return p2(d.getSeconds());
-      case "b": return MONTHS[d.getMonth()];
-      case "a": return DAYS[d.getDay()];
-      default: return "%";
+      case "Y":
+        return String(d.getFullYear());
+      case "m":
+        return p2(d.getMonth() + 1);
+      case "d":
+        return p2(d.getDate());
+      case "e":
+        return padLeft(String(d.getDate()), 2);
+      case "H":
+        return p2(d.getHours());
+      case "M":
+        return p2(d.getMinutes());
+      case "S":
+        return p2(d.getSeconds());
+      case "b":
+        return MONTHS[d.getMonth()];
+      case "a":
+        return DAYS[d.getDay()];
+      default:
+        return "%";
     }
   });
 }
@@ -279,17 +301,29 @@ export function vdiListRow(h: VdiRowInfo, myObjs: number, cowObjs: number, raw: 
   const vid = (h.vdiId >>> 0).toString(16);
   if (raw) {
     const marker = isSnapshot(h) ? "s" : isClone ? "c" : "=";
-    return `${marker} ${rawEscape(h.name)} ${snapid} ${strnumber(h.vdiSize, true)} ${strnumber(used, true)} ` +
+    return `${marker} ${rawEscape(h.name)} ${snapid} ${strnumber(h.vdiSize, true)} ${
+      strnumber(used, true)
+    } ` +
       `${strnumber(shared, true)} ${ti} ${vid} ${copies} ${h.tag} ${h.blockSizeShift}\n`;
   }
   const marker = isSnapshot(h) ? "s" : isClone ? "c" : " ";
-  return `${marker} ${padRight(h.name, 8)} ${padLeft(String(snapid), 5)} ${padLeft(strnumber(h.vdiSize), 7)} ` +
-    `${padLeft(strnumber(used), 7)} ${padLeft(strnumber(shared), 7)} ${strftime("%Y-%m-%d %H:%M", ti)}  ` +
-    `${padLeft(vid, 7)} ${padLeft(copies, 6)} ${padLeft(h.tag, 13)} ${padLeft(String(h.blockSizeShift), 3)}\n`;
+  return `${marker} ${padRight(h.name, 8)} ${padLeft(String(snapid), 5)} ${
+    padLeft(strnumber(h.vdiSize), 7)
+  } ` +
+    `${padLeft(strnumber(used), 7)} ${padLeft(strnumber(shared), 7)} ${
+      strftime("%Y-%m-%d %H:%M", ti)
+    }  ` +
+    `${padLeft(vid, 7)} ${padLeft(copies, 6)} ${padLeft(h.tag, 13)} ${
+      padLeft(String(h.blockSizeShift), 3)
+    }\n`;
 }
 
 /** sd_inode_stat for flat volumes: slots owned by `vid` and by other VIDs. */
-export function countSlots(slots: ArrayLike<number>, vid: number, n = slots.length): { my: number; cow: number } {
+export function countSlots(
+  slots: ArrayLike<number>,
+  vid: number,
+  n = slots.length,
+): { my: number; cow: number } {
   let my = 0, cow = 0;
   const lim = Math.min(n, slots.length);
   for (let i = 0; i < lim; i++) {
@@ -309,7 +343,9 @@ export const NODE_LIST_HEADER = "  Id   Host:Port         V-Nodes       Zone\n";
 export function nodeListRow(id: number, n: SdNode, raw: boolean): string {
   const host = nodeHostPort(n);
   if (raw) return `${id} ${host} ${n.nrVnodes} ${n.zone >>> 0}\n`;
-  return `${padLeft(String(id), 4)}   ${padRight(host, 20)}\t${padLeft(String(n.nrVnodes), 2)}${padLeft(String(n.zone >>> 0), 11)}\n`;
+  return `${padLeft(String(id), 4)}   ${padRight(host, 20)}\t${padLeft(String(n.nrVnodes), 2)}${
+    padLeft(String(n.zone >>> 0), 11)
+  }\n`;
 }
 
 export const NODE_INFO_HEADER = "Id\tSize\tUsed\tAvail\tUse%\n";
@@ -324,27 +360,48 @@ export function usePercent(size: bigint, free: bigint, guardZero = true): number
 
 export function nodeInfoRow(id: number, size: bigint, free: bigint, raw: boolean): string {
   const pct = usePercent(size, free);
-  if (raw) return `${id} ${strnumber(size, true)} ${strnumber(size - free, true)} ${strnumber(free, true)} ${pct}%\n`;
-  return `${padLeft(String(id), 2)}\t${strnumber(size)}\t${strnumber(size - free)}\t${strnumber(free)}\t${padLeft(String(pct), 3)}%\n`;
+  if (raw) {
+    return `${id} ${strnumber(size, true)} ${strnumber(size - free, true)} ${
+      strnumber(free, true)
+    } ${pct}%\n`;
+  }
+  return `${padLeft(String(id), 2)}\t${strnumber(size)}\t${strnumber(size - free)}\t${
+    strnumber(free)
+  }\t${padLeft(String(pct), 3)}%\n`;
 }
 
 export function nodeInfoTotal(size: bigint, free: bigint, vdiTotal: bigint, raw: boolean): string {
   const pct = size === 0n ? 0 : usePercent(size, free, false);
   if (raw) {
-    return `Total ${strnumber(size, true)} ${strnumber(size - free, true)} ${strnumber(free, true)} ${pct}% ${strnumber(vdiTotal, true)}\n`;
+    return `Total ${strnumber(size, true)} ${strnumber(size - free, true)} ${
+      strnumber(free, true)
+    } ${pct}% ${strnumber(vdiTotal, true)}\n`;
   }
-  return `Total\t${strnumber(size)}\t${strnumber(size - free)}\t${strnumber(free)}\t${padLeft(String(pct), 3)}%\n\n` +
+  return `Total\t${strnumber(size)}\t${strnumber(size - free)}\t${strnumber(free)}\t${
+    padLeft(String(pct), 3)
+  }%\n\n` +
     `Total virtual image size\t${strnumber(vdiTotal)}\n`;
 }
 
-export const RECOVERY_HEADER = "Nodes In Recovery:\n  Id   Host:Port         V-Nodes       Zone       Progress\n";
+export const RECOVERY_HEADER =
+  "Nodes In Recovery:\n  Id   Host:Port         V-Nodes       Zone       Progress\n";
 
-export function recoveryRow(id: number, n: SdNode, finished: bigint, total: bigint, raw: boolean): string {
+export function recoveryRow(
+  id: number,
+  n: SdNode,
+  finished: bigint,
+  total: bigint,
+  raw: boolean,
+): string {
   const host = nodeHostPort(n);
   if (raw) return `${id} ${host} ${n.nrVnodes} ${n.zone | 0} ${finished} ${total}\n`;
   // upstream computes 100 * (float)finished / total in single precision
-  const pct = Math.fround(Math.fround(100 * Math.fround(Number(finished))) / Math.fround(Number(total)));
-  return `${padLeft(String(id), 4)}   ${padRight(host, 20)}${padLeft(String(n.nrVnodes), 5)}${padLeft(String(n.zone | 0), 11)}${padLeft(cFixed(pct, 1), 11)}%\n`;
+  const pct = Math.fround(
+    Math.fround(100 * Math.fround(Number(finished))) / Math.fround(Number(total)),
+  );
+  return `${padLeft(String(id), 4)}   ${padRight(host, 20)}${padLeft(String(n.nrVnodes), 5)}${
+    padLeft(String(n.zone | 0), 11)
+  }${padLeft(cFixed(pct, 1), 11)}%\n`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,7 +482,9 @@ export function clusterInfoText(inp: ClusterInfoInput): string {
   if (verbose) {
     if (!raw) s += "Cluster store: ";
     if (result === Res.SUCCESS && first) {
-      s += `${first.drvName} with ${redundancyScheme(first.nrCopies, first.copyPolicy)} redundancy policy\n`;
+      s += `${first.drvName} with ${
+        redundancyScheme(first.nrCopies, first.copyPolicy)
+      } redundancy policy\n`;
     } else s += strerror(result) + "\n";
     const flags = first ? first.flags : 0;
     const strategy = flags & ClusterFlag.AUTO_VNODES ? "auto" : "fixed";
@@ -464,9 +523,11 @@ export const LOG_LEVELS = ["emerg", "alert", "crit", "err", "warning", "notice",
 /** The sheep ASCII banner used by confirmation prompts (§8.1). */
 export function banner(line1: string, line2?: string): string {
   if (line2 === undefined) {
-    return "    __\n   ()'`;\n   /\\|`\n  /  |   " + line1 + "\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
+    return "    __\n   ()'`;\n   /\\|`\n  /  |   " + line1 +
+      "\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
   }
-  return "    __\n   ()'`;\n   /\\|`  " + line1 + "\n  /  |   " + line2 + "\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
+  return "    __\n   ()'`;\n   /\\|`  " + line1 + "\n  /  |   " + line2 +
+    "\n(/_)_|_  Are you sure you want to continue? [yes/no]: ";
 }
 
 /** Progress bar line (without the leading \r), width = terminal columns. */

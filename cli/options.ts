@@ -26,13 +26,22 @@ export interface CmdDef {
   options: OptDef[];
 }
 
-const o = (ch: string, long: string, hasArg: boolean, desc: string): OptDef => ({ ch, long, hasArg, desc });
+const o = (ch: string, long: string, hasArg: boolean, desc: string): OptDef => ({
+  ch,
+  long,
+  hasArg,
+  desc,
+});
 
 export const DOG_OPTIONS: OptDef[] = [
   o("a", "address", true, "specify the daemon address (default: localhost)"),
   o("p", "port", true, "specify the daemon port"),
-  o("r", "raw", false,
-    "raw output mode: omit headers, separate fields with\n                          single spaces and print all sizes in decimal bytes"),
+  o(
+    "r",
+    "raw",
+    false,
+    "raw output mode: omit headers, separate fields with\n                          single spaces and print all sizes in decimal bytes",
+  ),
   o("v", "verbose", false, "print more information than default"),
   o("h", "help", false, "display this help and exit"),
   o("T", "time", false, "show elapsed time"),
@@ -51,9 +60,19 @@ export const VDI_OPTIONS: OptDef[] = [
   o("f", "force", false, "do operation forcibly"),
   o("y", "hyper", false, "create a hyper volume"),
   o("o", "oid", true, "specify the object id of the tracking object"),
-  o("e", "exist", false, "only check objects exist or not,\n                          neither comparing nor repairing"),
+  o(
+    "e",
+    "exist",
+    false,
+    "only check objects exist or not,\n                          neither comparing nor repairing",
+  ),
   o("z", "block_size_shift", true, "specify the bit shift num for data object size"),
-  o("R", "reduce-identical-snapshots", false, "do not create snapshot if working VDI doesn't have its own objects"),
+  o(
+    "R",
+    "reduce-identical-snapshots",
+    false,
+    "do not create snapshot if working VDI doesn't have its own objects",
+  ),
 ];
 
 export const NODE_OPTIONS: OptDef[] = [
@@ -83,34 +102,136 @@ export const COMMANDS: CmdDef[] = [
     name: "vdi",
     options: VDI_OPTIONS,
     subs: [
-      { name: "check", arg: "<vdiname>", opts: "seaphT", desc: "check and repair image's consistency", needNodeList: true, needArg: true },
-      { name: "create", arg: "<vdiname> <size>", opts: "PycaphrvzT", desc: "create an image", needNodeList: true, needArg: true },
-      { name: "snapshot", arg: "<vdiname>", opts: "saphrvTR", desc: "create a snapshot", needArg: true },
-      { name: "clone", arg: "<src vdi> <dst vdi>", opts: "sPnaphrvT", desc: "clone an image", needArg: true },
+      {
+        name: "check",
+        arg: "<vdiname>",
+        opts: "seaphT",
+        desc: "check and repair image's consistency",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "create",
+        arg: "<vdiname> <size>",
+        opts: "PycaphrvzT",
+        desc: "create an image",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "snapshot",
+        arg: "<vdiname>",
+        opts: "saphrvTR",
+        desc: "create a snapshot",
+        needArg: true,
+      },
+      {
+        name: "clone",
+        arg: "<src vdi> <dst vdi>",
+        opts: "sPnaphrvT",
+        desc: "clone an image",
+        needArg: true,
+      },
       { name: "delete", arg: "<vdiname>", opts: "saphT", desc: "delete an image", needArg: true },
-      { name: "rollback", arg: "<vdiname>", opts: "saphfrvT", desc: "rollback to a snapshot", needArg: true },
+      {
+        name: "rollback",
+        arg: "<vdiname>",
+        opts: "saphfrvT",
+        desc: "rollback to a snapshot",
+        needArg: true,
+      },
       { name: "list", arg: "[vdiname]", opts: "aprhoT", desc: "list images" },
       { name: "tree", opts: "aphT", desc: "show images in tree view format" },
       { name: "graph", opts: "aphT", desc: "show images in Graphviz dot format" },
       {
-        name: "object", arg: "<vdiname>", opts: "isaphT", desc: "show object information in the image", needArg: true,
+        name: "object",
+        arg: "<vdiname>",
+        opts: "isaphT",
+        desc: "show object information in the image",
+        needArg: true,
         sub: [
-          { name: "location", desc: "show object location information", needNodeList: true, needArg: true },
+          {
+            name: "location",
+            desc: "show object location information",
+            needNodeList: true,
+            needArg: true,
+          },
           { name: "map", desc: "show object map information", needArg: true },
           { name: "dump-inode", desc: "dump inode information", needArg: true },
         ],
       },
-      { name: "track", arg: "<vdiname>", opts: "isaphoT", desc: "show the object epoch trace in the image", needNodeList: true, needArg: true },
-      { name: "setattr", arg: "<vdiname> <key> [value]", opts: "dxaphT", desc: "set a VDI attribute", needArg: true },
-      { name: "getattr", arg: "<vdiname> <key>", opts: "aphT", desc: "get a VDI attribute", needArg: true },
-      { name: "resize", arg: "<vdiname> <new size>", opts: "aphT", desc: "resize an image", needArg: true },
-      { name: "read", arg: "<vdiname> [<offset> [<len>]]", opts: "saphT", desc: "read data from an image", needArg: true },
-      { name: "write", arg: "<vdiname> [<offset> [<len>]]", opts: "apwhT", desc: "write data to an image", needArg: true },
-      { name: "backup", arg: "<vdiname>", opts: "sFaphT", desc: "create an incremental backup between two snapshots", needNodeList: true, needArg: true },
-      { name: "restore", arg: "<vdiname>", opts: "saphT", desc: "restore snapshot images from a backup", needNodeList: true, needArg: true },
-      { name: "alter-copy", arg: "<vdiname>", opts: "caphTf", desc: "set the vdi's redundancy level", needNodeList: true, needArg: true },
       {
-        name: "lock", opts: "aphT", desc: "See 'dog vdi lock' for more information", needArg: true,
+        name: "track",
+        arg: "<vdiname>",
+        opts: "isaphoT",
+        desc: "show the object epoch trace in the image",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "setattr",
+        arg: "<vdiname> <key> [value]",
+        opts: "dxaphT",
+        desc: "set a VDI attribute",
+        needArg: true,
+      },
+      {
+        name: "getattr",
+        arg: "<vdiname> <key>",
+        opts: "aphT",
+        desc: "get a VDI attribute",
+        needArg: true,
+      },
+      {
+        name: "resize",
+        arg: "<vdiname> <new size>",
+        opts: "aphT",
+        desc: "resize an image",
+        needArg: true,
+      },
+      {
+        name: "read",
+        arg: "<vdiname> [<offset> [<len>]]",
+        opts: "saphT",
+        desc: "read data from an image",
+        needArg: true,
+      },
+      {
+        name: "write",
+        arg: "<vdiname> [<offset> [<len>]]",
+        opts: "apwhT",
+        desc: "write data to an image",
+        needArg: true,
+      },
+      {
+        name: "backup",
+        arg: "<vdiname>",
+        opts: "sFaphT",
+        desc: "create an incremental backup between two snapshots",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "restore",
+        arg: "<vdiname>",
+        opts: "saphT",
+        desc: "restore snapshot images from a backup",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "alter-copy",
+        arg: "<vdiname>",
+        opts: "caphTf",
+        desc: "set the vdi's redundancy level",
+        needNodeList: true,
+        needArg: true,
+      },
+      {
+        name: "lock",
+        opts: "aphT",
+        desc: "See 'dog vdi lock' for more information",
+        needArg: true,
         sub: [
           { name: "list", desc: "list locked VDIs" },
           { name: "unlock", arg: "<vdiname>", desc: "unlock locked VDI forcibly", needArg: true },
@@ -126,16 +247,32 @@ export const COMMANDS: CmdDef[] = [
       { name: "list", opts: "aprhT", desc: "list nodes", needNodeList: true },
       { name: "info", opts: "aprhT", desc: "show information about each node", needNodeList: true },
       {
-        name: "recovery", arg: "<max> <interval>", opts: "aphPrT",
+        name: "recovery",
+        arg: "<max> <interval>",
+        opts: "aphPrT",
         desc: "show recovery information or set/get recovery speed throttling of nodes",
         sub: [
-          { name: "info", desc: "show recovery information of nodes (default)", needNodeList: true },
-          { name: "set-throttle", arg: "<max> <interval>", desc: "set new throttling", needNodeList: true, needArg: true },
+          {
+            name: "info",
+            desc: "show recovery information of nodes (default)",
+            needNodeList: true,
+          },
+          {
+            name: "set-throttle",
+            arg: "<max> <interval>",
+            desc: "set new throttling",
+            needNodeList: true,
+            needArg: true,
+          },
           { name: "get-throttle", desc: "get current throttling", needNodeList: true },
         ],
       },
       {
-        name: "md", arg: "[disks]", opts: "aprAfhT", desc: "See 'dog node md' for more information", needArg: true,
+        name: "md",
+        arg: "[disks]",
+        opts: "aprAfhT",
+        desc: "See 'dog node md' for more information",
+        needArg: true,
         sub: [
           { name: "info", desc: "show multi-disk information", needNodeList: true },
           { name: "plug", desc: "plug more disk(s) into node", needArg: true },
@@ -144,10 +281,16 @@ export const COMMANDS: CmdDef[] = [
       },
       { name: "stat", opts: "aprwhT", desc: "show stat information about the node" },
       {
-        name: "log", opts: "aphT", desc: "show or set log level of the node", needArg: true,
+        name: "log",
+        opts: "aphT",
+        desc: "show or set log level of the node",
+        needArg: true,
         sub: [
           {
-            name: "level", arg: "<subcommand>", desc: "manipulate loglevel", needArg: true,
+            name: "level",
+            arg: "<subcommand>",
+            desc: "manipulate loglevel",
+            needArg: true,
             sub: [
               { name: "set", arg: "<log level>", desc: "set new loglevel", needArg: true },
               { name: "get", desc: "get current loglevel" },
@@ -157,7 +300,10 @@ export const COMMANDS: CmdDef[] = [
         ],
       },
       {
-        name: "vnodes", opts: "aph", desc: "set new vnodes", needArg: true,
+        name: "vnodes",
+        opts: "aph",
+        desc: "set new vnodes",
+        needArg: true,
         sub: [{ name: "set", arg: "<num of vnodes>", desc: "set new vnodes", needArg: true }],
       },
     ],
@@ -167,10 +313,18 @@ export const COMMANDS: CmdDef[] = [
     options: CLUSTER_OPTIONS,
     subs: [
       { name: "info", opts: "aprhvTd", desc: "show cluster information", needNodeList: true },
-      { name: "format", opts: "bcltaphzTVRfF", desc: "create a Sheepdog store", needNodeList: true },
+      {
+        name: "format",
+        opts: "bcltaphzTVRfF",
+        desc: "create a Sheepdog store",
+        needNodeList: true,
+      },
       { name: "shutdown", opts: "aphT", desc: "stop Sheepdog" },
       {
-        name: "recover", opts: "afphT", desc: "See 'dog cluster recover' for more information", needArg: true,
+        name: "recover",
+        opts: "afphT",
+        desc: "See 'dog cluster recover' for more information",
+        needArg: true,
         sub: [
           { name: "force", desc: "force recover cluster immediately" },
           { name: "enable", desc: "enable automatic recovery and run once recover if necessary" },
@@ -179,7 +333,12 @@ export const COMMANDS: CmdDef[] = [
       },
       { name: "reweight", opts: "aphT", desc: "reweight the cluster" },
       { name: "check", opts: "aphT", desc: "check and repair cluster", needNodeList: true },
-      { name: "alter-copy", opts: "aphTcf", desc: "set the cluster's redundancy level", needNodeList: true },
+      {
+        name: "alter-copy",
+        opts: "aphTcf",
+        desc: "set the cluster's redundancy level",
+        needNodeList: true,
+      },
     ],
   },
 ];
@@ -211,7 +370,9 @@ function pad24(s: string): string {
 export function mainUsage(version: string): string {
   let s = `Sheepdog administrator utility (version ${version})\n`;
   s += "Usage: dog <command> <subcommand> [options]\n\nAvailable commands:\n";
-  for (const c of COMMANDS) for (const sub of c.subs) s += `  ${pad24(`${c.name} ${sub.name}`)}${sub.desc}\n`;
+  for (const c of COMMANDS) {
+    for (const sub of c.subs) s += `  ${pad24(`${c.name} ${sub.name}`)}${sub.desc}\n`;
+  }
   s += "\nFor more information, run 'dog <command> <subcommand> --help'.\n";
   return s;
 }
@@ -238,7 +399,9 @@ export function subcommandUsage(cmd: CmdDef, sub: SubDef): string {
 /** stderr text for an unknown / missing subcommand. */
 export function invalidSubcommand(cmd: CmdDef, sub: string | undefined): string {
   let s = "";
-  if (sub !== undefined && sub !== "help" && sub !== "--help" && sub !== "-h") s += `Invalid command '${cmd.name} ${sub}'\n`;
+  if (sub !== undefined && sub !== "help" && sub !== "--help" && sub !== "-h") {
+    s += `Invalid command '${cmd.name} ${sub}'\n`;
+  }
   s += `Available ${cmd.name} commands:\n`;
   for (const x of cmd.subs) s += `  ${cmd.name} ${x.name}\n`;
   return s;
@@ -292,7 +455,9 @@ export function parseSubArgs(cmd: CmdDef, sub: SubDef, args: string[]): ParseRes
   const err = getoptError(defs, args);
   if (err) return { ok: false, message: err };
   const options: Record<string, { type: "string" | "boolean"; short: string; multiple: true }> = {};
-  for (const d of defs) options[d.long] = { type: d.hasArg ? "string" : "boolean", short: d.ch, multiple: true };
+  for (const d of defs) {
+    options[d.long] = { type: d.hasArg ? "string" : "boolean", short: d.ch, multiple: true };
+  }
   let parsed;
   try {
     parsed = parseArgs({ args, options, allowPositionals: true, strict: true, tokens: true });

@@ -41,7 +41,10 @@ export interface BlockExport {
    * base:allocation extents covering at least one byte from offset. Also consulted before each
    * structured read (to send zero ranges as holes), so it should only touch metadata.
    */
-  blockStatus(offset: number, length: number): Promise<Array<{ length: number; hole: boolean; zero: boolean }>>;
+  blockStatus(
+    offset: number,
+    length: number,
+  ): Promise<Array<{ length: number; hole: boolean; zero: boolean }>>;
   close(): Promise<void>;
 }
 
@@ -73,11 +76,20 @@ export function nbdErrnoOf(e: unknown): number {
   const n = (e as { nbdErrno?: unknown })?.nbdErrno;
   if (typeof n === "number" && KNOWN_ERRNOS.has(n)) return n;
   switch ((e as { code?: unknown })?.code) {
-    case "ENOSPC": case "EDQUOT": case "EFBIG": return NbdErrno.ENOSPC;
-    case "EPERM": case "EACCES": case "EROFS": return NbdErrno.EPERM;
-    case "EINVAL": return NbdErrno.EINVAL;
-    case "ENOMEM": return NbdErrno.ENOMEM;
-    default: return NbdErrno.EIO;
+    case "ENOSPC":
+    case "EDQUOT":
+    case "EFBIG":
+      return NbdErrno.ENOSPC;
+    case "EPERM":
+    case "EACCES":
+    case "EROFS":
+      return NbdErrno.EPERM;
+    case "EINVAL":
+      return NbdErrno.EINVAL;
+    case "ENOMEM":
+      return NbdErrno.ENOMEM;
+    default:
+      return NbdErrno.EIO;
   }
 }
 
@@ -146,12 +158,19 @@ export class MemoryExport implements BlockExport {
   }
 
   private check(offset: number, length: number, write: boolean): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0
+    ) {
       throw new BlockError(NbdErrno.EINVAL, "bad offset or length");
     }
-    if (write && this.readOnly) throw new BlockError(NbdErrno.EPERM, `export ${this.name} is read-only`);
+    if (write && this.readOnly) {
+      throw new BlockError(NbdErrno.EPERM, `export ${this.name} is read-only`);
+    }
     if (offset + length > this.size) {
-      throw new BlockError(write ? NbdErrno.ENOSPC : NbdErrno.EINVAL, "request beyond the end of the export");
+      throw new BlockError(
+        write ? NbdErrno.ENOSPC : NbdErrno.EINVAL,
+        "request beyond the end of the export",
+      );
     }
   }
 
@@ -160,7 +179,11 @@ export class MemoryExport implements BlockExport {
   }
 
   /** Calls fn(objectIndex, offsetInObject, offsetInRequest, length) for each object touched. */
-  private each(offset: number, length: number, fn: (idx: number, inObj: number, inReq: number, n: number) => void) {
+  private each(
+    offset: number,
+    length: number,
+    fn: (idx: number, inObj: number, inReq: number, n: number) => void,
+  ) {
     let pos = offset;
     const end = offset + length;
     while (pos < end) {
@@ -248,7 +271,9 @@ export class MemoryExport implements BlockExport {
   ): Promise<void> {
     try {
       this.check(offset, length, true);
-      if (opts.fastZero && !this.fastZero) throw new BlockError(NbdErrno.ENOTSUP, "fast zero not supported");
+      if (opts.fastZero && !this.fastZero) {
+        throw new BlockError(NbdErrno.ENOTSUP, "fast zero not supported");
+      }
     } catch (e) {
       return Promise.reject(e);
     }
@@ -256,7 +281,10 @@ export class MemoryExport implements BlockExport {
     return Promise.resolve();
   }
 
-  blockStatus(offset: number, length: number): Promise<Array<{ length: number; hole: boolean; zero: boolean }>> {
+  blockStatus(
+    offset: number,
+    length: number,
+  ): Promise<Array<{ length: number; hole: boolean; zero: boolean }>> {
     try {
       this.check(offset, length, false);
     } catch (e) {

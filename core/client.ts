@@ -38,8 +38,13 @@ export function errnoText(e: unknown): string {
 
 /** Network failure talking to a sheep. `code` is always Res.NETWORK_ERROR. */
 export class NetworkError extends SdError {
-  constructor(readonly host: string, readonly port: number, readonly errno: string | undefined, detail: string,
-    readonly connectFailed = false) {
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    readonly errno: string | undefined,
+    detail: string,
+    readonly connectFailed = false,
+  ) {
     super(Res.NETWORK_ERROR, detail);
   }
 }
@@ -67,7 +72,11 @@ export class SheepClient {
     sock.on("close", () => this.fail(null));
   }
 
-  static connect(host: string, port: number, opts: { timeoutMs?: number } = {}): Promise<SheepClient> {
+  static connect(
+    host: string,
+    port: number,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<SheepClient> {
     return new Promise((resolve, reject) => {
       let done = false;
       const sock = net.createConnection({ host, port });
@@ -81,7 +90,15 @@ export class SheepClient {
         if (err) {
           sock.destroy();
           const code = (err as { code?: string }).code;
-          reject(new NetworkError(host, port, code, `failed to connect to ${host}:${port}: ${errnoText(err)}`, true));
+          reject(
+            new NetworkError(
+              host,
+              port,
+              code,
+              `failed to connect to ${host}:${port}: ${errnoText(err)}`,
+              true,
+            ),
+          );
         } else resolve(new SheepClient(sock, host, port));
       };
       const onErr = (e: Error) => finish(e);
@@ -130,7 +147,9 @@ export class SheepClient {
   }
 
   close(): void {
-    if (!this.closedErr) this.fail(new NetworkError(this.host, this.port, undefined, "connection closed"));
+    if (!this.closedErr) {
+      this.fail(new NetworkError(this.host, this.port, undefined, "connection closed"));
+    }
     this.sock.destroy();
   }
 
@@ -174,7 +193,9 @@ export class SheepClient {
         this.host,
         this.port,
         code,
-        e ? `connection to ${this.host}:${this.port} failed: ${errnoText(e)}` : `connection to ${this.host}:${this.port} closed`,
+        e
+          ? `connection to ${this.host}:${this.port} failed: ${errnoText(e)}`
+          : `connection to ${this.host}:${this.port} closed`,
       );
     }
     this.queue.length = 0;
@@ -242,7 +263,9 @@ export class ClientPool {
       return await c.request(hdr, data);
     } catch (e) {
       // a dead connection is replaced on the next request
-      if (c.closed && this.clients.get(ClientPool.key(host, port)) === c) this.clients.delete(ClientPool.key(host, port));
+      if (c.closed && this.clients.get(ClientPool.key(host, port)) === c) {
+        this.clients.delete(ClientPool.key(host, port));
+      }
       throw e;
     }
   }

@@ -35,7 +35,6 @@ export function initialState(): ClusterState {
   };
 }
 
-
 export function encodeState(s: ClusterState): Buffer {
   return Buffer.from(cbor.encode({ ...s, ctime: s.ctime.toString(), nodes: encodeNodes(s.nodes) }));
 }
@@ -55,13 +54,22 @@ function statusWith(s: ClusterState, present: readonly SdNode[]): number {
   return s.nodes.every((n) => present.some((m) => nodeEqual(m, n))) ? Status.OK : Status.WAIT;
 }
 
-export type JoinResult = { accept: true; state: ClusterState } | { accept: false; code: number; reason: string };
+export type JoinResult = { accept: true; state: ClusterState } | {
+  accept: false;
+  code: number;
+  reason: string;
+};
 
 /**
  * Runs on the master. `members` excludes the joiner. The founding node (no members) decides with
  * its own on-disk state.
  */
-export function decideJoin(master: ClusterState, members: readonly SdNode[], joining: SdNode, joiner: ClusterState): JoinResult {
+export function decideJoin(
+  master: ClusterState,
+  members: readonly SdNode[],
+  joining: SdNode,
+  joiner: ClusterState,
+): JoinResult {
   const all = [...members, joining];
   if (members.length === 0) {
     const s = { ...joiner };
@@ -82,7 +90,9 @@ export function decideJoin(master: ClusterState, members: readonly SdNode[], joi
     return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
   }
   if (master.status === Status.OK) return { accept: true, state: { ...master } };
-  if (master.status !== Status.WAIT) return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
+  if (master.status !== Status.WAIT) {
+    return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
+  }
   let s = { ...master };
   if (joiner.ctime === master.ctime && joiner.epoch > master.epoch) s = { ...joiner };
   s.status = statusWith(s, all);
@@ -93,7 +103,10 @@ export function decideJoin(master: ClusterState, members: readonly SdNode[], joi
  * Applies an accepted join on every member. Returns the new state and whether a new epoch begins
  * (the caller writes the epoch log and starts recovery).
  */
-export function applyAccept(decided: ClusterState, members: readonly SdNode[]): { state: ClusterState; newEpoch: boolean } {
+export function applyAccept(
+  decided: ClusterState,
+  members: readonly SdNode[],
+): { state: ClusterState; newEpoch: boolean } {
   const s = { ...decided, nodes: [...decided.nodes] };
   if (s.status !== Status.OK || s.ctime === 0n) return { state: s, newEpoch: false };
   if (sameNodeSet(s.nodes, members)) return { state: s, newEpoch: false };
@@ -102,9 +115,14 @@ export function applyAccept(decided: ClusterState, members: readonly SdNode[]): 
   return { state: s, newEpoch: true };
 }
 
-export function applyLeave(cur: ClusterState, members: readonly SdNode[]): { state: ClusterState; newEpoch: boolean } {
+export function applyLeave(
+  cur: ClusterState,
+  members: readonly SdNode[],
+): { state: ClusterState; newEpoch: boolean } {
   const s = { ...cur };
-  if (s.status !== Status.OK || s.ctime === 0n || sameNodeSet(s.nodes, members)) return { state: s, newEpoch: false };
+  if (s.status !== Status.OK || s.ctime === 0n || sameNodeSet(s.nodes, members)) {
+    return { state: s, newEpoch: false };
+  }
   s.epoch += 1;
   s.nodes = sortNodes(members);
   return { state: s, newEpoch: true };
@@ -113,7 +131,14 @@ export function applyLeave(cur: ClusterState, members: readonly SdNode[]): { sta
 export function applyFormat(
   cur: ClusterState,
   members: readonly SdNode[],
-  f: { ctime: bigint; copies: number; copyPolicy: number; flags: number; blockSizeShift: number; store: string },
+  f: {
+    ctime: bigint;
+    copies: number;
+    copyPolicy: number;
+    flags: number;
+    blockSizeShift: number;
+    store: string;
+  },
 ): ClusterState {
   return {
     ...cur,
@@ -131,11 +156,16 @@ export function applyFormat(
 }
 
 /** A member's info changed (capacity after reweight, vnodes): a new epoch with the new info. */
-export function applyUpdateNode(cur: ClusterState, node: SdNode): { state: ClusterState; newEpoch: boolean } {
+export function applyUpdateNode(
+  cur: ClusterState,
+  node: SdNode,
+): { state: ClusterState; newEpoch: boolean } {
   const idx = cur.nodes.findIndex((n) => nodeEqual(n, node));
   if (idx < 0) return { state: cur, newEpoch: false };
   const nodes = [...cur.nodes];
   nodes[idx] = node;
-  if (cur.status !== Status.OK || cur.ctime === 0n) return { state: { ...cur, nodes }, newEpoch: false };
+  if (cur.status !== Status.OK || cur.ctime === 0n) {
+    return { state: { ...cur, nodes }, newEpoch: false };
+  }
   return { state: { ...cur, nodes, epoch: cur.epoch + 1 }, newEpoch: true };
 }

@@ -1,9 +1,9 @@
 // Metadata files in the base directory: `config` (sheep-daemon.md §3.1) and `epoch/%08u` (§3.2).
 import fs from "node:fs";
 import { Buffer } from "node:buffer";
-import { SdError, errnoToRes } from "./errors.ts";
-import { Res, fixedString, readFixedString } from "./proto.ts";
-import { SD_NODE_SIZE, type SdNode, decodeNodes, encodeNodes, sortNodes } from "./node.ts";
+import { errnoToRes, SdError } from "./errors.ts";
+import { fixedString, readFixedString, Res } from "./proto.ts";
+import { decodeNodes, encodeNodes, SD_NODE_SIZE, type SdNode, sortNodes } from "./node.ts";
 
 export const SD_FORMAT_VERSION = 0x0006;
 export const CONFIG_SIZE = 40;
@@ -78,7 +78,9 @@ export function atomicWriteFile(path: string, data: Buffer): void {
       fs.closeSync(dfd);
     }
   } catch (e) {
-    try { fs.unlinkSync(tmp); } catch { /* nothing to clean */ }
+    try {
+      fs.unlinkSync(tmp);
+    } catch { /* nothing to clean */ }
     throw wrap(e);
   }
 }
@@ -121,7 +123,12 @@ export function decodeEpochFile(b: Buffer): { nodes: SdNode[]; time: bigint } {
   return { nodes: decodeNodes(b, n), time: b.readBigUInt64LE(b.length - 8) };
 }
 
-export function writeEpoch(dir: string, epoch: number, nodes: readonly SdNode[], time: bigint): void {
+export function writeEpoch(
+  dir: string,
+  epoch: number,
+  nodes: readonly SdNode[],
+  time: bigint,
+): void {
   try {
     fs.mkdirSync(`${dir}/epoch`, { recursive: true });
   } catch (e) {

@@ -12,9 +12,17 @@ export function errnoToRes(e: unknown): number {
   const code = (e as { code?: string })?.code;
   if (e instanceof SdError) return e.code;
   switch (code) {
-    case "ENOENT": return Res.NO_OBJ;
-    case "ENOSPC": case "EDQUOT": return Res.NO_SPACE;
-    case "EMFILE": case "ENFILE": case "EINTR": case "EAGAIN": return Res.NETWORK_ERROR;
-    default: return Res.EIO;
+    case "ENOENT":
+      return Res.NO_OBJ;
+    case "ENOSPC":
+    case "EDQUOT":
+      return Res.NO_SPACE;
+    case "EMFILE":
+    case "ENFILE":
+    case "EINTR":
+    case "EAGAIN":
+      return Res.NETWORK_ERROR;
+    default:
+      return Res.EIO;
   }
 }

@@ -53,14 +53,28 @@ const DATA_BYTES = SD_INODE_GREF_OFFSET - SD_INODE_DATA_INDEX_OFFSET;
 
 export function emptyInodeHeader(): InodeHeader {
   return {
-    name: "", tag: "", createTime: 0n, snapCtime: 0n, vmClockNsec: 0n, vdiSize: 0n, vmStateSize: 0n,
-    copyPolicy: 0, storePolicy: 0, nrCopies: 0, blockSizeShift: 0, snapId: 0, vdiId: 0, parentVdiId: 0,
+    name: "",
+    tag: "",
+    createTime: 0n,
+    snapCtime: 0n,
+    vmClockNsec: 0n,
+    vdiSize: 0n,
+    vmStateSize: 0n,
+    copyPolicy: 0,
+    storePolicy: 0,
+    nrCopies: 0,
+    blockSizeShift: 0,
+    snapId: 0,
+    vdiId: 0,
+    parentVdiId: 0,
     btreeCounter: 0,
   };
 }
 
 export function decodeInodeHeader(buf: Buffer): InodeHeader {
-  if (buf.length < InodeOff.btreeCounter + 4) throw new RangeError(`inode header too short: ${buf.length}`);
+  if (buf.length < InodeOff.btreeCounter + 4) {
+    throw new RangeError(`inode header too short: ${buf.length}`);
+  }
   return {
     name: readFixedString(buf, InodeOff.name, 256),
     tag: readFixedString(buf, InodeOff.tag, 256),
@@ -193,7 +207,9 @@ export class Inode {
 }
 
 function checkRange(start: number, end: number, max: number): void {
-  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= max)) {
+  if (
+    !(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= max)
+  ) {
     throw new RangeError(`bad index range [${start}, ${end})`);
   }
 }

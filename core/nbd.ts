@@ -313,7 +313,9 @@ export function parseInfoRequest(data: Buffer): { name: string; infos: number[] 
 }
 
 /** Data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT; null when malformed. */
-export function parseMetaContextRequest(data: Buffer): { exportName: string; queries: string[] } | null {
+export function parseMetaContextRequest(
+  data: Buffer,
+): { exportName: string; queries: string[] } | null {
   if (data.length < 8) return null;
   const nameLen = data.readUInt32BE(0);
   if (nameLen > data.length - 8 || nameLen > MAX_STRING) return null;
@@ -342,7 +344,11 @@ export function encodeGreeting(handshakeFlags: number): Buffer {
   return b;
 }
 
-export function encodeOptionReply(option: number, replyType: number, data?: Buffer | string): Buffer {
+export function encodeOptionReply(
+  option: number,
+  replyType: number,
+  data?: Buffer | string,
+): Buffer {
   const payload = typeof data === "string" ? Buffer.from(data, "utf8") : data ?? Buffer.alloc(0);
   const b = Buffer.allocUnsafe(20 + payload.length);
   b.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
@@ -381,7 +387,10 @@ export function encodeInfoExport(size: number, txFlags: number): Buffer {
   return b;
 }
 
-export function encodeInfoString(type: typeof Info.NAME | typeof Info.DESCRIPTION, s: string): Buffer {
+export function encodeInfoString(
+  type: typeof Info.NAME | typeof Info.DESCRIPTION,
+  s: string,
+): Buffer {
   const t = Buffer.from(s, "utf8");
   const b = Buffer.allocUnsafe(2 + t.length);
   b.writeUInt16BE(type, 0);
@@ -457,10 +466,17 @@ export function decodeOptionReply(
   buf: Buffer,
 ): { option: number; type: number; data: Buffer; size: number } | null {
   if (buf.length < 20) return null;
-  if (buf.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw new NbdProtocolError("bad option reply magic");
+  if (buf.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) {
+    throw new NbdProtocolError("bad option reply magic");
+  }
   const len = buf.readUInt32BE(16);
   if (buf.length < 20 + len) return null;
-  return { option: buf.readUInt32BE(8), type: buf.readUInt32BE(12), data: buf.subarray(20, 20 + len), size: 20 + len };
+  return {
+    option: buf.readUInt32BE(8),
+    type: buf.readUInt32BE(12),
+    data: buf.subarray(20, 20 + len),
+    size: 20 + len,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,14 +640,24 @@ function chunkHeader(b: Buffer, flags: number, type: number, handle: bigint, len
   b.writeUInt32BE(length >>> 0, 16);
 }
 
-export function encodeChunkHeader(flags: number, type: number, handle: bigint, length: number): Buffer {
+export function encodeChunkHeader(
+  flags: number,
+  type: number,
+  handle: bigint,
+  length: number,
+): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE);
   chunkHeader(b, flags, type, handle, length);
   return b;
 }
 
 /** Header (28 bytes) of an OFFSET_DATA chunk; the caller sends dataLength bytes after it. */
-export function encodeOffsetDataHeader(flags: number, handle: bigint, offset: number, dataLength: number): Buffer {
+export function encodeOffsetDataHeader(
+  flags: number,
+  handle: bigint,
+  offset: number,
+  dataLength: number,
+): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 8);
   chunkHeader(b, flags, ReplyType.OFFSET_DATA, handle, 8 + dataLength);
   writeU64(b, offset, 20);
@@ -639,7 +665,12 @@ export function encodeOffsetDataHeader(flags: number, handle: bigint, offset: nu
 }
 
 /** A whole OFFSET_DATA chunk in one buffer (copies data; for small payloads). */
-export function encodeOffsetData(flags: number, handle: bigint, offset: number, data: Buffer): Buffer {
+export function encodeOffsetData(
+  flags: number,
+  handle: bigint,
+  offset: number,
+  data: Buffer,
+): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 8 + data.length);
   chunkHeader(b, flags, ReplyType.OFFSET_DATA, handle, 8 + data.length);
   writeU64(b, offset, 20);
@@ -647,7 +678,12 @@ export function encodeOffsetData(flags: number, handle: bigint, offset: number, 
   return b;
 }
 
-export function encodeOffsetHole(flags: number, handle: bigint, offset: number, size: number): Buffer {
+export function encodeOffsetHole(
+  flags: number,
+  handle: bigint,
+  offset: number,
+  size: number,
+): Buffer {
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 12);
   chunkHeader(b, flags, ReplyType.OFFSET_HOLE, handle, 12);
   writeU64(b, offset, 20);
@@ -674,7 +710,12 @@ export function encodeBlockStatus(
 }
 
 /** NBD_REPLY_TYPE_ERROR chunk; the message is cut to the 4096-byte string limit. */
-export function encodeStructuredError(flags: number, handle: bigint, error: number, message = ""): Buffer {
+export function encodeStructuredError(
+  flags: number,
+  handle: bigint,
+  error: number,
+  message = "",
+): Buffer {
   let m = Buffer.from(message, "utf8");
   if (m.length > MAX_STRING) m = m.subarray(0, MAX_STRING);
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + 6 + m.length);
@@ -723,9 +764,11 @@ export class ReplyParser {
         const dlen = error === 0 ? this.readLength(handle) ?? 0 : 0;
         if (this.q.length < SIMPLE_REPLY_SIZE + dlen) break;
         this.q.skip(SIMPLE_REPLY_SIZE);
-        out.push(dlen > 0
-          ? { kind: "simple", handle, error, data: Buffer.from(this.q.take(dlen)) }
-          : { kind: "simple", handle, error });
+        out.push(
+          dlen > 0
+            ? { kind: "simple", handle, error, data: Buffer.from(this.q.take(dlen)) }
+            : { kind: "simple", handle, error },
+        );
       } else if (magic === STRUCTURED_REPLY_MAGIC) {
         if (this.q.length < CHUNK_HEADER_SIZE) break;
         const h = this.q.peek(CHUNK_HEADER_SIZE);
@@ -765,7 +808,9 @@ export function decodeChunkPayload(type: number, p: Buffer):
       return { type: "hole", offset: readU64(p, 0), size: p.readUInt32BE(8) };
     case ReplyType.BLOCK_STATUS: {
       const extents: Array<{ length: number; flags: number }> = [];
-      for (let at = 4; at + 8 <= p.length; at += 8) extents.push({ length: p.readUInt32BE(at), flags: p.readUInt32BE(at + 4) });
+      for (let at = 4; at + 8 <= p.length; at += 8) {
+        extents.push({ length: p.readUInt32BE(at), flags: p.readUInt32BE(at + 4) });
+      }
       return { type: "status", contextId: p.readUInt32BE(0), extents };
     }
     default: {

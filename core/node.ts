@@ -155,13 +155,22 @@ function ipv6ToString(a: Uint8Array): string {
   let bestBase = -1, bestLen = 0, curBase = -1, curLen = 0;
   for (let i = 0; i < 8; i++) {
     if (w[i] === 0) {
-      if (curBase === -1) { curBase = i; curLen = 1; } else curLen++;
+      if (curBase === -1) {
+        curBase = i;
+        curLen = 1;
+      } else curLen++;
     } else if (curBase !== -1) {
-      if (bestBase === -1 || curLen > bestLen) { bestBase = curBase; bestLen = curLen; }
+      if (bestBase === -1 || curLen > bestLen) {
+        bestBase = curBase;
+        bestLen = curLen;
+      }
       curBase = -1;
     }
   }
-  if (curBase !== -1 && (bestBase === -1 || curLen > bestLen)) { bestBase = curBase; bestLen = curLen; }
+  if (curBase !== -1 && (bestBase === -1 || curLen > bestLen)) {
+    bestBase = curBase;
+    bestLen = curLen;
+  }
   if (bestBase !== -1 && bestLen < 2) bestBase = -1;
   let s = "";
   for (let i = 0; i < 8; i++) {

@@ -218,7 +218,10 @@ export class Header {
   constructor(b?: Buffer) {
     this.b = b ?? Buffer.alloc(SD_REQ_SIZE);
   }
-  static req(opcode: number, init: Partial<{ flags: number; dataLength: number; id: number; epoch: number }> = {}): Header {
+  static req(
+    opcode: number,
+    init: Partial<{ flags: number; dataLength: number; id: number; epoch: number }> = {},
+  ): Header {
     const h = new Header();
     h.protoVer = opcode >= 0x80 ? SD_SHEEP_PROTO_VER : SD_PROTO_VER;
     h.opcode = opcode;
@@ -232,89 +235,247 @@ export class Header {
     return new Header(Buffer.from(this.b));
   }
   // common part
-  get protoVer() { return this.b[0]; }
-  set protoVer(v: number) { this.b[0] = v; }
-  get opcode() { return this.b[1]; }
-  set opcode(v: number) { this.b[1] = v; }
-  get flags() { return this.b.readUInt16LE(2); }
-  set flags(v: number) { this.b.writeUInt16LE(v, 2); }
-  get epoch() { return this.b.readUInt32LE(4); }
-  set epoch(v: number) { this.b.writeUInt32LE(v >>> 0, 4); }
-  get id() { return this.b.readUInt32LE(8); }
-  set id(v: number) { this.b.writeUInt32LE(v >>> 0, 8); }
-  get dataLength() { return this.b.readUInt32LE(12); }
-  set dataLength(v: number) { this.b.writeUInt32LE(v >>> 0, 12); }
+  get protoVer() {
+    return this.b[0];
+  }
+  set protoVer(v: number) {
+    this.b[0] = v;
+  }
+  get opcode() {
+    return this.b[1];
+  }
+  set opcode(v: number) {
+    this.b[1] = v;
+  }
+  get flags() {
+    return this.b.readUInt16LE(2);
+  }
+  set flags(v: number) {
+    this.b.writeUInt16LE(v, 2);
+  }
+  get epoch() {
+    return this.b.readUInt32LE(4);
+  }
+  set epoch(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 4);
+  }
+  get id() {
+    return this.b.readUInt32LE(8);
+  }
+  set id(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 8);
+  }
+  get dataLength() {
+    return this.b.readUInt32LE(12);
+  }
+  set dataLength(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 12);
+  }
   // obj view (requests)
-  get oid(): bigint { return this.b.readBigUInt64LE(16); }
-  set oid(v: bigint) { this.b.writeBigUInt64LE(v, 16); }
-  get cowOid(): bigint { return this.b.readBigUInt64LE(24); }
-  set cowOid(v: bigint) { this.b.writeBigUInt64LE(v, 24); }
-  get objCopies() { return this.b[32]; }
-  set objCopies(v: number) { this.b[32] = v; }
-  get objCopyPolicy() { return this.b[33]; }
-  set objCopyPolicy(v: number) { this.b[33] = v; }
-  get ecIndex() { return this.b[34]; }
-  set ecIndex(v: number) { this.b[34] = v; }
-  get tgtEpoch() { return this.b.readUInt32LE(36); }
-  set tgtEpoch(v: number) { this.b.writeUInt32LE(v >>> 0, 36); }
-  get offset() { return this.b.readUInt32LE(40); }
-  set offset(v: number) { this.b.writeUInt32LE(v >>> 0, 40); }
+  get oid(): bigint {
+    return this.b.readBigUInt64LE(16);
+  }
+  set oid(v: bigint) {
+    this.b.writeBigUInt64LE(v, 16);
+  }
+  get cowOid(): bigint {
+    return this.b.readBigUInt64LE(24);
+  }
+  set cowOid(v: bigint) {
+    this.b.writeBigUInt64LE(v, 24);
+  }
+  get objCopies() {
+    return this.b[32];
+  }
+  set objCopies(v: number) {
+    this.b[32] = v;
+  }
+  get objCopyPolicy() {
+    return this.b[33];
+  }
+  set objCopyPolicy(v: number) {
+    this.b[33] = v;
+  }
+  get ecIndex() {
+    return this.b[34];
+  }
+  set ecIndex(v: number) {
+    this.b[34] = v;
+  }
+  get tgtEpoch() {
+    return this.b.readUInt32LE(36);
+  }
+  set tgtEpoch(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 36);
+  }
+  get offset() {
+    return this.b.readUInt32LE(40);
+  }
+  set offset(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 40);
+  }
   // vdi view (requests)
-  get vdiSize(): bigint { return this.b.readBigUInt64LE(16); }
-  set vdiSize(v: bigint) { this.b.writeBigUInt64LE(v, 16); }
-  get baseVdiId() { return this.b.readUInt32LE(24); }
-  set baseVdiId(v: number) { this.b.writeUInt32LE(v >>> 0, 24); }
-  get vdiCopies() { return this.b[28]; }
-  set vdiCopies(v: number) { this.b[28] = v; }
-  get vdiCopyPolicy() { return this.b[29]; }
-  set vdiCopyPolicy(v: number) { this.b[29] = v; }
-  get storePolicy() { return this.b[30]; }
-  set storePolicy(v: number) { this.b[30] = v; }
-  get vdiBlockSizeShift() { return this.b[31]; }
-  set vdiBlockSizeShift(v: number) { this.b[31] = v; }
-  get snapid() { return this.b.readUInt32LE(32); }
-  set snapid(v: number) { this.b.writeUInt32LE(v >>> 0, 32); }
-  get lockType() { return this.b.readUInt32LE(36); }
-  set lockType(v: number) { this.b.writeUInt32LE(v >>> 0, 36); }
+  get vdiSize(): bigint {
+    return this.b.readBigUInt64LE(16);
+  }
+  set vdiSize(v: bigint) {
+    this.b.writeBigUInt64LE(v, 16);
+  }
+  get baseVdiId() {
+    return this.b.readUInt32LE(24);
+  }
+  set baseVdiId(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 24);
+  }
+  get vdiCopies() {
+    return this.b[28];
+  }
+  set vdiCopies(v: number) {
+    this.b[28] = v;
+  }
+  get vdiCopyPolicy() {
+    return this.b[29];
+  }
+  set vdiCopyPolicy(v: number) {
+    this.b[29] = v;
+  }
+  get storePolicy() {
+    return this.b[30];
+  }
+  set storePolicy(v: number) {
+    this.b[30] = v;
+  }
+  get vdiBlockSizeShift() {
+    return this.b[31];
+  }
+  set vdiBlockSizeShift(v: number) {
+    this.b[31] = v;
+  }
+  get snapid() {
+    return this.b.readUInt32LE(32);
+  }
+  set snapid(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 32);
+  }
+  get lockType() {
+    return this.b.readUInt32LE(36);
+  }
+  set lockType(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 36);
+  }
   // cluster view (requests)
-  get clusterCtime(): bigint { return this.b.readBigUInt64LE(24); }
-  set clusterCtime(v: bigint) { this.b.writeBigUInt64LE(v, 24); }
-  get clusterCopies() { return this.b[32]; }
-  set clusterCopies(v: number) { this.b[32] = v; }
-  get clusterCopyPolicy() { return this.b[33]; }
-  set clusterCopyPolicy(v: number) { this.b[33] = v; }
-  get clusterFlags() { return this.b.readUInt16LE(34); }
-  set clusterFlags(v: number) { this.b.writeUInt16LE(v, 34); }
-  get nodesNr() { return this.b.readUInt32LE(40); }
-  set nodesNr(v: number) { this.b.writeUInt32LE(v >>> 0, 40); }
-  get clusterBlockSizeShift() { return this.b[44]; }
-  set clusterBlockSizeShift(v: number) { this.b[44] = v; }
+  get clusterCtime(): bigint {
+    return this.b.readBigUInt64LE(24);
+  }
+  set clusterCtime(v: bigint) {
+    this.b.writeBigUInt64LE(v, 24);
+  }
+  get clusterCopies() {
+    return this.b[32];
+  }
+  set clusterCopies(v: number) {
+    this.b[32] = v;
+  }
+  get clusterCopyPolicy() {
+    return this.b[33];
+  }
+  set clusterCopyPolicy(v: number) {
+    this.b[33] = v;
+  }
+  get clusterFlags() {
+    return this.b.readUInt16LE(34);
+  }
+  set clusterFlags(v: number) {
+    this.b.writeUInt16LE(v, 34);
+  }
+  get nodesNr() {
+    return this.b.readUInt32LE(40);
+  }
+  set nodesNr(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 40);
+  }
+  get clusterBlockSizeShift() {
+    return this.b[44];
+  }
+  set clusterBlockSizeShift(v: number) {
+    this.b[44] = v;
+  }
   // response views
-  get result() { return this.b.readUInt32LE(16); }
-  set result(v: number) { this.b.writeUInt32LE(v >>> 0, 16); }
-  get rspObjOffset(): bigint { return this.b.readBigUInt64LE(24); }
-  set rspObjOffset(v: bigint) { this.b.writeBigUInt64LE(v, 24); }
-  get rspVdiId() { return this.b.readUInt32LE(24); }
-  set rspVdiId(v: number) { this.b.writeUInt32LE(v >>> 0, 24); }
-  get rspAttrId() { return this.b.readUInt32LE(28); }
-  set rspAttrId(v: number) { this.b.writeUInt32LE(v >>> 0, 28); }
-  get rspVdiCopies() { return this.b[32]; }
-  set rspVdiCopies(v: number) { this.b[32] = v; }
-  get rspVdiBlockSizeShift() { return this.b[33]; }
-  set rspVdiBlockSizeShift(v: number) { this.b[33] = v; }
-  get rspNrNodes() { return this.b.readUInt32LE(20); }
-  set rspNrNodes(v: number) { this.b.writeUInt32LE(v >>> 0, 20); }
-  get storeSize(): bigint { return this.b.readBigUInt64LE(32); }
-  set storeSize(v: bigint) { this.b.writeBigUInt64LE(v, 32); }
-  get storeFree(): bigint { return this.b.readBigUInt64LE(40); }
-  set storeFree(v: bigint) { this.b.writeBigUInt64LE(v, 40); }
-  get digest(): Buffer { return this.b.subarray(24, 44); }
-  get defNrCopies() { return this.b[20]; }
-  set defNrCopies(v: number) { this.b[20] = v; }
-  get defCopyPolicy() { return this.b[21]; }
-  set defCopyPolicy(v: number) { this.b[21] = v; }
-  get defBlockSizeShift() { return this.b[22]; }
-  set defBlockSizeShift(v: number) { this.b[22] = v; }
+  get result() {
+    return this.b.readUInt32LE(16);
+  }
+  set result(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 16);
+  }
+  get rspObjOffset(): bigint {
+    return this.b.readBigUInt64LE(24);
+  }
+  set rspObjOffset(v: bigint) {
+    this.b.writeBigUInt64LE(v, 24);
+  }
+  get rspVdiId() {
+    return this.b.readUInt32LE(24);
+  }
+  set rspVdiId(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 24);
+  }
+  get rspAttrId() {
+    return this.b.readUInt32LE(28);
+  }
+  set rspAttrId(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 28);
+  }
+  get rspVdiCopies() {
+    return this.b[32];
+  }
+  set rspVdiCopies(v: number) {
+    this.b[32] = v;
+  }
+  get rspVdiBlockSizeShift() {
+    return this.b[33];
+  }
+  set rspVdiBlockSizeShift(v: number) {
+    this.b[33] = v;
+  }
+  get rspNrNodes() {
+    return this.b.readUInt32LE(20);
+  }
+  set rspNrNodes(v: number) {
+    this.b.writeUInt32LE(v >>> 0, 20);
+  }
+  get storeSize(): bigint {
+    return this.b.readBigUInt64LE(32);
+  }
+  set storeSize(v: bigint) {
+    this.b.writeBigUInt64LE(v, 32);
+  }
+  get storeFree(): bigint {
+    return this.b.readBigUInt64LE(40);
+  }
+  set storeFree(v: bigint) {
+    this.b.writeBigUInt64LE(v, 40);
+  }
+  get digest(): Buffer {
+    return this.b.subarray(24, 44);
+  }
+  get defNrCopies() {
+    return this.b[20];
+  }
+  set defNrCopies(v: number) {
+    this.b[20] = v;
+  }
+  get defCopyPolicy() {
+    return this.b[21];
+  }
+  set defCopyPolicy(v: number) {
+    this.b[21] = v;
+  }
+  get defBlockSizeShift() {
+    return this.b[22];
+  }
+  set defBlockSizeShift(v: number) {
+    this.b[22] = v;
+  }
 }
 
 export interface Frame {
@@ -334,7 +495,10 @@ export class FrameParser {
   private have = 0;
   private hdr: Header | null = null;
   private need = SD_REQ_SIZE;
-  constructor(private readonly kind: "request" | "response", private readonly maxPayload = MAX_PAYLOAD) {}
+  constructor(
+    private readonly kind: "request" | "response",
+    private readonly maxPayload = MAX_PAYLOAD,
+  ) {}
 
   /** Feed bytes; returns every frame completed by them. Throws ProtocolError on garbage. */
   push(chunk: Buffer): Frame[] {

@@ -67,6 +67,8 @@ export function objectsNoLongerOwned(args: {
   local: Iterable<bigint>;
 }): bigint[] {
   const out: bigint[] = [];
-  for (const oid of args.local) if (!isOwner(args.ring, args.me, oid, args.copiesOf(oid))) out.push(oid);
+  for (const oid of args.local) {
+    if (!isOwner(args.ring, args.me, oid, args.copiesOf(oid))) out.push(oid);
+  }
   return out;
 }

@@ -9,9 +9,15 @@
 
 import fs from "node:fs";
 import { Buffer } from "node:buffer";
-import { SdError, errnoToRes } from "./errors.ts";
+import { errnoToRes, SdError } from "./errors.ts";
 import { Res } from "./proto.ts";
-import { VDI_ATTR_BIT, VDI_BIT, VMSTATE_BIT, objectFileName as fileName, parseObjectFileName as parseName } from "./oid.ts";
+import {
+  objectFileName as fileName,
+  parseObjectFileName as parseName,
+  VDI_ATTR_BIT,
+  VDI_BIT,
+  VMSTATE_BIT,
+} from "./oid.ts";
 import { DiskRing } from "./ring.ts";
 
 export interface ObjectStore {
@@ -20,14 +26,26 @@ export interface ObjectStore {
   format(): Promise<void>;
   exists(oid: bigint, ecIndex?: number): boolean;
   read(oid: bigint, offset: number, length: number, ecIndex?: number): Promise<Buffer>;
-  createAndWrite(oid: bigint, offset: number, data: Buffer, objSize: number, ecIndex?: number): Promise<void>;
+  createAndWrite(
+    oid: bigint,
+    offset: number,
+    data: Buffer,
+    objSize: number,
+    ecIndex?: number,
+  ): Promise<void>;
   write(oid: bigint, offset: number, data: Buffer, ecIndex?: number): Promise<void>;
   remove(oid: bigint, ecIndex?: number): Promise<void>;
   list(): bigint[];
   objectBytes(): bigint;
   statfs(): { size: bigint; free: bigint };
   moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void>;
-  readStale(oid: bigint, epoch: number, offset: number, length: number, ecIndex?: number): Promise<Buffer>;
+  readStale(
+    oid: bigint,
+    epoch: number,
+    offset: number,
+    length: number,
+    ecIndex?: number,
+  ): Promise<Buffer>;
   purgeStale(): Promise<void>;
   /** Stale copies present (recovery sources): oid, the epoch they belonged to, EC index. */
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }>;
@@ -41,7 +59,11 @@ export interface ObjectStore {
   path(oid: bigint, ecIndex?: number): string;
 }
 
-export function openStore(kind: "plain" | "tree", disks: string[], opts?: { nosync?: boolean }): ObjectStore {
+export function openStore(
+  kind: "plain" | "tree",
+  disks: string[],
+  opts?: { nosync?: boolean },
+): ObjectStore {
   return new FileStore(kind, disks, opts?.nosync ?? false);
 }
 
@@ -49,11 +71,14 @@ const META_BITS = VDI_BIT | VMSTATE_BIT | VDI_ATTR_BIT;
 
 /** Shared/exclusive lock per object name, FIFO-fair. Writes share, create/remove/move are exclusive. */
 class KeyedRwLock {
-  private locks = new Map<string, { readers: number; writer: boolean; queue: { excl: boolean; go: () => void }[] }>();
+  private locks = new Map<
+    string,
+    { readers: number; writer: boolean; queue: { excl: boolean; go: () => void }[] }
+  >();
 
   async run<T>(key: string, excl: boolean, fn: () => Promise<T> | T): Promise<T> {
     let l = this.locks.get(key);
-    if (!l) this.locks.set(key, (l = { readers: 0, writer: false, queue: [] }));
+    if (!l) this.locks.set(key, l = { readers: 0, writer: false, queue: [] });
     const st = l;
     if (st.writer || st.queue.length > 0 || (excl && st.readers > 0)) {
       await new Promise<void>((go) => st.queue.push({ excl, go }));
@@ -68,7 +93,10 @@ class KeyedRwLock {
     }
   }
 
-  private grant(key: string, st: { readers: number; writer: boolean; queue: { excl: boolean; go: () => void }[] }) {
+  private grant(
+    key: string,
+    st: { readers: number; writer: boolean; queue: { excl: boolean; go: () => void }[] },
+  ) {
     while (st.queue.length > 0 && !st.writer) {
       const head = st.queue[0];
       if (head.excl) {
@@ -82,7 +110,11 @@ class KeyedRwLock {
   }
 }
 
-interface CachedFd { fd: number; refs: number; closed: boolean }
+interface CachedFd {
+  fd: number;
+  refs: number;
+  closed: boolean;
+}
 
 /** LRU of open O_RDWR descriptors; closing is deferred while an operation still uses the fd. */
 class FdCache {
@@ -220,9 +252,17 @@ function allocatedBytes(st: fs.Stats): bigint {
   return BigInt(st.blocks ?? 0) * 512n;
 }
 
-interface Entry { oid: bigint; ecIndex?: number; disk: number; bytes: bigint }
+interface Entry {
+  oid: bigint;
+  ecIndex?: number;
+  disk: number;
+  bytes: bigint;
+}
 
-interface Disk { path: string; capacity: bigint }
+interface Disk {
+  path: string;
+  capacity: bigint;
+}
 
 class FileStore implements ObjectStore {
   private disks: Disk[];
@@ -237,7 +277,9 @@ class FileStore implements ObjectStore {
   constructor(readonly kind: "plain" | "tree", disks: string[], private nosync: boolean) {
     if (disks.length === 0) throw new SdError(Res.INVALID_PARMS, "no object directory");
     const norm = disks.map((d) => (d.length > 1 ? d.replace(/\/+$/, "") : d));
-    if (new Set(norm).size !== norm.length) throw new SdError(Res.INVALID_PARMS, "duplicate object directory");
+    if (new Set(norm).size !== norm.length) {
+      throw new SdError(Res.INVALID_PARMS, "duplicate object directory");
+    }
     this.disks = norm.map((path) => ({ path, capacity: 0n }));
   }
 
@@ -321,7 +363,11 @@ class FileStore implements ObjectStore {
       fs.copyFileSync(from, tmp);
       if (!this.nosync) {
         const fd = fs.openSync(tmp, "r+");
-        try { fs.fdatasyncSync(fd); } finally { closeQuiet(fd); }
+        try {
+          fs.fdatasyncSync(fd);
+        } finally {
+          closeQuiet(fd);
+        }
       }
       fs.renameSync(tmp, to);
       fs.unlinkSync(from);
@@ -343,11 +389,17 @@ class FileStore implements ObjectStore {
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
         if (this.kind === "tree") {
           fs.mkdirSync(`${d.path}/meta`, { recursive: true });
-          for (let i = 0; i < 256; i++) fs.mkdirSync(`${d.path}/${i.toString(16).padStart(2, "0")}`, { recursive: true });
+          for (let i = 0; i < 256; i++) {
+            fs.mkdirSync(`${d.path}/${i.toString(16).padStart(2, "0")}`, { recursive: true });
+          }
         }
         d.capacity = this.diskCapacity(d.path);
       }
-      this.ring = this.disks.length > 1 ? new DiskRing(this.disks.map((d) => ({ path: d.path, capacity: d.capacity > 0n ? d.capacity : 1n }))) : null;
+      this.ring = this.disks.length > 1
+        ? new DiskRing(
+          this.disks.map((d) => ({ path: d.path, capacity: d.capacity > 0n ? d.capacity : 1n })),
+        )
+        : null;
       for (let i = 0; i < this.disks.length; i++) this.scanDisk(i);
     } catch (e) {
       throw sdErr(e);
@@ -385,7 +437,9 @@ class FileStore implements ObjectStore {
         const full = `${dir}/${name}`;
         if (name.endsWith(".tmp")) {
           // Leftover of an interrupted create: never visible under its final name.
-          try { fs.unlinkSync(full); } catch { /* raced */ }
+          try {
+            fs.unlinkSync(full);
+          } catch { /* raced */ }
           continue;
         }
         const p = parseName(name);
@@ -418,8 +472,14 @@ class FileStore implements ObjectStore {
             throw e;
           }
           for (const name of names) {
-            if (!parseName(name) && !(name.endsWith(".tmp") && parseName(name.slice(0, -4)))) continue;
-            try { fs.unlinkSync(`${dir}/${name}`); } catch (e) { if (!isEnoent(e)) throw e; }
+            if (!parseName(name) && !(name.endsWith(".tmp") && parseName(name.slice(0, -4)))) {
+              continue;
+            }
+            try {
+              fs.unlinkSync(`${dir}/${name}`);
+            } catch (e) {
+              if (!isEnoent(e)) throw e;
+            }
           }
         }
         fs.rmSync(`${this.disks[d].path}/.stale`, { recursive: true, force: true });
@@ -455,7 +515,11 @@ class FileStore implements ObjectStore {
   }
 
   /** The object's entry and a cached descriptor of its file; NO_OBJ (and forgotten) if missing. */
-  private openExisting(name: string, oid: bigint, ecIndex?: number): { e: Entry; c: CachedFd; path: string } {
+  private openExisting(
+    name: string,
+    oid: bigint,
+    ecIndex?: number,
+  ): { e: Entry; c: CachedFd; path: string } {
     const e = this.lookup(oid, ecIndex);
     if (!e) throw new SdError(Res.NO_OBJ);
     const path = this.pathOn(e.disk, oid, ecIndex);
@@ -482,7 +546,13 @@ class FileStore implements ObjectStore {
     });
   }
 
-  createAndWrite(oid: bigint, offset: number, data: Buffer, objSize: number, ecIndex?: number): Promise<void> {
+  createAndWrite(
+    oid: bigint,
+    offset: number,
+    data: Buffer,
+    objSize: number,
+    ecIndex?: number,
+  ): Promise<void> {
     const name = fileName(oid, ecIndex);
     return this.locks.run(name, true, async () => {
       const disk = this.pick(oid);
@@ -505,12 +575,16 @@ class FileStore implements ObjectStore {
         if (old && old.disk !== disk) {
           const oldPath = this.pathOn(old.disk, oid, ecIndex);
           this.fds.invalidate(oldPath);
-          try { fs.unlinkSync(oldPath); } catch { /* already gone */ }
+          try {
+            fs.unlinkSync(oldPath);
+          } catch { /* already gone */ }
         }
         this.addEntry(name, { oid, ecIndex, disk, bytes });
       } catch (err) {
         if (fd >= 0) closeQuiet(fd);
-        try { fs.unlinkSync(tmp); } catch { /* never created or already renamed */ }
+        try {
+          fs.unlinkSync(tmp);
+        } catch { /* never created or already renamed */ }
         throw sdErr(err);
       }
     });
@@ -593,7 +667,13 @@ class FileStore implements ObjectStore {
     });
   }
 
-  readStale(oid: bigint, epoch: number, offset: number, length: number, ecIndex?: number): Promise<Buffer> {
+  readStale(
+    oid: bigint,
+    epoch: number,
+    offset: number,
+    length: number,
+    ecIndex?: number,
+  ): Promise<Buffer> {
     const name = fileName(oid, ecIndex);
     const first = this.pick(oid);
     const order = [first, ...this.disks.map((_, i) => i).filter((i) => i !== first)];

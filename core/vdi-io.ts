@@ -3,7 +3,13 @@
 import { Buffer } from "node:buffer";
 import { SdError } from "./errors.ts";
 import { decodeInodeHeader, Inode, type InodeHeader, InodeOff } from "./inode.ts";
-import { MAX_DATA_OBJS, SD_INODE_HEADER_SIZE, vidToBtreeOid, vidToDataOid, vidToVdiOid } from "./oid.ts";
+import {
+  MAX_DATA_OBJS,
+  SD_INODE_HEADER_SIZE,
+  vidToBtreeOid,
+  vidToDataOid,
+  vidToVdiOid,
+} from "./oid.ts";
 import { fixedString, Flag, Header, Op, Res } from "./proto.ts";
 
 export type Requester = (hdr: Header, data?: Buffer) => Promise<{ hdr: Header; data: Buffer }>;
@@ -49,17 +55,34 @@ export interface VdiInfo {
 }
 
 /** GET_VDI_INFO (payload name[256], or name+tag[512] when a tag is given). Throws SdError. */
-export async function getVdiInfo(req: Requester, name: string, snapid = 0, tag = ""): Promise<VdiInfo> {
-  const payload = tag ? Buffer.concat([fixedString(name, 256), fixedString(tag, 256)]) : fixedString(name, 256);
+export async function getVdiInfo(
+  req: Requester,
+  name: string,
+  snapid = 0,
+  tag = "",
+): Promise<VdiInfo> {
+  const payload = tag
+    ? Buffer.concat([fixedString(name, 256), fixedString(tag, 256)])
+    : fixedString(name, 256);
   const h = Header.req(Op.GET_VDI_INFO, { flags: Flag.CMD_WRITE, dataLength: payload.length });
   h.snapid = snapid;
   const rsp = await req(h, payload);
   checkResult(rsp);
-  return { vid: rsp.hdr.rspVdiId, copies: rsp.hdr.rspVdiCopies, blockSizeShift: rsp.hdr.rspVdiBlockSizeShift };
+  return {
+    vid: rsp.hdr.rspVdiId,
+    copies: rsp.hdr.rspVdiCopies,
+    blockSizeShift: rsp.hdr.rspVdiBlockSizeShift,
+  };
 }
 
 /** READ_OBJ of `len` bytes at `offset`; short or trimmed replies are zero-filled. */
-export async function readObject(req: Requester, oid: bigint, len: number, offset = 0, direct = false): Promise<Buffer> {
+export async function readObject(
+  req: Requester,
+  oid: bigint,
+  len: number,
+  offset = 0,
+  direct = false,
+): Promise<Buffer> {
   const h = Header.req(Op.READ_OBJ, { dataLength: len, flags: direct ? Flag.CMD_DIRECT : 0 });
   h.oid = oid;
   h.offset = offset;
@@ -83,11 +106,20 @@ export interface WriteOpts {
 }
 
 /** WRITE_OBJ or CREATE_AND_WRITE_OBJ (with COW when cowOid is set). Throws SdError. */
-export async function writeObject(req: Requester, oid: bigint, data: Buffer, offset = 0, o: WriteOpts = {}): Promise<void> {
+export async function writeObject(
+  req: Requester,
+  oid: bigint,
+  data: Buffer,
+  offset = 0,
+  o: WriteOpts = {},
+): Promise<void> {
   let flags = (o.flags ?? 0) | Flag.CMD_WRITE;
   if (o.cowOid) flags |= Flag.CMD_COW;
   if (o.direct) flags |= Flag.CMD_DIRECT;
-  const h = Header.req(o.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, { flags, dataLength: data.length });
+  const h = Header.req(o.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
+    flags,
+    dataLength: data.length,
+  });
   h.oid = oid;
   h.cowOid = o.cowOid ?? 0n;
   h.objCopies = o.copies ?? 0;
@@ -187,7 +219,12 @@ function leafFor(leaves: BtreeLeaf[], k: number): number {
   return lo;
 }
 
-function encodeIndexNode(depth: number, n: number, body: (b: Buffer) => void, size: number): Buffer {
+function encodeIndexNode(
+  depth: number,
+  n: number,
+  body: (b: Buffer) => void,
+  size: number,
+): Buffer {
   const b = Buffer.alloc(size);
   b.writeUInt16LE(INDEX_MAGIC, 0);
   b.writeUInt16LE(depth, 2);
@@ -248,14 +285,25 @@ export class BtreeIndex implements SlotMap {
     const t = new BtreeIndex(vid, counter, limits.maxIndex, limits.maxIndirect);
     if (root.length < INDEX_HEADER_SIZE || root.readUInt32LE(0) === 0) return t;
     const magic = root.readUInt16LE(0), depth = root.readUInt16LE(2), n = root.readUInt32LE(4);
-    if (magic !== INDEX_MAGIC) throw new SdError(Res.INVALID_PARMS, `B-tree of ${vid.toString(16)} is corrupt (magic ${magic.toString(16)})`);
+    if (magic !== INDEX_MAGIC) {
+      throw new SdError(
+        Res.INVALID_PARMS,
+        `B-tree of ${vid.toString(16)} is corrupt (magic ${magic.toString(16)})`,
+      );
+    }
     if (depth === 1) {
-      const e = decodeEntries(root, Math.min(n, (root.length - INDEX_HEADER_SIZE) >> 3), INDEX_HEADER_SIZE);
+      const e = decodeEntries(
+        root,
+        Math.min(n, (root.length - INDEX_HEADER_SIZE) >> 3),
+        INDEX_HEADER_SIZE,
+      );
       t.rootIdx = e.idx;
       t.rootVid = e.vid;
       return t;
     }
-    if (depth !== 2) throw new SdError(Res.INVALID_PARMS, `B-tree of ${vid.toString(16)} has depth ${depth}`);
+    if (depth !== 2) {
+      throw new SdError(Res.INVALID_PARMS, `B-tree of ${vid.toString(16)} has depth ${depth}`);
+    }
     t.depth = 2;
     for (let k = 0; k < n; k++) {
       const at = INDEX_HEADER_SIZE + k * 16;
@@ -264,7 +312,11 @@ export class BtreeIndex implements SlotMap {
       const lh = await readLeaf(oid, -1);
       const ln = lh.readUInt16LE(0) === INDEX_MAGIC ? lh.readUInt32LE(4) : 0;
       const lb = ln ? await readLeaf(oid, ln) : Buffer.alloc(INDEX_HEADER_SIZE);
-      const e = decodeEntries(lb, Math.min(ln, (lb.length - INDEX_HEADER_SIZE) >> 3), INDEX_HEADER_SIZE);
+      const e = decodeEntries(
+        lb,
+        Math.min(ln, (lb.length - INDEX_HEADER_SIZE) >> 3),
+        INDEX_HEADER_SIZE,
+      );
       t.leaves.push({ oid, max, idx: e.idx, vid: e.vid });
     }
     return t;
@@ -296,7 +348,9 @@ export class BtreeIndex implements SlotMap {
 
   /** Number of (idx, vid) entries, including ones set to 0. */
   get size(): number {
-    return this.depth === 1 ? this.rootIdx.length : this.leaves.reduce((s, l) => s + l.idx.length, 0);
+    return this.depth === 1
+      ? this.rootIdx.length
+      : this.leaves.reduce((s, l) => s + l.idx.length, 0);
   }
 
   private newLeafOid(): bigint {
@@ -306,7 +360,9 @@ export class BtreeIndex implements SlotMap {
 
   /** sd_inode_set_vid() for store_policy 1. */
   set(idx: number, vid: number): void {
-    if (!Number.isInteger(idx) || idx < 0 || idx > 0xffffffff) throw new RangeError(`bad index ${idx}`);
+    if (!Number.isInteger(idx) || idx < 0 || idx > 0xffffffff) {
+      throw new RangeError(`bad index ${idx}`);
+    }
     for (;;) {
       if (this.depth === 1) {
         const p = lowerBound(this.rootIdx, idx);
@@ -346,7 +402,9 @@ export class BtreeIndex implements SlotMap {
         last.max = idx;
         this.dirty.add(last);
       } else {
-        if (this.leaves.length >= this.maxIndirect) throw new SdError(Res.NO_SPACE, "the B-tree index is full");
+        if (this.leaves.length >= this.maxIndirect) {
+          throw new SdError(Res.NO_SPACE, "the B-tree index is full");
+        }
         const leaf = { oid: this.newLeafOid(), max: idx, idx: [idx], vid: [vid] };
         this.leaves.push(leaf);
         this.created.add(leaf);
@@ -419,13 +477,17 @@ export class BtreeIndex implements SlotMap {
       if (live.has(l)) w.push({ oid: l.oid, offset: 0, data: this.encodeLeaf(l), create: true });
       this.dirty.delete(l);
     }
-    for (const l of this.dirty) if (live.has(l)) w.push({ oid: l.oid, offset: 0, data: this.encodeLeaf(l), create: false });
+    for (const l of this.dirty) {
+      if (live.has(l)) w.push({ oid: l.oid, offset: 0, data: this.encodeLeaf(l), create: false });
+    }
     if (this.counterDirty) {
       const b = Buffer.alloc(4);
       b.writeUInt32LE(this.counter >>> 0);
       w.push({ oid: ino, offset: BTREE_COUNTER_OFFSET, data: b, create: false });
     }
-    if (this.rootDirty) w.push({ oid: ino, offset: SD_INODE_HEADER_SIZE, data: this.encodeRoot(), create: false });
+    if (this.rootDirty) {
+      w.push({ oid: ino, offset: SD_INODE_HEADER_SIZE, data: this.encodeRoot(), create: false });
+    }
     this.created.clear();
     this.dirty.clear();
     this.counterDirty = false;
@@ -435,19 +497,39 @@ export class BtreeIndex implements SlotMap {
 }
 
 /** Reads a hyper volume's B-tree index (protocol.md §9.6). */
-export async function readBtree(req: Requester, vid: number, header: InodeHeader): Promise<BtreeIndex> {
+export async function readBtree(
+  req: Requester,
+  vid: number,
+  header: InodeHeader,
+): Promise<BtreeIndex> {
   const oid = vidToVdiOid(vid);
   const rh = await readObject(req, oid, INDEX_HEADER_SIZE, SD_INODE_HEADER_SIZE, true);
   const depth = rh.readUInt16LE(2), n = rh.readUInt32LE(4);
   const ok = rh.readUInt16LE(0) === INDEX_MAGIC && n > 0;
   const size = INDEX_HEADER_SIZE + (ok ? n * (depth === 2 ? 16 : 8) : 0);
-  const root = ok ? await readObject(req, oid, Math.min(size, BTREE_NODE_SIZE), SD_INODE_HEADER_SIZE, true) : rh;
-  return BtreeIndex.decode(vid, header.btreeCounter, root, (leaf, entries) =>
-    readObject(req, leaf, entries < 0 ? INDEX_HEADER_SIZE : INDEX_HEADER_SIZE + entries * 8, 0, true));
+  const root = ok
+    ? await readObject(req, oid, Math.min(size, BTREE_NODE_SIZE), SD_INODE_HEADER_SIZE, true)
+    : rh;
+  return BtreeIndex.decode(
+    vid,
+    header.btreeCounter,
+    root,
+    (leaf, entries) =>
+      readObject(
+        req,
+        leaf,
+        entries < 0 ? INDEX_HEADER_SIZE : INDEX_HEADER_SIZE + entries * 8,
+        0,
+        true,
+      ),
+  );
 }
 
 /** Header plus data map of the inode of `vid` (flat: the covered prefix of data_vdi_id). */
-export async function readInodeWithSlots(req: Requester, vid: number): Promise<{ header: InodeHeader; slots: SlotMap }> {
+export async function readInodeWithSlots(
+  req: Requester,
+  vid: number,
+): Promise<{ header: InodeHeader; slots: SlotMap }> {
   const header = await readInodeHeader(req, vid);
   if (header.storePolicy === 1) return { header, slots: await readBtree(req, vid, header) };
   const n = Math.min(countDataObjs(header), MAX_DATA_OBJS);
@@ -477,7 +559,11 @@ export class VdiHandle {
   private reloading: Promise<void> | null = null;
   private btreeFlush: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly req: Requester, readonly name: string, private readonly opts: OpenOpts) {}
+  private constructor(
+    private readonly req: Requester,
+    readonly name: string,
+    private readonly opts: OpenOpts,
+  ) {}
 
   /** GET_VDI_INFO then READ_OBJ of the inode header and data_vdi_id prefix. */
   static async open(req: Requester, name: string, opts: OpenOpts = {}): Promise<VdiHandle> {
@@ -486,7 +572,12 @@ export class VdiHandle {
   }
 
   /** Opens a VDI whose vid was already looked up (name/opts are used by reload()). */
-  static async openVid(req: Requester, name: string, vid: number, opts: OpenOpts = {}): Promise<VdiHandle> {
+  static async openVid(
+    req: Requester,
+    name: string,
+    vid: number,
+    opts: OpenOpts = {},
+  ): Promise<VdiHandle> {
     const h = new VdiHandle(req, name, opts);
     await h.load(vid);
     return h;
@@ -521,7 +612,12 @@ export class VdiHandle {
     if (!this.reloading) {
       this.reloading = (async () => {
         try {
-          const info = await getVdiInfo(this.req, this.name, this.opts.snapid ?? 0, this.opts.tag ?? "");
+          const info = await getVdiInfo(
+            this.req,
+            this.name,
+            this.opts.snapid ?? 0,
+            this.opts.tag ?? "",
+          );
           await this.load(info.vid);
         } finally {
           this.reloading = null;
@@ -545,7 +641,10 @@ export class VdiHandle {
     return this.slots.entries();
   }
 
-  private segments(offset: number, length: number): { idx: number; off: number; len: number; pos: number }[] {
+  private segments(
+    offset: number,
+    length: number,
+  ): { idx: number; off: number; len: number; pos: number }[] {
     const out = [];
     const os = this.objectSize;
     let pos = 0;
@@ -561,8 +660,14 @@ export class VdiHandle {
   }
 
   private checkRange(offset: number, length: number): void {
-    if (!(Number.isInteger(offset) && Number.isInteger(length)) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new SdError(Res.INVALID_PARMS, `range ${offset}+${length} is beyond the end of the VDI (${this.size})`);
+    if (
+      !(Number.isInteger(offset) && Number.isInteger(length)) || offset < 0 || length < 0 ||
+      offset + length > this.size
+    ) {
+      throw new SdError(
+        Res.INVALID_PARMS,
+        `range ${offset}+${length} is beyond the end of the VDI (${this.size})`,
+      );
     }
   }
 
@@ -596,7 +701,7 @@ export class VdiHandle {
     if (this.readOnly) throw new SdError(Res.READONLY);
     this.checkRange(offset, data.length);
     if (data.length === 0) return;
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 0;; attempt++) {
       const gen = this.generation;
       try {
         await this.writeOnce(offset, data);
@@ -616,14 +721,21 @@ export class VdiHandle {
   private async writeOnce(offset: number, data: Buffer): Promise<void> {
     const created: number[] = [];
     const tasks = this.segments(offset, data.length).map((s) =>
-      this.limiter.run(() => this.writeSegment(s.idx, s.off, data.subarray(s.pos, s.pos + s.len), created))
+      this.limiter.run(() =>
+        this.writeSegment(s.idx, s.off, data.subarray(s.pos, s.pos + s.len), created)
+      )
     );
     const results = await Promise.allSettled(tasks);
     if (created.length) await this.updateSlots(created);
     for (const r of results) if (r.status === "rejected") throw r.reason;
   }
 
-  private async writeSegment(idx: number, off: number, buf: Buffer, created: number[]): Promise<void> {
+  private async writeSegment(
+    idx: number,
+    off: number,
+    buf: Buffer,
+    created: number[],
+  ): Promise<void> {
     for (;;) {
       const busy = this.creating.get(idx);
       if (busy) {
@@ -635,7 +747,10 @@ export class VdiHandle {
       const cur = this.slots.get(idx);
       const oid = vidToDataOid(vid, idx);
       if (cur === vid) {
-        await writeObject(this.req, oid, buf, off, { copies: h.nrCopies, copyPolicy: h.copyPolicy });
+        await writeObject(this.req, oid, buf, off, {
+          copies: h.nrCopies,
+          copyPolicy: h.copyPolicy,
+        });
         return;
       }
       const p = (async () => {
@@ -732,17 +847,25 @@ export class VdiHandle {
         const rh = Header.req(Op.REMOVE_OBJ);
         rh.oid = vidToDataOid(owner, idx);
         const r = await this.req(rh);
-        if (r.hdr.result !== Res.SUCCESS && r.hdr.result !== Res.NO_OBJ) throw new SdError(r.hdr.result);
+        if (r.hdr.result !== Res.SUCCESS && r.hdr.result !== Res.NO_OBJ) {
+          throw new SdError(r.hdr.result);
+        }
       }
       return;
     }
     const f = t.flat!;
     f[idx] = 0;
-    await writeObject(this.req, vidToVdiOid(this.vid), Buffer.alloc(4), SD_INODE_HEADER_SIZE + 4 * idx, {
-      copies: h.nrCopies,
-      copyPolicy: h.copyPolicy,
-      direct: true,
-    });
+    await writeObject(
+      this.req,
+      vidToVdiOid(this.vid),
+      Buffer.alloc(4),
+      SD_INODE_HEADER_SIZE + 4 * idx,
+      {
+        copies: h.nrCopies,
+        copyPolicy: h.copyPolicy,
+        direct: true,
+      },
+    );
   }
 }
 

@@ -42,7 +42,9 @@ export class VdiBitmap {
   readonly bytes: Uint8Array;
   constructor(bytes?: Uint8Array) {
     this.bytes = bytes ?? new Uint8Array(BITMAP_BYTES);
-    if (this.bytes.length !== BITMAP_BYTES) throw new RangeError(`bitmap must be ${BITMAP_BYTES} bytes`);
+    if (this.bytes.length !== BITMAP_BYTES) {
+      throw new RangeError(`bitmap must be ${BITMAP_BYTES} bytes`);
+    }
   }
   static from(buf: Uint8Array): VdiBitmap {
     return new VdiBitmap(new Uint8Array(buf));
@@ -121,7 +123,10 @@ export function ecPolicyCopies(copyPolicy: number): number {
  * NOTIFY_VDI_ADD main phase (plus the in-use bit NEW_VDI's main phase sets). `oldVid` (if any)
  * becomes a snapshot; the new VID is registered as a working VDI with parent = oldVid.
  */
-export function applyVdiAdded(t: VdiTable, s: VdiState & { oldVid?: number; setBitmap?: boolean }): void {
+export function applyVdiAdded(
+  t: VdiTable,
+  s: VdiState & { oldVid?: number; setBitmap?: boolean },
+): void {
   const oldVid = s.oldVid ?? 0;
   if (oldVid) {
     const prev = t.states.get(oldVid);
@@ -285,7 +290,9 @@ export async function lookupVdi(
   t: VdiTable,
   name: string,
   opts: { tag?: string; snapid?: number } = {},
-): Promise<{ vid: number; nrCopies: number; blockSizeShift: number; snapIdNext: number; header: InodeHeader }> {
+): Promise<
+  { vid: number; nrCopies: number; blockSizeShift: number; snapIdNext: number; header: InodeHeader }
+> {
   const info = await lookupVdiInfo(io, t, name, opts);
   if (info.result !== Res.SUCCESS || !info.header) throw new SdError(info.result);
   const st = t.states.get(info.vid);
@@ -531,7 +538,10 @@ export async function newVdi(
 
 /** Writes the reference counts of the covered slots (the rest were read as, and stay, zero). */
 async function writeGref(io: MetaIO, vid: number, ino: Inode): Promise<void> {
-  const n = Math.max(lastNonZeroGref(ino) + 1, ino.header.storePolicy === 0 ? countDataObjs(ino.header) : 0);
+  const n = Math.max(
+    lastNonZeroGref(ino) + 1,
+    ino.header.storePolicy === 0 ? countDataObjs(ino.header) : 0,
+  );
   if (n > 0) await io.write(vidToVdiOid(vid), SD_INODE_GREF_OFFSET, ino.grefRange(0, n));
 }
 
@@ -558,7 +568,11 @@ function btreeLeafOids(ino: Inode): bigint[] {
 }
 
 /** Every (idx, vid) pair of a hyper volume's B-tree index. */
-async function walkBtree(io: MetaIO, ino: Inode, fn: (idx: number, vid: number) => Promise<void>): Promise<void> {
+async function walkBtree(
+  io: MetaIO,
+  ino: Inode,
+  fn: (idx: number, vid: number) => Promise<void>,
+): Promise<void> {
   const d = ino.dataVdiId;
   if ((d[0] & 0xffff) !== INDEX_MAGIC) return;
   const depth = d[0] >>> 16, entries = d[1];
@@ -571,7 +585,9 @@ async function walkBtree(io: MetaIO, ino: Inode, fn: (idx: number, vid: number) 
     const oid = (BigInt(d[w + 3]) << 32n) | BigInt(d[w + 2]);
     const leaf = await io.read(oid, 0, BTREE_NODE_SIZE);
     const n = leaf.readUInt32LE(4);
-    for (let j = 0; j < n; j++) await fn(leaf.readUInt32LE(8 + 8 * j), leaf.readUInt32LE(12 + 8 * j));
+    for (let j = 0; j < n; j++) {
+      await fn(leaf.readUInt32LE(8 + 8 * j), leaf.readUInt32LE(12 + 8 * j));
+    }
   }
 }
 
@@ -676,7 +692,14 @@ export function decrefPlan(
       continue;
     }
     const oid = vidToDataOid(oldVid, startIdx + i);
-    decrefs.push({ idx: startIdx + i, oid, generation: gen, count, remove: gen === 0 && count === 0, ledger: ledgerOid(oid) });
+    decrefs.push({
+      idx: startIdx + i,
+      oid,
+      generation: gen,
+      count,
+      remove: gen === 0 && count === 0,
+      ledger: ledgerOid(oid),
+    });
   }
   return { decrefs, gref };
 }
@@ -687,13 +710,19 @@ export const LEDGER_ENTRIES = MAX_DATA_OBJS;
  * DECREF_PEER on one ledger replica: a missing ledger starts as [0] = 1; ledger[gen] -= 1,
  * ledger[gen+1] += count (u32 wrap-around like upstream). `empty` = all zero -> drop ledger and data.
  */
-export function applyLedgerDecref(ledger: Uint32Array | null, gen: number, count: number): { ledger: Uint32Array; empty: boolean } {
+export function applyLedgerDecref(
+  ledger: Uint32Array | null,
+  gen: number,
+  count: number,
+): { ledger: Uint32Array; empty: boolean } {
   let l = ledger;
   if (!l) {
     l = new Uint32Array(LEDGER_ENTRIES);
     l[0] = 1;
   }
-  if (gen < 0 || gen + 1 >= l.length) throw new SdError(Res.INVALID_PARMS, `ledger generation ${gen} out of range`);
+  if (gen < 0 || gen + 1 >= l.length) {
+    throw new SdError(Res.INVALID_PARMS, `ledger generation ${gen} out of range`);
+  }
   l[gen] = (l[gen] - 1) >>> 0;
   l[gen + 1] = (l[gen + 1] + count) >>> 0;
   let empty = true;
@@ -724,7 +753,15 @@ export function ledgerToBuffer(l: Uint32Array): Buffer {
 // ---------------------------------------------------------------------------------------------
 // VDI attributes (§9.7)
 
-export const AttrOff = { name: 0, tag: 256, ctime: 512, snapId: 520, valueLen: 524, key: 528, value: 784 } as const;
+export const AttrOff = {
+  name: 0,
+  tag: 256,
+  ctime: 512,
+  snapId: 520,
+  valueLen: 524,
+  key: 528,
+  value: 784,
+} as const;
 
 /** attr_id = FNV-1a-64(name[256] ‖ tag[256] ‖ snap_id ‖ key[256]) & 0xffffffff. */
 export function hashVdiAttr(attr: Buffer): number {

@@ -114,7 +114,9 @@ function ringAddr(): Promise<string | null> {
 
 export function createCorosyncDriver(opt: string): ClusterDriver {
   const group = opt || "sheepdog";
-  if (Buffer.byteLength(group) > 127) throw new DriverConfigError(`corosync: group name too long: ${group}`);
+  if (Buffer.byteLength(group) > 127) {
+    throw new DriverConfigError(`corosync: group name too long: ${group}`);
+  }
   return new CorosyncDriver(group);
 }
 
@@ -180,7 +182,11 @@ class CorosyncDriver implements ClusterDriver {
     });
     const hello = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new Error(`corosync driver: no answer from cpg-bridge within ${INIT_TIMEOUT_MS} ms (corosync hung?)`));
+        reject(
+          new Error(
+            `corosync driver: no answer from cpg-bridge within ${INIT_TIMEOUT_MS} ms (corosync hung?)`,
+          ),
+        );
         proc.kill("SIGKILL");
       }, INIT_TIMEOUT_MS);
       this.onHello = () => {
@@ -198,7 +204,9 @@ class CorosyncDriver implements ClusterDriver {
       // stderr may still hold the reason: give it a moment to drain.
       setTimeout(() => {
         const why = this.stderrTail.trim() || "no message";
-        this.bridgeGone(`cpg-bridge exited (${signal ? `signal ${signal}` : `code ${code}`}): ${why}`);
+        this.bridgeGone(
+          `cpg-bridge exited (${signal ? `signal ${signal}` : `code ${code}`}): ${why}`,
+        );
       }, 50);
     });
     await hello;
@@ -242,7 +250,9 @@ class CorosyncDriver implements ClusterDriver {
         return;
       }
     }
-    this.inBuf = off === this.inBuf.length ? Buffer.alloc(0) : Buffer.from(this.inBuf.subarray(off));
+    this.inBuf = off === this.inBuf.length
+      ? Buffer.alloc(0)
+      : Buffer.from(this.inBuf.subarray(off));
   }
 
   private fail(why: string): void {
@@ -255,7 +265,9 @@ class CorosyncDriver implements ClusterDriver {
   private send(m: Msg): void {
     if (this.dead || !this.proc?.stdin || this.proc.stdin.destroyed) return;
     const body = cbor.encode(m) as Buffer;
-    if (body.length > MAX_MSG) throw new Error(`corosync driver: message of ${body.length} bytes exceeds ${MAX_MSG}`);
+    if (body.length > MAX_MSG) {
+      throw new Error(`corosync driver: message of ${body.length} bytes exceeds ${MAX_MSG}`);
+    }
     const h = Buffer.alloc(4);
     h.writeUInt32LE(body.length);
     this.proc.stdin.write(Buffer.concat([h, body]));
@@ -282,7 +294,12 @@ class CorosyncDriver implements ClusterDriver {
         }
         return out;
       };
-      const item = { kind: "conf" as const, members: list(0, nm), left: list(nm, nl), joined: list(nm + nl, nj) };
+      const item = {
+        kind: "conf" as const,
+        members: list(0, nm),
+        left: list(nm, nl),
+        joined: list(nm + nl, nj),
+      };
       this.onConfchg(item);
       this.queue.push(item);
     } else if (type === F_DELIVER) {
@@ -474,7 +491,9 @@ class CorosyncDriver implements ClusterDriver {
       return true;
     }
     // A restarted sheep may join before the leave of its previous incarnation.
-    const old = this.members.find((x) => x.key !== from && nodeHostPort(x.node) === nodeHostPort(node));
+    const old = this.members.find((x) =>
+      x.key !== from && nodeHostPort(x.node) === nodeHostPort(node)
+    );
     if (old) await this.removeMember(old);
     this.members.push({ key: from, node });
     await this.handlers.accept(node, this.nodes(), opaque);
@@ -491,7 +510,9 @@ class CorosyncDriver implements ClusterDriver {
       const node = decodeNode(b.m.node!);
       const hp = nodeHostPort(node);
       const others = this.members.filter((x) => nodeHostPort(x.node) !== hp);
-      const oldKeys = new Set(this.members.filter((x) => nodeHostPort(x.node) === hp).map((x) => x.key));
+      const oldKeys = new Set(
+        this.members.filter((x) => nodeHostPort(x.node) === hp).map((x) => x.key),
+      );
       const d = this.handlers.join(node, others.map((x) => x.node), b.m.msg ?? Buffer.alloc(0));
       this.decisionSent.add(b.from);
       this.send({
@@ -499,8 +520,14 @@ class CorosyncDriver implements ClusterDriver {
         join: b.from,
         accept: d.accept,
         msg: d.opaque,
-        members: [...others, { key: b.from, node }].map((x) => ({ key: x.key, node: encodeNode(x.node) })),
-        blocks: this.blocks.filter((x) => !oldKeys.has(x.key)).map((x) => ({ key: x.key, node: encodeNode(x.node) })),
+        members: [...others, { key: b.from, node }].map((x) => ({
+          key: x.key,
+          node: encodeNode(x.node),
+        })),
+        blocks: this.blocks.filter((x) => !oldKeys.has(x.key)).map((x) => ({
+          key: x.key,
+          node: encodeNode(x.node),
+        })),
       });
     } else if (b.from === this.myKey && this.mayFound()) {
       const d = this.handlers.join(this.myself!, [], b.m.msg ?? Buffer.alloc(0));

@@ -71,6 +71,8 @@ export async function createDriver(spec: string): Promise<ClusterDriver> {
       return createCorosyncDriver(opt);
     }
     default:
-      throw new DriverConfigError(`Invalid cluster driver '${spec}'\nSupported drivers: local zookeeper corosync`);
+      throw new DriverConfigError(
+        `Invalid cluster driver '${spec}'\nSupported drivers: local zookeeper corosync`,
+      );
   }
 }

@@ -22,7 +22,6 @@ import { decodeNode, encodeNode, nodeHostPort, nodeIp } from "../core/node.ts";
 import type { ClusterDriver, DriverHandlers } from "./driver.ts";
 import { DriverConfigError } from "./driver.ts";
 
-
 type EventType = "join" | "accept" | "reject" | "leave" | "notify" | "block" | "unblock" | "update";
 
 interface Member {
@@ -96,7 +95,9 @@ export class LocalDriver implements ClusterDriver {
   init(handlers: DriverHandlers): Promise<void> {
     this.handlers = handlers;
     try {
-      for (const d of [this.dir, this.queueDir, this.memberDir, this.tmpDir, this.posDir]) fs.mkdirSync(d, { recursive: true });
+      for (const d of [this.dir, this.queueDir, this.memberDir, this.tmpDir, this.posDir]) {
+        fs.mkdirSync(d, { recursive: true });
+      }
     } catch (e) {
       throw new DriverConfigError(`local driver: cannot use ${this.dir}: ${(e as Error).message}`);
     }
@@ -120,7 +121,13 @@ export class LocalDriver implements ClusterDriver {
     this.myself = myself;
     await this.listen();
     this.nextSeq = this.maxSeq() + 1;
-    this.joinSeq = this.append({ t: "join", node: encodeNode(myself), nonce: this.nonce, msg: opaque, time: Date.now() });
+    this.joinSeq = this.append({
+      t: "join",
+      node: encodeNode(myself),
+      nonce: this.nonce,
+      msg: opaque,
+      time: Date.now(),
+    });
     this.pos = this.joinSeq;
     this.timer = setInterval(() => this.pump(), POLL_MS);
     this.pump();
@@ -234,7 +241,9 @@ export class LocalDriver implements ClusterDriver {
           if (!done) break;
           this.pos++;
           if (this.accepted && ++this.processed % POS_EVERY === 0) this.publishPos();
-          if (this.accepted && this.processed % COMPACT_EVERY === 0 && this.isMaster()) this.compact();
+          if (this.accepted && this.processed % COMPACT_EVERY === 0 && this.isMaster()) {
+            this.compact();
+          }
         }
       } while (this.again);
     } catch (e) {
@@ -308,10 +317,15 @@ export class LocalDriver implements ClusterDriver {
         return false; // re-read the rewritten entry
       }
       case "accept": {
-        const old = this.members.find((m) => nodeHostPort(m.node) === nodeHostPort(node) && m.nonce !== ev.nonce);
+        const old = this.members.find((m) =>
+          nodeHostPort(m.node) === nodeHostPort(node) && m.nonce !== ev.nonce
+        );
         if (old) await this.removeMember(old);
         if (this.isMember(key)) return true;
-        this.members = (ev.members ?? []).map((m) => ({ node: decodeNode(m.node), nonce: m.nonce }));
+        this.members = (ev.members ?? []).map((m) => ({
+          node: decodeNode(m.node),
+          nonce: m.nonce,
+        }));
         this.watch({ node, nonce: ev.nonce });
         await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
         return true;
@@ -375,7 +389,9 @@ export class LocalDriver implements ClusterDriver {
     if (this.compactedBelow === 0) {
       for (const f of fs.readdirSync(this.queueDir)) {
         const n = Number(f);
-        if (Number.isInteger(n) && n < below) fs.rmSync(path.join(this.queueDir, f), { force: true });
+        if (Number.isInteger(n) && n < below) {
+          fs.rmSync(path.join(this.queueDir, f), { force: true });
+        }
       }
     } else {
       for (let n = this.compactedBelow; n < below; n++) fs.rmSync(this.seqPath(n), { force: true });
@@ -435,7 +451,13 @@ export class LocalDriver implements ClusterDriver {
     if (!cur || cur.t !== "join") return;
     const d = this.handlers.join(this.myself, [], ev.msg ?? Buffer.alloc(0));
     if (d.accept) {
-      this.rewrite(seq, { ...ev, t: "accept", msg: d.opaque, members: [{ node: ev.node, nonce: ev.nonce }], blocks: [] });
+      this.rewrite(seq, {
+        ...ev,
+        t: "accept",
+        msg: d.opaque,
+        members: [{ node: ev.node, nonce: ev.nonce }],
+        blocks: [],
+      });
     } else {
       this.rewrite(seq, { ...ev, t: "reject", msg: d.opaque });
     }
@@ -487,7 +509,13 @@ export class LocalDriver implements ClusterDriver {
   }
 
   notify(msg: Buffer): Promise<void> {
-    this.append({ t: "notify", node: encodeNode(this.myself), nonce: this.nonce, msg, time: Date.now() });
+    this.append({
+      t: "notify",
+      node: encodeNode(this.myself),
+      nonce: this.nonce,
+      msg,
+      time: Date.now(),
+    });
     return Promise.resolve();
   }
 
@@ -497,7 +525,13 @@ export class LocalDriver implements ClusterDriver {
   }
 
   unblock(msg: Buffer): Promise<void> {
-    this.append({ t: "unblock", node: encodeNode(this.myself), nonce: this.nonce, msg, time: Date.now() });
+    this.append({
+      t: "unblock",
+      node: encodeNode(this.myself),
+      nonce: this.nonce,
+      msg,
+      time: Date.now(),
+    });
     return Promise.resolve();
   }
 

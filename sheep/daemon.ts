@@ -6,23 +6,88 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
-import { ClusterFlag, EMPTY, Flag, FrameParser, Header, Op, ProtocolError, Res, SD_SHEEP_PROTO_VER, Status, ctimeNow, readFixedString } from "../core/proto.ts";
-import { SdError, errnoToRes } from "../core/errors.ts";
-import type { SdNode } from "../core/node.ts";
-import { decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
-import { Ring, autoVnodes } from "../core/ring.ts";
 import {
-  dataOidToIdx, isAttrObj, isDataObj, isVdiObj, LEDGER_BIT, ledgerOid, oidToVid, SD_ATTR_OBJ_SIZE, SD_INODE_DATA_INDEX_OFFSET,
-  SD_INODE_GREF_OFFSET, SD_INODE_HEADER_SIZE, SD_INODE_SIZE, vidToVdiOid,
+  ClusterFlag,
+  ctimeNow,
+  EMPTY,
+  Flag,
+  FrameParser,
+  Header,
+  Op,
+  ProtocolError,
+  readFixedString,
+  Res,
+  SD_SHEEP_PROTO_VER,
+  Status,
+} from "../core/proto.ts";
+import { errnoToRes, SdError } from "../core/errors.ts";
+import type { SdNode } from "../core/node.ts";
+import {
+  decodeNode,
+  decodeNodes,
+  encodeNode,
+  encodeNodes,
+  makeNode,
+  nodeEqual,
+  nodeHostPort,
+  nodeIp,
+  sortNodes,
+} from "../core/node.ts";
+import { autoVnodes, Ring } from "../core/ring.ts";
+import {
+  dataOidToIdx,
+  isAttrObj,
+  isDataObj,
+  isVdiObj,
+  LEDGER_BIT,
+  ledgerOid,
+  oidToVid,
+  SD_ATTR_OBJ_SIZE,
+  SD_INODE_DATA_INDEX_OFFSET,
+  SD_INODE_GREF_OFFSET,
+  SD_INODE_HEADER_SIZE,
+  SD_INODE_SIZE,
+  vidToVdiOid,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../core/store.ts";
 import { openStore } from "../core/store.ts";
-import { readConfig, writeConfig, writeEpoch, readEpoch, listEpochs, removeEpochs, epochFileBytes, latestEpoch } from "../core/config.ts";
+import {
+  epochFileBytes,
+  latestEpoch,
+  listEpochs,
+  readConfig,
+  readEpoch,
+  removeEpochs,
+  writeConfig,
+  writeEpoch,
+} from "../core/config.ts";
 import type { SheepConfig } from "../core/config.ts";
 import type { ClusterState } from "../core/cluster.ts";
-import { applyAccept, applyFormat, applyLeave, applyUpdateNode, decideJoin, decodeState, encodeState, initialState } from "../core/cluster.ts";
+import {
+  applyAccept,
+  applyFormat,
+  applyLeave,
+  applyUpdateNode,
+  decideJoin,
+  decodeState,
+  encodeState,
+  initialState,
+} from "../core/cluster.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
-import { applyLedgerDecref, decrefPlan, ledgerFromBuffer, ledgerToBuffer, VdiTable, lookupVdi, newVdi, deleteVdi, applyVdiAdded, applyVdiDeleted, getVdiAttr, registerInode } from "../core/vdi.ts";
+import {
+  applyLedgerDecref,
+  applyVdiAdded,
+  applyVdiDeleted,
+  decrefPlan,
+  deleteVdi,
+  getVdiAttr,
+  ledgerFromBuffer,
+  ledgerToBuffer,
+  lookupVdi,
+  newVdi,
+  registerInode,
+  VdiTable,
+} from "../core/vdi.ts";
 import type { MetaIO, VdiState } from "../core/vdi.ts";
 import { ClientPool } from "../core/client.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
@@ -31,7 +96,6 @@ import { Gateway } from "./gateway.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
-
 
 type Reply = { hdr: Header; data: Buffer };
 /** What a work phase tells every node to apply in its main phase. */
@@ -44,13 +108,38 @@ type WorkResult = Reply & { apply?: Apply };
 
 /** Opcodes that run while the cluster is not OK (protocol.md §5.2). */
 const FORCE_OPS = new Set<number>([
-  Op.MAKE_FS, Op.SHUTDOWN, Op.FORCE_RECOVER, Op.CLEANUP, Op.NOTIFY_VDI_DEL, Op.NOTIFY_VDI_ADD,
-  Op.COMPLETE_RECOVERY, Op.GET_STORE_LIST, Op.READ_VDIS, Op.READ_DEL_VDIS, Op.GET_VDI_COPIES,
-  Op.GET_NODE_LIST, Op.STAT_CLUSTER, Op.KILL_NODE, Op.GET_LOGLEVEL, Op.SET_LOGLEVEL, Op.EXIST,
-  Op.OIDS_EXIST, Op.CLUSTER_INFO, Op.GET_CLUSTER_DEFAULT, Op.GET_RECOVERY, Op.SET_RECOVERY,
-  Op.GET_EPOCH, Op.GET_OBJ_LIST,
+  Op.MAKE_FS,
+  Op.SHUTDOWN,
+  Op.FORCE_RECOVER,
+  Op.CLEANUP,
+  Op.NOTIFY_VDI_DEL,
+  Op.NOTIFY_VDI_ADD,
+  Op.COMPLETE_RECOVERY,
+  Op.GET_STORE_LIST,
+  Op.READ_VDIS,
+  Op.READ_DEL_VDIS,
+  Op.GET_VDI_COPIES,
+  Op.GET_NODE_LIST,
+  Op.STAT_CLUSTER,
+  Op.KILL_NODE,
+  Op.GET_LOGLEVEL,
+  Op.SET_LOGLEVEL,
+  Op.EXIST,
+  Op.OIDS_EXIST,
+  Op.CLUSTER_INFO,
+  Op.GET_CLUSTER_DEFAULT,
+  Op.GET_RECOVERY,
+  Op.SET_RECOVERY,
+  Op.GET_EPOCH,
+  Op.GET_OBJ_LIST,
 ]);
-const PEER_OPS = new Set<number>([Op.CREATE_AND_WRITE_PEER, Op.READ_PEER, Op.WRITE_PEER, Op.REMOVE_PEER, Op.DECREF_PEER]);
+const PEER_OPS = new Set<number>([
+  Op.CREATE_AND_WRITE_PEER,
+  Op.READ_PEER,
+  Op.WRITE_PEER,
+  Op.REMOVE_PEER,
+  Op.DECREF_PEER,
+]);
 
 interface ClusterOpMsg {
   kind: "op";
@@ -105,23 +194,38 @@ export class Sheep {
     this.lockBaseDir();
     const disks = this.objectDirs();
     for (const d of this.opts.objDirs) {
-      if (fs.existsSync(path.join(d, "config")) && fs.existsSync(path.join(d, "epoch"))) throw new Error(`${d} is meta-store, abort`);
+      if (fs.existsSync(path.join(d, "config")) && fs.existsSync(path.join(d, "epoch"))) {
+        throw new Error(`${d} is meta-store, abort`);
+      }
     }
     const cfg = readConfig(this.baseDir);
     this.config = cfg ?? {
-      ctime: 0n, flags: 0, copies: 3, defaultStore: "plain", shutdown: false, copyPolicy: 0,
-      blockSizeShift: 22, version: 6, space: 0n,
+      ctime: 0n,
+      flags: 0,
+      copies: 3,
+      defaultStore: "plain",
+      shutdown: false,
+      copyPolicy: 0,
+      blockSizeShift: 22,
+      version: 6,
+      space: 0n,
     };
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await this.store.init();
-    if (this.config.space === 0n && !this.opts.gateway) this.config.space = announcedSpace(this.store.statfs().free);
+    if (this.config.space === 0n && !this.opts.gateway) {
+      this.config.space = announcedSpace(this.store.statfs().free);
+    }
     writeConfig(this.baseDir, this.config);
 
     // Accepted so existing command lines keep working, but said out loud: neither exists here.
     if (this.opts.journal !== null) {
-      this.log.warn("-j (journal) is not implemented: every write is synced to its object file before it is acknowledged");
-      process.stderr.write("sheep: warning: -j (journal) is not implemented; writes are synced directly\n");
+      this.log.warn(
+        "-j (journal) is not implemented: every write is synced to its object file before it is acknowledged",
+      );
+      process.stderr.write(
+        "sheep: warning: -j (journal) is not implemented; writes are synced directly\n",
+      );
     }
     if (this.opts.cache !== null) {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
@@ -130,7 +234,10 @@ export class Sheep {
     await this.loadLocalState();
     await this.listen();
 
-    const addr = this.opts.myAddr ?? (this.opts.bindAddr && this.opts.bindAddr !== "0.0.0.0" && this.opts.bindAddr !== "::" ? this.opts.bindAddr : null);
+    const addr = this.opts.myAddr ??
+      (this.opts.bindAddr && this.opts.bindAddr !== "0.0.0.0" && this.opts.bindAddr !== "::"
+        ? this.opts.bindAddr
+        : null);
     this.driver = await createDriver(this.opts.cluster);
     await this.driver.init(this.handlers());
     const ip = addr ?? this.driver.localAddr();
@@ -184,7 +291,9 @@ export class Sheep {
 
   /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
   private objectDirs(): string[] {
-    return this.opts.objDirs.length ? this.opts.objDirs.map((d) => path.resolve(d)) : [path.join(this.baseDir, "obj")];
+    return this.opts.objDirs.length
+      ? this.opts.objDirs.map((d) => path.resolve(d))
+      : [path.join(this.baseDir, "obj")];
   }
 
   /** One daemon per store directory: an exclusive lock file holding our pid. */
@@ -199,7 +308,9 @@ export class Sheep {
       } catch (e) {
         if ((e as { code?: string }).code !== "EEXIST") throw e;
         const pid = Number(fs.readFileSync(lock, "utf8").trim());
-        if (pid && pid !== process.pid && processAlive(pid)) throw new Error(`another sheep daemon is using ${this.baseDir}`);
+        if (pid && pid !== process.pid && processAlive(pid)) {
+          throw new Error(`another sheep daemon is using ${this.baseDir}`);
+        }
         fs.rmSync(lock, { force: true });
       }
     }
@@ -211,7 +322,9 @@ export class Sheep {
     const s = initialState();
     s.ctime = this.config.ctime;
     // An unformatted sheep advertises its vnode strategy; dog cluster format checks it.
-    s.flags = this.config.ctime === 0n ? (this.opts.vnodes === null ? ClusterFlag.AUTO_VNODES : 0) : this.config.flags;
+    s.flags = this.config.ctime === 0n
+      ? (this.opts.vnodes === null ? ClusterFlag.AUTO_VNODES : 0)
+      : this.config.flags;
     s.copies = this.config.copies;
     s.copyPolicy = this.config.copyPolicy;
     s.blockSizeShift = this.config.blockSizeShift;
@@ -228,7 +341,10 @@ export class Sheep {
     for (const oid of this.store.list()) {
       if (!isVdiObj(oid)) continue;
       try {
-        registerInode(this.vdis, decodeInodeHeader(await this.store.read(oid, 0, SD_INODE_HEADER_SIZE)));
+        registerInode(
+          this.vdis,
+          decodeInodeHeader(await this.store.read(oid, 0, SD_INODE_HEADER_SIZE)),
+        );
       } catch (err) {
         this.log.warn(`cannot read inode ${oid.toString(16)}: ${(err as Error).message}`);
       }
@@ -243,7 +359,11 @@ export class Sheep {
     fs.rmSync(unixPath, { force: true });
     const unix = net.createServer(onConn);
     return new Promise((resolve, reject) => {
-      tcp.once("error", (e) => reject(new Error(`cannot listen on ${host}:${this.opts.port}: ${(e as Error).message}`)));
+      tcp.once(
+        "error",
+        (e) =>
+          reject(new Error(`cannot listen on ${host}:${this.opts.port}: ${(e as Error).message}`)),
+      );
       tcp.listen(this.opts.port, host, () => {
         this.server = tcp;
         unix.on("error", (e) => this.log.warn(`unix socket: ${e.message}`));
@@ -275,7 +395,10 @@ export class Sheep {
       join: (joining: SdNode, members: SdNode[], opaque: Buffer) => {
         const r = decideJoin(this.state, members, joining, decodeState(opaque));
         if (r.accept) return { accept: true, opaque: encodeState(r.state) };
-        return { accept: false, opaque: Buffer.from(cbor.encode({ code: r.code, reason: r.reason })) };
+        return {
+          accept: false,
+          opaque: Buffer.from(cbor.encode({ code: r.code, reason: r.reason })),
+        };
       },
       accept: async (joined: SdNode, members: SdNode[], opaque: Buffer) => {
         const decided = decodeState(opaque);
@@ -285,10 +408,15 @@ export class Sheep {
         const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
         this.members = sortNodes(members);
-        if (wasMe && state.status === Status.OK && !decided.nodes.some((n) => nodeEqual(n, this.me)) && myOldEpoch > 0) {
+        if (
+          wasMe && state.status === Status.OK &&
+          !decided.nodes.some((n) => nodeEqual(n, this.me)) && myOldEpoch > 0
+        ) {
           // Not in the cluster's last epoch: everything here may be outdated; keep it only as
           // stale copies of the epoch it belonged to (upstream's purge_obj).
-          for (const oid of this.store.list()) await this.store.moveToStale(oid, myOldEpoch).catch(() => {});
+          for (const oid of this.store.list()) {
+            await this.store.moveToStale(oid, myOldEpoch).catch(() => {});
+          }
         }
         const wasOk = this.state.status === Status.OK && this.joined;
         await this.setState(state, newEpoch);
@@ -302,7 +430,11 @@ export class Sheep {
         } else {
           void this.fetchVdiState([joined]);
         }
-        this.log.info(`${nodeHostPort(joined)} joined; epoch ${this.state.epoch}, ${members.length} members, status ${this.state.status}`);
+        this.log.info(
+          `${
+            nodeHostPort(joined)
+          } joined; epoch ${this.state.epoch}, ${members.length} members, status ${this.state.status}`,
+        );
       },
       rejected: (opaque: Buffer) => {
         let reason = "rejected";
@@ -314,7 +446,9 @@ export class Sheep {
       leave: async (left: SdNode, members: SdNode[]) => {
         this.members = sortNodes(members);
         // A dead holder cannot release its VDI locks: they go with it (upstream drops them too).
-        for (const [vid, l] of this.vdis.locks) if (l.owner === nodeHostPort(left)) this.vdis.locks.delete(vid);
+        for (const [vid, l] of this.vdis.locks) {
+          if (l.owner === nodeHostPort(left)) this.vdis.locks.delete(vid);
+        }
         const { state, newEpoch } = applyLeave(this.state, members);
         await this.setState(state, newEpoch);
         this.log.info(`${nodeHostPort(left)} left; epoch ${this.state.epoch}`);
@@ -333,7 +467,18 @@ export class Sheep {
             return errorReply(new Header(), e);
           })
           .then((r) =>
-            this.driver.unblock(Buffer.from(cbor.encode({ kind: "op", opId: w.opId, req: EMPTY, rsp: r.hdr.b, data: r.data, apply: r.apply })))
+            this.driver.unblock(
+              Buffer.from(
+                cbor.encode({
+                  kind: "op",
+                  opId: w.opId,
+                  req: EMPTY,
+                  rsp: r.hdr.b,
+                  data: r.data,
+                  apply: r.apply,
+                }),
+              ),
+            )
           );
         return true;
       },
@@ -342,7 +487,11 @@ export class Sheep {
         if (nodeEqual(node, this.me)) this.me = node;
         const { state, newEpoch } = applyUpdateNode(this.state, node);
         await this.setState(state, newEpoch);
-        this.log.info(`${nodeHostPort(node)} updated (vnodes ${node.nrVnodes}, space ${node.space}); epoch ${this.state.epoch}`);
+        this.log.info(
+          `${
+            nodeHostPort(node)
+          } updated (vnodes ${node.nrVnodes}, space ${node.space}); epoch ${this.state.epoch}`,
+        );
       },
       joinMessage: () => encodeState(this.state),
       fatal: (reason: string) => {
@@ -360,7 +509,9 @@ export class Sheep {
       writeEpoch(this.baseDir, s.epoch, s.nodes, BigInt(Math.floor(Date.now() / 1000)));
     }
     this.ring = new Ring(this.ringNodes(s.nodes));
-    if (newEpoch && s.status === Status.OK && s.epoch > 1) this.startRecovery(prevEpoch > 0 ? prevEpoch : null);
+    if (newEpoch && s.status === Status.OK && s.epoch > 1) {
+      this.startRecovery(prevEpoch > 0 ? prevEpoch : null);
+    }
     if (s.epoch !== prevEpoch) {
       const w = this.epochWaiters;
       this.epochWaiters = [];
@@ -449,18 +600,20 @@ export class Sheep {
    * even when its inode is not stored locally.
    */
   private async fetchVdiState(from: SdNode[]): Promise<void> {
-    await Promise.all(from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
-      try {
-        const c = await this.pool.get(nodeIp(n), n.port);
-        const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
-        const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
-        const st = await c.request(Header.req(Op.GET_VDI_COPIES, { dataLength: 1428 * 65536 }));
-        if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
-        mergeVdiState(this.vdis, inuse.data, del.data, st.data);
-      } catch (e) {
-        this.log.debug(`vdi state from ${nodeHostPort(n)}: ${(e as Error).message}`);
-      }
-    }));
+    await Promise.all(
+      from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
+        try {
+          const c = await this.pool.get(nodeIp(n), n.port);
+          const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
+          const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
+          const st = await c.request(Header.req(Op.GET_VDI_COPIES, { dataLength: 1428 * 65536 }));
+          if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
+          mergeVdiState(this.vdis, inuse.data, del.data, st.data);
+        } catch (e) {
+          this.log.debug(`vdi state from ${nodeHostPort(n)}: ${(e as Error).message}`);
+        }
+      }),
+    );
   }
 
   // ---------------------------------------------------------------- cluster operations
@@ -481,7 +634,9 @@ export class Sheep {
     return new Promise((resolve) => {
       this.pendingOps.set(opId, resolve);
       const rsp = new Header();
-      this.driver.notify(Buffer.from(cbor.encode({ kind: "op", opId, req: req.b, rsp: rsp.b, data })));
+      this.driver.notify(
+        Buffer.from(cbor.encode({ kind: "op", opId, req: req.b, rsp: rsp.b, data })),
+      );
     });
   }
 
@@ -520,8 +675,7 @@ export class Sheep {
     if (a.type === "vdi-added") {
       applyVdiAdded(this.vdis, a.state);
       this.pendingCopies.delete(a.state.vid);
-    }
-    else if (a.type === "vdi-deleted") applyVdiDeleted(this.vdis, a.vid);
+    } else if (a.type === "vdi-deleted") applyVdiDeleted(this.vdis, a.vid);
     else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
     else this.vdis.locks.delete(a.vid);
   }
@@ -531,7 +685,9 @@ export class Sheep {
     switch (req.opcode) {
       case Op.MAKE_FS: {
         const storeName = readFixedString(data, 0, data.length).trim() || "plain";
-        if (storeName !== "plain" && storeName !== "tree") return { hdr: withResult(rsp, Res.NO_STORE), data: EMPTY };
+        if (storeName !== "plain" && storeName !== "tree") {
+          return { hdr: withResult(rsp, Res.NO_STORE), data: EMPTY };
+        }
         await this.store.format();
         if (this.store.kind !== storeName) {
           this.store = openStore(storeName, this.objectDirs(), { nosync: this.opts.nosync });
@@ -591,7 +747,9 @@ export class Sheep {
         return { hdr: rsp, data: EMPTY };
       }
       case Op.ALTER_CLUSTER_COPY:
-        if (req.clusterCopyPolicy !== 0) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+        if (req.clusterCopyPolicy !== 0) {
+          return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+        }
         this.state = { ...this.state, copies: req.clusterCopies };
         this.persistConfig();
         return { hdr: rsp, data: EMPTY };
@@ -607,10 +765,15 @@ export class Sheep {
       h.oid = oid;
       h.offset = offset;
       const r = await this.gateway.read(h);
-      return r.data.length >= length ? r.data : Buffer.concat([r.data, Buffer.alloc(length - r.data.length)]);
+      return r.data.length >= length
+        ? r.data
+        : Buffer.concat([r.data, Buffer.alloc(length - r.data.length)]);
     },
     create: async (oid, data, offset = 0) => {
-      const h = Header.req(Op.CREATE_AND_WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: data.length });
+      const h = Header.req(Op.CREATE_AND_WRITE_OBJ, {
+        flags: Flag.CMD_WRITE,
+        dataLength: data.length,
+      });
       h.oid = oid;
       h.offset = offset;
       // A new inode lives on as many nodes as its header says, from its first byte on.
@@ -654,7 +817,11 @@ export class Sheep {
         storePolicy: req.storePolicy,
         blockSizeShift: req.vdiBlockSizeShift,
         now: ctimeNow(),
-      }, { copies: this.state.copies, copyPolicy: this.state.copyPolicy, blockSizeShift: this.state.blockSizeShift });
+      }, {
+        copies: this.state.copies,
+        copyPolicy: this.state.copyPolicy,
+        blockSizeShift: this.state.blockSizeShift,
+      });
       rsp.rspVdiId = r.vid;
       rsp.rspVdiCopies = r.nrCopies;
       rsp.rspVdiBlockSizeShift = r.blockSizeShift;
@@ -669,7 +836,9 @@ export class Sheep {
       const { name, opts } = vdiNameArgs(req, data);
       // A VDI attached for writing is not deleted under its user.
       const found = await lookupVdi(this.metaIO, this.vdis, name, opts);
-      if (this.vdis.locks.has(found.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
+      if (this.vdis.locks.has(found.vid)) {
+        return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
+      }
       const vid = await deleteVdi(this.metaIO, this.vdis, name, opts);
       rsp.rspVdiId = vid;
       return { hdr: rsp, data: EMPTY, apply: { type: "vdi-deleted", vid } };
@@ -685,7 +854,11 @@ export class Sheep {
       const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
       const rsp = vdiFound(new Header(), r);
       if (this.vdis.locks.has(r.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
-      return { hdr: rsp, data: EMPTY, apply: { type: "lock", vid: r.vid, owner: nodeHostPort(this.me) } };
+      return {
+        hdr: rsp,
+        data: EMPTY,
+        apply: { type: "lock", vid: r.vid, owner: nodeHostPort(this.me) },
+      };
     });
   }
 
@@ -720,7 +893,11 @@ export class Sheep {
       try {
         frames = parser.push(chunk);
       } catch (e) {
-        this.log.warn(`bad request stream from ${sock.remoteAddress ?? "unix"}: ${(e as ProtocolError).message}`);
+        this.log.warn(
+          `bad request stream from ${sock.remoteAddress ?? "unix"}: ${
+            (e as ProtocolError).message
+          }`,
+        );
         sock.destroy();
         return;
       }
@@ -748,7 +925,8 @@ export class Sheep {
   private clientRequests = 0;
 
   async handle(req: Header, data: Buffer): Promise<Reply> {
-    const counted = !(req.flags & Flag.CMD_RECOVERY) && req.opcode !== Op.GET_OBJ_LIST && req.opcode !== Op.STAT_RECOVERY;
+    const counted = !(req.flags & Flag.CMD_RECOVERY) && req.opcode !== Op.GET_OBJ_LIST &&
+      req.opcode !== Op.STAT_RECOVERY;
     if (counted) this.clientRequests++;
     try {
       return await this.handleCounted(req, data);
@@ -759,13 +937,18 @@ export class Sheep {
 
   private async handleCounted(req: Header, data: Buffer): Promise<Reply> {
     const op = req.opcode;
-    if (op >= 0x80 && req.protoVer !== SD_SHEEP_PROTO_VER) return errorReply(req, new SdError(Res.VER_MISMATCH));
+    if (op >= 0x80 && req.protoVer !== SD_SHEEP_PROTO_VER) {
+      return errorReply(req, new SdError(Res.VER_MISMATCH));
+    }
     if (op < 0x80 && req.protoVer > 0x02) return errorReply(req, new SdError(Res.VER_MISMATCH));
     if (this.state.status === Status.KILLED) return errorReply(req, new SdError(Res.KILLED));
     if (this.state.status === Status.SHUTDOWN) return errorReply(req, new SdError(Res.SHUTDOWN));
     if (!FORCE_OPS.has(op) && !(PEER_OPS.has(op) && req.flags & Flag.CMD_RECOVERY)) {
       if (this.state.status !== Status.OK || !this.joined) {
-        return errorReply(req, new SdError(this.state.ctime === 0n ? Res.WAIT_FOR_FORMAT : Res.WAIT_FOR_JOIN));
+        return errorReply(
+          req,
+          new SdError(this.state.ctime === 0n ? Res.WAIT_FOR_FORMAT : Res.WAIT_FOR_JOIN),
+        );
       }
     }
     if (PEER_OPS.has(op) || op === Op.GET_HASH) return this.handlePeer(req, data);
@@ -795,15 +978,24 @@ export class Sheep {
         if (data.length !== 256) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return await this.newVdiWork(req, data);
       case Op.DEL_VDI:
-        if (data.length !== 256 && data.length !== 512) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        if (data.length !== 256 && data.length !== 512) {
+          return errorReply(req, new SdError(Res.INVALID_PARMS));
+        }
         return await this.delVdiWork(req, data);
       case Op.LOCK_VDI:
       case Op.GET_VDI_INFO: {
-        if (data.length !== 256 && data.length !== 512) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        if (data.length !== 256 && data.length !== 512) {
+          return errorReply(req, new SdError(Res.INVALID_PARMS));
+        }
         const { name, opts } = vdiNameArgs(req, data);
         // Without the cluster flag USE_LOCK a LOCK_VDI is only a lookup (upstream).
-        if (req.opcode === Op.LOCK_VDI && this.state.flags & ClusterFlag.USE_LOCK) return await this.lockVdi(name, opts);
-        return { hdr: vdiFound(rsp, await lookupVdi(this.metaIO, this.vdis, name, opts)), data: EMPTY };
+        if (req.opcode === Op.LOCK_VDI && this.state.flags & ClusterFlag.USE_LOCK) {
+          return await this.lockVdi(name, opts);
+        }
+        return {
+          hdr: vdiFound(rsp, await lookupVdi(this.metaIO, this.vdis, name, opts)),
+          data: EMPTY,
+        };
       }
       case Op.RELEASE_VDI:
         if (this.vdis.locks.has(req.baseVdiId)) await this.releaseVdi(req.baseVdiId);
@@ -816,7 +1008,10 @@ export class Sheep {
           const name = readFixedString(data, 0, 256);
           const tag = readFixedString(data, 256, 256);
           const snapid = data.readUInt32LE(520) || req.snapid;
-          const v = await lookupVdi(this.metaIO, this.vdis, name, { tag: tag || undefined, snapid: snapid || undefined });
+          const v = await lookupVdi(this.metaIO, this.vdis, name, {
+            tag: tag || undefined,
+            snapid: snapid || undefined,
+          });
           const a = await getVdiAttr(this.metaIO, this.vdis, data, {
             creat: !!(req.flags & Flag.CMD_CREAT),
             excl: !!(req.flags & Flag.CMD_EXCL),
@@ -834,7 +1029,9 @@ export class Sheep {
         if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return { hdr: rsp, data: this.vdis.deleted.toBuffer() };
       case Op.GET_VDI_COPIES: {
-        if (this.vdis.states.size * 1428 > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
+        if (this.vdis.states.size * 1428 > req.dataLength) {
+          return errorReply(req, new SdError(Res.BUFFER_SMALL));
+        }
         return { hdr: rsp, data: encodeVdiStates(this.vdis, this.members) };
       }
       case Op.FLUSH_VDI:
@@ -848,7 +1045,10 @@ export class Sheep {
         const nodes = this.nodeList();
         rsp.rspNrNodes = nodes.length;
         const buf = encodeNodes(nodes);
-        return { hdr: rsp, data: buf.subarray(0, Math.min(buf.length, req.dataLength || buf.length)) };
+        return {
+          hdr: rsp,
+          data: buf.subarray(0, Math.min(buf.length, req.dataLength || buf.length)),
+        };
       }
       case Op.MAKE_FS:
       case Op.SHUTDOWN:
@@ -892,12 +1092,16 @@ export class Sheep {
         const rec = readEpoch(this.baseDir, req.tgtEpoch);
         if (!rec) return errorReply(req, new SdError(Res.NO_TAG));
         const b = epochFileBytes(rec.nodes, rec.time);
-        if (req.dataLength && b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
+        if (req.dataLength && b.length > req.dataLength) {
+          return errorReply(req, new SdError(Res.BUFFER_SMALL));
+        }
         return { hdr: rsp, data: b };
       }
       case Op.GET_OBJ_LIST: {
         // Stale copies count: they are what a new owner recovers from.
-        const b = encodeOids(new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)]));
+        const b = encodeOids(
+          new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)]),
+        );
         if (b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
         return { hdr: rsp, data: b };
       }
@@ -918,14 +1122,20 @@ export class Sheep {
         return { hdr: rsp, data: EMPTY };
       }
       case Op.EXIST:
-        return { hdr: withResult(rsp, this.store.verify(req.oid) ? Res.SUCCESS : Res.NO_OBJ), data: EMPTY };
+        return {
+          hdr: withResult(rsp, this.store.verify(req.oid) ? Res.SUCCESS : Res.NO_OBJ),
+          data: EMPTY,
+        };
       case Op.OIDS_EXIST: {
         const missing: bigint[] = [];
         for (let i = 0; i + 8 <= data.length; i += 8) {
           const oid = data.readBigUInt64LE(i);
           if (!this.store.verify(oid)) missing.push(oid);
         }
-        return { hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS), data: encodeOids(missing) };
+        return {
+          hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS),
+          data: encodeOids(missing),
+        };
       }
       case Op.GET_LOGLEVEL: {
         const b = Buffer.alloc(4);
@@ -947,7 +1157,10 @@ export class Sheep {
       }
       case Op.SET_RECOVERY: {
         if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        this.recoveryThrottle = { max: data.readUInt32LE(0), interval: Number(data.readBigUInt64LE(8)) };
+        this.recoveryThrottle = {
+          max: data.readUInt32LE(0),
+          interval: Number(data.readBigUInt64LE(8)),
+        };
         this.recovery.poke();
         return { hdr: rsp, data: EMPTY };
       }
@@ -967,7 +1180,9 @@ export class Sheep {
       }
       case Op.SET_VNODES: {
         if (this.opts.gateway) return errorReply(req, new SdError(Res.GATEWAY_MODE));
-        if (this.state.flags & ClusterFlag.AUTO_VNODES) return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
+        if (this.state.flags & ClusterFlag.AUTO_VNODES) {
+          return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
+        }
         const v = data.length >= 4 ? data.readInt32LE(0) : 0;
         if (v < 1 || v > 65535) return errorReply(req, new SdError(Res.INVALID_PARMS));
         await this.driver.updateNode({ ...this.me, nrVnodes: v });
@@ -987,7 +1202,9 @@ export class Sheep {
   }
 
   private nodeList(): SdNode[] {
-    return this.state.status === Status.OK ? this.ringNodes(this.state.nodes) : this.ringNodes(this.members);
+    return this.state.status === Status.OK
+      ? this.ringNodes(this.state.nodes)
+      : this.ringNodes(this.members);
   }
 
   /** Data objects of snapshots are read-only. */
@@ -1050,13 +1267,17 @@ export class Sheep {
     // Slot-aligned writes carry the new slots; anything else is read back.
     const aligned = start >= SD_INODE_DATA_INDEX_OFFSET && end <= SD_INODE_GREF_OFFSET &&
       (start - SD_INODE_DATA_INDEX_OFFSET) % 4 === 0 && data.length % 4 === 0;
-    const now = aligned ? data : await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
+    const now = aligned
+      ? data
+      : await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
     const plan = decrefPlan(firstIdx, old, gref, now);
     if (plan.decrefs.length && !plan.gref.equals(gref)) {
       await this.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, plan.gref);
     }
     const drops = plan.decrefs.map((d) =>
-      this.decref(d.oid, d.generation, d.count).catch((err) => this.log.warn(`decref ${d.oid.toString(16)}: ${err.message}`))
+      this.decref(d.oid, d.generation, d.count).catch((err) =>
+        this.log.warn(`decref ${d.oid.toString(16)}: ${err.message}`)
+      )
     );
     await Promise.all(drops);
     return r;
@@ -1094,7 +1315,9 @@ export class Sheep {
       }
       if (req.epoch > this.state.epoch) {
         await this.waitEpoch(req.epoch - 1, 5000);
-        if (req.epoch > this.state.epoch) return { hdr: withResult(rsp, Res.NEW_NODE_VER), data: EMPTY };
+        if (req.epoch > this.state.epoch) {
+          return { hdr: withResult(rsp, Res.NEW_NODE_VER), data: EMPTY };
+        }
       }
     }
     if (this.opts.gateway) return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
@@ -1102,15 +1325,31 @@ export class Sheep {
       switch (req.opcode) {
         case Op.READ_PEER: {
           if (req.flags & Flag.CMD_RECOVERY) {
-            if (this.store.exists(req.oid)) return { hdr: rsp, data: await this.store.read(req.oid, req.offset, req.dataLength) };
-            return { hdr: rsp, data: await this.store.readStale(req.oid, req.tgtEpoch, req.offset, req.dataLength) };
+            if (this.store.exists(req.oid)) {
+              return { hdr: rsp, data: await this.store.read(req.oid, req.offset, req.dataLength) };
+            }
+            return {
+              hdr: rsp,
+              data: await this.store.readStale(req.oid, req.tgtEpoch, req.offset, req.dataLength),
+            };
           }
           if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
-          const d = await this.store.read(req.oid, req.offset, req.dataLength, req.ecIndex || undefined);
+          const d = await this.store.read(
+            req.oid,
+            req.offset,
+            req.dataLength,
+            req.ecIndex || undefined,
+          );
           return { hdr: rsp, data: d };
         }
         case Op.CREATE_AND_WRITE_PEER: {
-          await this.store.createAndWrite(req.oid, req.offset, data, this.storedSize(req.oid), req.ecIndex || undefined);
+          await this.store.createAndWrite(
+            req.oid,
+            req.offset,
+            data,
+            this.storedSize(req.oid),
+            req.ecIndex || undefined,
+          );
           const ih = inodeHeaderOf(req.oid, req.offset, data);
           if (ih) registerInode(this.vdis, ih);
           return { hdr: rsp, data: EMPTY };
@@ -1153,7 +1392,9 @@ export class Sheep {
     const prev = this.ledgerLocks.get(ledger) ?? Promise.resolve();
     const next = prev.catch(() => {}).then(async () => {
       const size = 4 * 1024 * 1024;
-      const cur = this.store.exists(ledger) ? ledgerFromBuffer(await this.store.read(ledger, 0, size)) : null;
+      const cur = this.store.exists(ledger)
+        ? ledgerFromBuffer(await this.store.read(ledger, 0, size))
+        : null;
       const r = applyLedgerDecref(cur, gen, count);
       if (!r.empty) {
         await this.store.createAndWrite(ledger, 0, ledgerToBuffer(r.ledger), size);
@@ -1164,7 +1405,9 @@ export class Sheep {
       if (first && nodeEqual(first, this.me)) {
         const h = Header.req(Op.REMOVE_OBJ);
         h.oid = ledger & ~LEDGER_BIT;
-        void this.gateway.writeAll(h, EMPTY).catch((e) => this.log.warn(`reclaim ${h.oid.toString(16)}: ${(e as Error).message}`));
+        void this.gateway.writeAll(h, EMPTY).catch((e) =>
+          this.log.warn(`reclaim ${h.oid.toString(16)}: ${(e as Error).message}`)
+        );
       }
     });
     this.ledgerLocks.set(ledger, next);
@@ -1197,7 +1440,9 @@ export class Sheep {
       const e = epochs[i];
       const rec = readEpoch(this.baseDir, e);
       if (!rec) continue;
-      if (rec.nodes.length > nodesNr) return { hdr: withResult(rsp, Res.BUFFER_SMALL), data: EMPTY };
+      if (rec.nodes.length > nodesNr) {
+        return { hdr: withResult(rsp, Res.BUFFER_SMALL), data: EMPTY };
+      }
       const b = Buffer.alloc(recSize);
       if (i === 0) {
         b.writeBigUInt64LE(this.state.ctime, 0);
@@ -1298,7 +1543,9 @@ function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buff
       parentVid: states.readUInt32LE(o + 12),
     });
     if (states.readUInt32LE(o + 16) === 2) {
-      const owner = decodeNode(Buffer.concat([Buffer.alloc(24), states.subarray(o + 20, o + 60), Buffer.alloc(16)]));
+      const owner = decodeNode(
+        Buffer.concat([Buffer.alloc(24), states.subarray(o + 20, o + 60), Buffer.alloc(16)]),
+      );
       t.locks.set(vid, { owner: nodeHostPort(owner) });
     }
   }
@@ -1313,13 +1560,21 @@ function announcedSpace(bytes: bigint): bigint {
 
 /** The inode header carried by a write that starts an inode object, else null. */
 function inodeHeaderOf(oid: bigint, offset: number, data: Buffer): InodeHeader | null {
-  return isVdiObj(oid) && offset === 0 && data.length >= SD_INODE_HEADER_SIZE ? decodeInodeHeader(data) : null;
+  return isVdiObj(oid) && offset === 0 && data.length >= SD_INODE_HEADER_SIZE
+    ? decodeInodeHeader(data)
+    : null;
 }
 
 /** name[256] or name[256] + tag[256] payload plus the header's snapid (VDI lookups). */
-function vdiNameArgs(req: Header, data: Buffer): { name: string; opts: { tag?: string; snapid?: number } } {
+function vdiNameArgs(
+  req: Header,
+  data: Buffer,
+): { name: string; opts: { tag?: string; snapid?: number } } {
   const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-  return { name: readFixedString(data, 0, 256), opts: { tag: tag || undefined, snapid: req.snapid || undefined } };
+  return {
+    name: readFixedString(data, 0, 256),
+    opts: { tag: tag || undefined, snapid: req.snapid || undefined },
+  };
 }
 
 /** Reply fields of a VDI lookup (GET_VDI_INFO, LOCK_VDI). */

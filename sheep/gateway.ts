@@ -52,7 +52,11 @@ export class Gateway {
     return this.ctx.ring().placeObject(oid, this.ctx.copiesFor(oid, copiesHint));
   }
 
-  private async sendPeer(node: SdNode, hdr: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
+  private async sendPeer(
+    node: SdNode,
+    hdr: Header,
+    data: Buffer,
+  ): Promise<{ hdr: Header; data: Buffer }> {
     if (nodeEqual(node, this.ctx.me)) return await this.ctx.local.handlePeer(hdr, data);
     try {
       const c = await this.ctx.pool.get(nodeIp(node), node.port);
@@ -92,12 +96,18 @@ export class Gateway {
       const targets = this.targets(req.oid, req.objCopies);
       if (targets.length === 0) throw new SdError(Res.NO_OBJ);
       const localIdx = targets.findIndex((n) => nodeEqual(n, this.ctx.me));
-      const order = localIdx >= 0 ? [targets[localIdx], ...targets.filter((_, i) => i !== localIdx)] : rotate(targets);
+      const order = localIdx >= 0
+        ? [targets[localIdx], ...targets.filter((_, i) => i !== localIdx)]
+        : rotate(targets);
       let last: unknown = new SdError(Res.NO_OBJ);
       let netErrors = 0;
       for (const node of order) {
         try {
-          const r = await this.sendPeer(node, this.peerHeader(req, Op.READ_PEER, epoch), Buffer.alloc(0));
+          const r = await this.sendPeer(
+            node,
+            this.peerHeader(req, Op.READ_PEER, epoch),
+            Buffer.alloc(0),
+          );
           if (r.hdr.result === Res.SUCCESS) return r;
           last = new SdError(r.hdr.result);
           if (RETRYABLE.has(r.hdr.result)) netErrors++;
@@ -108,7 +118,12 @@ export class Gateway {
       }
       // Only a definite answer from every holder is final: a holder that could not answer may be
       // the one with the object, so try again (on a newer epoch if membership is changing).
-      if (netErrors > 0) throw new SdError(Res.NETWORK_ERROR, `no holder of ${req.oid.toString(16)} answered: ${(last as Error).message}`);
+      if (netErrors > 0) {
+        throw new SdError(
+          Res.NETWORK_ERROR,
+          `no holder of ${req.oid.toString(16)} answered: ${(last as Error).message}`,
+        );
+      }
       throw last;
     });
   }
@@ -126,13 +141,17 @@ export class Gateway {
       let ok: { hdr: Header; data: Buffer } | null = null;
       for (const r of results) {
         if (r.status === "rejected") {
-          const e = r.reason instanceof SdError ? r.reason : new SdError(Res.NETWORK_ERROR, String(r.reason));
+          const e = r.reason instanceof SdError
+            ? r.reason
+            : new SdError(Res.NETWORK_ERROR, String(r.reason));
           if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
         } else if (r.value.hdr.result !== Res.SUCCESS) {
           const n = targets[results.indexOf(r)];
           const e = new SdError(
             r.value.hdr.result,
-            `${strerror(r.value.hdr.result)} (${nodeHostPort(n)}, op 0x${req.opcode.toString(16)}, oid ${req.oid.toString(16).padStart(16, "0")})`,
+            `${strerror(r.value.hdr.result)} (${nodeHostPort(n)}, op 0x${
+              req.opcode.toString(16)
+            }, oid ${req.oid.toString(16).padStart(16, "0")})`,
           );
           if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
         } else ok = r.value;

@@ -2,7 +2,16 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-export const LOG_LEVELS = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"] as const;
+export const LOG_LEVELS = [
+  "emerg",
+  "alert",
+  "crit",
+  "err",
+  "warning",
+  "notice",
+  "info",
+  "debug",
+] as const;
 const LEVEL_TAG = ["EMERG", "ALERT", "CRIT", "ERROR", "WARN", "NOTICE", "INFO", "DEBUG"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
@@ -19,7 +28,9 @@ export class Logger {
     if (lvl > this.level) return;
     const d = new Date();
     const p2 = (n: number) => String(n).padStart(2, "0");
-    const line = `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2)} ${p2(d.getHours())}:${p2(d.getMinutes())}:${p2(d.getSeconds())} ${LEVEL_TAG[lvl].padStart(6)} [main] ${msg}\n`;
+    const line = `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2)} ${p2(d.getHours())}:${
+      p2(d.getMinutes())
+    }:${p2(d.getSeconds())} ${LEVEL_TAG[lvl].padStart(6)} [main] ${msg}\n`;
     try {
       if (this.fd !== null) fs.writeSync(this.fd, line);
       else fs.writeSync(this.dst === "stdout" ? 1 : 2, line);
@@ -27,10 +38,22 @@ export class Logger {
       // logging must never take the daemon down (full disk, closed stdout)
     }
   }
-  emerg(m: string) { this.write(0, m); }
-  err(m: string) { this.write(3, m); }
-  warn(m: string) { this.write(4, m); }
-  notice(m: string) { this.write(5, m); }
-  info(m: string) { this.write(6, m); }
-  debug(m: string) { this.write(7, m); }
+  emerg(m: string) {
+    this.write(0, m);
+  }
+  err(m: string) {
+    this.write(3, m);
+  }
+  warn(m: string) {
+    this.write(4, m);
+  }
+  notice(m: string) {
+    this.write(5, m);
+  }
+  info(m: string) {
+    this.write(6, m);
+  }
+  debug(m: string) {
+    this.write(7, m);
+  }
 }

@@ -19,10 +19,14 @@ const MAX_BLOCK = 32 * 1024 * 1024;
 function toBlockError(e: unknown): Error {
   if (e instanceof SdError) {
     switch (e.code) {
-      case Res.NO_SPACE: return new BlockError(NbdErrno.ENOSPC, e.message);
-      case Res.READONLY: return new BlockError(NbdErrno.EPERM, e.message);
-      case Res.INVALID_PARMS: return new BlockError(NbdErrno.EINVAL, e.message);
-      default: return new BlockError(NbdErrno.EIO, e.message);
+      case Res.NO_SPACE:
+        return new BlockError(NbdErrno.ENOSPC, e.message);
+      case Res.READONLY:
+        return new BlockError(NbdErrno.EPERM, e.message);
+      case Res.INVALID_PARMS:
+        return new BlockError(NbdErrno.EINVAL, e.message);
+      default:
+        return new BlockError(NbdErrno.EIO, e.message);
     }
   }
   return e as Error;
@@ -42,7 +46,10 @@ export class SheepExportProvider implements ExportProvider {
         const h = decodeInodeHeader(await this.sheep.metaIO.read(vidToVdiOid(vid), 0, 4664));
         if (!h.name) continue;
         if (h.snapCtime !== 0n) {
-          out.push({ name: `${h.name}@${h.tag || h.snapId}`, description: `snapshot ${h.snapId} of ${h.name} (read-only)` });
+          out.push({
+            name: `${h.name}@${h.tag || h.snapId}`,
+            description: `snapshot ${h.snapId} of ${h.name} (read-only)`,
+          });
         } else out.push({ name: h.name, description: `VDI ${h.name}` });
       } catch {
         // an unreadable inode is simply not listed
@@ -51,7 +58,10 @@ export class SheepExportProvider implements ExportProvider {
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
 
-  async open(name: string, opts: { readOnlyRequested: boolean; probe?: boolean }): Promise<BlockExport> {
+  async open(
+    name: string,
+    opts: { readOnlyRequested: boolean; probe?: boolean },
+  ): Promise<BlockExport> {
     const at = name.lastIndexOf("@");
     let vdi = name;
     const o: { snapid?: number; tag?: string } = {};
@@ -74,7 +84,13 @@ export class SheepExportProvider implements ExportProvider {
     // NBD_OPT_INFO: describe what a GO would get now, without taking the lock.
     if (opts.probe) {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner;
-      return new VdiExport(name, h, owner !== undefined, null, owner ? `VDI ${vdi} is locked by ${owner}: read-only` : undefined);
+      return new VdiExport(
+        name,
+        h,
+        owner !== undefined,
+        null,
+        owner ? `VDI ${vdi} is locked by ${owner}: read-only` : undefined,
+      );
     }
     // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
     // read-only, so inspection always works and a second writer is refused.
@@ -83,7 +99,9 @@ export class SheepExportProvider implements ExportProvider {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner ?? "another client";
       return new VdiExport(name, h, true, null, `VDI ${vdi} is locked by ${owner}: read-only`);
     }
-    if (r.hdr.result !== Res.SUCCESS) throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
+    if (r.hdr.result !== Res.SUCCESS) {
+      throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
+    }
     return new VdiExport(name, h, false, () => this.sheep.releaseVdi(h.vid).then(() => {}));
   }
 }
@@ -132,12 +150,21 @@ class VdiExport implements BlockExport {
     return this.zero(offset, length, false, false);
   }
 
-  writeZeroes(offset: number, length: number, o: { noHole: boolean; fastZero: boolean; fua: boolean }): Promise<void> {
+  writeZeroes(
+    offset: number,
+    length: number,
+    o: { noHole: boolean; fastZero: boolean; fua: boolean },
+  ): Promise<void> {
     return this.zero(offset, length, o.noHole, o.fastZero);
   }
 
   /** Whole objects are freed (slot cleared, server reclaims); partial ranges are written as zeros. */
-  private async zero(offset: number, length: number, noHole: boolean, fastZero: boolean): Promise<void> {
+  private async zero(
+    offset: number,
+    length: number,
+    noHole: boolean,
+    fastZero: boolean,
+  ): Promise<void> {
     if (this.readOnly) throw new BlockError(NbdErrno.EPERM, "read-only export");
     const os = this.h.objectSize;
     const end = offset + length;
@@ -167,7 +194,10 @@ class VdiExport implements BlockExport {
     }
   }
 
-  blockStatus(offset: number, length: number): Promise<Array<{ length: number; hole: boolean; zero: boolean }>> {
+  blockStatus(
+    offset: number,
+    length: number,
+  ): Promise<Array<{ length: number; hole: boolean; zero: boolean }>> {
     const os = this.h.objectSize;
     const out: Array<{ length: number; hole: boolean; zero: boolean }> = [];
     const end = Math.min(offset + length, this.size);

@@ -23,8 +23,8 @@ import {
   encodeStructuredError,
   encodeStructuredNone,
   Err,
-  HandshakeFlag,
   type HandshakeEvent,
+  HandshakeFlag,
   HandshakeParser,
   Info,
   MAX_STRING,
@@ -38,7 +38,12 @@ import {
   StateFlag,
   TxFlag,
 } from "../core/nbd.ts";
-import { type BlockExport, type ExportProvider, NbdOpenError, nbdErrnoOf } from "../core/blockdev.ts";
+import {
+  type BlockExport,
+  type ExportProvider,
+  nbdErrnoOf,
+  NbdOpenError,
+} from "../core/blockdev.ts";
 
 export interface NbdServerOptions {
   host: string;
@@ -117,7 +122,7 @@ class PayloadPool {
     if (!this.owned.has(ab) || this.pooled.has(ab)) return;
     if (this.pooledBytes + ab.byteLength > this.maxPooledBytes) return;
     let list = this.free.get(ab.byteLength);
-    if (!list) this.free.set(ab.byteLength, (list = []));
+    if (!list) this.free.set(ab.byteLength, list = []);
     list.push(ab);
     this.pooled.add(ab);
     this.pooledBytes += ab.byteLength;
@@ -287,7 +292,9 @@ class Connection {
       let n = 1;
       if (b.length < COALESCE_LIMIT) {
         let total = b.length;
-        while (i + n < q.length && total + q[i + n].length <= COALESCE_LIMIT) total += q[i + n++].length;
+        while (i + n < q.length && total + q[i + n].length <= COALESCE_LIMIT) {
+          total += q[i + n++].length;
+        }
         if (n > 1) b = Buffer.concat(q.slice(i, i + n), total);
       }
       i += n;
@@ -421,7 +428,9 @@ class Connection {
     const exp = this.exp;
     if (exp && !this.exportClosed) {
       this.exportClosed = true;
-      exp.close().catch((e) => this.log(`nbd: ${this.peer}: closing export ${exp.name}: ${(e as Error).message}`))
+      exp.close().catch((e) =>
+        this.log(`nbd: ${this.peer}: closing export ${exp.name}: ${(e as Error).message}`)
+      )
         .finally(() => this.resolveFinished());
     } else {
       this.resolveFinished();
@@ -533,7 +542,9 @@ class Connection {
       case Opt.GO:
         return await this.infoOrGo(option, data);
       case Opt.STRUCTURED_REPLY:
-        if (data.length) return this.opt(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        if (data.length) {
+          return this.opt(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        }
         this.structured = true;
         return this.opt(option, Rep.ACK);
       case Opt.LIST_META_CONTEXT:
@@ -553,19 +564,33 @@ class Connection {
     } catch (e) {
       const msg = (e as Error).message || String(e);
       if (e instanceof NbdOpenError && e.kind === "unknown") {
-        return this.opt(option, Rep.ERR_UNKNOWN, `unknown export ${JSON.stringify(req.name)}: ${msg}`);
+        return this.opt(
+          option,
+          Rep.ERR_UNKNOWN,
+          `unknown export ${JSON.stringify(req.name)}: ${msg}`,
+        );
       }
       if (e instanceof NbdOpenError && e.kind === "locked") {
-        return this.opt(option, Rep.ERR_POLICY, `export ${JSON.stringify(req.name)} is locked: ${msg}`);
+        return this.opt(
+          option,
+          Rep.ERR_POLICY,
+          `export ${JSON.stringify(req.name)} is locked: ${msg}`,
+        );
       }
-      return this.opt(option, Rep.ERR_POLICY, `cannot open export ${JSON.stringify(req.name)}: ${msg}`);
+      return this.opt(
+        option,
+        Rep.ERR_POLICY,
+        `cannot open export ${JSON.stringify(req.name)}: ${msg}`,
+      );
     }
     try {
       if (this.closed) throw new Error("client went away");
       this.opt(option, Rep.INFO, encodeInfoExport(exp.size, this.txFlags(exp)));
       // Always advertised (allowed unrequested); clients that asked must honour it.
       this.opt(option, Rep.INFO, encodeInfoBlockSize(exp.minBlock, exp.prefBlock, exp.maxBlock));
-      if (req.infos.includes(Info.NAME)) this.opt(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name));
+      if (req.infos.includes(Info.NAME)) {
+        this.opt(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name));
+      }
       if (req.infos.includes(Info.DESCRIPTION)) {
         let desc = exp.description;
         if (desc === undefined) {
@@ -582,7 +607,9 @@ class Connection {
       return;
     }
     if (option === Opt.GO) this.enterTransmission(exp, req.name);
-    else await exp.close().catch((e) => this.log(`nbd: ${this.peer}: close after INFO: ${(e as Error).message}`));
+    else {await exp.close().catch((e) =>
+        this.log(`nbd: ${this.peer}: close after INFO: ${(e as Error).message}`)
+      );}
   }
 
   private metaContext(option: number, data: Buffer): void {
@@ -592,7 +619,9 @@ class Connection {
       this.metaBase = false;
       this.metaExport = null;
     }
-    if (!this.structured) return this.opt(option, Rep.ERR_INVALID, "negotiate structured replies first");
+    if (!this.structured) {
+      return this.opt(option, Rep.ERR_INVALID, "negotiate structured replies first");
+    }
     const req = parseMetaContextRequest(data);
     if (!req) return this.opt(option, Rep.ERR_INVALID, "malformed meta context request");
     if (set) {
@@ -600,7 +629,11 @@ class Connection {
       for (const q of req.queries) {
         if (q === BASE_ALLOCATION && !this.metaBase) {
           this.metaBase = true;
-          this.opt(option, Rep.META_CONTEXT, encodeRepMetaContext(BASE_ALLOCATION_ID, BASE_ALLOCATION));
+          this.opt(
+            option,
+            Rep.META_CONTEXT,
+            encodeRepMetaContext(BASE_ALLOCATION_ID, BASE_ALLOCATION),
+          );
         }
       }
     } else {
@@ -629,13 +662,20 @@ class Connection {
   private async run(r: NbdRequest): Promise<void> {
     try {
       switch (r.type) {
-        case Cmd.READ: return await this.doRead(r);
-        case Cmd.WRITE: return await this.doWrite(r);
-        case Cmd.FLUSH: return await this.doFlush(r);
-        case Cmd.TRIM: return await this.doTrim(r);
-        case Cmd.WRITE_ZEROES: return await this.doWriteZeroes(r);
-        case Cmd.BLOCK_STATUS: return await this.doBlockStatus(r);
-        default: return this.replyError(r, Err.EINVAL, `unsupported command ${r.type}`);
+        case Cmd.READ:
+          return await this.doRead(r);
+        case Cmd.WRITE:
+          return await this.doWrite(r);
+        case Cmd.FLUSH:
+          return await this.doFlush(r);
+        case Cmd.TRIM:
+          return await this.doTrim(r);
+        case Cmd.WRITE_ZEROES:
+          return await this.doWriteZeroes(r);
+        case Cmd.BLOCK_STATUS:
+          return await this.doBlockStatus(r);
+        default:
+          return this.replyError(r, Err.EINVAL, `unsupported command ${r.type}`);
       }
     } catch (e) {
       if (e instanceof ReplyError) this.replyError(r, e.errno, e.message);
@@ -659,18 +699,32 @@ class Connection {
   private check(r: NbdRequest, kind: "read" | "write" | "trim" | "status"): BlockExport {
     const exp = this.exp!;
     const bad = r.flags & ~ALLOWED_FLAGS[r.type];
-    if (bad) throw new ReplyError(Err.EINVAL, `flags 0x${bad.toString(16)} not valid for command ${r.type}`);
+    if (bad) {
+      throw new ReplyError(
+        Err.EINVAL,
+        `flags 0x${bad.toString(16)} not valid for command ${r.type}`,
+      );
+    }
     if (kind !== "read" && kind !== "status" && this.readOnly) {
       throw new ReplyError(Err.EPERM, `export ${exp.name} is read-only`);
     }
     if (r.offset + r.length > exp.size) {
-      throw new ReplyError(kind === "write" ? Err.ENOSPC : Err.EINVAL, "request beyond the end of the export");
+      throw new ReplyError(
+        kind === "write" ? Err.ENOSPC : Err.EINVAL,
+        "request beyond the end of the export",
+      );
     }
     if ((r.type === Cmd.READ || r.type === Cmd.WRITE) && r.length > exp.maxBlock) {
-      throw new ReplyError(Err.EINVAL, `length ${r.length} exceeds the maximum block size ${exp.maxBlock}`);
+      throw new ReplyError(
+        Err.EINVAL,
+        `length ${r.length} exceeds the maximum block size ${exp.maxBlock}`,
+      );
     }
     const m = exp.minBlock;
-    if (m > 1 && kind !== "status" && (r.offset % m !== 0 || (r.length % m !== 0 && r.offset + r.length !== exp.size))) {
+    if (
+      m > 1 && kind !== "status" &&
+      (r.offset % m !== 0 || (r.length % m !== 0 && r.offset + r.length !== exp.size))
+    ) {
       throw new ReplyError(Err.EINVAL, `request not aligned to ${m} bytes`);
     }
     return exp;
@@ -720,7 +774,9 @@ class Connection {
   }
 
   private async doRead(r: NbdRequest): Promise<void> {
-    if ((r.flags & CmdFlag.DF) && !this.structured) throw new ReplyError(Err.EINVAL, "DF without structured replies");
+    if ((r.flags & CmdFlag.DF) && !this.structured) {
+      throw new ReplyError(Err.EINVAL, "DF without structured replies");
+    }
     const exp = this.check(r, "read");
     const { handle, offset, length } = r;
     if (!this.structured) {
@@ -832,4 +888,3 @@ class Connection {
     this.send(encodeBlockStatus(ReplyFlag.DONE, r.handle, BASE_ALLOCATION_ID, reply));
   }
 }
-

@@ -115,7 +115,9 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
   const v = parsed.values;
   if (v.help) return "help";
   if (v.version) return "version";
-  if (parsed.positionals.length > 1) throw new UsageError(`too many arguments: ${parsed.positionals.join(" ")}`);
+  if (parsed.positionals.length > 1) {
+    throw new UsageError(`too many arguments: ${parsed.positionals.join(" ")}`);
+  }
   const pathArg = parsed.positionals[0] ?? "/tmp";
   const [baseDir, ...objDirs] = pathArg.split(",");
   const o: SheepOptions = {
@@ -146,7 +148,9 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
     if (m.has("dir")) o.logDir = m.get("dir")!;
     if (m.has("level")) {
       const lv = m.get("level")!;
-      const idx = /^\d+$/.test(lv) ? Number(lv) : LOG_LEVELS.indexOf(lv as typeof LOG_LEVELS[number]);
+      const idx = /^\d+$/.test(lv)
+        ? Number(lv)
+        : LOG_LEVELS.indexOf(lv as typeof LOG_LEVELS[number]);
       if (idx < 0 || idx > 7) throw new UsageError(`invalid log level: ${lv}`);
       o.logLevel = idx;
     }
@@ -158,7 +162,9 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
       } else if (d === "default") o.logDst = "file";
       else if (d === "stderr") o.logDst = "stderr";
       else throw new UsageError(`invalid log destination: ${d}`);
-      if (o.logDst !== "file" && m.has("dir")) throw new UsageError("dir= cannot be used with a non-default log destination");
+      if (o.logDst !== "file" && m.has("dir")) {
+        throw new UsageError("dir= cannot be used with a non-default log destination");
+      }
     }
   }
   if (v.recovery !== undefined) {
@@ -175,6 +181,10 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
     o.nbd = { host, port };
   }
   const validDriver = /^(local(:.*)?|zookeeper:.+|corosync(:.*)?)$/.test(o.cluster);
-  if (!validDriver) throw new UsageError(`Invalid cluster driver '${o.cluster}'\nSupported drivers: local zookeeper corosync`);
+  if (!validDriver) {
+    throw new UsageError(
+      `Invalid cluster driver '${o.cluster}'\nSupported drivers: local zookeeper corosync`,
+    );
+  }
   return o;
 }

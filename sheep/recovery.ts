@@ -61,7 +61,12 @@ export class RecoveryManager {
   constructor(private readonly host: RecoveryHost) {}
 
   status(): { inRecovery: boolean; state: number; finished: number; total: number } {
-    return { inRecovery: this.running, state: this.phase, finished: this.finished, total: this.total };
+    return {
+      inRecovery: this.running,
+      state: this.phase,
+      finished: this.finished,
+      total: this.total,
+    };
   }
 
   /** Called when recovery might be needed: an epoch change, or the cluster became ready. */
@@ -72,7 +77,9 @@ export class RecoveryManager {
     this.planDone();
     this.planned = new Promise((resolve) => (this.planDone = resolve));
     this.poke();
-    void this.run(gen, movedFrom).catch((e) => this.host.log.err(`recovery: ${(e as Error).stack ?? e}`));
+    void this.run(gen, movedFrom).catch((e) =>
+      this.host.log.err(`recovery: ${(e as Error).stack ?? e}`)
+    );
   }
 
   /** Recovery was re-enabled, or throttle changed: resume a paused loop. */
@@ -106,7 +113,14 @@ export class RecoveryManager {
     const store = h.store();
     // Copies this node no longer owns become stale copies of the epoch they belonged to.
     if (movedFrom !== null) {
-      for (const oid of objectsNoLongerOwned({ me: h.me, ring: h.ring(), copiesOf: (o) => h.copiesFor(o), local: store.list() })) {
+      for (
+        const oid of objectsNoLongerOwned({
+          me: h.me,
+          ring: h.ring(),
+          copiesOf: (o) => h.copiesFor(o),
+          local: store.list(),
+        })
+      ) {
         await store.moveToStale(oid, movedFrom).catch(() => {});
       }
     }
@@ -153,7 +167,9 @@ export class RecoveryManager {
         const n = (attempts.get(oid) ?? 0) + 1;
         attempts.set(oid, n);
         if (n < MAX_ATTEMPTS) queue.push(oid);
-        else h.log.err(`recovery: giving up on ${oid.toString(16)}: ${(r.reason as Error).message}`);
+        else {h.log.err(
+            `recovery: giving up on ${oid.toString(16)}: ${(r.reason as Error).message}`,
+          );}
       });
       if (results.some((r) => r.status === "rejected")) await this.sleep(100);
       if (max > 0 && interval > 0) {
@@ -164,7 +180,9 @@ export class RecoveryManager {
     if (gen !== this.generation) return;
     this.phase = 2;
     this.pending.clear();
-    if (this.total) h.log.info(`recovery for epoch ${epoch} finished (${this.finished}/${this.total})`);
+    if (this.total) {
+      h.log.info(`recovery for epoch ${epoch} finished (${this.finished}/${this.total})`);
+    }
     // Reporting is retried: completion must reach every member or stale copies stay forever.
     for (;;) {
       if (gen !== this.generation) return;
@@ -182,13 +200,17 @@ export class RecoveryManager {
   private async gatherLists(gen: number): Promise<bigint[] | null> {
     const out: bigint[] = [];
     for (const n of this.host.nodes()) {
-      for (let attempt = 0; ; attempt++) {
+      for (let attempt = 0;; attempt++) {
         if (gen !== this.generation) return null;
         try {
           out.push(...(await this.objectList(n)));
           break;
         } catch (e) {
-          if (attempt % 10 === 0) this.host.log.warn(`recovery: object list from ${nodeHostPort(n)}: ${(e as Error).message}`);
+          if (attempt % 10 === 0) {
+            this.host.log.warn(
+              `recovery: object list from ${nodeHostPort(n)}: ${(e as Error).message}`,
+            );
+          }
           await this.sleep(200);
         }
       }

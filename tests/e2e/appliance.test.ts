@@ -26,7 +26,9 @@ async function checkPlacement(c: TestCluster, oids: bigint[], copies: number): P
     const [, hp, v] = l.split(" ");
     vn.set(Number(hp.split(":")[1]), Number(v));
   }
-  const nodes = c.nodes.map((n) => makeNode("127.0.0.1", n.port, { zone: n.zone, nrVnodes: vn.get(n.port) ?? 128 }));
+  const nodes = c.nodes.map((n) =>
+    makeNode("127.0.0.1", n.port, { zone: n.zone, nrVnodes: vn.get(n.port) ?? 128 })
+  );
   const ring = new Ring(nodes);
   const files = c.nodes.map((_, i) => new Set(c.objectFiles(i)));
   for (const oid of oids) {
@@ -107,12 +109,20 @@ describe("3 nodes, copies=3, ports 7000-7002", () => {
   test("vdi list shows Used", async () => {
     const out = await c.dogOk(["vdi", "list"]);
     const lines = out.split("\n");
-    expect(lines[0]).toBe("  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift");
+    expect(lines[0]).toBe(
+      "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift",
+    );
     // printf("%c %-8s %5d %7s %7s %7s %s  %7x %6s %13s %3u")
     const row = lines[1].replace(/\d{4}-\d\d-\d\d \d\d:\d\d/, "<time>");
-    expect(row).toBe(`  alpha        0  1.0 GB   68 MB  0.0 MB <time>  ${vid.toString(16).padStart(7)}      3${" ".repeat(16)}22`);
+    expect(row).toBe(
+      `  alpha        0  1.0 GB   68 MB  0.0 MB <time>  ${vid.toString(16).padStart(7)}      3${
+        " ".repeat(16)
+      }22`,
+    );
     const raw = await c.dogOk(["vdi", "list", "-r"]);
-    expect(raw).toMatch(new RegExp(`^= alpha 0 1073741824 ${68 * MiB} 0 \\d+ ${vid.toString(16)} 3  22\\n$`));
+    expect(raw).toMatch(
+      new RegExp(`^= alpha 0 1073741824 ${68 * MiB} 0 \\d+ ${vid.toString(16)} 3  22\\n$`),
+    );
   });
 
   test("vdi object location reports the holders", async () => {
@@ -123,10 +133,14 @@ describe("3 nodes, copies=3, ports 7000-7002", () => {
 
   test("kill -9 of one sheep: data still reads through either survivor; new epoch", async () => {
     await c.kill(2, "SIGKILL");
-    await c.waitFor(async () => {
-      const r = await c.dog(["cluster", "info", "-r"]);
-      return /^\d+ 2 \[/m.test(r.stdout.toString());
-    }, 30_000, "epoch 2 after the kill");
+    await c.waitFor(
+      async () => {
+        const r = await c.dog(["cluster", "info", "-r"]);
+        return /^\d+ 2 \[/m.test(r.stdout.toString());
+      },
+      30_000,
+      "epoch 2 after the kill",
+    );
     for (const node of [0, 1]) {
       const r = await c.dog(["vdi", "read", "alpha", String(3 * MiB), String(64 * MiB)], { node });
       expect(r.code).toBe(0);

@@ -27,15 +27,21 @@ describe("bad input", () => {
   test("missing VDI exits 1 with upstream's message", async () => {
     const r = await c.dog(["vdi", "read", "nope"]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain("Failed to open VDI nope (snapshot id: 0 snapshot tag: ): No VDI found");
+    expect(r.stderr).toContain(
+      "Failed to open VDI nope (snapshot id: 0 snapshot tag: ): No VDI found",
+    );
   });
 
   test("write past the VDI size fails and writes nothing", async () => {
     const before = c.objectFiles(0).length + c.objectFiles(1).length;
-    const r = await c.dog(["vdi", "write", "small", String(8 * 1024 * 1024 - 10), "20"], { input: Buffer.alloc(20, 1) });
+    const r = await c.dog(["vdi", "write", "small", String(8 * 1024 * 1024 - 10), "20"], {
+      input: Buffer.alloc(20, 1),
+    });
     expect(r.code).not.toBe(0);
     expect(r.stderr.length).toBeGreaterThan(0);
-    const r2 = await c.dog(["vdi", "write", "small", String(9 * 1024 * 1024)], { input: Buffer.alloc(20, 1) });
+    const r2 = await c.dog(["vdi", "write", "small", String(9 * 1024 * 1024)], {
+      input: Buffer.alloc(20, 1),
+    });
     expect(r2.code).toBe(1);
     expect(r2.stderr).toContain("Write offset is beyond the end of the VDI");
     expect(c.objectFiles(0).length + c.objectFiles(1).length).toBe(before);
@@ -63,7 +69,13 @@ describe("bad input", () => {
   });
 
   test("garbage on the socket closes that connection; other clients are served", async () => {
-    for (const junk of [Buffer.alloc(48, 0xff), Buffer.from("GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4)), Buffer.alloc(7, 1)]) {
+    for (
+      const junk of [
+        Buffer.alloc(48, 0xff),
+        Buffer.from("GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4)),
+        Buffer.alloc(7, 1),
+      ]
+    ) {
       await new Promise<void>((resolve) => {
         const s = net.connect(c.nodes[0].port, "127.0.0.1", () => s.end(junk));
         s.on("error", () => resolve());

@@ -8,7 +8,13 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { freePort, runDog, TestCluster } from "../lib/cluster.ts";
-import { type Corosync, corosyncInstalled, corosyncReachable, startCorosync, uniqueGroup } from "../lib/corosync.ts";
+import {
+  type Corosync,
+  corosyncInstalled,
+  corosyncReachable,
+  startCorosync,
+  uniqueGroup,
+} from "../lib/corosync.ts";
 import { bridgeCandidates, createCorosyncDriver } from "../../drivers/corosync.ts";
 import { cbor } from "../../core/cbor.ts";
 import { makeNode, nodeHostPort, type SdNode } from "../../core/node.ts";
@@ -16,12 +22,20 @@ import { makeNode, nodeHostPort, type SdNode } from "../../core/node.ts";
 const MiB = 1024 * 1024;
 const installed = corosyncInstalled();
 const bridgeBuilt = bridgeCandidates().some((p) => fs.existsSync(p));
-if (!installed) console.error("corosync is not installed (apt-get install corosync): skipping corosync tests");
-if (!bridgeBuilt) console.error("drivers/cpg-bridge is not built (make; needs libcpg-dev): skipping corosync tests");
+if (!installed) {
+  console.error("corosync is not installed (apt-get install corosync): skipping corosync tests");
+}
+if (!bridgeBuilt) {
+  console.error(
+    "drivers/cpg-bridge is not built (make; needs libcpg-dev): skipping corosync tests",
+  );
+}
 const runnable = installed && bridgeBuilt;
 /** A corosync already runs (another test, a service): the "not running" case cannot run. */
 const alreadyRunning = runnable && corosyncReachable();
-if (alreadyRunning) console.error("a corosync is already running: skipping the test that needs none running");
+if (alreadyRunning) {
+  console.error("a corosync is already running: skipping the test that needs none running");
+}
 
 /** Pids of the direct children of pid named comm (from /proc). */
 function childrenNamed(pid: number, comm: string): number[] {
@@ -53,13 +67,22 @@ async function epochOf(c: TestCluster, i: number): Promise<number> {
   return Math.max(...epochs);
 }
 
-async function waitMembers(c: TestCluster, on: number[], expected: number[], what: string): Promise<void> {
+async function waitMembers(
+  c: TestCluster,
+  on: number[],
+  expected: number[],
+  what: string,
+): Promise<void> {
   const want = expected.map((i) => `127.0.0.1:${c.nodes[i].port}`).sort();
   for (const i of on) {
-    await c.waitFor(async () => {
-      const have = (await nodeList(c, i)).sort();
-      return JSON.stringify(have) === JSON.stringify(want);
-    }, 30_000, `node ${i} to list ${what}`);
+    await c.waitFor(
+      async () => {
+        const have = (await nodeList(c, i)).sort();
+        return JSON.stringify(have) === JSON.stringify(want);
+      },
+      30_000,
+      `node ${i} to list ${what}`,
+    );
   }
 }
 
@@ -84,7 +107,17 @@ describe.skipIf(!runnable || alreadyRunning)("without corosync", () => {
     try {
       const port = await freePort();
       const t0 = Date.now();
-      const r = await runDog(["sheep", "-b", "127.0.0.1", "-p", String(port), "-c", "corosync", "-f", dir], {
+      const r = await runDog([
+        "sheep",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-c",
+        "corosync",
+        "-f",
+        dir,
+      ], {
         timeoutMs: 20_000,
       });
       const took = Date.now() - t0;
@@ -131,34 +164,54 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
     await c.dogOk(["vdi", "create", "alpha", "64M"], { node: 1 });
     await c.dogOk(["vdi", "write", "alpha", String(off), String(data.length)], { input: data });
     for (let i = 0; i < 3; i++) {
-      const r = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], { node: i });
+      const r = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], {
+        node: i,
+      });
       expect(r.code).toBe(0);
       expect(Buffer.compare(r.stdout, data)).toBe(0);
     }
   }, 120_000);
 
-  test("kill -9 of a sheep: survivors see the leave, new epoch, data reads; restart rejoins", async () => {
-    const before = await epochOf(c, 0);
-    await c.kill(2, "SIGKILL");
-    await waitMembers(c, [0, 1], [0, 1], "2 members after the kill");
-    await c.waitFor(async () => (await epochOf(c, 0)) === before + 1, 30_000, "epoch +1 after the kill");
-    expect(await epochOf(c, 1)).toBe(before + 1);
-    const info = await c.dogOk(["cluster", "info"]);
-    const survivors = [c.nodes[0].port, c.nodes[1].port].sort((a, b) => a - b).map((p) => `127.0.0.1:${p}:128`);
-    expect(info).toContain(` ${before + 1} [${survivors.join(", ")}]`);
-    const r = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], { node: 1 });
-    expect(r.code).toBe(0);
-    expect(Buffer.compare(r.stdout, data)).toBe(0);
+  test(
+    "kill -9 of a sheep: survivors see the leave, new epoch, data reads; restart rejoins",
+    async () => {
+      const before = await epochOf(c, 0);
+      await c.kill(2, "SIGKILL");
+      await waitMembers(c, [0, 1], [0, 1], "2 members after the kill");
+      await c.waitFor(
+        async () => (await epochOf(c, 0)) === before + 1,
+        30_000,
+        "epoch +1 after the kill",
+      );
+      expect(await epochOf(c, 1)).toBe(before + 1);
+      const info = await c.dogOk(["cluster", "info"]);
+      const survivors = [c.nodes[0].port, c.nodes[1].port].sort((a, b) => a - b).map((p) =>
+        `127.0.0.1:${p}:128`
+      );
+      expect(info).toContain(` ${before + 1} [${survivors.join(", ")}]`);
+      const r = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], {
+        node: 1,
+      });
+      expect(r.code).toBe(0);
+      expect(Buffer.compare(r.stdout, data)).toBe(0);
 
-    await c.startNode(2);
-    await waitMembers(c, [0, 1, 2], [0, 1, 2], "3 members after the restart");
-    await c.waitFor(async () => (await epochOf(c, 2)) === before + 2, 30_000, "epoch +2 on the restarted sheep");
-    expect(await epochOf(c, 0)).toBe(before + 2);
-    await c.waitRunning();
-    const r2 = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], { node: 2 });
-    expect(r2.code).toBe(0);
-    expect(Buffer.compare(r2.stdout, data)).toBe(0);
-  }, 120_000);
+      await c.startNode(2);
+      await waitMembers(c, [0, 1, 2], [0, 1, 2], "3 members after the restart");
+      await c.waitFor(
+        async () => (await epochOf(c, 2)) === before + 2,
+        30_000,
+        "epoch +2 on the restarted sheep",
+      );
+      expect(await epochOf(c, 0)).toBe(before + 2);
+      await c.waitRunning();
+      const r2 = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], {
+        node: 2,
+      });
+      expect(r2.code).toBe(0);
+      expect(Buffer.compare(r2.stdout, data)).toBe(0);
+    },
+    120_000,
+  );
 
   test("killing a sheep's cpg-bridge stops that sheep; the others see it leave", async () => {
     const pid = c.nodes[1].proc!.pid!;
@@ -171,7 +224,11 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
     expect(st?.code).not.toBe(0);
     expect(c.logTail(1, 30)).toMatch(/membership lost: corosync driver: cpg-bridge exited/);
     await waitMembers(c, [0, 2], [0, 2], "2 members after the bridge died");
-    await c.waitFor(async () => (await epochOf(c, 2)) === before + 1, 30_000, "epoch +1 after the bridge died");
+    await c.waitFor(
+      async () => (await epochOf(c, 2)) === before + 1,
+      30_000,
+      "epoch +1 after the bridge died",
+    );
     const r = await c.dog(["vdi", "read", "alpha", String(off), String(data.length)], { node: 2 });
     expect(Buffer.compare(r.stdout, data)).toBe(0);
 
@@ -182,8 +239,16 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
 
   test("20 parallel creates of distinct names through different sheep all succeed", async () => {
     const names = Array.from({ length: 20 }, (_, i) => `par${i}`);
-    const rs = await Promise.all(names.map((n, i) => c.dog(["vdi", "create", n, "8M"], { node: i % 3 })));
-    for (const [i, r] of rs.entries()) expect({ name: names[i], code: r.code, err: r.stderr }).toEqual({ name: names[i], code: 0, err: "" });
+    const rs = await Promise.all(
+      names.map((n, i) => c.dog(["vdi", "create", n, "8M"], { node: i % 3 })),
+    );
+    for (const [i, r] of rs.entries()) {
+      expect({ name: names[i], code: r.code, err: r.stderr }).toEqual({
+        name: names[i],
+        code: 0,
+        err: "",
+      });
+    }
     const lists = await Promise.all([0, 1, 2].map((i) => vdiIds(c, i)));
     const vids = names.map((n) => lists[0].get(n));
     expect(vids.every((v) => typeof v === "number" && v > 0)).toBe(true);
@@ -192,7 +257,9 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
   }, 180_000);
 
   test("10 parallel creates of one name succeed exactly once", async () => {
-    const rs = await Promise.all(Array.from({ length: 10 }, (_, i) => c.dog(["vdi", "create", "same", "8M"], { node: i % 3 })));
+    const rs = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => c.dog(["vdi", "create", "same", "8M"], { node: i % 3 })),
+    );
     expect(rs.filter((r) => r.code === 0).length).toBe(1);
     for (const r of rs.filter((r) => r.code !== 0)) expect(r.stderr).toMatch(/exist/i);
     for (let i = 0; i < 3; i++) expect((await vdiIds(c, i)).has("same")).toBe(true);
@@ -200,12 +267,18 @@ describe.skipIf(!runnable)("3 sheep on corosync", () => {
 
   test("corosync going away stops every sheep", async () => {
     if (cs.pid === null || cs.otherUsers() > 0) {
-      console.error("corosync is not ours alone (foreign, or another test uses it): not stopping it");
+      console.error(
+        "corosync is not ours alone (foreign, or another test uses it): not stopping it",
+      );
       return;
     }
     await cs.stop();
     for (let i = 0; i < 3; i++) {
-      await c.waitFor(async () => !c.isRunning(i), 30_000, `sheep ${i} to exit after corosync stopped`);
+      await c.waitFor(
+        async () => !c.isRunning(i),
+        30_000,
+        `sheep ${i} to exit after corosync stopped`,
+      );
       expect((await c.exitStatus(i))?.code).not.toBe(0);
       expect(c.logTail(i, 30)).toMatch(/membership lost/);
     }
@@ -265,7 +338,17 @@ class FakeCpg {
     const key = `1:${this.pid++}`;
     const node = makeNode("127.0.0.1", port ?? this.port++);
     const d = createCorosyncDriver("sim");
-    const s: SimNode = { key, hp: nodeHostPort(node), node, d, log: [], accepted: false, alive: true, fatal: null, rejected: false };
+    const s: SimNode = {
+      key,
+      hp: nodeHostPort(node),
+      node,
+      d,
+      log: [],
+      accepted: false,
+      alive: true,
+      fatal: null,
+      rejected: false,
+    };
     s.d.send = (m: { t: string }) => {
       if (!s.alive) return;
       if (s.intercept && s.intercept(m)) return;
@@ -282,12 +365,16 @@ class FakeCpg {
   }
 
   private confchg(joined: SimNode[], left: SimNode[]): void {
-    const list = (l: SimNode[], reason: number) => l.map((x) => Buffer.concat([FakeCpg.ids(x.key), Buffer.from([reason, 0, 0, 0])]));
+    const list = (l: SimNode[], reason: number) =>
+      l.map((x) => Buffer.concat([FakeCpg.ids(x.key), Buffer.from([reason, 0, 0, 0])]));
     const head = Buffer.alloc(12);
     head.writeUInt32LE(this.group.length);
     head.writeUInt32LE(left.length, 4);
     head.writeUInt32LE(joined.length, 8);
-    const f = FakeCpg.frame(2, Buffer.concat([head, ...list(this.group, 0), ...list(left, 5), ...list(joined, 1)]));
+    const f = FakeCpg.frame(
+      2,
+      Buffer.concat([head, ...list(this.group, 0), ...list(left, 5), ...list(joined, 1)]),
+    );
     for (const x of [...this.group]) x.d.onData(f);
   }
 
@@ -338,7 +425,10 @@ class FakeCpg {
       block: (sender: SdNode) => {
         s.log.push(`block ${nodeHostPort(sender)}`);
         if (nodeHostPort(sender) !== s.hp) return false;
-        setTimeout(() => void s.d.unblock(Buffer.from(`unblock ${this.unblocks++}`)), Math.floor(Math.random() * 4));
+        setTimeout(
+          () => void s.d.unblock(Buffer.from(`unblock ${this.unblocks++}`)),
+          Math.floor(Math.random() * 4),
+        );
         return true;
       },
       updateNode: async (node: SdNode, members: SdNode[]) => {
@@ -375,7 +465,10 @@ function expectConsistent(nodes: SimNode[]): void {
       const at = b.log.indexOf(a.log[0]);
       if (at < 0) continue; // b had left or died before a joined
       const n = Math.min(a.log.length, b.log.length - at);
-      expect({ pair: `${b.hp} vs ${a.hp}`, log: b.log.slice(at, at + n) }).toEqual({ pair: `${b.hp} vs ${a.hp}`, log: a.log.slice(0, n) });
+      expect({ pair: `${b.hp} vs ${a.hp}`, log: b.log.slice(at, at + n) }).toEqual({
+        pair: `${b.hp} vs ${a.hp}`,
+        log: a.log.slice(0, n),
+      });
     }
   }
 }
@@ -389,7 +482,9 @@ describe("corosync driver state machine (simulated CPG)", () => {
       cpg.join(b);
       cpg.join(c2, d);
       await cpg.settle();
-      for (const s of [a, b, c2, d]) expect({ hp: s.hp, accepted: s.accepted }).toEqual({ hp: s.hp, accepted: true });
+      for (const s of [a, b, c2, d]) {
+        expect({ hp: s.hp, accepted: s.accepted }).toEqual({ hp: s.hp, accepted: true });
+      }
       const founders = [a, b, c2, d].filter((s) => /^accept \S+ \[[^,]+\]/.test(s.log[0]));
       expect(founders.length).toBe(1);
       expectConsistent([a, b, c2, d]);
@@ -427,7 +522,9 @@ describe("corosync driver state machine (simulated CPG)", () => {
     await cpg.settle();
     expect(master.alive).toBe(false);
     expect(e.accepted).toBe(true);
-    expect(e.log[0]).toBe(`accept ${e.hp} [${ss.map((s) => s.hp).join(",")},${e.hp}] cinfo ${e.hp}`);
+    expect(e.log[0]).toBe(
+      `accept ${e.hp} [${ss.map((s) => s.hp).join(",")},${e.hp}] cinfo ${e.hp}`,
+    );
     expect(e.log[1]).toBe(`leave ${master.hp} [${[...ss.slice(1), e].map((s) => s.hp).join(",")}]`);
     for (const s of ss.slice(1)) expect(s.fatal).toBeNull();
     expectConsistent([...ss, e]);
@@ -452,59 +549,81 @@ describe("corosync driver state machine (simulated CPG)", () => {
     }
   });
 
-  test("block/unblock from every member, with a sheep joining midway: one order, each once", async () => {
-    for (let round = 0; round < 5; round++) {
-      const cpg = new FakeCpg();
-      const ss = [cpg.create(), cpg.create(), cpg.create()];
-      for (const s of ss) {
-        cpg.join(s);
-        await cpg.settle();
-      }
-      for (let i = 0; i < 3; i++) for (const s of ss) void s.d.block();
-      const late = cpg.create();
-      cpg.join(late);
-      for (let i = 0; i < 2; i++) void ss[i].d.notify(Buffer.from(`n${i}`));
-      await cpg.settle();
-      for (let i = 0; i < 2; i++) void late.d.block();
-      await cpg.settle();
-      expect(late.accepted).toBe(true);
-      const all = [...ss, late];
-      expectConsistent(all);
-      const unblocks = ss[0].log.filter((l) => l.startsWith("notify ") && l.includes(" unblock "));
-      expect(unblocks.length).toBe(11);
-      expect(new Set(unblocks.map((l) => l.split(" ").at(-1))).size).toBe(11);
-      for (const s of all) expect(s.d.blocks.length).toBe(0);
-    }
-  }, 60_000);
-
-  test("random joins, deaths, notifies and blocks: survivors agree on order and membership", async () => {
-    for (let round = 0; round < 20; round++) {
-      const cpg = new FakeCpg();
-      const all: SimNode[] = [];
-      for (let step = 0; step < 14; step++) {
-        const alive = all.filter((s) => s.alive);
-        const r = Math.random();
-        if (r < 0.35 || alive.length < 2) {
-          const s = cpg.create();
-          all.push(s);
+  test(
+    "block/unblock from every member, with a sheep joining midway: one order, each once",
+    async () => {
+      for (let round = 0; round < 5; round++) {
+        const cpg = new FakeCpg();
+        const ss = [cpg.create(), cpg.create(), cpg.create()];
+        for (const s of ss) {
           cpg.join(s);
-        } else if (r < 0.5 && alive.length > 3) {
-          cpg.kill(alive[Math.floor(Math.random() * alive.length)]);
-        } else {
-          const s = alive[Math.floor(Math.random() * alive.length)];
-          if (s.accepted) void (r < 0.75 ? s.d.notify(Buffer.from(`r${round}s${step}`)) : s.d.block());
+          await cpg.settle();
         }
-        if (Math.random() < 0.5) await cpg.settle();
+        for (let i = 0; i < 3; i++) for (const s of ss) void s.d.block();
+        const late = cpg.create();
+        cpg.join(late);
+        for (let i = 0; i < 2; i++) void ss[i].d.notify(Buffer.from(`n${i}`));
+        await cpg.settle();
+        for (let i = 0; i < 2; i++) void late.d.block();
+        await cpg.settle();
+        expect(late.accepted).toBe(true);
+        const all = [...ss, late];
+        expectConsistent(all);
+        const unblocks = ss[0].log.filter((l) =>
+          l.startsWith("notify ") && l.includes(" unblock ")
+        );
+        expect(unblocks.length).toBe(11);
+        expect(new Set(unblocks.map((l) => l.split(" ").at(-1))).size).toBe(11);
+        for (const s of all) expect(s.d.blocks.length).toBe(0);
       }
-      await cpg.settle();
-      const alive = all.filter((s) => s.alive);
-      for (const s of alive) expect({ hp: s.hp, accepted: s.accepted, fatal: s.fatal }).toEqual({ hp: s.hp, accepted: true, fatal: null });
-      expectConsistent(all);
-      const want = alive.map((s) => s.hp).sort();
-      for (const s of alive) expect(s.d.members.map((m: { key: string }) => m.key).sort()).toEqual(alive.map((x) => x.key).sort());
-      expect(want.length).toBe(alive.length);
-    }
-  }, 120_000);
+    },
+    60_000,
+  );
+
+  test(
+    "random joins, deaths, notifies and blocks: survivors agree on order and membership",
+    async () => {
+      for (let round = 0; round < 20; round++) {
+        const cpg = new FakeCpg();
+        const all: SimNode[] = [];
+        for (let step = 0; step < 14; step++) {
+          const alive = all.filter((s) => s.alive);
+          const r = Math.random();
+          if (r < 0.35 || alive.length < 2) {
+            const s = cpg.create();
+            all.push(s);
+            cpg.join(s);
+          } else if (r < 0.5 && alive.length > 3) {
+            cpg.kill(alive[Math.floor(Math.random() * alive.length)]);
+          } else {
+            const s = alive[Math.floor(Math.random() * alive.length)];
+            if (s.accepted) {
+              void (r < 0.75 ? s.d.notify(Buffer.from(`r${round}s${step}`)) : s.d.block());
+            }
+          }
+          if (Math.random() < 0.5) await cpg.settle();
+        }
+        await cpg.settle();
+        const alive = all.filter((s) => s.alive);
+        for (const s of alive) {
+          expect({ hp: s.hp, accepted: s.accepted, fatal: s.fatal }).toEqual({
+            hp: s.hp,
+            accepted: true,
+            fatal: null,
+          });
+        }
+        expectConsistent(all);
+        const want = alive.map((s) => s.hp).sort();
+        for (const s of alive) {
+          expect(s.d.members.map((m: { key: string }) => m.key).sort()).toEqual(
+            alive.map((x) => x.key).sort(),
+          );
+        }
+        expect(want.length).toBe(alive.length);
+      }
+    },
+    120_000,
+  );
 
   test("a restarted sheep (same address, new bridge) replaces its old incarnation", async () => {
     const cpg = new FakeCpg();
@@ -520,7 +639,10 @@ describe("corosync driver state machine (simulated CPG)", () => {
     cpg.join(b2);
     await cpg.settle();
     expect(b2.accepted).toBe(true);
-    expect(a.log.slice(-2)).toEqual([`leave ${b.hp} [${a.hp}]`, `accept ${b.hp} [${a.hp},${b.hp}] cinfo ${b.hp}`]);
+    expect(a.log.slice(-2)).toEqual([
+      `leave ${b.hp} [${a.hp}]`,
+      `accept ${b.hp} [${a.hp},${b.hp}] cinfo ${b.hp}`,
+    ]);
     cpg.kill(b); // the old bridge's leave arrives late: nothing more happens
     await cpg.settle();
     expect(a.log.length).toBe(4);

@@ -51,25 +51,31 @@ describe("disk full during client writes", () => {
     await c?.stop();
   });
 
-  test("the write fails with a clear error; the node stays up; earlier data is intact", async () => {
-    await c.dogOk(["vdi", "create", "v", "256M"]);
-    const a = randomBytes(8 * MiB);
-    await c.dogOk(["vdi", "write", "v", "0"], { input: a });
-    const r = await c.dog(["vdi", "write", "v", String(16 * MiB), String(64 * MiB)], { input: randomBytes(64 * MiB) });
-    expect(r.code).not.toBe(0);
-    expect(r.stderr).toMatch(/no space|No space/);
-    expect(c.isRunning(0) && c.isRunning(1)).toBe(true);
-    const back = await c.dog(["vdi", "read", "v", "0", String(a.length)], { node: 1 });
-    expect(back.code).toBe(0);
-    expect(Buffer.compare(back.stdout, a)).toBe(0);
-    // rewriting an object that already exists still works
-    const b = randomBytes(MiB);
-    await c.dogOk(["vdi", "write", "v", String(MiB), String(MiB)], { input: b });
-    const back2 = await c.dog(["vdi", "read", "v", String(MiB), String(MiB)], { node: 1 });
-    expect(Buffer.compare(back2.stdout, b)).toBe(0);
-    const list = await c.dogOk(["node", "list", "-r"]);
-    expect(list.trim().split("\n").length).toBe(2);
-  }, 120_000);
+  test(
+    "the write fails with a clear error; the node stays up; earlier data is intact",
+    async () => {
+      await c.dogOk(["vdi", "create", "v", "256M"]);
+      const a = randomBytes(8 * MiB);
+      await c.dogOk(["vdi", "write", "v", "0"], { input: a });
+      const r = await c.dog(["vdi", "write", "v", String(16 * MiB), String(64 * MiB)], {
+        input: randomBytes(64 * MiB),
+      });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/no space|No space/);
+      expect(c.isRunning(0) && c.isRunning(1)).toBe(true);
+      const back = await c.dog(["vdi", "read", "v", "0", String(a.length)], { node: 1 });
+      expect(back.code).toBe(0);
+      expect(Buffer.compare(back.stdout, a)).toBe(0);
+      // rewriting an object that already exists still works
+      const b = randomBytes(MiB);
+      await c.dogOk(["vdi", "write", "v", String(MiB), String(MiB)], { input: b });
+      const back2 = await c.dog(["vdi", "read", "v", String(MiB), String(MiB)], { node: 1 });
+      expect(Buffer.compare(back2.stdout, b)).toBe(0);
+      const list = await c.dogOk(["node", "list", "-r"]);
+      expect(list.trim().split("\n").length).toBe(2);
+    },
+    120_000,
+  );
 });
 
 describe("recovery onto a full node", () => {
@@ -92,7 +98,12 @@ describe("recovery onto a full node", () => {
     smallDisk(dir, 16);
     const i = await c.addNode({ port: await freePort(), zone: 2, dir, extra: ["-V", "128"] });
     const log = path.join(dir, "sheep.log");
-    await c.waitFor(async () => fs.existsSync(log) && /recovery paused: store is full/.test(fs.readFileSync(log, "utf8")), 60_000, "the pause message");
+    await c.waitFor(
+      async () =>
+        fs.existsSync(log) && /recovery paused: store is full/.test(fs.readFileSync(log, "utf8")),
+      60_000,
+      "the pause message",
+    );
     expect(c.isRunning(i)).toBe(true);
     const list = await c.dogOk(["node", "list", "-r"], { node: i });
     expect(list.trim().split("\n").length).toBe(3);

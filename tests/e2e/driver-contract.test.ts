@@ -19,7 +19,10 @@ interface DriverEnv {
 const drivers: DriverEnv[] = [
   { name: "local", setup: () => Promise.resolve({ spec: "", stop: () => Promise.resolve() }) },
 ];
-if (fs.existsSync(path.join(ROOT, "drivers/zookeeper.ts")) && fs.existsSync(path.join(ROOT, "tests/lib/zookeeper.ts"))) {
+if (
+  fs.existsSync(path.join(ROOT, "drivers/zookeeper.ts")) &&
+  fs.existsSync(path.join(ROOT, "tests/lib/zookeeper.ts"))
+) {
   drivers.push({
     name: "zookeeper",
     setup: async () => {
@@ -29,12 +32,16 @@ if (fs.existsSync(path.join(ROOT, "drivers/zookeeper.ts")) && fs.existsSync(path
     },
   });
 }
-if (fs.existsSync(path.join(ROOT, "drivers/corosync.ts")) && fs.existsSync(path.join(ROOT, "tests/lib/corosync.ts"))) {
+if (
+  fs.existsSync(path.join(ROOT, "drivers/corosync.ts")) &&
+  fs.existsSync(path.join(ROOT, "tests/lib/corosync.ts"))
+) {
   drivers.push({
     name: "corosync",
     setup: async () => {
       const mod = await import("../lib/corosync.ts");
-      const cs = await (mod as unknown as { startCorosync(): Promise<{ stop(): Promise<void> }> }).startCorosync();
+      const cs = await (mod as unknown as { startCorosync(): Promise<{ stop(): Promise<void> }> })
+        .startCorosync();
       return { spec: "corosync", stop: () => cs.stop() };
     },
   });
@@ -42,7 +49,10 @@ if (fs.existsSync(path.join(ROOT, "drivers/corosync.ts")) && fs.existsSync(path.
 
 /** Normalizes the parts of `dog cluster info` that depend on time and ports. */
 function shape(info: string, ports: number[]): string {
-  let s = info.replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, "<time>").replace(/Cluster created at .*/, "Cluster created at <ctime>");
+  let s = info.replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, "<time>").replace(
+    /Cluster created at .*/,
+    "Cluster created at <ctime>",
+  );
   ports.forEach((p, i) => (s = s.replaceAll(`127.0.0.1:${p}:`, `N${i}:`)));
   return s.replace(/N\d:\d+/g, (m) => m.replace(/:\d+$/, ":V"));
 }
@@ -58,7 +68,11 @@ for (const drv of drivers) {
     beforeAll(async () => {
       env = await drv.setup();
       // Ascending fixed ports keep node order (and so the epoch table) comparable across drivers.
-      c = await TestCluster.start(3, { basePort: 7400 + 10 * drivers.indexOf(drv), driver: env.spec || undefined, format: { copies: 3 } });
+      c = await TestCluster.start(3, {
+        basePort: 7400 + 10 * drivers.indexOf(drv),
+        driver: env.spec || undefined,
+        format: { copies: 3 },
+      });
     }, 180_000);
     afterAll(async () => {
       await c?.stop();
@@ -68,55 +82,87 @@ for (const drv of drivers) {
     test("format, create, write, read", async () => {
       await c.dogOk(["vdi", "create", "alpha", "64M"]);
       await c.dogOk(["vdi", "write", "alpha", String(MiB)], { input: data });
-      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], { node: 2 });
+      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], {
+        node: 2,
+      });
       expect(Buffer.compare(r.stdout, data)).toBe(0);
     }, 60_000);
 
-    test("20 parallel creates of distinct names through different sheep: all succeed, distinct vids", async () => {
-      const rs = await Promise.all(
-        Array.from({ length: 20 }, (_, i) => c.dog(["vdi", "create", "-v", `par${i}`, "4M"], { node: i % 3 })),
-      );
-      expect(rs.map((r) => r.code)).toEqual(Array(20).fill(0));
-      const vids = rs.map((r) => r.stdout.toString().trim());
-      expect(new Set(vids).size).toBe(20);
-      const list = await c.dogOk(["vdi", "list", "-r"]);
-      for (let i = 0; i < 20; i++) expect(list).toContain(` par${i} `);
-    }, 120_000);
+    test(
+      "20 parallel creates of distinct names through different sheep: all succeed, distinct vids",
+      async () => {
+        const rs = await Promise.all(
+          Array.from(
+            { length: 20 },
+            (_, i) => c.dog(["vdi", "create", "-v", `par${i}`, "4M"], { node: i % 3 }),
+          ),
+        );
+        expect(rs.map((r) => r.code)).toEqual(Array(20).fill(0));
+        const vids = rs.map((r) => r.stdout.toString().trim());
+        expect(new Set(vids).size).toBe(20);
+        const list = await c.dogOk(["vdi", "list", "-r"]);
+        for (let i = 0; i < 20; i++) expect(list).toContain(` par${i} `);
+      },
+      120_000,
+    );
 
     test("10 parallel creates of the same name: exactly one succeeds", async () => {
-      const rs = await Promise.all(Array.from({ length: 10 }, (_, i) => c.dog(["vdi", "create", "same", "4M"], { node: i % 3 })));
+      const rs = await Promise.all(
+        Array.from(
+          { length: 10 },
+          (_, i) => c.dog(["vdi", "create", "same", "4M"], { node: i % 3 }),
+        ),
+      );
       expect(rs.filter((r) => r.code === 0).length).toBe(1);
-      for (const r of rs.filter((x) => x.code !== 0)) expect(r.stderr).toContain("VDI exists already");
+      for (const r of rs.filter((x) => x.code !== 0)) {
+        expect(r.stderr).toContain("VDI exists already");
+      }
       const list = await c.dogOk(["vdi", "list", "-r", "same"]);
       expect(list.trim().split("\n").length).toBe(1);
     }, 120_000);
 
     test("kill -9: survivors see the leave, new epoch, data still reads", async () => {
       await c.kill(2);
-      await c.waitFor(async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()), 60_000, "epoch 2");
-      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], { node: 1 });
+      await c.waitFor(
+        async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()),
+        60_000,
+        "epoch 2",
+      );
+      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], {
+        node: 1,
+      });
       expect(Buffer.compare(r.stdout, data)).toBe(0);
     }, 120_000);
 
     test("restart: rejoins, epoch 3 with all nodes", async () => {
       await c.startNode(2);
-      await c.waitFor(async () => /^\d+ 3 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()), 60_000, "epoch 3");
+      await c.waitFor(
+        async () => /^\d+ 3 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()),
+        60_000,
+        "epoch 3",
+      );
       const list = await c.dogOk(["node", "list", "-r"], { node: 2 });
       expect(list.trim().split("\n").length).toBe(3);
-      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], { node: 2 });
+      const r = await c.dog(["vdi", "read", "alpha", String(MiB), String(data.length)], {
+        node: 2,
+      });
       expect(Buffer.compare(r.stdout, data)).toBe(0);
     }, 120_000);
 
     test("epoch history and node list look the same on every driver", async () => {
       const ports = c.nodes.map((n) => n.port);
       const info = shape(await c.dogOk(["cluster", "info"]), ports);
-      const list = (await c.dogOk(["node", "list"])).replace(/127\.0\.0\.1:\d+/g, "ADDR").replace(/\t\d+/g, "\tV");
+      const list = (await c.dogOk(["node", "list"])).replace(/127\.0\.0\.1:\d+/g, "ADDR").replace(
+        /\t\d+/g,
+        "\tV",
+      );
       // every node's epoch log matches the first node's
       const epochs = (i: number) => fs.readdirSync(path.join(c.nodes[i].dir, "epoch")).sort();
       expect(epochs(1)).toEqual(epochs(0));
       for (const e of epochs(0)) {
         const a = fs.readFileSync(path.join(c.nodes[0].dir, "epoch", e)).subarray(0, -8);
-        expect(fs.readFileSync(path.join(c.nodes[1].dir, "epoch", e)).subarray(0, -8).equals(a)).toBe(true);
+        expect(fs.readFileSync(path.join(c.nodes[1].dir, "epoch", e)).subarray(0, -8).equals(a))
+          .toBe(true);
       }
       shapes.set(drv.name, { info, list });
       const first = shapes.get(drivers[0].name);

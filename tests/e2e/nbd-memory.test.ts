@@ -126,13 +126,22 @@ function addExport(name: string, size: number, opts: MemoryExportOptions = {}): 
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "nbd-e2e-"));
   addExport("disk", DISK_SIZE, { description: "scratch disk" });
-  const snap = addExport("disk@snap", DISK_SIZE, { readOnly: true, description: "snapshot of disk" });
+  const snap = addExport("disk@snap", DISK_SIZE, {
+    readOnly: true,
+    description: "snapshot of disk",
+  });
   const seed = Buffer.alloc(1 * MiB, 0x5a);
   // Fill the snapshot directly; its export is read-only to clients.
   snap.objects.set(1, Buffer.concat([seed, Buffer.alloc(3 * MiB)]));
   addExport("slow", 8 * MiB, { objectSize: 1 * MiB });
   addExport("small", 8 * MiB, { maxBlock: 1 * MiB, minBlock: 512 });
-  const srv = await startNbdServer({ host: "127.0.0.1", port: 0, provider, log: (m) => logs.push(m), maxInflightBytes: 4 * MiB });
+  const srv = await startNbdServer({
+    host: "127.0.0.1",
+    port: 0,
+    provider,
+    log: (m) => logs.push(m),
+    maxInflightBytes: 4 * MiB,
+  });
   port = srv.port;
   closeServer = srv.close;
 });
@@ -144,7 +153,11 @@ afterAll(async () => {
 
 const uri = (name = "disk") => `nbd://127.0.0.1:${port}/${name}`;
 
-function run(cmd: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(
+  cmd: string,
+  args: string[],
+  timeoutMs = 60_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     // In the scratch directory: fio, for one, leaves state files in its working directory.
     const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], cwd: tmp });
@@ -205,9 +218,22 @@ test("nbdinfo shows the export and its flags", async () => {
   expect(e["export-size"]).toBe(DISK_SIZE);
   expect(e.description).toBe("scratch disk");
   expect(e.contexts).toContain("base:allocation");
-  expect([e.is_read_only, e.can_flush, e.can_fua, e.can_trim, e.can_zero, e.can_fast_zero, e.can_multi_conn, e.can_df])
+  expect([
+    e.is_read_only,
+    e.can_flush,
+    e.can_fua,
+    e.can_trim,
+    e.can_zero,
+    e.can_fast_zero,
+    e.can_multi_conn,
+    e.can_df,
+  ])
     .toEqual([false, true, true, true, true, true, true, true]);
-  expect([e.block_size_minimum, e.block_size_preferred, e.block_size_maximum]).toEqual([1, 4096, 32 * MiB]);
+  expect([e.block_size_minimum, e.block_size_preferred, e.block_size_maximum]).toEqual([
+    1,
+    4096,
+    32 * MiB,
+  ]);
   const ro = json((await run("nbdinfo", ["--json", uri("disk@snap")])).stdout).exports[0];
   expect([ro.is_read_only, ro.can_trim, ro.can_zero]).toEqual([true, false, false]);
 });
@@ -215,7 +241,8 @@ test("nbdinfo shows the export and its flags", async () => {
 test("nbdinfo --list lists every export", async () => {
   const r = await run("nbdinfo", ["--list", "--json", `nbd://127.0.0.1:${port}`]);
   expect(r.code).toBe(0);
-  const names = json(r.stdout).exports.map((e: { "export-name": string }) => e["export-name"]).sort();
+  const names = json(r.stdout).exports.map((e: { "export-name": string }) => e["export-name"])
+    .sort();
   expect(names).toEqual(["disk", "disk@snap", "slow", "small"]);
 });
 
@@ -231,7 +258,15 @@ test("unknown, locked and broken exports are refused with an error", async () =>
 
 test("qemu-io writes and reads back a pattern across an object boundary", async () => {
   disk().objects.clear();
-  const r = await run("qemu-io", ["-f", "raw", "-c", "write -P 0xab 4190000 10000", "-c", "read -P 0xab 4190000 10000", uri()]);
+  const r = await run("qemu-io", [
+    "-f",
+    "raw",
+    "-c",
+    "write -P 0xab 4190000 10000",
+    "-c",
+    "read -P 0xab 4190000 10000",
+    uri(),
+  ]);
   expect(r.stderr).toBe("");
   expect(r.code).toBe(0);
   expect(r.stdout).toContain("wrote 10000/10000 bytes at offset 4190000");
@@ -287,8 +322,17 @@ test("nbdcopy in and out (multi-conn)", async () => {
 
 test("fio randrw with crc32c verification", async () => {
   const r = await run("fio", [
-    "--name=nbdverify", "--ioengine=nbd", `--uri=${uri()}`, "--rw=randrw", "--bs=4k", "--iodepth=8",
-    "--verify=crc32c", "--size=16m", "--runtime=5", "--output-format=json", "--verify_state_save=0",
+    "--name=nbdverify",
+    "--ioengine=nbd",
+    `--uri=${uri()}`,
+    "--rw=randrw",
+    "--bs=4k",
+    "--iodepth=8",
+    "--verify=crc32c",
+    "--size=16m",
+    "--runtime=5",
+    "--output-format=json",
+    "--verify_state_save=0",
   ]);
   expect(r.stderr).not.toMatch(/verify|error/i);
   expect(r.code).toBe(0);
@@ -299,7 +343,14 @@ test("fio randrw with crc32c verification", async () => {
 }, 60_000);
 
 test("read-only export: reads work, writes are refused", async () => {
-  const rd = await run("qemu-io", ["-r", "-f", "raw", "-c", `read -P 0x5a ${4 * MiB} ${1 * MiB}`, uri("disk@snap")]);
+  const rd = await run("qemu-io", [
+    "-r",
+    "-f",
+    "raw",
+    "-c",
+    `read -P 0x5a ${4 * MiB} ${1 * MiB}`,
+    uri("disk@snap"),
+  ]);
   expect(rd.code).toBe(0);
   expect(rd.stdout).not.toContain("Pattern verification failed");
   const wr = await run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4096", uri("disk@snap")]);
@@ -318,7 +369,9 @@ test("a write past the end is refused", async () => {
   const q = await run("qemu-io", ["-f", "raw", "-c", `write -P 1 ${DISK_SIZE - 2048} 4096`, uri()]);
   expect(q.code).not.toBe(0);
   const c = await RawClient.open("disk");
-  expect((await c.request(Cmd.WRITE, DISK_SIZE - 2048, 4096, 0, Buffer.alloc(4096, 1))).error).toBe(28); // ENOSPC
+  expect((await c.request(Cmd.WRITE, DISK_SIZE - 2048, 4096, 0, Buffer.alloc(4096, 1))).error).toBe(
+    28,
+  ); // ENOSPC
   expect((await c.request(Cmd.WRITE_ZEROES, DISK_SIZE, 1)).error).toBe(28);
   expect((await c.request(Cmd.READ, DISK_SIZE - 1, 2)).error).toBe(22); // EINVAL
   expect((await c.request(Cmd.TRIM, 2 ** 60, 1)).error).toBe(22);
@@ -355,11 +408,13 @@ class RawClient {
       this.wake();
     });
     sock.on("error", () => {});
-    this.closed = new Promise((r) => sock.on("close", () => {
-      this.isClosed = true;
-      this.wake();
-      r();
-    }));
+    this.closed = new Promise((r) =>
+      sock.on("close", () => {
+        this.isClosed = true;
+        this.wake();
+        r();
+      })
+    );
   }
 
   private wake(): void {
@@ -379,12 +434,18 @@ class RawClient {
   }
 
   /** Connects, negotiates structured replies + base:allocation (optional) and enters transmission. */
-  static async open(name: string, opts: { structured?: boolean; meta?: boolean } = {}): Promise<RawClient> {
+  static async open(
+    name: string,
+    opts: { structured?: boolean; meta?: boolean } = {},
+  ): Promise<RawClient> {
     const c = await RawClient.connect();
     await c.greeting();
     if (opts.structured) expect((await c.option(Opt.STRUCTURED_REPLY)).type).toBe(Rep.ACK);
     if (opts.meta) {
-      const reps = await c.optionAll(Opt.SET_META_CONTEXT, encodeMetaContextRequest(name, ["base:allocation"]));
+      const reps = await c.optionAll(
+        Opt.SET_META_CONTEXT,
+        encodeMetaContextRequest(name, ["base:allocation"]),
+      );
       expect(reps.map((r) => r.type)).toEqual([Rep.META_CONTEXT, Rep.ACK]);
     }
     const reps = await c.optionAll(Opt.GO, encodeInfoRequest(name, [Info.BLOCK_SIZE]));
@@ -423,13 +484,19 @@ class RawClient {
     return decodeOptionReply(Buffer.concat([h, data]))!;
   }
 
-  async option(opt: number, data?: Buffer): Promise<{ option: number; type: number; data: Buffer }> {
+  async option(
+    opt: number,
+    data?: Buffer,
+  ): Promise<{ option: number; type: number; data: Buffer }> {
     this.sock.write(encodeOption(opt, data));
     return await this.optReply();
   }
 
   /** Sends an option and collects replies up to the final ACK or error. */
-  async optionAll(opt: number, data?: Buffer): Promise<Array<{ option: number; type: number; data: Buffer }>> {
+  async optionAll(
+    opt: number,
+    data?: Buffer,
+  ): Promise<Array<{ option: number; type: number; data: Buffer }>> {
     this.sock.write(encodeOption(opt, data));
     const out = [];
     for (;;) {
@@ -468,12 +535,20 @@ class RawClient {
   }
 
   /** Sends a request and returns its error value (simple or structured) and parts. */
-  async request(type: number, offset: number, length: number, flags = 0, data?: Buffer): Promise<{ error: number; parts: NbdReply[] }> {
+  async request(
+    type: number,
+    offset: number,
+    length: number,
+    flags = 0,
+    data?: Buffer,
+  ): Promise<{ error: number; parts: NbdReply[] }> {
     const parts = await this.reply(this.send(type, offset, length, flags, data));
     let error = 0;
     for (const p of parts) {
       if (p.kind === "simple") error = p.error;
-      else if (p.type & 0x8000) error = (decodeChunkPayload(p.type, p.payload) as { error: number }).error;
+      else if (p.type & 0x8000) {
+        error = (decodeChunkPayload(p.type, p.payload) as { error: number }).error;
+      }
     }
     return { error, parts };
   }
@@ -497,7 +572,9 @@ test("structured read sends holes as OFFSET_HOLE and data as OFFSET_DATA", async
   const c = await RawClient.open("disk", { structured: true, meta: true });
   const { error, parts } = await c.request(Cmd.READ, 4 * MiB - 4096, 8192);
   expect(error).toBe(0);
-  const decoded = parts.map((p) => (p.kind === "chunk" ? decodeChunkPayload(p.type, p.payload) : p));
+  const decoded = parts.map((
+    p,
+  ) => (p.kind === "chunk" ? decodeChunkPayload(p.type, p.payload) : p));
   expect(decoded.map((x) => (x as { type: string }).type)).toEqual(["hole", "data"]);
   expect(decoded[0]).toEqual({ type: "hole", offset: 4 * MiB - 4096, size: 4096 });
   expect((decoded[1] as { data: Buffer }).data.equals(Buffer.alloc(4096, 0x11))).toBe(true);
@@ -506,7 +583,12 @@ test("structured read sends holes as OFFSET_HOLE and data as OFFSET_DATA", async
   expect(df.parts.length).toBe(1);
   // Block status, whole map and REQ_ONE.
   const bs = await c.request(Cmd.BLOCK_STATUS, 0, 12 * MiB);
-  expect(decodeChunkPayload((bs.parts[0] as { type: number }).type, (bs.parts[0] as { payload: Buffer }).payload)).toEqual({
+  expect(
+    decodeChunkPayload(
+      (bs.parts[0] as { type: number }).type,
+      (bs.parts[0] as { payload: Buffer }).payload,
+    ),
+  ).toEqual({
     type: "status",
     contextId: 1,
     extents: [
@@ -516,7 +598,10 @@ test("structured read sends holes as OFFSET_HOLE and data as OFFSET_DATA", async
     ],
   });
   const one = await c.request(Cmd.BLOCK_STATUS, 1000, 12 * MiB, CmdFlag.REQ_ONE);
-  expect((decodeChunkPayload(5, (one.parts[0] as { payload: Buffer }).payload) as { extents: unknown[] }).extents)
+  expect(
+    (decodeChunkPayload(5, (one.parts[0] as { payload: Buffer }).payload) as { extents: unknown[] })
+      .extents,
+  )
     .toEqual([{ length: 4 * MiB - 1000, flags: 3 }]);
   expect((await c.request(Cmd.BLOCK_STATUS, DISK_SIZE - 1, 2)).error).toBe(22);
   // Errors on reads are structured error chunks.
@@ -546,7 +631,9 @@ test("oversized and misaligned requests get EINVAL and the stream stays in sync"
   expect((await c.request(Cmd.READ, 0, 100)).error).toBe(22);
   expect((await c.request(Cmd.WRITE, 512, 512, 0, Buffer.alloc(512, 4))).error).toBe(0);
   const r = await c.request(Cmd.READ, 0, 1024);
-  expect((r.parts[0] as { data: Buffer }).data.subarray(512).equals(Buffer.alloc(512, 4))).toBe(true);
+  expect((r.parts[0] as { data: Buffer }).data.subarray(512).equals(Buffer.alloc(512, 4))).toBe(
+    true,
+  );
   await c.disconnect();
 });
 
@@ -587,12 +674,20 @@ test("handshake: unknown options, oversized options, INFO, LIST, ABORT", async (
   expect((await c.option(Opt.STARTTLS)).type).toBe(Rep.ERR_UNSUP);
   expect((await c.option(Opt.LIST, Buffer.from("x"))).type).toBe(Rep.ERR_INVALID);
   expect((await c.option(Opt.GO, Buffer.from([0, 0, 0, 9, 1]))).type).toBe(Rep.ERR_INVALID);
-  expect((await c.option(Opt.SET_META_CONTEXT, encodeMetaContextRequest("disk", ["base:allocation"]))).type)
+  expect(
+    (await c.option(Opt.SET_META_CONTEXT, encodeMetaContextRequest("disk", ["base:allocation"])))
+      .type,
+  )
     .toBe(Rep.ERR_INVALID); // structured replies first
   expect((await c.option(Opt.INFO, Buffer.alloc(1 << 20))).type).toBe(Rep.ERR_TOO_BIG);
-  const info = await c.optionAll(Opt.INFO, encodeInfoRequest("disk", [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE]));
+  const info = await c.optionAll(
+    Opt.INFO,
+    encodeInfoRequest("disk", [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE]),
+  );
   expect(info[info.length - 1].type).toBe(Rep.ACK);
-  const byType = new Map(info.filter((r) => r.type === Rep.INFO).map((r) => [r.data.readUInt16BE(0), r.data]));
+  const byType = new Map(
+    info.filter((r) => r.type === Rep.INFO).map((r) => [r.data.readUInt16BE(0), r.data]),
+  );
   expect(byType.get(Info.NAME)!.toString("utf8", 2)).toBe("disk");
   expect(byType.get(Info.DESCRIPTION)!.toString("utf8", 2)).toBe("scratch disk");
   expect(byType.get(Info.BLOCK_SIZE)!.readUInt32BE(10)).toBe(32 * MiB);
@@ -687,7 +782,9 @@ test("a stuck backend and a flood of payload-less requests keep memory bounded",
   expect(slow.maxActiveFlushes).toBeGreaterThan(0);
   release();
   slow.flushGate = null;
-  for (const h of handles) expect((await c.reply(h))[0]).toMatchObject({ kind: "simple", error: 0 });
+  for (const h of handles) {
+    expect((await c.reply(h))[0]).toMatchObject({ kind: "simple", error: 0 });
+  }
   await c.disconnect();
 });
 
@@ -707,7 +804,10 @@ test("DISC answers outstanding requests, then closes; export.close() runs once p
 
   // A client that vanishes in the middle of a write payload.
   const v = await RawClient.open("slow");
-  v.sock.write(encodeRequest({ type: Cmd.WRITE, handle: 1n, offset: 0, length: 65536 }, Buffer.alloc(1000)).subarray(0, 1028));
+  v.sock.write(
+    encodeRequest({ type: Cmd.WRITE, handle: 1n, offset: 0, length: 65536 }, Buffer.alloc(1000))
+      .subarray(0, 1028),
+  );
   v.send(Cmd.WRITE, 8192, 4096, 0, Buffer.alloc(10)); // garbage from the server's view: part of the payload
   await sleep(50);
   v.sock.destroy();
@@ -719,7 +819,12 @@ test("DISC answers outstanding requests, then closes; export.close() runs once p
 });
 
 test("server close() lets in-flight requests finish; idle handshakes time out", async () => {
-  const srv2 = await startNbdServer({ host: "127.0.0.1", port: 0, provider, handshakeTimeoutMs: 200 });
+  const srv2 = await startNbdServer({
+    host: "127.0.0.1",
+    port: 0,
+    provider,
+    handshakeTimeoutMs: 200,
+  });
   const port1 = port;
   port = srv2.port; // RawClient connects to `port`
   try {

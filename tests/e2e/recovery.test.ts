@@ -25,9 +25,17 @@ async function vnodeCounts(c: TestCluster, alive: number[]): Promise<Map<number,
 }
 
 /** Every object present on `alive` nodes sits on exactly the nodes the ring of `alive` names. */
-function placementReport(c: TestCluster, alive: number[], copies: number, vnodes: Map<number, number>): string[] {
+function placementReport(
+  c: TestCluster,
+  alive: number[],
+  copies: number,
+  vnodes: Map<number, number>,
+): string[] {
   const nodes = alive.map((i) =>
-    makeNode("127.0.0.1", c.nodes[i].port, { zone: c.nodes[i].zone, nrVnodes: vnodes.get(c.nodes[i].port) ?? 128 })
+    makeNode("127.0.0.1", c.nodes[i].port, {
+      zone: c.nodes[i].zone,
+      nrVnodes: vnodes.get(c.nodes[i].port) ?? 128,
+    })
   );
   const ring = new Ring(nodes);
   const files = alive.map((i) => new Set(c.objectFiles(i)));
@@ -37,7 +45,9 @@ function placementReport(c: TestCluster, alive: number[], copies: number, vnodes
   for (const name of all) {
     const oid = BigInt("0x" + name);
     const want = ring.placeObject(oid, copies).map((n) => n.port).sort().join(",");
-    const have = alive.filter((_, k) => files[k].has(name)).map((i) => c.nodes[i].port).sort().join(",");
+    const have = alive.filter((_, k) => files[k].has(name)).map((i) => c.nodes[i].port).sort().join(
+      ",",
+    );
     if (want !== have) bad.push(`${oidHex(oid)}: want ${want} have ${have}`);
   }
   return bad;
@@ -52,15 +62,27 @@ function staleCount(c: TestCluster, i: number): number {
   }
 }
 
-async function waitPlacement(c: TestCluster, alive: number[], copies: number, what: string, ms = 120_000): Promise<void> {
+async function waitPlacement(
+  c: TestCluster,
+  alive: number[],
+  copies: number,
+  what: string,
+  ms = 120_000,
+): Promise<void> {
   let last: string[] = [];
   try {
-    await c.waitFor(async () => {
-      last = placementReport(c, alive, copies, await vnodeCounts(c, alive));
-      return last.length === 0;
-    }, ms, what);
+    await c.waitFor(
+      async () => {
+        last = placementReport(c, alive, copies, await vnodeCounts(c, alive));
+        return last.length === 0;
+      },
+      ms,
+      what,
+    );
   } catch (e) {
-    throw new Error(`${(e as Error).message}\n${last.slice(0, 10).join("\n")} (${last.length} bad)`);
+    throw new Error(
+      `${(e as Error).message}\n${last.slice(0, 10).join("\n")} (${last.length} bad)`,
+    );
   }
 }
 
@@ -94,18 +116,30 @@ describe("4 nodes, copies=3", () => {
     expect(Buffer.compare(got, data)).toBe(0);
   }, 300_000);
 
-  test("restart: rejoins, stale copies are removed, nobody holds what it does not own", async () => {
-    await c.startNode(3);
-    await waitPlacement(c, [0, 1, 2, 3], 3, "placement after rejoin");
-    await c.waitFor(async () => [0, 1, 2, 3].every((i) => staleCount(c, i) === 0), 60_000, "stale copies purged");
-    const got = await readAll(c, "big", SIZE, 3);
-    expect(Buffer.compare(got, data)).toBe(0);
-  }, 300_000);
+  test(
+    "restart: rejoins, stale copies are removed, nobody holds what it does not own",
+    async () => {
+      await c.startNode(3);
+      await waitPlacement(c, [0, 1, 2, 3], 3, "placement after rejoin");
+      await c.waitFor(
+        async () => [0, 1, 2, 3].every((i) => staleCount(c, i) === 0),
+        60_000,
+        "stale copies purged",
+      );
+      const got = await readAll(c, "big", SIZE, 3);
+      expect(Buffer.compare(got, data)).toBe(0);
+    },
+    300_000,
+  );
 
   test("a 5th node: objects move so the ring's placement holds", async () => {
     const i = await c.addNode({ zone: 4 });
     await waitPlacement(c, [0, 1, 2, 3, i], 3, "placement with 5 nodes");
-    await c.waitFor(async () => [0, 1, 2, 3, i].every((k) => staleCount(c, k) === 0), 60_000, "stale copies purged");
+    await c.waitFor(
+      async () => [0, 1, 2, 3, i].every((k) => staleCount(c, k) === 0),
+      60_000,
+      "stale copies purged",
+    );
     const got = await readAll(c, "big", SIZE, i);
     expect(Buffer.compare(got, data)).toBe(0);
   }, 300_000);
@@ -157,34 +191,53 @@ describe("client I/O while nodes die and join", () => {
     await c?.stop();
   });
 
-  test("fio with verify over NBD keeps running through a kill -9 and a join: no error, nothing lost", async () => {
-    const { spawn } = await import("node:child_process");
-    const os = await import("node:os");
-    await c.dogOk(["vdi", "create", "io", "256M"]);
-    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-fio-"));
-    const args = [
-      "--name=churn", "--ioengine=nbd", `--uri=nbd://127.0.0.1:${c.nodes[0].nbdPort}/io`, "--rw=randrw", "--bs=16k",
-      "--iodepth=8", "--size=64m", "--time_based", "--runtime=12", "--verify=crc32c", "--verify_backlog=128",
-      "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
-    ];
-    const fio = spawn("fio", args, { cwd: tmp, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "", err = "";
-    fio.stdout!.on("data", (d) => (out += d));
-    fio.stderr!.on("data", (d) => (err += d));
-    const done = new Promise<number>((resolve) => fio.on("exit", (code) => resolve(code ?? 1)));
-    await new Promise((r) => setTimeout(r, 3000));
-    await c.kill(3);
-    await new Promise((r) => setTimeout(r, 3000));
-    await c.addNode({ zone: 4 });
-    const code = await done;
-    fs.rmSync(tmp, { recursive: true, force: true });
-    const json = JSON.parse(out.slice(out.indexOf("{")));
-    const job = json.jobs[0];
-    expect({ code, error: job.error, stderr: err.split("\n").filter((l) => /error|verify/i.test(l)) })
-      .toEqual({ code: 0, error: 0, stderr: [] });
-    expect(job.write.io_bytes).toBeGreaterThan(0);
-    expect(job.read.io_bytes).toBeGreaterThan(0);
-  }, 120_000);
+  test(
+    "fio with verify over NBD keeps running through a kill -9 and a join: no error, nothing lost",
+    async () => {
+      const { spawn } = await import("node:child_process");
+      const os = await import("node:os");
+      await c.dogOk(["vdi", "create", "io", "256M"]);
+      const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-fio-"));
+      const args = [
+        "--name=churn",
+        "--ioengine=nbd",
+        `--uri=nbd://127.0.0.1:${c.nodes[0].nbdPort}/io`,
+        "--rw=randrw",
+        "--bs=16k",
+        "--iodepth=8",
+        "--size=64m",
+        "--time_based",
+        "--runtime=12",
+        "--verify=crc32c",
+        "--verify_backlog=128",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--output-format=json",
+      ];
+      const fio = spawn("fio", args, { cwd: tmp, stdio: ["ignore", "pipe", "pipe"] });
+      let out = "", err = "";
+      fio.stdout!.on("data", (d) => (out += d));
+      fio.stderr!.on("data", (d) => (err += d));
+      const done = new Promise<number>((resolve) => fio.on("exit", (code) => resolve(code ?? 1)));
+      await new Promise((r) => setTimeout(r, 3000));
+      await c.kill(3);
+      await new Promise((r) => setTimeout(r, 3000));
+      await c.addNode({ zone: 4 });
+      const code = await done;
+      fs.rmSync(tmp, { recursive: true, force: true });
+      const json = JSON.parse(out.slice(out.indexOf("{")));
+      const job = json.jobs[0];
+      expect({
+        code,
+        error: job.error,
+        stderr: err.split("\n").filter((l) => /error|verify/i.test(l)),
+      })
+        .toEqual({ code: 0, error: 0, stderr: [] });
+      expect(job.write.io_bytes).toBeGreaterThan(0);
+      expect(job.read.io_bytes).toBeGreaterThan(0);
+    },
+    120_000,
+  );
 });
 
 describe("full-cluster restart in the middle of recovery", () => {
@@ -196,27 +249,46 @@ describe("full-cluster restart in the middle of recovery", () => {
     await c?.stop();
   });
 
-  test("every sheep killed while recovering, all restarted: the cluster converges, data intact", async () => {
-    const data = randomBytes(128 * MiB);
-    await c.dogOk(["vdi", "create", "r", "128M"]);
-    await c.dogOk(["vdi", "write", "r", "0"], { input: data, timeoutMs: 300_000 });
-    // slow recovery down so that the plug is surely pulled in the middle of it
-    for (const i of [0, 1, 2]) await c.dogOk(["node", "recovery", "set-throttle", "1", "300"], { node: i });
-    await c.kill(3);
-    await c.waitFor(async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()), 30_000, "epoch 2");
-    await new Promise((r) => setTimeout(r, 500));
-    // objects still missing a replica on the new ring: recovery is not finished
-    const missing = placementReport(c, [0, 1, 2], 2, await vnodeCounts(c, [0, 1, 2])).length;
-    expect(missing).toBeGreaterThan(0);
-    await Promise.all([0, 1, 2].map((i) => c.kill(i)));
-    for (const i of [0, 1, 2]) await c.startNode(i);
-    await c.waitRunning();
-    await waitPlacement(c, [0, 1, 2], 2, "placement after the restart");
-    // every sheep knows the VDI, also one that does not store its inode
-    for (const i of [0, 1, 2]) {
-      await c.waitFor(async () => (await c.dog(["vdi", "list", "-r", "r"], { node: i })).stdout.toString().includes(" r "), 10_000, `node ${i} to know VDI r`);
-    }
-    const got = await readAll(c, "r", data.length, 2);
-    expect(Buffer.compare(got, data)).toBe(0);
-  }, 300_000);
+  test(
+    "every sheep killed while recovering, all restarted: the cluster converges, data intact",
+    async () => {
+      const data = randomBytes(128 * MiB);
+      await c.dogOk(["vdi", "create", "r", "128M"]);
+      await c.dogOk(["vdi", "write", "r", "0"], { input: data, timeoutMs: 300_000 });
+      // slow recovery down so that the plug is surely pulled in the middle of it
+      for (const i of [0, 1, 2]) {
+        await c.dogOk(["node", "recovery", "set-throttle", "1", "300"], {
+          node: i,
+        });
+      }
+      await c.kill(3);
+      await c.waitFor(
+        async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()),
+        30_000,
+        "epoch 2",
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      // objects still missing a replica on the new ring: recovery is not finished
+      const missing = placementReport(c, [0, 1, 2], 2, await vnodeCounts(c, [0, 1, 2])).length;
+      expect(missing).toBeGreaterThan(0);
+      await Promise.all([0, 1, 2].map((i) => c.kill(i)));
+      for (const i of [0, 1, 2]) await c.startNode(i);
+      await c.waitRunning();
+      await waitPlacement(c, [0, 1, 2], 2, "placement after the restart");
+      // every sheep knows the VDI, also one that does not store its inode
+      for (const i of [0, 1, 2]) {
+        await c.waitFor(
+          async () =>
+            (await c.dog(["vdi", "list", "-r", "r"], { node: i })).stdout.toString().includes(
+              " r ",
+            ),
+          10_000,
+          `node ${i} to know VDI r`,
+        );
+      }
+      const got = await readAll(c, "r", data.length, 2);
+      expect(Buffer.compare(got, data)).toBe(0);
+    },
+    300_000,
+  );
 });

@@ -25,7 +25,13 @@ test("deno: format, create, write, read, kill -9, read", async () => {
   expect(Buffer.compare(r.stdout, data)).toBe(0);
   for (let i = 0; i < 3; i++) expect(c.objectFiles(i).length).toBe(5); // inode + objects 0..3
   await c.kill(2);
-  await c.waitFor(async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()), 30_000, "epoch 2");
-  const r2 = await c.dog(["vdi", "read", "alpha", String(3 * MiB), String(data.length)], { node: 1 });
+  await c.waitFor(
+    async () => /^\d+ 2 \[/m.test((await c.dog(["cluster", "info", "-r"])).stdout.toString()),
+    30_000,
+    "epoch 2",
+  );
+  const r2 = await c.dog(["vdi", "read", "alpha", String(3 * MiB), String(data.length)], {
+    node: 1,
+  });
   expect(Buffer.compare(r2.stdout, data)).toBe(0);
 }, 180_000);

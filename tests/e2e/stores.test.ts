@@ -35,7 +35,9 @@ describe("tree store", () => {
     for (let i = 0; i < 2; i++) {
       const obj = path.join(c.nodes[i].dir, "obj");
       expect(fs.existsSync(path.join(obj, "meta", oidHex(vidToVdiOid(vid))))).toBe(true);
-      for (let idx = 0; idx < 3; idx++) expect(fs.existsSync(path.join(obj, xx, oidHex(vidToDataOid(vid, idx))))).toBe(true);
+      for (let idx = 0; idx < 3; idx++) {
+        expect(fs.existsSync(path.join(obj, xx, oidHex(vidToDataOid(vid, idx))))).toBe(true);
+      }
       expect(fs.existsSync(path.join(obj, oidHex(vidToDataOid(vid, 0))))).toBe(false);
     }
   }, 120_000);
@@ -47,27 +49,33 @@ describe("multi-disk sheep", () => {
     await c?.stop();
   });
 
-  test("objects spread over the object directories; md info lists them; data survives a restart", async () => {
-    c = TestCluster.create();
-    const base = path.join(c.root, "n0");
-    const disks = [path.join(c.root, "diskA"), path.join(c.root, "diskB")];
-    await c.addNode({ port: await freePort(), zone: 0, dir: base, objDirs: disks });
-    await c.dogOk(["cluster", "format", "-c", "1"]);
-    await c.waitRunning();
-    await c.dogOk(["vdi", "create", "m", "256M"]);
-    const data = randomBytes(96 * MiB);
-    await c.dogOk(["vdi", "write", "m", "0"], { input: data });
-    const counts = disks.map((d) => fs.readdirSync(d).filter((f) => /^[0-9a-f]{16}$/.test(f)).length);
-    expect(counts[0] + counts[1]).toBe(25); // 24 data objects + the inode
-    expect(counts[0]).toBeGreaterThan(0);
-    expect(counts[1]).toBeGreaterThan(0);
-    const md = await c.dogOk(["node", "md", "info"]);
-    expect(md).toContain(disks[0]);
-    expect(md).toContain(disks[1]);
-    await c.kill(0, "SIGTERM");
-    await c.startNode(0);
-    await c.waitRunning();
-    const r = await c.dog(["vdi", "read", "m", "0", String(data.length)]);
-    expect(Buffer.compare(r.stdout, data)).toBe(0);
-  }, 120_000);
+  test(
+    "objects spread over the object directories; md info lists them; data survives a restart",
+    async () => {
+      c = TestCluster.create();
+      const base = path.join(c.root, "n0");
+      const disks = [path.join(c.root, "diskA"), path.join(c.root, "diskB")];
+      await c.addNode({ port: await freePort(), zone: 0, dir: base, objDirs: disks });
+      await c.dogOk(["cluster", "format", "-c", "1"]);
+      await c.waitRunning();
+      await c.dogOk(["vdi", "create", "m", "256M"]);
+      const data = randomBytes(96 * MiB);
+      await c.dogOk(["vdi", "write", "m", "0"], { input: data });
+      const counts = disks.map((d) =>
+        fs.readdirSync(d).filter((f) => /^[0-9a-f]{16}$/.test(f)).length
+      );
+      expect(counts[0] + counts[1]).toBe(25); // 24 data objects + the inode
+      expect(counts[0]).toBeGreaterThan(0);
+      expect(counts[1]).toBeGreaterThan(0);
+      const md = await c.dogOk(["node", "md", "info"]);
+      expect(md).toContain(disks[0]);
+      expect(md).toContain(disks[1]);
+      await c.kill(0, "SIGTERM");
+      await c.startNode(0);
+      await c.waitRunning();
+      const r = await c.dog(["vdi", "read", "m", "0", String(data.length)]);
+      expect(Buffer.compare(r.stdout, data)).toBe(0);
+    },
+    120_000,
+  );
 });

@@ -18,7 +18,9 @@ export const ROOT: string = path.resolve(path.dirname(fileURLToPath(import.meta.
  */
 export function sheepCommand(): string[] {
   const rt = process.env.SHEEPDOG_RUNTIME ?? "";
-  if (rt === "deno") return [path.join(ROOT, "node_modules/.bin/deno"), "run", "-A", path.join(ROOT, "mod.ts")];
+  if (rt === "deno") {
+    return [path.join(ROOT, "node_modules/.bin/deno"), "run", "-A", path.join(ROOT, "mod.ts")];
+  }
   if (rt === "bun") return [path.join(ROOT, "node_modules/.bin/bun"), path.join(ROOT, "mod.ts")];
   if (rt !== "" && rt !== "binary") {
     throw new Error(`SHEEPDOG_RUNTIME=${rt}: expected "deno", "bun" or "binary"`);
@@ -89,7 +91,10 @@ function killAllSync(): void {
 function installHooks(): void {
   if (hooksInstalled) return;
   hooksInstalled = true;
-  watchdog = spawn("/bin/sh", ["-c", WATCHDOG], { detached: true, stdio: ["pipe", "ignore", "ignore"] });
+  watchdog = spawn("/bin/sh", ["-c", WATCHDOG], {
+    detached: true,
+    stdio: ["pipe", "ignore", "ignore"],
+  });
   watchdog.on("error", () => {
     watchdog = null;
   });
@@ -297,13 +302,17 @@ export class TestCluster {
       if (opts.format) {
         // A sheep listens before it has joined: format only once every node sees all members,
         // or dog would count too few zones (and ask for confirmation).
-        await c.waitFor(async () => {
-          for (let i = 0; i < n; i++) {
-            const r = await c.dog(["node", "list", "-r"], { node: i });
-            if (r.code !== 0 || r.stdout.toString().trim().split("\n").length !== n) return false;
-          }
-          return true;
-        }, 30_000, `all ${n} sheep to be members`);
+        await c.waitFor(
+          async () => {
+            for (let i = 0; i < n; i++) {
+              const r = await c.dog(["node", "list", "-r"], { node: i });
+              if (r.code !== 0 || r.stdout.toString().trim().split("\n").length !== n) return false;
+            }
+            return true;
+          },
+          30_000,
+          `all ${n} sheep to be members`,
+        );
         const args = ["cluster", "format"];
         if (opts.format.copies !== undefined) args.push("-c", String(opts.format.copies));
         if (opts.format.store !== undefined) args.push("-b", opts.format.store);
@@ -338,12 +347,17 @@ export class TestCluster {
     const n = this.nodes[i];
     const args = [
       "sheep",
-      "-b", "127.0.0.1",
-      "-p", String(n.port),
-      "-z", String(n.zone),
-      "-c", n.driver,
+      "-b",
+      "127.0.0.1",
+      "-p",
+      String(n.port),
+      "-z",
+      String(n.zone),
+      "-c",
+      n.driver,
       "-f",
-      "-l", `dir=${n.dir}`,
+      "-l",
+      `dir=${n.dir}`,
     ];
     if (n.nbdPort !== undefined) args.push("--nbd", `127.0.0.1:${n.nbdPort}`);
     args.push(...n.extra, [n.dir, ...(n.objDirs ?? [])].join(","));
@@ -375,7 +389,10 @@ export class TestCluster {
     n.proc = proc;
 
     const deadline = Date.now() + timeoutMs;
-    const ports = [n.port, ...(n.nbdPort !== undefined && opts.waitNbd !== false ? [n.nbdPort] : [])];
+    const ports = [
+      n.port,
+      ...(n.nbdPort !== undefined && opts.waitNbd !== false ? [n.nbdPort] : []),
+    ];
     for (const port of ports) {
       for (;;) {
         if (t.done) {
@@ -389,7 +406,9 @@ export class TestCluster {
         if (await portOpen(port, 500)) break;
         if (Date.now() > deadline) {
           await this.kill(i, "SIGKILL");
-          throw new Error(`sheep ${i}: port ${port} not accepting after ${timeoutMs} ms\n${this.logTail(i)}`);
+          throw new Error(
+            `sheep ${i}: port ${port} not accepting after ${timeoutMs} ms\n${this.logTail(i)}`,
+          );
         }
         await sleep(50);
       }
@@ -426,7 +445,9 @@ export class TestCluster {
   }
 
   /** Exit status of node i's last process, or null while it runs / was never started. */
-  async exitStatus(i: number): Promise<{ code: number | null; signal: NodeJS.Signals | null } | null> {
+  async exitStatus(
+    i: number,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null } | null> {
     const t = this.tracked.get(i);
     if (!t || !t.done) return null;
     return await t.exited;
@@ -451,14 +472,20 @@ export class TestCluster {
     const r = await this.dog(args, opts);
     if (r.code !== 0) {
       throw new Error(
-        `dog ${args.join(" ")} (node ${opts.node ?? 0}) exited ${r.code}\nstderr: ${r.stderr}\nstdout: ${r.stdout}`,
+        `dog ${args.join(" ")} (node ${
+          opts.node ?? 0
+        }) exited ${r.code}\nstderr: ${r.stderr}\nstdout: ${r.stdout}`,
       );
     }
     return r.stdout.toString();
   }
 
   /** Polls cond (errors count as false) every 100 ms until true; throws after timeoutMs. */
-  async waitFor(cond: () => Promise<boolean>, timeoutMs = 30_000, what = "condition"): Promise<void> {
+  async waitFor(
+    cond: () => Promise<boolean>,
+    timeoutMs = 30_000,
+    what = "condition",
+  ): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let lastErr: unknown = null;
     for (;;) {
@@ -469,7 +496,9 @@ export class TestCluster {
         lastErr = e;
       }
       if (Date.now() > deadline) {
-        const why = lastErr ? `; last error: ${lastErr instanceof Error ? lastErr.message : String(lastErr)}` : "";
+        const why = lastErr
+          ? `; last error: ${lastErr instanceof Error ? lastErr.message : String(lastErr)}`
+          : "";
         throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${why}`);
       }
       await sleep(100);
@@ -480,10 +509,14 @@ export class TestCluster {
   async waitRunning(timeoutMs = 30_000): Promise<void> {
     for (let i = 0; i < this.nodes.length; i++) {
       if (!this.isRunning(i)) continue;
-      await this.waitFor(async () => {
-        const r = await this.dog(["cluster", "info"], { node: i, timeoutMs: 10_000 });
-        return r.code === 0 && /Cluster status: running/.test(r.stdout.toString());
-      }, timeoutMs, `node ${i} to report "Cluster status: running"`);
+      await this.waitFor(
+        async () => {
+          const r = await this.dog(["cluster", "info"], { node: i, timeoutMs: 10_000 });
+          return r.code === 0 && /Cluster status: running/.test(r.stdout.toString());
+        },
+        timeoutMs,
+        `node ${i} to report "Cluster status: running"`,
+      );
     }
   }
 
@@ -563,8 +596,12 @@ export async function runDog(argv: string[], opts: DogOpts = {}): Promise<DogRes
   const t = track(proc);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
-  const outDone = new Promise<void>((r) => proc.stdout!.on("data", (b: Buffer) => out.push(b)).on("close", r));
-  const errDone = new Promise<void>((r) => proc.stderr!.on("data", (b: Buffer) => err.push(b)).on("close", r));
+  const outDone = new Promise<void>((r) =>
+    proc.stdout!.on("data", (b: Buffer) => out.push(b)).on("close", r)
+  );
+  const errDone = new Promise<void>((r) =>
+    proc.stderr!.on("data", (b: Buffer) => err.push(b)).on("close", r)
+  );
   proc.stdin!.on("error", () => {}); // dog may exit without reading its input
   if (opts.input !== undefined) proc.stdin!.end(opts.input);
   else proc.stdin!.end();
@@ -581,7 +618,9 @@ export async function runDog(argv: string[], opts: DogOpts = {}): Promise<DogRes
   await Promise.race([Promise.all([outDone, errDone]), sleep(2_000)]);
   const stderr = Buffer.concat(err).toString();
   if (timedOut) {
-    throw new Error(`dog ${argv.slice(1).join(" ")} timed out after ${timeoutMs} ms\nstderr: ${stderr}`);
+    throw new Error(
+      `dog ${argv.slice(1).join(" ")} timed out after ${timeoutMs} ms\nstderr: ${stderr}`,
+    );
   }
   const code = r.code ?? 128 + (r.signal ? os.constants.signals[r.signal] ?? 0 : 0);
   return { code, stdout: Buffer.concat(out), stderr };

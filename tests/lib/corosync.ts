@@ -197,7 +197,10 @@ export async function startCorosync(timeoutMs = 15_000): Promise<Corosync> {
     let pid: number | undefined;
     try {
       // Detached: it belongs to every test process using it, not to this one.
-      const p = spawn("corosync", ["-f", "-c", conf], { stdio: ["ignore", fd, fd], detached: true });
+      const p = spawn("corosync", ["-f", "-c", conf], {
+        stdio: ["ignore", fd, fd],
+        detached: true,
+      });
       p.unref();
       pid = p.pid;
     } finally {
@@ -205,7 +208,10 @@ export async function startCorosync(timeoutMs = 15_000): Promise<Corosync> {
     }
     if (!pid) throw new Error("cannot run corosync");
     fs.writeFileSync(PIDFILE, String(pid));
-    spawn("/bin/sh", ["-c", REAPER, "sheepdog-corosync-reaper", String(pid), STATE], { stdio: "ignore", detached: true })
+    spawn("/bin/sh", ["-c", REAPER, "sheepdog-corosync-reaper", String(pid), STATE], {
+      stdio: "ignore",
+      detached: true,
+    })
       .unref();
     const deadline = Date.now() + timeoutMs;
     while (!corosyncReachable()) {
@@ -242,7 +248,9 @@ export async function startCorosync(timeoutMs = 15_000): Promise<Corosync> {
         const pid = ourCorosync();
         if (pid) await stopOurs(pid);
         for (const e of fs.readdirSync(STATE)) {
-          if (e.startsWith("run-") && process.env.KEEP !== "1") fs.rmSync(path.join(STATE, e), { recursive: true, force: true });
+          if (e.startsWith("run-") && process.env.KEEP !== "1") {
+            fs.rmSync(path.join(STATE, e), { recursive: true, force: true });
+          }
         }
       });
     },

@@ -1,7 +1,12 @@
 // Hyper volume B-tree index (protocol.md §9.6): insert/split algorithm, persisted layout, decode.
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
-import { BTREE_MAX_INDEX, BTREE_MAX_INDIRECT, BtreeIndex, type BtreeWrite } from "../../core/vdi-io.ts";
+import {
+  BTREE_MAX_INDEX,
+  BTREE_MAX_INDIRECT,
+  BtreeIndex,
+  type BtreeWrite,
+} from "../../core/vdi-io.ts";
 import { SD_INODE_HEADER_SIZE, vidToBtreeOid, vidToVdiOid } from "../../core/oid.ts";
 
 const VID = 0xabcdef;
@@ -20,7 +25,10 @@ class FakeObjects {
       w.data.copy(b, w.offset);
     }
   }
-  async decode(counter: number, limits: { maxIndex: number; maxIndirect: number }): Promise<BtreeIndex> {
+  async decode(
+    counter: number,
+    limits: { maxIndex: number; maxIndirect: number },
+  ): Promise<BtreeIndex> {
     const ino = this.objs.get(vidToVdiOid(VID))!;
     return BtreeIndex.decode(VID, counter, ino.subarray(SD_INODE_HEADER_SIZE), (oid, n) => {
       const o = this.objs.get(oid);
@@ -94,7 +102,10 @@ test("root split moves halves into leaves 0 and 1; appends past the end fill the
   expect(t.depth).toBe(2);
   expect(t.leafOids()).toEqual([vidToBtreeOid(VID, 7), vidToBtreeOid(VID, 8)]);
   const ws = t.takeWrites();
-  expect(ws.filter((w) => w.create).map((w) => w.oid)).toEqual([vidToBtreeOid(VID, 7), vidToBtreeOid(VID, 8)]);
+  expect(ws.filter((w) => w.create).map((w) => w.oid)).toEqual([
+    vidToBtreeOid(VID, 7),
+    vidToBtreeOid(VID, 8),
+  ]);
   const root = ws[ws.length - 1].data;
   expect([root.readUInt16LE(2), root.readUInt32LE(4)]).toEqual([2, 2]);
   expect([root.readUInt32LE(8), root.readBigUInt64LE(16)]).toEqual([20, vidToBtreeOid(VID, 7)]);

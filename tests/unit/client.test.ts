@@ -4,8 +4,15 @@ import { Buffer } from "node:buffer";
 import * as net from "node:net";
 import { ClientPool, NetworkError, SheepClient } from "../../core/client.ts";
 import { SdError } from "../../core/errors.ts";
-import { encodeInodeHeader, emptyInodeHeader } from "../../core/inode.ts";
-import { dataOidToIdx, isDataObj, oidToVid, SD_INODE_HEADER_SIZE, vidToDataOid, vidToVdiOid } from "../../core/oid.ts";
+import { emptyInodeHeader, encodeInodeHeader } from "../../core/inode.ts";
+import {
+  dataOidToIdx,
+  isDataObj,
+  oidToVid,
+  SD_INODE_HEADER_SIZE,
+  vidToDataOid,
+  vidToVdiOid,
+} from "../../core/oid.ts";
 import { Flag, FrameParser, Header, Op, readFixedString, Res } from "../../core/proto.ts";
 import { type Requester, VdiHandle } from "../../core/vdi-io.ts";
 
@@ -19,7 +26,9 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close();
 });
 
-async function fakeServer(onRequest: OnRequest): Promise<{ port: number; server: net.Server; conns: net.Socket[] }> {
+async function fakeServer(
+  onRequest: OnRequest,
+): Promise<{ port: number; server: net.Server; conns: net.Socket[] }> {
   const conns: net.Socket[] = [];
   const server = net.createServer((sock) => {
     conns.push(sock);
@@ -94,7 +103,10 @@ test("payload is sent only with the WRITE flag; data_length follows the payload"
   });
   const c = await SheepClient.connect("127.0.0.1", port);
   await c.request(Header.req(Op.READ_OBJ, { dataLength: 4096 }), Buffer.alloc(100));
-  await c.request(Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: 9999 }), Buffer.alloc(100));
+  await c.request(
+    Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: 9999 }),
+    Buffer.alloc(100),
+  );
   await c.request(Header.req(Op.CREATE_AND_WRITE_OBJ, { flags: Flag.CMD_WRITE }));
   expect(seen).toEqual([
     { flags: 0, len: 4096, data: 0 },
@@ -105,7 +117,9 @@ test("payload is sent only with the WRITE flag; data_length follows the payload"
 });
 
 test("large pipelined payloads survive backpressure", async () => {
-  const { port } = await fakeServer((sock, hdr, data) => sock.write(reply(hdr, data.subarray(0, 8))));
+  const { port } = await fakeServer((sock, hdr, data) =>
+    sock.write(reply(hdr, data.subarray(0, 8)))
+  );
   const c = await SheepClient.connect("127.0.0.1", port);
   const big = Buffer.alloc(4 * 1024 * 1024, 7);
   const rs = await Promise.all(
@@ -144,7 +158,9 @@ test("connect failure reports errno text", async () => {
   const e = await SheepClient.connect("127.0.0.1", port).then(() => null, (x) => x);
   expect(e).toBeInstanceOf(NetworkError);
   expect((e as NetworkError).connectFailed).toBe(true);
-  expect((e as NetworkError).message).toBe(`failed to connect to 127.0.0.1:${port}: Connection refused`);
+  expect((e as NetworkError).message).toBe(
+    `failed to connect to 127.0.0.1:${port}: Connection refused`,
+  );
 });
 
 test("ClientPool reuses connections and reconnects after a failure", async () => {
@@ -254,7 +270,13 @@ class FakeCluster {
       };
       await new Promise((r) => setTimeout(r, Math.random() * 2));
       const oid = hdr.oid;
-      this.log.push({ op: hdr.opcode, oid, cow: hdr.flags & Flag.CMD_COW ? hdr.cowOid : 0n, offset: hdr.offset, len: data?.length ?? 0 });
+      this.log.push({
+        op: hdr.opcode,
+        oid,
+        cow: hdr.flags & Flag.CMD_COW ? hdr.cowOid : 0n,
+        offset: hdr.offset,
+        len: data?.length ?? 0,
+      });
       switch (hdr.opcode) {
         case Op.GET_VDI_INFO: {
           const name = readFixedString(data!, 0, 256);
@@ -329,7 +351,13 @@ test("VdiHandle: object-boundary-spanning write creates objects and updates slot
   // [OS-50, 3*OS+50) touches objects 0..3
   expect(fc.count(Op.CREATE_AND_WRITE_OBJ)).toBe(4);
   const inodeWrites = fc.log.filter((l) => l.op === Op.WRITE_OBJ && l.oid === vidToVdiOid(0x10));
-  expect(inodeWrites).toEqual([{ op: Op.WRITE_OBJ, oid: vidToVdiOid(0x10), cow: 0n, offset: SD_INODE_HEADER_SIZE, len: 16 }]);
+  expect(inodeWrites).toEqual([{
+    op: Op.WRITE_OBJ,
+    oid: vidToVdiOid(0x10),
+    cow: 0n,
+    offset: SD_INODE_HEADER_SIZE,
+    len: 16,
+  }]);
   expect([0, 1, 2, 3, 4].map((i) => fc.slot(0x10, i))).toEqual([0x10, 0x10, 0x10, 0x10, 0]);
   expect(h.isAllocated(0) && h.isAllocated(3) && !h.isAllocated(4)).toBe(true);
   expect((await h.read(OS - 50, data.length)).equals(data)).toBe(true);
@@ -353,7 +381,13 @@ test("VdiHandle: slot owned by another VID is copied on write", async () => {
   const h = await VdiHandle.open(fc.requester(), "v");
   await h.write(100, Buffer.from("XYZ"));
   const cr = fc.log.filter((l) => l.op === Op.CREATE_AND_WRITE_OBJ);
-  expect(cr).toEqual([{ op: Op.CREATE_AND_WRITE_OBJ, oid: vidToDataOid(0x21, 0), cow: vidToDataOid(0x20, 0), offset: 100, len: 3 }]);
+  expect(cr).toEqual([{
+    op: Op.CREATE_AND_WRITE_OBJ,
+    oid: vidToDataOid(0x21, 0),
+    cow: vidToDataOid(0x20, 0),
+    offset: 100,
+    len: 3,
+  }]);
   expect(fc.slot(0x21, 0)).toBe(0x21);
   const expected = pattern(OS, 3);
   expected.write("XYZ", 100);
@@ -368,7 +402,9 @@ test("VdiHandle: concurrent writes never create the same object twice", async ()
   await Promise.all(Array.from({ length: 20 }, (_, i) => h.write(i * 100, pattern(100, i))));
   expect(fc.count(Op.CREATE_AND_WRITE_OBJ)).toBe(1);
   const got = await h.read(0, 2000);
-  for (let i = 0; i < 20; i++) expect(got.subarray(i * 100, i * 100 + 100).equals(pattern(100, i))).toBe(true);
+  for (let i = 0; i < 20; i++) {
+    expect(got.subarray(i * 100, i * 100 + 100).equals(pattern(100, i))).toBe(true);
+  }
 });
 
 test("VdiHandle: READONLY after a snapshot reloads and redoes the write as COW", async () => {

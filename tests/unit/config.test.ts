@@ -3,8 +3,18 @@ import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
 import {
-  type SheepConfig, SD_FORMAT_VERSION, decodeConfig, encodeConfig, epochFileBytes, latestEpoch, listEpochs,
-  readConfig, readEpoch, removeEpochs, writeConfig, writeEpoch,
+  decodeConfig,
+  encodeConfig,
+  epochFileBytes,
+  latestEpoch,
+  listEpochs,
+  readConfig,
+  readEpoch,
+  removeEpochs,
+  SD_FORMAT_VERSION,
+  type SheepConfig,
+  writeConfig,
+  writeEpoch,
 } from "../../core/config.ts";
 import { makeNode } from "../../core/node.ts";
 
@@ -45,7 +55,9 @@ test("config encodes to the 40-byte upstream layout", () => {
   expect(b.readBigUInt64LE(32)).toBe(0x1122334455n);
   expect(decodeConfig(b)).toEqual(cfg);
   expect(decodeConfig(encodeConfig({ ...cfg, shutdown: false, defaultStore: "plain" }))).toEqual({
-    ...cfg, shutdown: false, defaultStore: "plain",
+    ...cfg,
+    shutdown: false,
+    defaultStore: "plain",
   });
 });
 

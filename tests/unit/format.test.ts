@@ -5,6 +5,7 @@ import { Buffer } from "node:buffer";
 process.env.TZ = "UTC";
 
 import {
+  banner,
   cFixed,
   clusterInfoText,
   countSlots,
@@ -23,7 +24,6 @@ import {
   VDI_LIST_HEADER,
   vdiListRow,
   type VdiRowInfo,
-  banner,
 } from "../../cli/format.ts";
 import {
   COMMANDS,
@@ -87,7 +87,9 @@ test("redundancy parsing §1.6", () => {
   expect(parseCopies("2:1")).toEqual({ copies: 3, policy: 0x11 });
   expect(parseCopies("4:2")).toEqual({ copies: 6, policy: 0x22 });
   expect(parseCopies("16:15")).toEqual({ copies: 31, policy: 0x8f });
-  for (const bad of ["0", "32", "3:2", "4:0", "4:16", "a", "2:x", "-1", ""]) expect(parseCopies(bad)).toBeNull();
+  for (const bad of ["0", "32", "3:2", "4:0", "4:16", "a", "2:x", "-1", ""]) {
+    expect(parseCopies(bad)).toBeNull();
+  }
   expect(redundancyScheme(6, 0x22)).toBe("4:2");
   expect(redundancyScheme(3, 0)).toBe("3");
 });
@@ -125,7 +127,9 @@ test("subcommand usage text §1", () => {
   );
   expect(lines[1]).toBe("Options:");
   expect(lines[2]).toBe("  -P, --prealloc          preallocate all the data objects");
-  expect(lines).toContain("  -z, --block_size_shift  specify the bit shift num for data object size");
+  expect(lines).toContain(
+    "  -z, --block_size_shift  specify the bit shift num for data object size",
+  );
   const obj = subcommandUsage(vdi, findSub(vdi, "object")!);
   expect(obj.split("\n").slice(0, 5)).toEqual([
     "Usage: dog vdi object {location|map|dump-inode} [-i index] [-s snapshot] [-a address] [-p port] [-h] [-T] <vdiname>",
@@ -141,21 +145,34 @@ test("subcommand usage text §1", () => {
   expect(main[3]).toBe("Available commands:");
   expect(main).toContain("  vdi create              create an image");
   expect(main).toContain("  cluster info            show cluster information");
-  expect(main[main.length - 2]).toBe("For more information, run 'dog <command> <subcommand> --help'.");
+  expect(main[main.length - 2]).toBe(
+    "For more information, run 'dog <command> <subcommand> --help'.",
+  );
   expect(invalidSubcommand(findCommand("node")!, "bogus").split("\n").slice(0, 3)).toEqual([
     "Invalid command 'node bogus'",
     "Available node commands:",
     "  node kill",
   ]);
   // every subcommand has a handler-able, well-formed option string
-  for (const c of COMMANDS) for (const s of c.subs) expect(() => subcommandUsage(c, s)).not.toThrow();
+  for (const c of COMMANDS) {
+    for (const s of c.subs) expect(() => subcommandUsage(c, s)).not.toThrow();
+  }
 });
 
 function info(over: Partial<VdiRowInfo>): VdiRowInfo {
   return {
-    name: "test", tag: "", createTime: BigInt(Date.UTC(2016, 5, 30, 14, 17, 2) / 1000) << 32n, snapCtime: 0n,
-    vdiSize: 12n * BigInt(MiB), nrCopies: 6, copyPolicy: 0, blockSizeShift: 22, snapId: 1, vdiId: 0x7c2b25,
-    parentVdiId: 0, ...over,
+    name: "test",
+    tag: "",
+    createTime: BigInt(Date.UTC(2016, 5, 30, 14, 17, 2) / 1000) << 32n,
+    snapCtime: 0n,
+    vdiSize: 12n * BigInt(MiB),
+    nrCopies: 6,
+    copyPolicy: 0,
+    blockSizeShift: 22,
+    snapId: 1,
+    vdiId: 0x7c2b25,
+    parentVdiId: 0,
+    ...over,
   };
 }
 
@@ -171,12 +188,21 @@ test("vdi list rows §4.6", () => {
   expect(vdiListRow(work, 0, 2, false)).toBe(
     "  test         0   12 MB  0.0 MB  8.0 MB 2016-06-30 14:17   7c2b27      6                22\n",
   );
-  const clone = info({ name: "disk2", vdiSize: 10n * BigInt(GiB), nrCopies: 6, copyPolicy: 0x22, parentVdiId: 0x1234, vdiId: 0xa1b2c3 });
+  const clone = info({
+    name: "disk2",
+    vdiSize: 10n * BigInt(GiB),
+    nrCopies: 6,
+    copyPolicy: 0x22,
+    parentVdiId: 0x1234,
+    vdiId: 0xa1b2c3,
+  });
   expect(vdiListRow(clone, 0, 1, false)).toBe(
     "c disk2        0   10 GB  0.0 MB  4.0 MB 2016-06-30 14:17   a1b2c3    4:2                22\n",
   );
   const raw = info({ vdiSize: BigInt(GiB), nrCopies: 3 });
-  expect(vdiListRow(raw, 1, 0, true)).toBe("= test 0 1073741824 4194304 0 1467296222 7c2b25 3  22\n");
+  expect(vdiListRow(raw, 1, 0, true)).toBe(
+    "= test 0 1073741824 4194304 0 1467296222 7c2b25 3  22\n",
+  );
   expect(vdiListRow(info({ name: "a b\\c" }), 0, 0, true).startsWith("= a\\ b\\\\c 0 ")).toBe(true);
   expect(rawEscape("x\ty")).toBe("x\\\ty");
   expect(countSlots(Uint32Array.from([0, 5, 7, 5, 0]), 5)).toEqual({ my: 2, cow: 1 });
@@ -198,7 +224,12 @@ test("node list and node info rows §5", () => {
   );
 });
 
-function epochLog(epoch: number, time: Date, ports: number[], over: Partial<EpochLog> = {}): EpochLog {
+function epochLog(
+  epoch: number,
+  time: Date,
+  ports: number[],
+  over: Partial<EpochLog> = {},
+): EpochLog {
   return {
     ctime: BigInt(Date.UTC(2016, 5, 30, 14, 17, 22) / 1000) << 32n,
     time: BigInt(time.getTime() / 1000),
@@ -245,7 +276,16 @@ test("cluster info table §6.1", () => {
       "1467296401 2 [127.0.0.1:7000:128, 127.0.0.1:7001:128, 127.0.0.1:7002:128]\n" +
       "1467296242 1 [127.0.0.1:7000:128, 127.0.0.1:7001:128]\n",
   );
-  expect(clusterInfoText({ result: 0x16, logs: [], hasData: false, verbose: false, raw: false, diff: false })).toBe(
+  expect(
+    clusterInfoText({
+      result: 0x16,
+      logs: [],
+      hasData: false,
+      verbose: false,
+      raw: false,
+      diff: false,
+    }),
+  ).toBe(
     "Cluster status: Waiting for cluster to be formatted\n\n",
   );
 });

@@ -1,6 +1,15 @@
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
-import { fnv1a, fnv64, FNV_OFFSET, FNV_PRIME, sdHash, sdHashNext, sdHashOid, sdHashVdi } from "../../core/hash.ts";
+import {
+  fnv1a,
+  fnv64,
+  FNV_OFFSET,
+  FNV_PRIME,
+  sdHash,
+  sdHashNext,
+  sdHashOid,
+  sdHashVdi,
+} from "../../core/hash.ts";
 
 const M64 = (1n << 64n) - 1n;
 

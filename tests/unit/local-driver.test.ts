@@ -65,7 +65,10 @@ test("total order, leave, bounded queue", async () => {
   // 3 x 700 interleaved broadcasts: far more than the queue keeps
   const N = 700;
   for (let k = 0; k < N; k++) for (const m of ms) await m.drv.notify(Buffer.from(`m${k}`));
-  await until(() => ms.every((m) => m.log.filter((l) => / m\d+$/.test(l)).length === 3 * N), 60_000);
+  await until(
+    () => ms.every((m) => m.log.filter((l) => / m\d+$/.test(l)).length === 3 * N),
+    60_000,
+  );
   const seqs = ms.map((m) => m.log.filter((l) => / m\d+$/.test(l)));
   expect(seqs[1]).toEqual(seqs[0]);
   expect(seqs[2]).toEqual(seqs[0]);

@@ -27,8 +27,8 @@ import {
   type HandshakeEvent,
   HandshakeParser,
   Info,
-  type NbdReply,
   NbdProtocolError,
+  type NbdReply,
   type NbdRequest,
   Opt,
   OPTION_REPLY_MAGIC,
@@ -83,7 +83,10 @@ function handshakeStream(): Buffer {
     encodeClientFlags(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES),
     encodeOption(Opt.STRUCTURED_REPLY),
     encodeOption(Opt.LIST),
-    encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest("disk", ["base:allocation", "qemu:dirty-bitmap:x"])),
+    encodeOption(
+      Opt.SET_META_CONTEXT,
+      encodeMetaContextRequest("disk", ["base:allocation", "qemu:dirty-bitmap:x"]),
+    ),
     encodeOption(0x1234, Buffer.alloc(70_000, 7)), // oversized with the default 64 KiB limit
     encodeOption(Opt.INFO, encodeInfoRequest("disk", [Info.NAME, Info.BLOCK_SIZE])),
     encodeOption(Opt.GO, encodeInfoRequest("disk", [Info.BLOCK_SIZE])),
@@ -115,7 +118,13 @@ function normEvents(evs: HandshakeEvent[]): unknown[] {
 test("handshake parser: whole stream", () => {
   const { events, rest } = runHandshake([handshakeStream()]);
   expect(events.map((e) => e.kind)).toEqual([
-    "clientFlags", "option", "option", "option", "oversizedOption", "option", "option",
+    "clientFlags",
+    "option",
+    "option",
+    "option",
+    "oversizedOption",
+    "option",
+    "option",
   ]);
   expect(events[0]).toEqual({ kind: "clientFlags", flags: 3 });
   expect(events[4]).toEqual({ kind: "oversizedOption", option: 0x1234, length: 70_000 });
@@ -148,7 +157,10 @@ test("handshake parser: byte at a time and random splits", () => {
   expect(normEvents(runHandshake(bytes).events)).toEqual(refEvents);
   const rand = rng(1);
   for (let k = 0; k < 200; k++) {
-    const cuts = Array.from({ length: 1 + Math.floor(rand() * 8) }, () => Math.floor(rand() * stream.length));
+    const cuts = Array.from(
+      { length: 1 + Math.floor(rand() * 8) },
+      () => Math.floor(rand() * stream.length),
+    );
     const got = runHandshake(splitAt(stream, cuts));
     expect(normEvents(got.events)).toEqual(refEvents);
     expect(got.rest.equals(tail)).toBe(true);
@@ -171,7 +183,9 @@ test("handshake parser: random garbage never throws anything but NbdProtocolErro
     const p = new HandshakeParser({ maxOptionLength: 4096 });
     const garbage = randomBytes(rand, Math.floor(rand() * 300));
     // Half the time, start with a valid option magic so lengths and skipping get exercised.
-    const stream = k % 2 ? Buffer.concat([encodeClientFlags(1), encodeOption(rand() * 20 | 0).subarray(0, 8), garbage]) : garbage;
+    const stream = k % 2
+      ? Buffer.concat([encodeClientFlags(1), encodeOption(rand() * 20 | 0).subarray(0, 8), garbage])
+      : garbage;
     try {
       for (const c of splitAt(stream, [Math.floor(rand() * stream.length)])) {
         p.push(c);
@@ -195,8 +209,13 @@ test("option payload parsers reject malformed data", () => {
   expect(parseInfoRequest(huge)).toBeNull();
 
   const meta = encodeMetaContextRequest("disk", ["base:allocation", "x-foo:bar"]);
-  expect(parseMetaContextRequest(meta)).toEqual({ exportName: "disk", queries: ["base:allocation", "x-foo:bar"] });
-  for (let n = 0; n < meta.length; n++) expect(parseMetaContextRequest(meta.subarray(0, n))).toBeNull();
+  expect(parseMetaContextRequest(meta)).toEqual({
+    exportName: "disk",
+    queries: ["base:allocation", "x-foo:bar"],
+  });
+  for (let n = 0; n < meta.length; n++) {
+    expect(parseMetaContextRequest(meta.subarray(0, n))).toBeNull();
+  }
   expect(parseMetaContextRequest(Buffer.concat([meta, Buffer.alloc(1)]))).toBeNull();
   const manyQueries = encodeMetaContextRequest("d", []);
   manyQueries.writeUInt32BE(0xffffffff, 5); // claims 4 billion queries with no data
@@ -216,7 +235,12 @@ test("handshake encoders lay out bytes as proto.md says", () => {
 
   const r = encodeOptionReply(Opt.GO, Rep.ERR_UNKNOWN, "nope");
   expect(r.readBigUInt64BE(0)).toBe(OPTION_REPLY_MAGIC);
-  expect(decodeOptionReply(r)).toEqual({ option: Opt.GO, type: 0x80000006, data: Buffer.from("nope"), size: 24 });
+  expect(decodeOptionReply(r)).toEqual({
+    option: Opt.GO,
+    type: 0x80000006,
+    data: Buffer.from("nope"),
+    size: 24,
+  });
   expect(decodeOptionReply(r.subarray(0, 23))).toBeNull();
 
   const e = encodeInfoExport(2 ** 40 + 5, 0x1ed);
@@ -224,7 +248,13 @@ test("handshake encoders lay out bytes as proto.md says", () => {
   expect(e.readBigUInt64BE(2)).toBe(2n ** 40n + 5n);
   expect(e.readUInt16BE(10)).toBe(0x1ed);
   const bs = encodeInfoBlockSize(512, 4096, 32 << 20);
-  expect([bs.length, bs.readUInt16BE(0), bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)])
+  expect([
+    bs.length,
+    bs.readUInt16BE(0),
+    bs.readUInt32BE(2),
+    bs.readUInt32BE(6),
+    bs.readUInt32BE(10),
+  ])
     .toEqual([14, Info.BLOCK_SIZE, 512, 4096, 32 << 20]);
   const s = encodeRepServer("disk", "desc");
   expect([s.readUInt32BE(0), s.toString("utf8", 4)]).toEqual([4, "diskdesc"]);
@@ -235,14 +265,24 @@ test("handshake encoders lay out bytes as proto.md says", () => {
 
 // -------------------------------------------------------------------------------- requests
 
-function requestStream(): { stream: Buffer; reqs: Array<Omit<NbdRequest, "data"> & { data?: string }> } {
+function requestStream(): {
+  stream: Buffer;
+  reqs: Array<Omit<NbdRequest, "data"> & { data?: string }>;
+} {
   const rand = rng(4);
   const reqs: Array<Omit<NbdRequest, "data"> & { data?: string }> = [];
   const parts: Buffer[] = [];
   const add = (type: number, offset: number, length: number, flags = 0, data?: Buffer) => {
     const handle = BigInt(reqs.length) * 0x0101010101n + 0xfedcba0000000000n;
     parts.push(encodeRequest({ flags, type, handle, offset, length }, data));
-    reqs.push({ flags, type, handle, offset, length, ...(type === Cmd.WRITE ? { data: (data ?? Buffer.alloc(0)).toString("hex") } : {}) });
+    reqs.push({
+      flags,
+      type,
+      handle,
+      offset,
+      length,
+      ...(type === Cmd.WRITE ? { data: (data ?? Buffer.alloc(0)).toString("hex") } : {}),
+    });
   };
   add(Cmd.READ, 0, 4096);
   add(Cmd.WRITE, 512, 1, CmdFlag.FUA, Buffer.from([0xab]));
@@ -261,7 +301,10 @@ function requestStream(): { stream: Buffer; reqs: Array<Omit<NbdRequest, "data">
 
 function norm(rs: NbdRequest[]): unknown[] {
   // `allocated` only says whether the payload spanned chunks.
-  return rs.map(({ allocated: _, ...r }) => ({ ...r, ...(r.data ? { data: r.data.toString("hex") } : {}) }));
+  return rs.map(({ allocated: _, ...r }) => ({
+    ...r,
+    ...(r.data ? { data: r.data.toString("hex") } : {}),
+  }));
 }
 
 function parseAll(chunks: Buffer[], max = 1 << 20): NbdRequest[] {
@@ -295,7 +338,10 @@ test("request parser: byte at a time and random splits", () => {
   expect(norm(parseAll(bytes))).toEqual(reqs);
   const rand = rng(5);
   for (let k = 0; k < 300; k++) {
-    const cuts = Array.from({ length: 1 + Math.floor(rand() * 20) }, () => Math.floor(rand() * stream.length));
+    const cuts = Array.from(
+      { length: 1 + Math.floor(rand() * 20) },
+      () => Math.floor(rand() * stream.length),
+    );
     expect(norm(parseAll(splitAt(stream, cuts)))).toEqual(reqs);
   }
 });
@@ -362,7 +408,12 @@ test("request parser: random garbage and random headers keep memory bounded", ()
       stream = Buffer.concat([h, randomBytes(rand, Math.floor(rand() * 300))]);
     }
     try {
-      for (const c of splitAt(stream, [Math.floor(rand() * stream.length), Math.floor(rand() * stream.length)])) {
+      for (
+        const c of splitAt(stream, [
+          Math.floor(rand() * stream.length),
+          Math.floor(rand() * stream.length),
+        ])
+      ) {
         sawRequest += p.push(c).length;
         expect(p.buffered).toBeLessThanOrEqual(max + 28);
       }
@@ -381,31 +432,66 @@ test("reply encoders lay out bytes as proto.md says", () => {
     .toEqual([16, SIMPLE_REPLY_MAGIC, 22, 0x0102030405060708n]);
 
   const h = encodeOffsetDataHeader(ReplyFlag.DONE, 5n, 2 ** 40, 4096);
-  expect([h.length, h.readUInt32BE(0), h.readUInt16BE(4), h.readUInt16BE(6), h.readBigUInt64BE(8), h.readUInt32BE(16)])
+  expect([
+    h.length,
+    h.readUInt32BE(0),
+    h.readUInt16BE(4),
+    h.readUInt16BE(6),
+    h.readBigUInt64BE(8),
+    h.readUInt32BE(16),
+  ])
     .toEqual([28, STRUCTURED_REPLY_MAGIC, 1, ReplyType.OFFSET_DATA, 5n, 4096 + 8]);
   expect(h.readBigUInt64BE(20)).toBe(2n ** 40n);
 
   const hole = encodeOffsetHole(0, 6n, 512, 1 << 20);
-  expect([hole.length, hole.readUInt16BE(6), hole.readUInt32BE(16), Number(hole.readBigUInt64BE(20)), hole.readUInt32BE(28)])
+  expect([
+    hole.length,
+    hole.readUInt16BE(6),
+    hole.readUInt32BE(16),
+    Number(hole.readBigUInt64BE(20)),
+    hole.readUInt32BE(28),
+  ])
     .toEqual([32, ReplyType.OFFSET_HOLE, 12, 512, 1 << 20]);
 
-  const bs = encodeBlockStatus(ReplyFlag.DONE, 7n, 1, [{ length: 4096, flags: 3 }, { length: 512, flags: 0 }]);
-  expect([bs.length, bs.readUInt16BE(6), bs.readUInt32BE(16), bs.readUInt32BE(20), bs.readUInt32BE(24), bs.readUInt32BE(28)])
+  const bs = encodeBlockStatus(ReplyFlag.DONE, 7n, 1, [{ length: 4096, flags: 3 }, {
+    length: 512,
+    flags: 0,
+  }]);
+  expect([
+    bs.length,
+    bs.readUInt16BE(6),
+    bs.readUInt32BE(16),
+    bs.readUInt32BE(20),
+    bs.readUInt32BE(24),
+    bs.readUInt32BE(28),
+  ])
     .toEqual([20 + 4 + 16, ReplyType.BLOCK_STATUS, 20, 1, 4096, 3]);
 
   const err = encodeStructuredError(ReplyFlag.DONE, 8n, 5, "boom");
-  expect([err.readUInt16BE(6), err.readUInt32BE(16), err.readUInt32BE(20), err.readUInt16BE(24), err.toString("utf8", 26)])
+  expect([
+    err.readUInt16BE(6),
+    err.readUInt32BE(16),
+    err.readUInt32BE(20),
+    err.readUInt16BE(24),
+    err.toString("utf8", 26),
+  ])
     .toEqual([ReplyType.ERROR, 10, 5, 4, "boom"]);
   expect(encodeStructuredError(0, 1n, 5, "x".repeat(10_000)).readUInt16BE(24)).toBe(4096);
 
   const none = encodeStructuredNone(9n);
-  expect([none.length, none.readUInt16BE(4), none.readUInt16BE(6), none.readUInt32BE(16)]).toEqual([20, 1, 0, 0]);
+  expect([none.length, none.readUInt16BE(4), none.readUInt16BE(6), none.readUInt32BE(16)]).toEqual([
+    20,
+    1,
+    0,
+    0,
+  ]);
 });
 
 test("reply parser decodes every encoder at every split point", () => {
   const readLens = new Map<bigint, number>([[1n, 5], [2n, 0]]);
   const stream = Buffer.concat([
-    encodeSimpleReply(1n, 0), Buffer.from("hello"),
+    encodeSimpleReply(1n, 0),
+    Buffer.from("hello"),
     encodeSimpleReply(2n, 0),
     encodeSimpleReply(1n, 22), // error: no payload even though 1n is a read
     encodeOffsetData(0, 3n, 100, Buffer.from("abc")),
@@ -415,9 +501,14 @@ test("reply parser decodes every encoder at every split point", () => {
     encodeStructuredError(ReplyFlag.DONE, 5n, 28, "no space"),
   ]);
   const decode = (rs: NbdReply[]) =>
-    rs.map((r) => (r.kind === "simple"
-      ? { ...r, data: r.data?.toString() }
-      : { handle: r.handle, flags: r.flags, ...decodeChunkPayload(r.type, r.payload), data: undefined }));
+    rs.map((
+      r,
+    ) => (r.kind === "simple" ? { ...r, data: r.data?.toString() } : {
+      handle: r.handle,
+      flags: r.flags,
+      ...decodeChunkPayload(r.type, r.payload),
+      data: undefined,
+    }));
   const ref = decode(new ReplyParser((h) => readLens.get(h)).push(stream));
   expect(ref).toEqual([
     { kind: "simple", handle: 1n, error: 0, data: "hello" },
@@ -426,7 +517,14 @@ test("reply parser decodes every encoder at every split point", () => {
     { handle: 3n, flags: 0, type: "data", offset: 100, data: undefined },
     { handle: 3n, flags: 0, type: "hole", offset: 103, size: 97, data: undefined },
     { handle: 3n, flags: 1, type: "none", data: undefined },
-    { handle: 4n, flags: 1, type: "status", contextId: 1, extents: [{ length: 10, flags: 3 }], data: undefined },
+    {
+      handle: 4n,
+      flags: 1,
+      type: "status",
+      contextId: 1,
+      extents: [{ length: 10, flags: 3 }],
+      data: undefined,
+    },
     { handle: 5n, flags: 1, type: "error", error: 28, message: "no space", data: undefined },
   ]);
   for (let i = 0; i <= stream.length; i++) {

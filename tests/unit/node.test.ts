@@ -1,8 +1,17 @@
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import {
-  decodeNode, decodeNodes, encodeNode, encodeNodes, makeNode, nodeCompare, nodeEqual, nodeHostPort,
-  nodeIp, nodeString, sortNodes,
+  decodeNode,
+  decodeNodes,
+  encodeNode,
+  encodeNodes,
+  makeNode,
+  nodeCompare,
+  nodeEqual,
+  nodeHostPort,
+  nodeIp,
+  nodeString,
+  sortNodes,
 } from "../../core/node.ts";
 
 test("makeNode IPv4 layout and default zone", () => {
@@ -29,7 +38,9 @@ test("makeNode IPv6", () => {
   expect(nodeIp(makeNode("1:0:2:0:3:0:4:0", 1))).toBe("1:0:2:0:3:0:4:0");
   expect(nodeIp(makeNode("1::", 1))).toBe("1::");
   expect(nodeIp(makeNode("::ffff:1.2.3.4", 1))).toBe("::ffff:1.2.3.4");
-  expect(makeNode("::ffff:1.2.3.4", 1).addr.toString("hex")).toBe("00000000000000000000ffff01020304");
+  expect(makeNode("::ffff:1.2.3.4", 1).addr.toString("hex")).toBe(
+    "00000000000000000000ffff01020304",
+  );
   expect(() => makeNode("nope", 1)).toThrow();
 });
 
@@ -41,7 +52,11 @@ test("string forms", () => {
 });
 
 test("encode/decode round trip and layout", () => {
-  const n = makeNode("192.168.1.20", 7005, { zone: 0xdeadbeef, nrVnodes: 77, space: 0x123456789abcn });
+  const n = makeNode("192.168.1.20", 7005, {
+    zone: 0xdeadbeef,
+    nrVnodes: 77,
+    space: 0x123456789abcn,
+  });
   n.ioAddr = makeNode("10.1.1.1", 1).addr;
   n.ioPort = 7100;
   const b = encodeNode(n);
@@ -78,6 +93,11 @@ test("ordering: memcmp(addr) then port", () => {
   expect(nodeEqual(a, b)).toBe(false);
   const input = [a, b, c, d];
   const s = sortNodes(input);
-  expect(s.map(nodeHostPort)).toEqual(["::1:1", "10.0.0.5:9000", "127.0.0.1:7000", "127.0.0.1:7001"]);
+  expect(s.map(nodeHostPort)).toEqual([
+    "::1:1",
+    "10.0.0.5:9000",
+    "127.0.0.1:7000",
+    "127.0.0.1:7001",
+  ]);
   expect(input[0]).toBe(a); // not mutated
 });

@@ -54,23 +54,31 @@ test("file names", () => {
   expect(O.objectFileName(0x807c2b2500000000n)).toBe("807c2b2500000000");
   expect(O.objectFileName(0x007c2b2500000001n, 3)).toBe("007c2b2500000001_3");
   expect(O.parseObjectFileName("807c2b2500000000")).toEqual({ oid: 0x807c2b2500000000n });
-  expect(O.parseObjectFileName("007c2b2500000001_3")).toEqual({ oid: 0x007c2b2500000001n, ecIndex: 3 });
-  expect(O.parseObjectFileName("007c2b2500000001_0")).toEqual({ oid: 0x007c2b2500000001n, ecIndex: 0 });
-  for (const bad of [
-    "807c2b2500000000.tmp",
-    "007c2b2500000001_3.tmp",
-    "807c2b2500000000.5",
-    ".stale",
-    "0000000000000000",
-    "807c2b250000000",
-    "807c2b25000000000",
-    "807C2B2500000000",
-    "007c2b2500000001_",
-    "007c2b2500000001_x",
-    "007c2b2500000001_999",
-    "junk",
-    "",
-  ]) {
+  expect(O.parseObjectFileName("007c2b2500000001_3")).toEqual({
+    oid: 0x007c2b2500000001n,
+    ecIndex: 3,
+  });
+  expect(O.parseObjectFileName("007c2b2500000001_0")).toEqual({
+    oid: 0x007c2b2500000001n,
+    ecIndex: 0,
+  });
+  for (
+    const bad of [
+      "807c2b2500000000.tmp",
+      "007c2b2500000001_3.tmp",
+      "807c2b2500000000.5",
+      ".stale",
+      "0000000000000000",
+      "807c2b250000000",
+      "807c2b25000000000",
+      "807C2B2500000000",
+      "007c2b2500000001_",
+      "007c2b2500000001_x",
+      "007c2b2500000001_999",
+      "junk",
+      "",
+    ]
+  ) {
     expect(O.parseObjectFileName(bad)).toBeNull();
   }
 });

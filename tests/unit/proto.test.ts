@@ -5,15 +5,37 @@ import { Flag, FrameParser, Header, Op, ProtocolError, strerror } from "../../co
 
 function requests(): Buffer[] {
   const out: Buffer[] = [];
-  const ops = [Op.CREATE_AND_WRITE_OBJ, Op.READ_OBJ, Op.WRITE_OBJ, Op.REMOVE_OBJ, Op.NEW_VDI, Op.GET_VDI_INFO,
-    Op.DEL_VDI, Op.READ_VDIS, Op.GET_NODE_LIST, Op.MAKE_FS, Op.STAT_CLUSTER, Op.CLUSTER_INFO, Op.READ_PEER,
-    Op.CREATE_AND_WRITE_PEER, Op.GET_HASH, Op.EXIST];
+  const ops = [
+    Op.CREATE_AND_WRITE_OBJ,
+    Op.READ_OBJ,
+    Op.WRITE_OBJ,
+    Op.REMOVE_OBJ,
+    Op.NEW_VDI,
+    Op.GET_VDI_INFO,
+    Op.DEL_VDI,
+    Op.READ_VDIS,
+    Op.GET_NODE_LIST,
+    Op.MAKE_FS,
+    Op.STAT_CLUSTER,
+    Op.CLUSTER_INFO,
+    Op.READ_PEER,
+    Op.CREATE_AND_WRITE_PEER,
+    Op.GET_HASH,
+    Op.EXIST,
+  ];
   let id = 1;
   for (const op of ops) {
     const write = op === Op.CREATE_AND_WRITE_OBJ || op === Op.WRITE_OBJ || op === Op.NEW_VDI ||
-      op === Op.GET_VDI_INFO || op === Op.DEL_VDI || op === Op.MAKE_FS || op === Op.CREATE_AND_WRITE_PEER;
-    const payload = write ? Buffer.from(Array.from({ length: 37 + id }, (_, i) => (i * 7 + id) & 0xff)) : Buffer.alloc(0);
-    const h = Header.req(op, { id: id++, flags: write ? Flag.CMD_WRITE : 0, dataLength: write ? payload.length : 4096 });
+      op === Op.GET_VDI_INFO || op === Op.DEL_VDI || op === Op.MAKE_FS ||
+      op === Op.CREATE_AND_WRITE_PEER;
+    const payload = write
+      ? Buffer.from(Array.from({ length: 37 + id }, (_, i) => (i * 7 + id) & 0xff))
+      : Buffer.alloc(0);
+    const h = Header.req(op, {
+      id: id++,
+      flags: write ? Flag.CMD_WRITE : 0,
+      dataLength: write ? payload.length : 4096,
+    });
     h.oid = 0x807c2b2500000000n + BigInt(id);
     out.push(Buffer.concat([h.b, payload]));
   }

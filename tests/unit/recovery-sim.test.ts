@@ -21,7 +21,12 @@ import { Buffer } from "node:buffer";
 import process from "node:process";
 import { makeNode, nodeEqual, type SdNode } from "../../core/node.ts";
 import { Ring } from "../../core/ring.ts";
-import { type EpochRing, objectsNoLongerOwned, objectsToRecover, recoverySources } from "../../core/recovery.ts";
+import {
+  type EpochRing,
+  objectsNoLongerOwned,
+  objectsToRecover,
+  recoverySources,
+} from "../../core/recovery.ts";
 import { Header, Op, Res } from "../../core/proto.ts";
 import { SdError } from "../../core/errors.ts";
 import type { ObjectStore } from "../../core/store.ts";
@@ -60,9 +65,9 @@ class MemoRing extends Ring {
   private memo = new Map<number, Map<bigint, SdNode[]>>();
   override placeObject(oid: bigint, copies: number): SdNode[] {
     let m = this.memo.get(copies);
-    if (!m) this.memo.set(copies, (m = new Map()));
+    if (!m) this.memo.set(copies, m = new Map());
     let p = m.get(oid);
-    if (!p) m.set(oid, (p = super.placeObject(oid, copies)));
+    if (!p) m.set(oid, p = super.placeObject(oid, copies));
     return p;
   }
 }
@@ -178,7 +183,21 @@ class Sim {
   killsSinceComplete = 0;
   redundancy = 0;
   readonly minCopies: number;
-  stats = { epochs: 0, kills: 0, restarts: 0, adds: 0, fullRestarts: 0, writes: 0, failedWrites: 0, ensures: 0, fetched: 0, fromStale: 0, landedLate: 0, quiescentChecks: 0, completions: 0 };
+  stats = {
+    epochs: 0,
+    kills: 0,
+    restarts: 0,
+    adds: 0,
+    fullRestarts: 0,
+    writes: 0,
+    failedWrites: 0,
+    ensures: 0,
+    fetched: 0,
+    fromStale: 0,
+    landedLate: 0,
+    quiescentChecks: 0,
+    completions: 0,
+  };
 
   constructor(readonly rng: Rng, readonly opt: SimOptions) {
     for (let v = 0; v < opt.copies.length; v++) {
@@ -239,7 +258,9 @@ class Sim {
   /** The history a fetch walks: epochs current-1 down to lastComplete-1, then the current ring. */
   history(n: SimNode): EpochRing[] {
     const h: EpochRing[] = [];
-    for (let e = n.epoch - 1; e >= Math.max(1, n.rm.lastComplete - 1); e--) h.push({ epoch: e, ring: this.rings[e] });
+    for (let e = n.epoch - 1; e >= Math.max(1, n.rm.lastComplete - 1); e--) {
+      h.push({ epoch: e, ring: this.rings[e] });
+    }
     h.push({ epoch: n.epoch, ring: this.rings[n.epoch] });
     return h;
   }
@@ -311,13 +332,23 @@ class Sim {
     // createAndWrite renames over whatever is there
     const v = f.v!;
     const t = this.truth.get(f.oid) ?? 0;
-    if (v < t) this.fail(`${n.name} installed v${f.v} of ${hex(f.oid)} (from ${f.from}, gen ${f.gen}) but v${t} is acknowledged`);
+    if (v < t) {
+      this.fail(
+        `${n.name} installed v${f.v} of ${
+          hex(f.oid)
+        } (from ${f.from}, gen ${f.gen}) but v${t} is acknowledged`,
+      );
+    }
     n.store.set(f.oid, v);
     const superseded = f.gen !== n.rm.generation;
     if (superseded) this.stats.landedLate++;
     if (f.stale) this.stats.fromStale++;
     this.stats.fetched++;
-    this.note(`${n.name} got ${hex(f.oid)} v${f.v} from ${f.from}${superseded ? ` (superseded gen ${f.gen})` : ""}`);
+    this.note(
+      `${n.name} got ${hex(f.oid)} v${f.v} from ${f.from}${
+        superseded ? ` (superseded gen ${f.gen})` : ""
+      }`,
+    );
     finish(true);
   }
 
@@ -338,9 +369,16 @@ class Sim {
   private start(n: SimNode, movedFrom: number | null): void {
     const rm = n.rm;
     const gen = ++rm.generation;
-    if (EXECUTOR === "gen-check+wait") for (const f of [...rm.inflight.values()]) this.complete(n, f);
+    if (EXECUTOR === "gen-check+wait") {
+      for (const f of [...rm.inflight.values()]) this.complete(n, f);
+    }
     if (movedFrom !== null) {
-      const gone = objectsNoLongerOwned({ me: n.node, ring: this.ring, copiesOf: (o) => this.copiesOf(o), local: [...n.store.keys()] });
+      const gone = objectsNoLongerOwned({
+        me: n.node,
+        ring: this.ring,
+        copiesOf: (o) => this.copiesOf(o),
+        local: [...n.store.keys()],
+      });
       for (const oid of gone) n.moveToStale(oid, movedFrom);
       if (gone.length) this.note(`${n.name} stale@e${movedFrom}: ${gone.map(hex).join(",")}`);
     }
@@ -524,14 +562,24 @@ class Sim {
         failed.push(o.name); // WRITE_PEER: NO_OBJ
         continue;
       }
-      if (base < t) this.fail(`${o.name} applies write v${v} to ${hex(oid)} over outdated v${base} (acknowledged v${t})`);
+      if (base < t) {
+        this.fail(
+          `${o.name} applies write v${v} to ${
+            hex(oid)
+          } over outdated v${base} (acknowledged v${t})`,
+        );
+      }
       o.store.set(oid, v);
     }
     const ok = failed.length === 0;
     if (ok) this.truth.set(oid, v);
     this.stats.writes++;
     if (!ok) this.stats.failedWrites++;
-    this.note(`write ${hex(oid)} v${v} -> [${owners.map((o) => o.name).join(",")}] ${ok ? "ack" : `FAILED at ${failed.join(",")}`}`);
+    this.note(
+      `write ${hex(oid)} v${v} -> [${owners.map((o) => o.name).join(",")}] ${
+        ok ? "ack" : `FAILED at ${failed.join(",")}`
+      }`,
+    );
     return ok;
   }
 
@@ -541,7 +589,9 @@ class Sim {
     const v = o.store.get(oid);
     const t = this.truth.get(oid) ?? 0;
     this.note(`read ${hex(oid)} at ${o.name}: ${v === undefined ? "NO_OBJ" : `v${v}`}`);
-    if (v !== undefined && v < t) this.fail(`${o.name} served v${v} of ${hex(oid)}, acknowledged v${t}`);
+    if (v !== undefined && v < t) {
+      this.fail(`${o.name} served v${v} of ${hex(oid)}, acknowledged v${t}`);
+    }
   }
 
   quiescent(): boolean {
@@ -566,13 +616,21 @@ class Sim {
       for (const o of this.owners(oid)) {
         const v = o.store.get(oid);
         if (v !== undefined) {
-          if (v < t) this.fail(`owner ${o.name} holds v${v} of ${hex(oid)} as current, acknowledged v${t}`);
+          if (v < t) {
+            this.fail(`owner ${o.name} holds v${v} of ${hex(oid)} as current, acknowledged v${t}`);
+          }
           continue;
         }
         // An owner that lacks it will fetch it: the first source it reaches must be up to date.
         const src = this.lookup(o, oid);
         if (!src) this.fail(`${hex(oid)} v${t} lost: no source reachable from owner ${o.name}`);
-        if (src.v < t) this.fail(`owner ${o.name} would recover v${src.v} of ${hex(oid)} from ${src.from}, acknowledged v${t}`);
+        if (src.v < t) {
+          this.fail(
+            `owner ${o.name} would recover v${src.v} of ${
+              hex(oid)
+            } from ${src.from}, acknowledged v${t}`,
+          );
+        }
       }
     }
     if (!this.quiescent()) return;
@@ -583,14 +641,26 @@ class Sim {
     for (const [oid, t] of this.truth) {
       const want = this.owners(oid);
       const copies = Math.min(this.copiesOf(oid), ring.nrZones);
-      if (want.length !== copies) this.fail(`ring places ${want.length} copies of ${hex(oid)}, expected ${copies}`);
+      if (want.length !== copies) {
+        this.fail(`ring places ${want.length} copies of ${hex(oid)}, expected ${copies}`);
+      }
       const have = this.live.filter((n) => n.store.has(oid));
-      const extra = have.filter((n) => !want.includes(n)).map((n) => `${n.name}:v${n.store.get(oid)}`);
+      const extra = have.filter((n) => !want.includes(n)).map((n) =>
+        `${n.name}:v${n.store.get(oid)}`
+      );
       const missing = want.filter((n) => !have.includes(n)).map((n) => n.name);
       if (extra.length || missing.length) {
-        this.fail(`quiescent: ${hex(oid)} on [${have.map((n) => n.name)}], ring wants [${want.map((n) => n.name)}] (extra ${extra}, missing ${missing})`);
+        this.fail(
+          `quiescent: ${hex(oid)} on [${have.map((n) => n.name)}], ring wants [${
+            want.map((n) => n.name)
+          }] (extra ${extra}, missing ${missing})`,
+        );
       }
-      for (const n of have) if (n.store.get(oid)! < t) this.fail(`quiescent: ${n.name} has v${n.store.get(oid)} of ${hex(oid)} < v${t}`);
+      for (const n of have) {
+        if (n.store.get(oid)! < t) {
+          this.fail(`quiescent: ${n.name} has v${n.store.get(oid)} of ${hex(oid)} < v${t}`);
+        }
+      }
     }
   }
 }
@@ -607,7 +677,14 @@ function configFor(rng: Rng): SimOptions {
   const zoneCount = 2 + rng.int(5);
   const n = 3 + rng.int(4);
   const zones = Array.from({ length: n }, (_, i) => (i < zoneCount ? i : rng.int(zoneCount)));
-  return { copies, objects: 4 + rng.int(10), batch: rng.pick([1, 2, 4, 8]), zones, maxNodes: 10, zoneCount };
+  return {
+    copies,
+    objects: 4 + rng.int(10),
+    batch: rng.pick([1, 2, 4, 8]),
+    zones,
+    maxNodes: 10,
+    zoneCount,
+  };
 }
 
 interface SimResult {
@@ -624,7 +701,9 @@ function runSeed(seed: number, steps: number): SimResult {
   const opt = configFor(rng);
   const sim = new Sim(rng, opt);
   sim.log.push(
-    `config: copies ${opt.copies.join("/")} per VDI, ${opt.objects} objects per VDI, batch ${opt.batch}, ` +
+    `config: copies ${
+      opt.copies.join("/")
+    } per VDI, ${opt.objects} objects per VDI, batch ${opt.batch}, ` +
       `nodes ${sim.nodes.map((n) => `${n.name}/z${n.node.zone}`).join(" ")}`,
   );
   let step = 0;
@@ -644,7 +723,14 @@ function runSeed(seed: number, steps: number): SimResult {
   } catch (e) {
     if (!(e instanceof Violation)) sim.note(`EXCEPTION: ${(e as Error).stack}`);
     sim.flushStep();
-    return { seed, ok: false, failedAt: step, error: (e as Error).message, log: sim.log, stats: sim.stats };
+    return {
+      seed,
+      ok: false,
+      failedAt: step,
+      error: (e as Error).message,
+      log: sim.log,
+      stats: sim.stats,
+    };
   }
 }
 
@@ -688,7 +774,9 @@ function envInt(name: string, dflt: number): number {
 test("recovery simulation: random seeds keep every acknowledged write", () => {
   const steps = envInt("SIM_STEPS", 60);
   const only = process.env.SEED;
-  const seeds = only ? [Number(only)] : Array.from({ length: envInt("SIM_SEEDS", 300) }, (_, i) => i + 1);
+  const seeds = only
+    ? [Number(only)]
+    : Array.from({ length: envInt("SIM_SEEDS", 300) }, (_, i) => i + 1);
   const t0 = performance.now();
   const failures: SimResult[] = [];
   const total: Record<string, number> = {};
@@ -708,20 +796,31 @@ test("recovery simulation: random seeds keep every acknowledged write", () => {
     const env = process.env.SIM_EXECUTOR ? `SIM_EXECUTOR=${EXECUTOR} ` : "";
     throw new Error(
       `${failures.length}/${seeds.length} seeds violate an invariant (executor model: ${EXECUTOR}):\n` +
-        failures.slice(0, 20).map((x) => `  seed ${x.seed} step ${x.failedAt}: ${x.error}\n`).join("") +
+        failures.slice(0, 20).map((x) => `  seed ${x.seed} step ${x.failedAt}: ${x.error}\n`).join(
+          "",
+        ) +
         `Shortest: seed ${f.seed} at step ${f.failedAt}: ${f.error}\n` +
         `Replay: ${env}SEED=${f.seed} SIM_STEPS=${steps} node_modules/.bin/bun test tests/unit/recovery-sim.test.ts\n` +
         f.log.join("\n"),
     );
   }
   const st = Object.entries(total).map(([k, v]) => `${k} ${v}`).join(", ");
-  console.log(`recovery sim (${EXECUTOR}): ${seeds.length} seeds, ${ran} steps in ${ms.toFixed(0)} ms; ${st}`);
+  console.log(
+    `recovery sim (${EXECUTOR}): ${seeds.length} seeds, ${ran} steps in ${ms.toFixed(0)} ms; ${st}`,
+  );
 }, 120_000);
 
 // ------------------------------------------------------------------------------------------ targeted
 
 function scripted(copies: number, zones: number[], objects = 64): Sim {
-  return new Sim(new Rng(zones.length * 31 + copies), { copies: [copies], objects, batch: 2, zones, maxNodes: 10, zoneCount: zones.length });
+  return new Sim(new Rng(zones.length * 31 + copies), {
+    copies: [copies],
+    objects,
+    batch: 2,
+    zones,
+    maxNodes: 10,
+    zoneCount: zones.length,
+  });
 }
 
 function placed(nodes: SimNode[], oid: bigint, copies: number): SimNode[] {
@@ -753,7 +852,8 @@ test("a rejoining node's outdated stale copy is not preferred over a newer holde
     const b = own1.find((n) => n !== a)!;
     const own2 = placed(all.filter((n) => n !== a), o, 2);
     const c = own2.find((n) => n !== b);
-    return own2.includes(b) && c !== undefined && placed(all.filter((n) => n !== b), o, 2).includes(a);
+    return own2.includes(b) && c !== undefined &&
+      placed(all.filter((n) => n !== b), o, 2).includes(a);
   })!;
   expect(x).toBeDefined();
   const b = placed(all, x, 2).find((n) => n !== a)!;
@@ -778,8 +878,15 @@ test("a rejoining node's outdated stale copy is not preferred over a newer holde
   expect(a.staleOf(x, 1)).toBe(1); // a's own copy, from before the two writes
   expect(c.staleOf(x, 2)).toBe(latest); // c's copy, moved to stale when a came back
   // The planner walks epoch 3, then epoch 2 (c), and reaches a's own stale copy of epoch 1 only after.
-  const srcs = recoverySources({ oid: x, copies: 2, me: a.node, history: sim.history(a), alive: (n) => sim.isMember(n) });
-  const at = (n: SimNode, e: number) => srcs.findIndex((s) => s.epoch === e && nodeEqual(s.node, n.node));
+  const srcs = recoverySources({
+    oid: x,
+    copies: 2,
+    me: a.node,
+    history: sim.history(a),
+    alive: (n) => sim.isMember(n),
+  });
+  const at = (n: SimNode, e: number) =>
+    srcs.findIndex((s) => s.epoch === e && nodeEqual(s.node, n.node));
   expect(at(c, 2)).toBeGreaterThanOrEqual(0);
   expect(at(c, 2)).toBeLessThan(at(a, 1));
   expect(sim.lookup(a, x)).toEqual({ v: latest, from: `${c.name}@e2`, stale: true });
@@ -852,7 +959,10 @@ class MemStore {
     return [...this.cur.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   }
   listStale(): Array<{ oid: bigint; epoch: number }> {
-    return [...this.stale.keys()].map((k) => ({ oid: BigInt(k.split("@")[0]), epoch: Number(k.split("@")[1]) }));
+    return [...this.stale.keys()].map((k) => ({
+      oid: BigInt(k.split("@")[0]),
+      epoch: Number(k.split("@")[1]),
+    }));
   }
   async createAndWrite(oid: bigint, _off: number, data: Buffer): Promise<void> {
     this.writing++;
@@ -872,7 +982,9 @@ class MemStore {
   }
   readStale(oid: bigint, epoch: number, off: number, len: number): Promise<Buffer> {
     const d = this.stale.get(`${oid}@${epoch}`);
-    return d ? Promise.resolve(d.subarray(off, off + len)) : Promise.reject(new SdError(Res.NO_OBJ));
+    return d
+      ? Promise.resolve(d.subarray(off, off + len))
+      : Promise.reject(new SdError(Res.NO_OBJ));
   }
   purgeStale(): Promise<void> {
     this.stale.clear();
@@ -920,7 +1032,14 @@ test("executor: an object still being written when a new epoch starts is not lef
   store.hold = new Promise<void>((r) => (release = r));
   const host = {
     me: a,
-    log: { info() {}, warn() {}, err() {}, emerg() {}, notice() {}, debug() {} } as unknown as Logger,
+    log: {
+      info() {},
+      warn() {},
+      err() {},
+      emerg() {},
+      notice() {},
+      debug() {},
+    } as unknown as Logger,
     store: () => store as unknown as ObjectStore,
     epoch: () => epoch,
     ring: () => rings[epoch],
@@ -934,7 +1053,10 @@ test("executor: an object still being written when a new epoch starts is not lef
       if (h.opcode === Op.GET_OBJ_LIST) {
         const oids = nodeEqual(node, a)
           ? [...store.list(), ...store.listStale().map((s) => s.oid)]
-          : [...peers.get(node.port)!.cur.keys(), ...[...peers.get(node.port)!.stale.keys()].map((k) => BigInt(k.split("@")[0]))];
+          : [
+            ...peers.get(node.port)!.cur.keys(),
+            ...[...peers.get(node.port)!.stale.keys()].map((k) => BigInt(k.split("@")[0])),
+          ];
         data = Buffer.alloc(oids.length * 8);
         oids.forEach((o, i) => data.writeBigUInt64LE(o, i * 8));
       } else if (h.opcode === Op.READ_PEER) {

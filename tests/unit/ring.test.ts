@@ -77,7 +77,11 @@ test("spec vector: three nodes, 3 copies", () => {
 
 test("copies capped at nrZones; same-zone nodes never share an object", () => {
   // default zone = IP, so all 127.0.0.1 nodes share one zone
-  const r = new Ring([makeNode("127.0.0.1", 7000), makeNode("127.0.0.1", 7001), makeNode("127.0.0.1", 7002)]);
+  const r = new Ring([
+    makeNode("127.0.0.1", 7000),
+    makeNode("127.0.0.1", 7001),
+    makeNode("127.0.0.1", 7002),
+  ]);
   expect(r.nrZones).toBe(1);
   expect(r.placeObject(vidToDataOid(VID, 0), 3).length).toBe(1);
   const r2 = new Ring([local(7000, 0), local(7001, 1)]);
@@ -100,7 +104,9 @@ test("gateways (0 vnodes) are listed but never placed and not counted as zones",
   // same placement as without the gateway
   const r0 = new Ring([local(7000, 0), local(7001, 1)]);
   for (let i = 0; i < 50; i++) {
-    expect(ports(r.placeObject(vidToDataOid(VID, i), 2))).toEqual(ports(r0.placeObject(vidToDataOid(VID, i), 2)));
+    expect(ports(r.placeObject(vidToDataOid(VID, i), 2))).toEqual(
+      ports(r0.placeObject(vidToDataOid(VID, i), 2)),
+    );
   }
   expect(new Ring([gw]).placeObject(1n, 3)).toEqual([]);
 });
@@ -127,7 +133,9 @@ test("random rings: zone-distinct placements, matches BigInt reference", () => {
     const zones = new Set(nodes.filter((n) => n.nrVnodes > 0).map((n) => n.zone));
     expect(r.nrZones).toBe(zones.size);
     for (let i = 0; i < 60; i++) {
-      const oid = i % 3 === 0 ? vidToVdiOid(rnd(1 << 24)) : vidToDataOid(rnd(1 << 24), rnd(1 << 20));
+      const oid = i % 3 === 0
+        ? vidToVdiOid(rnd(1 << 24))
+        : vidToDataOid(rnd(1 << 24), rnd(1 << 20));
       const copies = 1 + rnd(6);
       const p = r.placeObject(oid, copies);
       expect(p.length).toBe(Math.min(copies, zones.size));
@@ -149,7 +157,16 @@ test("nrZones capped at 31", () => {
 });
 
 test("rintHalfEven", () => {
-  expect([0.5, 1.5, 2.5, 3.5, 2.4999, 2.5001, 0, 7].map(rintHalfEven)).toEqual([0, 2, 2, 4, 2, 3, 0, 7]);
+  expect([0.5, 1.5, 2.5, 3.5, 2.4999, 2.5001, 0, 7].map(rintHalfEven)).toEqual([
+    0,
+    2,
+    2,
+    4,
+    2,
+    3,
+    0,
+    7,
+  ]);
 });
 
 test("autoVnodes: integer average, single-precision factor, ties to even, gateways 0", () => {
@@ -160,13 +177,23 @@ test("autoVnodes: integer average, single-precision factor, ties to even, gatewa
   expect(out.map((n) => n.nrVnodes)).toEqual([0, 2, 2, 508, 0]);
   expect(ns[0].nrVnodes).toBe(1); // inputs untouched
   // avg = floor(3/2) = 1
-  expect(autoVnodes([local(1, 0, { space: 1n }), local(2, 1, { space: 2n })]).map((n) => n.nrVnodes)).toEqual([128, 256]);
+  expect(
+    autoVnodes([local(1, 0, { space: 1n }), local(2, 1, { space: 2n })]).map((n) => n.nrVnodes),
+  ).toEqual([128, 256]);
   // equal spaces -> 128 each
   const G = 1n << 30n;
-  expect(autoVnodes([local(1, 0, { space: 100n * G }), local(2, 1, { space: 100n * G })]).map((n) => n.nrVnodes))
+  expect(
+    autoVnodes([local(1, 0, { space: 100n * G }), local(2, 1, { space: 100n * G })]).map((n) =>
+      n.nrVnodes
+    ),
+  )
     .toEqual([128, 128]);
   // avg 20G: factors 0.5, 1, 1.5
-  const a = autoVnodes([local(1, 0, { space: 10n * G }), local(2, 1, { space: 20n * G }), local(3, 2, { space: 30n * G })]);
+  const a = autoVnodes([
+    local(1, 0, { space: 10n * G }),
+    local(2, 1, { space: 20n * G }),
+    local(3, 2, { space: 30n * G }),
+  ]);
   expect(a.map((n) => n.nrVnodes)).toEqual([64, 128, 192]);
   // single precision matters: in double 128*3011718757/3e9 = 128.50000029.. would round to 129
   const sp = autoVnodes([local(1, 0, { space: 3011718757n }), local(2, 1, { space: 2988281243n })]);
@@ -177,7 +204,10 @@ test("autoVnodes: integer average, single-precision factor, ties to even, gatewa
 
 test("DiskRing", () => {
   const G = 1n << 30n;
-  const disks = [{ path: "/d/a", capacity: 10n * G }, { path: "/d/b/", capacity: 10n * G + 1n }, { path: "/d/c", capacity: 0n }];
+  const disks = [{ path: "/d/a", capacity: 10n * G }, { path: "/d/b/", capacity: 10n * G + 1n }, {
+    path: "/d/c",
+    capacity: 0n,
+  }];
   const dr = new DiskRing(disks);
   // reference: vdisk keys sd_hash_next chain seeded by sd_hash(path without trailing '/')
   const vd: { key: bigint; i: number }[] = [];

@@ -69,7 +69,9 @@ test("tree layout paths", async () => {
     await s.createAndWrite(oid, 0, Buffer.from([1, 2, 3]), 4096);
     expect(fs.existsSync(s.path(oid))).toBe(true);
   }
-  expect(s.list()).toEqual([DATA0, ATTR, BTREE, LEDGER, VMSTATE, INODE].sort((a, b) => (a < b ? -1 : 1)));
+  expect(s.list()).toEqual(
+    [DATA0, ATTR, BTREE, LEDGER, VMSTATE, INODE].sort((a, b) => (a < b ? -1 : 1)),
+  );
   // a fresh instance finds them again
   const s2 = openStore("tree", [d]);
   await s2.init();
@@ -191,7 +193,9 @@ test("different objects in parallel and list() sorted", async () => {
   const oids = Array.from({ length: 50 }, (_, i) => ((BigInt(i * 7919 % 251) << 32n) | BigInt(i)));
   await Promise.all(oids.map((o) => s.createAndWrite(o, 0, Buffer.from(o.toString()), 4096)));
   expect(s.list()).toEqual([...oids].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
-  for (const o of oids) expect((await s.read(o, 0, o.toString().length)).toString()).toBe(o.toString());
+  for (const o of oids) {
+    expect((await s.read(o, 0, o.toString().length)).toString()).toBe(o.toString());
+  }
   // EC strips of one oid count once
   await s.createAndWrite(DATA1, 0, Buffer.from("a"), 512, 0);
   await s.createAndWrite(DATA1, 0, Buffer.from("b"), 512, 1);
@@ -255,7 +259,9 @@ test("multi-disk placement is stable and misplaced objects are found", async () 
   const disks = [`${base}/d0`, `${base}/d1`, `${base}/d2`];
   const s = openStore("plain", disks);
   await s.init();
-  for (const d of disks) expect(Number(fs.readFileSync(`${d}/.md.size`, "utf8"))).toBeGreaterThan(0);
+  for (const d of disks) {
+    expect(Number(fs.readFileSync(`${d}/.md.size`, "utf8"))).toBeGreaterThan(0);
+  }
   const oids = Array.from({ length: 60 }, (_, i) => DATA0 | BigInt(i));
   for (const o of oids) await s.createAndWrite(o, 0, Buffer.from(o.toString(16)), 4096);
   const where = oids.map((o) => s.path(o));

@@ -170,14 +170,26 @@ test("create: test -> 0x7c2b25 with a fresh inode", async () => {
   expect(r.oldVid).toBe(0);
   expect(t.inuse.test(0x7c2b25)).toBe(true);
   expect(t.states.get(0x7c2b25)).toEqual({
-    vid: 0x7c2b25, nrCopies: 3, snapshot: false, deleted: false, copyPolicy: 0, blockSizeShift: 22, parentVid: 0,
+    vid: 0x7c2b25,
+    nrCopies: 3,
+    snapshot: false,
+    deleted: false,
+    copyPolicy: 0,
+    blockSizeShift: 22,
+    parentVid: 0,
   });
   const raw = io.objs.get(vidToVdiOid(0x7c2b25))!;
   expect(raw.length).toBe(SD_INODE_SIZE);
   const ino = Inode.decode(raw);
   expect(ino.header).toEqual({
     ...emptyInodeHeader(),
-    name: "test", createTime: NOW, vdiSize: 64n << 20n, nrCopies: 3, blockSizeShift: 22, snapId: 1, vdiId: 0x7c2b25,
+    name: "test",
+    createTime: NOW,
+    vdiSize: 64n << 20n,
+    nrCopies: 3,
+    blockSizeShift: 22,
+    snapId: 1,
+    vdiId: 0x7c2b25,
   });
   const l = await lookupVdi(io, t, "test");
   expect(l.vid).toBe(0x7c2b25);
@@ -193,10 +205,18 @@ test("copies / EC policy / block size defaults", async () => {
   const b = await create(io, t, req("b", { copies: 1, copyPolicy: 0x22 }));
   expect([b.nrCopies, b.copyPolicy]).toEqual([6, 0x22]);
   // copies 0: the cluster's copies AND policy win over the request's policy
-  const c = await newVdi(io, t, req("c", { copyPolicy: 0x22 }), { copies: 4, copyPolicy: 0x11, blockSizeShift: 23 });
+  const c = await newVdi(io, t, req("c", { copyPolicy: 0x22 }), {
+    copies: 4,
+    copyPolicy: 0x11,
+    blockSizeShift: 23,
+  });
   expect([c.nrCopies, c.copyPolicy, c.blockSizeShift]).toEqual([3, 0x11, 23]);
   const ino = await io.inode(c.vid);
-  expect([ino.header.nrCopies, ino.header.copyPolicy, ino.header.blockSizeShift]).toEqual([3, 0x11, 23]);
+  expect([ino.header.nrCopies, ino.header.copyPolicy, ino.header.blockSizeShift]).toEqual([
+    3,
+    0x11,
+    23,
+  ]);
 });
 
 test("a colliding name probes to the next free bit", async () => {
@@ -338,11 +358,18 @@ test("delete working VDI: cleared inode, NO_VDI, snapshots survive, create reuse
   expect(gone.header.name).toBe("");
   expect(gone.header.vdiSize).toBe(0n);
   expect(gone.header.vdiId).toBe(w);
-  expect(io.objs.get(vidToVdiOid(w))!.subarray(SD_INODE_HEADER_SIZE).every((x) => x === 0)).toBe(true);
+  expect(io.objs.get(vidToVdiOid(w))!.subarray(SD_INODE_HEADER_SIZE).every((x) => x === 0)).toBe(
+    true,
+  );
 
   expect(await code(lookupVdi(io, t, "test"))).toBe(Res.NO_VDI);
   const info = await lookupVdiInfo(io, t, "test");
-  expect([info.result, info.vid, info.snapIdNext, info.freeBit]).toEqual([Res.NO_VDI, v, 2, 0x7c2b27]);
+  expect([info.result, info.vid, info.snapIdNext, info.freeBit]).toEqual([
+    Res.NO_VDI,
+    v,
+    2,
+    0x7c2b27,
+  ]);
   expect((await lookupVdi(io, t, "test", { tag: "keep" })).vid).toBe(v);
 
   const again = await create(io, t, req("test"));
@@ -428,7 +455,11 @@ test("snapshot of a depth-2 hyper volume copies the leaf nodes", async () => {
   await io.write(vidToVdiOid(v), 4664, root);
   await io.write(vidToVdiOid(v), 568, Buffer.from([1, 0, 0, 0]));
 
-  const s = await create(io, t, req("hv", { snapshot: true, baseVid: v, storePolicy: 1, size: 1n << 44n }));
+  const s = await create(
+    io,
+    t,
+    req("hv", { snapshot: true, baseVid: v, storePolicy: 1, size: 1n << 44n }),
+  );
   const raw = io.objs.get(vidToVdiOid(s.vid))!;
   expect(raw.readUInt32LE(568)).toBe(1); // btree_counter
   expect(raw.readUInt32LE(4664 + 8)).toBe(11);
@@ -458,7 +489,12 @@ test("decrefPlan: replaced slots decref with old gref, unchanged slots keep thei
   ob.writeUInt32LE(0x7c2b25);
   const p = decrefPlan(0, ob, Buffer.alloc(8), Buffer.alloc(4));
   expect(p.decrefs).toEqual([{
-    idx: 0, oid: vidToDataOid(0x7c2b25, 0), generation: 0, count: 0, remove: true, ledger: ledgerOid(vidToDataOid(0x7c2b25, 0)),
+    idx: 0,
+    oid: vidToDataOid(0x7c2b25, 0),
+    generation: 0,
+    count: 0,
+    remove: true,
+    ledger: ledgerOid(vidToDataOid(0x7c2b25, 0)),
   }]);
 });
 
@@ -518,11 +554,22 @@ test("vdi attributes: create, read, excl, delete, probing", async () => {
   expect(stored.readBigUInt64LE(512)).toBe(ct);
   expect(stored.subarray(784, 786).toString()).toBe("v1");
 
-  expect(await getVdiAttr(io, t, attrBuf("test", "k1"), none, ct)).toEqual({ vid: 0x7c2b25, attrId: id });
-  expect(await code(getVdiAttr(io, t, a, { creat: true, excl: true, del: false }, ct))).toBe(Res.VDI_EXIST);
+  expect(await getVdiAttr(io, t, attrBuf("test", "k1"), none, ct)).toEqual({
+    vid: 0x7c2b25,
+    attrId: id,
+  });
+  expect(await code(getVdiAttr(io, t, a, { creat: true, excl: true, del: false }, ct))).toBe(
+    Res.VDI_EXIST,
+  );
 
   // overwrite without EXCL
-  await getVdiAttr(io, t, attrBuf("test", "k1", "v2"), { creat: true, excl: false, del: false }, ct);
+  await getVdiAttr(
+    io,
+    t,
+    attrBuf("test", "k1", "v2"),
+    { creat: true, excl: false, del: false },
+    ct,
+  );
   expect(io.objs.get(vidToAttrOid(0x7c2b25, id))!.subarray(784, 786).toString()).toBe("v2");
   expect(io.objs.get(vidToAttrOid(0x7c2b25, id))!.length).toBe(66320);
 
@@ -543,7 +590,11 @@ test("vdi attributes: create, read, excl, delete, probing", async () => {
   await getVdiAttr(io, t, attrBuf("test", "k1"), { creat: false, excl: false, del: true }, ct);
   expect(io.objs.get(vidToAttrOid(0x7c2b25, id))![0]).toBe(0);
   expect(await code(getVdiAttr(io, t, attrBuf("test", "k1"), none, ct))).toBe(Res.NO_OBJ);
-  expect(await code(getVdiAttr(io, t, attrBuf("test", "k1"), { creat: false, excl: false, del: true }, ct)))
+  expect(
+    await code(
+      getVdiAttr(io, t, attrBuf("test", "k1"), { creat: false, excl: false, del: true }, ct),
+    ),
+  )
     .toBe(Res.NO_OBJ);
 });
 
@@ -555,10 +606,23 @@ test("lock table and registerInode", () => {
   expect(releaseVdi(t, 5)).toBe(true);
   expect(lockVdi(t, 5, "b")).toBe(true);
 
-  registerInode(t, { ...emptyInodeHeader(), name: "", vdiId: 9, nrCopies: 2, snapCtime: 1n, parentVdiId: 4 });
+  registerInode(t, {
+    ...emptyInodeHeader(),
+    name: "",
+    vdiId: 9,
+    nrCopies: 2,
+    snapCtime: 1n,
+    parentVdiId: 4,
+  });
   expect(t.inuse.test(9)).toBe(true);
   expect(t.deleted.test(9)).toBe(true);
   expect(t.states.get(9)).toEqual({
-    vid: 9, nrCopies: 2, snapshot: true, deleted: true, copyPolicy: 0, blockSizeShift: 0, parentVid: 4,
+    vid: 9,
+    nrCopies: 2,
+    snapshot: true,
+    deleted: true,
+    copyPolicy: 0,
+    blockSizeShift: 0,
+    parentVid: 4,
   });
 });
