@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Quick-start cluster: 3 sheep on one host (local driver), VDI "demo" exported over NBD.
 #   packaging/demo.sh start|stop|status|clean        (make run / make stop / make status)
-# Env: SHEEPDOG_BIN (default ./sheepdog), DEMO_DIR (/tmp/sheepdog-demo), DEMO_BASE_PORT (7000),
-#      DEMO_NBD_PORT (10809), DEMO_VDI (demo), DEMO_SIZE (1G).
+# Env: SHEEPDOG_BIN (default ./sheepdog), DEMO_DIR (/tmp/sheepdog-demo), DEMO_BASE_PORT (7000;
+#      the sheep use BASE..BASE+2), DEMO_NBD_PORT (10809), DEMO_VDI (demo), DEMO_SIZE (1G).
+# start records the ports in DEMO_DIR/demo.env; stop and status read them from there, so only
+# DEMO_DIR has to be given again (other ports given to them must match the recorded ones).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,32 @@ SIZE=${DEMO_SIZE:-1G}
 N=3
 
 die() { echo "demo: $*" >&2; exit 1; }
+
+for v in BASE NBD; do
+  case "${!v}" in '' | *[!0-9]*) die "port '${!v}' is not a number" ;; esac
+  [ "${!v}" -ge 1 ] && [ "${!v}" -le 65533 ] || die "port ${!v} is out of range"
+done
+
+SETTINGS="$DEMO/demo.env"
+
+# Ports of the demo in $DEMO as start recorded them; a different explicit DEMO_* port is an error
+# (stop must not shut down whatever else listens on the default port).
+load_settings() {
+  [ -f "$SETTINGS" ] || return 0
+  local rbase rnbd
+  rbase=$(sed -n 's/^DEMO_BASE_PORT=\([0-9]*\)$/\1/p' "$SETTINGS")
+  rnbd=$(sed -n 's/^DEMO_NBD_PORT=\([0-9]*\)$/\1/p' "$SETTINGS")
+  if [ -n "$rbase" ] && [ "$rbase" != "$BASE" ]; then
+    [ -n "${DEMO_BASE_PORT:-}" ] &&
+      die "the demo in $DEMO uses DEMO_BASE_PORT=$rbase, not $BASE ('$0 clean' starts over)"
+    BASE=$rbase
+  fi
+  if [ -n "$rnbd" ] && [ "$rnbd" != "$NBD" ]; then
+    [ -n "${DEMO_NBD_PORT:-}" ] &&
+      die "the demo in $DEMO uses DEMO_NBD_PORT=$rnbd, not $NBD ('$0 clean' starts over)"
+    NBD=$rnbd
+  fi
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -68,6 +96,8 @@ start_node() {
 cmd_start() {
   [ -x "$BIN" ] || die "$BIN not found: run 'make build' first"
   mkdir -p "$DEMO"
+  load_settings
+  printf 'DEMO_BASE_PORT=%s\nDEMO_NBD_PORT=%s\n' "$BASE" "$NBD" >"$SETTINGS"
   local i
   for i in $(seq 0 $((N - 1))); do start_node "$i"; done
 
@@ -92,6 +122,12 @@ cmd_start() {
     dog vdi create "$VDI" "$SIZE"
   fi
 
+  local STOP_ARGS="" CLEAN="bash packaging/demo.sh clean" P=""
+  [ "$BASE" = 7000 ] || P=" -p $BASE"
+  if [ -n "${DEMO_DIR:-}" ]; then
+    STOP_ARGS=" DEMO_DIR=$DEMO"
+    CLEAN="DEMO_DIR=$DEMO $CLEAN"
+  fi
   cat <<EOF
 
 Sheepdog demo cluster is running: $N sheep on 127.0.0.1:$BASE-$((BASE + N - 1)) (zones 0-$((N - 1))),
@@ -104,10 +140,10 @@ Attach / inspect:
   qemu-io -f raw -c 'write -P 0xab 0 4M' -c 'read -P 0xab 0 4M' nbd://127.0.0.1:$NBD/$VDI
   nbdcopy disk.img nbd://127.0.0.1:$NBD/$VDI
 Administer:
-  $BIN dog cluster info
-  $BIN dog node list
-  $BIN dog vdi list
-Stop:  make stop        (data is kept; 'bash packaging/demo.sh clean' also removes $DEMO)
+  $BIN dog cluster info$P
+  $BIN dog node list$P
+  $BIN dog vdi list$P
+Stop:  make stop$STOP_ARGS        (data is kept; '$CLEAN' also removes $DEMO)
 EOF
 }
 
@@ -150,6 +186,8 @@ cmd_status() {
   done
   if node_pid 0 >/dev/null && [ -x "$BIN" ]; then dog cluster info || true; fi
 }
+
+[ "${1:-start}" = start ] || load_settings
 
 case "${1:-start}" in
   start) cmd_start ;;

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs the unit tests (one bun process) and then each e2e file in its own bun process, adds up
-# bun's " N pass" / " N fail" summary lines, and ends with exactly one line "N passed, N failed".
-# A run that crashed or timed out without a summary counts as one failure.
+# bun's " N pass" / " N fail" / " N skip" summary lines, and ends with exactly one line
+# "N passed, N failed, N skipped". A run that crashed or timed out without a summary counts as one
+# failure. Tests skip only when the user opts out of a component (tests/lib/components.ts):
+# SHEEPDOG_SKIP=corosync,zookeeper,nbd-clients; a missing component is a failure otherwise.
 #
 #   tests/run.sh                 all tests
 #   tests/run.sh FILE...         only these test files (unit ones together, e2e ones one by one)
-# Env: SHEEPDOG_LONG=1 (long tests), TEST_TIMEOUT_MS (per test, default 600000),
-#      FILE_TIMEOUT (seconds per e2e file, default 1200), UNIT_TIMEOUT (seconds, default 1200).
+# Env: SHEEPDOG_SKIP (components not to test), SHEEPDOG_LONG=1 (long tests),
+#      TEST_TIMEOUT_MS (per test, default 600000), FILE_TIMEOUT (seconds per e2e file, default
+#      1200), UNIT_TIMEOUT (seconds, default 1200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +20,12 @@ UNIT_TIMEOUT=${UNIT_TIMEOUT:-1200}
 
 if [ ! -x "$BUN" ]; then
   echo "$BUN not found: run 'make deps' (npm ci) first" >&2
-  echo "0 passed, 1 failed"
+  echo "0 passed, 1 failed, 0 skipped"
   exit 1
+fi
+
+if [ -n "${SHEEPDOG_SKIP:-}" ]; then
+  echo "SHEEPDOG_SKIP=$SHEEPDOG_SKIP: tests of these components are reported as skipped"
 fi
 
 unit=() e2e=()
@@ -39,7 +46,8 @@ fi
 
 passed=0
 failed=0
-failed_runs=()
+skipped=0
+failed_runs=() skipped_runs=()
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/sheepdog-run.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT
 
@@ -68,10 +76,13 @@ run_bun() {
     pkill -KILL -g "$pg" 2>/dev/null || true
   fi
 
-  local clean p f
+  local clean p f s
   clean=$(sed 's/\x1b\[[0-9;]*[A-Za-z]//g' "$log")
   p=$(printf '%s\n' "$clean" | grep -E '^ *[0-9]+ pass$' | tail -n1 | tr -dc '0-9')
   f=$(printf '%s\n' "$clean" | grep -E '^ *[0-9]+ fail$' | tail -n1 | tr -dc '0-9')
+  s=$(printf '%s\n' "$clean" | grep -E '^ *[0-9]+ skip$' | tail -n1 | tr -dc '0-9')
+  skipped=$((skipped + ${s:-0}))
+  [ "${s:-0}" -gt 0 ] && skipped_runs+=("$label ($s skipped)")
   local what
   if [ -z "$p" ] && [ -z "$f" ]; then
     if [ "$rc" -eq 124 ] || { [ "$rc" -eq 137 ] && [ $((SECONDS - start)) -ge "$limit" ]; }; then
@@ -103,11 +114,16 @@ for f in "${e2e[@]}"; do
   run_bun "$f" "$FILE_TIMEOUT" "$f"
 done
 
+if [ ${#skipped_runs[@]} -gt 0 ]; then
+  echo
+  echo "Skipped (SHEEPDOG_SKIP=${SHEEPDOG_SKIP:-}):"
+  for r in "${skipped_runs[@]}"; do echo "  $r"; done
+fi
 if [ ${#failed_runs[@]} -gt 0 ]; then
   echo
   echo "Failures:"
   for r in "${failed_runs[@]}"; do echo "  $r"; done
 fi
 echo
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -4,6 +4,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import process from "node:process";
 import { sheepCommand } from "../lib/cluster.ts";
 
 function run(cmd: string[], args: string[]) {
@@ -31,9 +32,11 @@ test("--version, dog --help, sheep --help", () => {
   expect(badc.err).toContain("Invalid cluster driver 'nosuchdriver'");
 });
 
-test("links named sheep and dog behave as those commands", () => {
+// Links need the compiled binary: skipped (and counted so) when SHEEPDOG_RUNTIME runs mod.ts.
+const fromSource = ["bun", "deno"].includes(process.env.SHEEPDOG_RUNTIME ?? "");
+
+test.skipIf(fromSource)("links named sheep and dog behave as those commands", () => {
   const cmd = sheepCommand();
-  if (cmd.length !== 1) return; // only meaningful for the compiled binary
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-links-"));
   try {
     fs.symlinkSync(cmd[0], path.join(dir, "dog"));

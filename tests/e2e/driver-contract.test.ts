@@ -6,46 +6,40 @@ import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ROOT, TestCluster } from "../lib/cluster.ts";
+import { TestCluster } from "../lib/cluster.ts";
+import { type Component, describeWith } from "../lib/components.ts";
+import { startCorosync } from "../lib/corosync.ts";
+import { startZookeeper } from "../lib/zookeeper.ts";
 
 const MiB = 1024 * 1024;
 
 interface DriverEnv {
   name: string;
+  /** The real component the driver needs (tests/lib/components.ts), if any. */
+  needs?: Component;
   /** Starts what the driver needs; returns the -c option and a cleanup. */
   setup(): Promise<{ spec: string; stop(): Promise<void> }>;
 }
 
 const drivers: DriverEnv[] = [
   { name: "local", setup: () => Promise.resolve({ spec: "", stop: () => Promise.resolve() }) },
-];
-if (
-  fs.existsSync(path.join(ROOT, "drivers/zookeeper.ts")) &&
-  fs.existsSync(path.join(ROOT, "tests/lib/zookeeper.ts"))
-) {
-  drivers.push({
+  {
     name: "zookeeper",
+    needs: "zookeeper",
     setup: async () => {
-      const { startZookeeper } = await import("../lib/zookeeper.ts");
       const zk = await startZookeeper();
       return { spec: `zookeeper:127.0.0.1:${zk.port},timeout=10000`, stop: () => zk.stop() };
     },
-  });
-}
-if (
-  fs.existsSync(path.join(ROOT, "drivers/corosync.ts")) &&
-  fs.existsSync(path.join(ROOT, "tests/lib/corosync.ts"))
-) {
-  drivers.push({
+  },
+  {
     name: "corosync",
+    needs: "corosync",
     setup: async () => {
-      const mod = await import("../lib/corosync.ts");
-      const cs = await (mod as unknown as { startCorosync(): Promise<{ stop(): Promise<void> }> })
-        .startCorosync();
+      const cs = await startCorosync();
       return { spec: "corosync", stop: () => cs.stop() };
     },
-  });
-}
+  },
+];
 
 /** Normalizes the parts of `dog cluster info` that depend on time and ports. */
 function shape(info: string, ports: number[]): string {
@@ -60,7 +54,9 @@ function shape(info: string, ports: number[]): string {
 const shapes = new Map<string, { info: string; list: string }>();
 
 for (const drv of drivers) {
-  describe(`driver ${drv.name}`, () => {
+  const needs = drv.needs;
+  const suite = needs ? (t: string, f: () => void) => describeWith(needs, t, f) : describe;
+  suite(`driver ${drv.name}`, () => {
     let env: { spec: string; stop(): Promise<void> };
     let c: TestCluster;
     const data = randomBytes(10 * MiB + 5);

@@ -3,7 +3,7 @@
 // for hostile and ordering cases the real clients never produce.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -35,11 +35,12 @@ import {
   TxFlag,
 } from "../../core/nbd.ts";
 import { startNbdServer } from "../../sheep/nbd.ts";
+import { testWith } from "../lib/components.ts";
 
 const MiB = 1024 * 1024;
 const DISK_SIZE = 64 * MiB;
-const TOOLS = ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "fio"];
-const missing = TOOLS.filter((t) => spawnSync("sh", ["-c", `command -v ${t}`]).status !== 0);
+/** Tests that drive the Debian NBD clients (the raw-protocol tests below need none). */
+const clientTest = testWith("nbd-clients");
 
 /** MemoryExport with optional delays and counters, to observe ordering and concurrency. */
 class TestExport extends MemoryExport {
@@ -204,13 +205,9 @@ function makeImage(file: string, seed: number): Buffer {
   return img;
 }
 
-test("the Debian NBD clients are installed", () => {
-  expect(missing).toEqual([]);
-});
-
 // ------------------------------------------------------------------------------ real clients
 
-test("nbdinfo shows the export and its flags", async () => {
+clientTest("nbdinfo shows the export and its flags", async () => {
   const r = await run("nbdinfo", ["--json", uri()]);
   expect(r.code).toBe(0);
   const e = json(r.stdout).exports[0];
@@ -238,7 +235,7 @@ test("nbdinfo shows the export and its flags", async () => {
   expect([ro.is_read_only, ro.can_trim, ro.can_zero]).toEqual([true, false, false]);
 });
 
-test("nbdinfo --list lists every export", async () => {
+clientTest("nbdinfo --list lists every export", async () => {
   const r = await run("nbdinfo", ["--list", "--json", `nbd://127.0.0.1:${port}`]);
   expect(r.code).toBe(0);
   const names = json(r.stdout).exports.map((e: { "export-name": string }) => e["export-name"])
@@ -246,7 +243,7 @@ test("nbdinfo --list lists every export", async () => {
   expect(names).toEqual(["disk", "disk@snap", "slow", "small"]);
 });
 
-test("unknown, locked and broken exports are refused with an error", async () => {
+clientTest("unknown, locked and broken exports are refused with an error", async () => {
   const unknown = await run("nbdinfo", [uri("nope")]);
   expect(unknown.code).not.toBe(0);
   expect(unknown.stderr).toMatch(/No such file|unknown/i);
@@ -256,7 +253,7 @@ test("unknown, locked and broken exports are refused with an error", async () =>
   expect((await run("nbdinfo", [uri("broken")])).code).not.toBe(0);
 });
 
-test("qemu-io writes and reads back a pattern across an object boundary", async () => {
+clientTest("qemu-io writes and reads back a pattern across an object boundary", async () => {
   disk().objects.clear();
   const r = await run("qemu-io", [
     "-f",
@@ -276,7 +273,7 @@ test("qemu-io writes and reads back a pattern across an object boundary", async 
   expect(back.equals(Buffer.alloc(10000, 0xab))).toBe(true);
 });
 
-test("nbdinfo --map reports data and holes by object", async () => {
+clientTest("nbdinfo --map reports data and holes by object", async () => {
   // State from the previous test: objects 0 and 1 (4 MiB each) hold data.
   const r = await run("nbdinfo", ["--map", "--json", uri()]);
   expect(r.code).toBe(0);
@@ -286,7 +283,7 @@ test("nbdinfo --map reports data and holes by object", async () => {
   ]);
 });
 
-test("qemu-img convert -n in and out, and qemu-img compare", async () => {
+clientTest("qemu-img convert -n in and out, and qemu-img compare", async () => {
   const src = path.join(tmp, "src.raw");
   const out = path.join(tmp, "out.raw");
   const img = makeImage(src, 1);
@@ -307,7 +304,7 @@ test("qemu-img convert -n in and out, and qemu-img compare", async () => {
   expect(disk().allocatedBytes).toBeLessThan(DISK_SIZE / 2);
 });
 
-test("nbdcopy in and out (multi-conn)", async () => {
+clientTest("nbdcopy in and out (multi-conn)", async () => {
   const src = path.join(tmp, "src2.raw");
   const out = path.join(tmp, "out2.raw");
   const img = makeImage(src, 2);
@@ -320,7 +317,7 @@ test("nbdcopy in and out (multi-conn)", async () => {
   expect(fs.readFileSync(out).equals(img)).toBe(true);
 });
 
-test("fio randrw with crc32c verification", async () => {
+clientTest("fio randrw with crc32c verification", async () => {
   const r = await run("fio", [
     "--name=nbdverify",
     "--ioengine=nbd",
@@ -342,7 +339,7 @@ test("fio randrw with crc32c verification", async () => {
   expect(job.read.io_bytes).toBeGreaterThan(0);
 }, 60_000);
 
-test("read-only export: reads work, writes are refused", async () => {
+clientTest("read-only export: reads work, writes are refused", async () => {
   const rd = await run("qemu-io", [
     "-r",
     "-f",
@@ -365,7 +362,7 @@ test("read-only export: reads work, writes are refused", async () => {
   expect((await exports.get("disk@snap")!.read(0, 4096)).equals(Buffer.alloc(4096))).toBe(true);
 });
 
-test("a write past the end is refused", async () => {
+clientTest("a write past the end is refused", async () => {
   const q = await run("qemu-io", ["-f", "raw", "-c", `write -P 1 ${DISK_SIZE - 2048} 4096`, uri()]);
   expect(q.code).not.toBe(0);
   const c = await RawClient.open("disk");

@@ -2,9 +2,9 @@
 // Debian's real NBD clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio's nbd engine) plus a tiny
 // raw-socket client for the one case the real clients refuse to send (writes past the end).
 // Tests run in file order and share the cluster; the one that kills a sheep comes last.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, expect } from "bun:test";
 import { Buffer } from "node:buffer";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as net from "node:net";
@@ -12,6 +12,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { TestCluster } from "../lib/cluster.ts";
+import { testWith } from "../lib/components.ts";
 import {
   ClientFlag,
   Cmd,
@@ -29,8 +30,8 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 const LONG = process.env.SHEEPDOG_LONG === "1";
-const TOOLS = ["nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "fio", "cmp"];
-const missing = TOOLS.filter((t) => spawnSync("sh", ["-c", `command -v ${t}`]).status !== 0);
+/** Every test here drives the Debian NBD clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio). */
+const test = testWith("nbd-clients");
 
 let c: TestCluster;
 let tmp = "";
@@ -257,10 +258,6 @@ class RawNbd {
 }
 
 // ------------------------------------------------------------------------------ tests
-
-test("the Debian NBD clients are installed", () => {
-  expect(missing).toEqual([]);
-});
 
 test("nbdinfo --list lists the VDIs; nbdinfo shows size and block sizes", async () => {
   await vdiCreate("list-a", 1 * GiB);

@@ -3,12 +3,13 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
+import type { TestCluster as Cluster } from "../lib/cluster.ts";
 
 process.env.SHEEPDOG_RUNTIME = "deno";
 const { TestCluster } = await import("../lib/cluster.ts");
 
 const MiB = 1024 * 1024;
-let c: InstanceType<typeof TestCluster>;
+let c: Cluster;
 
 beforeAll(async () => {
   c = await TestCluster.start(3, { format: { copies: 3 } });

@@ -4,11 +4,12 @@
 // of every VDI (bytes and the owner of every data slot), never from "it did not fail".
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { type DogResult, TestCluster } from "../lib/cluster.ts";
+import { testWith } from "../lib/components.ts";
 import {
   isDataObj,
   isLedgerObj,
@@ -265,7 +266,8 @@ function json(b: Buffer): any {
   return JSON.parse(s.slice(s.search(/[{[]/)));
 }
 
-const haveTool = (t: string) => spawnSync("sh", ["-c", `command -v ${t}`]).status === 0;
+/** Tests that drive the Debian NBD clients. */
+const clientTest = testWith("nbd-clients");
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function expectFail(r: DogResult, code: number, msg: RegExp): void {
@@ -559,12 +561,9 @@ describe("snapshots, clones, rollback, accounting, repair and deletion (3 nodes,
     120_000,
   );
 
-  test(
+  clientTest(
     "a VDI attached for writing over NBD is locked: lock list shows it, delete and rollback are refused, unlock releases",
     async () => {
-      if (!haveTool("qemu-io")) {
-        throw new Error("qemu-io is not installed (apt-get install qemu-utils)");
-      }
       const uri = `nbd://127.0.0.1:${c.nodes[1].nbdPort}/c1`;
       // an interactive qemu-io keeps the export open (read-write) until it is told to quit
       const q: ChildProcess = spawn("qemu-io", ["-f", "raw", uri], {
@@ -613,10 +612,7 @@ describe("snapshots, clones, rollback, accounting, repair and deletion (3 nodes,
     60_000,
   );
 
-  test("snapshots are served over NBD read-only with the snapshot's content", async () => {
-    for (const t of ["nbdinfo", "nbdcopy", "qemu-io"]) {
-      if (!haveTool(t)) throw new Error(`${t} is not installed`);
-    }
+  clientTest("snapshots are served over NBD read-only with the snapshot's content", async () => {
     const s1 = m.snap("base", "s1");
     const uri = `nbd://127.0.0.1:${c.nodes[2].nbdPort}/base@s1`;
     const info = await run("nbdinfo", ["--json", uri]);

@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import zookeeper from "node-zookeeper-client";
 import * as net from "node:net";
 import { TestCluster } from "../lib/cluster.ts";
+import { describeWith } from "../lib/components.ts";
 import { startZookeeper, type ZookeeperServer } from "../lib/zookeeper.ts";
 import { createZookeeperDriver, parseZookeeperOption } from "../../drivers/zookeeper.ts";
 import type { DriverHandlers } from "../../drivers/driver.ts";
@@ -124,7 +125,7 @@ async function zkClient(hosts: string): Promise<Zk> {
 
 // ---------------------------------------------------------------------------------------------
 
-describe("zookeeper: 3 nodes, copies=3", () => {
+describeWith("zookeeper", "zookeeper: 3 nodes, copies=3", () => {
   let zk: ZookeeperServer;
   let c: TestCluster;
   const TIMEOUT = 8000;
@@ -264,91 +265,100 @@ describe("zookeeper: 3 nodes, copies=3", () => {
   }, 180_000);
 });
 
-describe("zookeeper: clusters sharing one ZooKeeper, concurrency, queue purging", () => {
-  let zk: ZookeeperServer;
-  let a: TestCluster;
-  let b: TestCluster;
+describeWith(
+  "zookeeper",
+  "zookeeper: clusters sharing one ZooKeeper, concurrency, queue purging",
+  () => {
+    let zk: ZookeeperServer;
+    let a: TestCluster;
+    let b: TestCluster;
 
-  beforeAll(async () => {
-    zk = await startZookeeper();
-    a = await startZkCluster(3, `zookeeper:${zk.hosts}/alpha,timeout=10000`, 2);
-    b = await startZkCluster(2, `zookeeper:${zk.hosts}/beta,timeout=10000`, 2);
-  }, 120_000);
-  afterAll(async () => {
-    await a?.stop();
-    await b?.stop();
-    await zk?.stop();
-  });
+    beforeAll(async () => {
+      zk = await startZookeeper();
+      a = await startZkCluster(3, `zookeeper:${zk.hosts}/alpha,timeout=10000`, 2);
+      b = await startZkCluster(2, `zookeeper:${zk.hosts}/beta,timeout=10000`, 2);
+    }, 120_000);
+    afterAll(async () => {
+      await a?.stop();
+      await b?.stop();
+      await zk?.stop();
+    });
 
-  test("two clusters with different ids do not see each other", async () => {
-    expect((await nodePorts(a, 0)).sort()).toEqual(a.nodes.map((n) => n.port).sort());
-    expect((await nodePorts(b, 1)).sort()).toEqual(b.nodes.map((n) => n.port).sort());
-    await a.dogOk(["vdi", "create", "only-in-a", "8M"]);
-    await b.dogOk(["vdi", "create", "only-in-b", "8M"]);
-    expect([...(await vids(a, 2)).keys()]).toEqual(["only-in-a"]);
-    expect([...(await vids(b, 0)).keys()]).toEqual(["only-in-b"]);
-    const z = await zkClient(zk.hosts);
-    try {
-      expect((await z.children("/")).sort()).toEqual(["alpha", "beta", "zookeeper"]);
-      expect((await z.children("/alpha/member")).length).toBe(3);
-      expect((await z.children("/beta/member")).length).toBe(2);
-    } finally {
-      z.close();
-    }
-  }, 60_000);
+    test("two clusters with different ids do not see each other", async () => {
+      expect((await nodePorts(a, 0)).sort()).toEqual(a.nodes.map((n) => n.port).sort());
+      expect((await nodePorts(b, 1)).sort()).toEqual(b.nodes.map((n) => n.port).sort());
+      await a.dogOk(["vdi", "create", "only-in-a", "8M"]);
+      await b.dogOk(["vdi", "create", "only-in-b", "8M"]);
+      expect([...(await vids(a, 2)).keys()]).toEqual(["only-in-a"]);
+      expect([...(await vids(b, 0)).keys()]).toEqual(["only-in-b"]);
+      const z = await zkClient(zk.hosts);
+      try {
+        expect((await z.children("/")).sort()).toEqual(["alpha", "beta", "zookeeper"]);
+        expect((await z.children("/alpha/member")).length).toBe(3);
+        expect((await z.children("/beta/member")).length).toBe(2);
+      } finally {
+        z.close();
+      }
+    }, 60_000);
 
-  test("20 parallel creates through different sheep all succeed with distinct ids", async () => {
-    const names = Array.from({ length: 20 }, (_, i) => `par${i}`);
-    const rs = await Promise.all(
-      names.map((n, i) => a.dog(["vdi", "create", n, "4M"], { node: i % 3 })),
-    );
-    for (const r of rs) expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
-    for (const node of [0, 1, 2]) {
-      const v = await vids(a, node);
-      const ids = names.map((n) => v.get(n));
-      expect(ids.every((x) => typeof x === "number" && x > 0)).toBe(true);
-      expect(new Set(ids).size).toBe(20);
-    }
-  }, 120_000);
+    test("20 parallel creates through different sheep all succeed with distinct ids", async () => {
+      const names = Array.from({ length: 20 }, (_, i) => `par${i}`);
+      const rs = await Promise.all(
+        names.map((n, i) => a.dog(["vdi", "create", n, "4M"], { node: i % 3 })),
+      );
+      for (const r of rs) {
+        expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: "" });
+      }
+      for (const node of [0, 1, 2]) {
+        const v = await vids(a, node);
+        const ids = names.map((n) => v.get(n));
+        expect(ids.every((x) => typeof x === "number" && x > 0)).toBe(true);
+        expect(new Set(ids).size).toBe(20);
+      }
+    }, 120_000);
 
-  test("10 parallel creates of the same name: exactly one succeeds", async () => {
-    const rs = await Promise.all(
-      Array.from({ length: 10 }, (_, i) => a.dog(["vdi", "create", "same", "4M"], { node: i % 3 })),
-    );
-    expect(rs.filter((r) => r.code === 0).length).toBe(1);
-    for (const r of rs.filter((r) => r.code !== 0)) {
-      expect(r.stderr).toContain("VDI exists already");
-    }
-    const rows = (await a.dogOk(["vdi", "list", "-r"])).split("\n").filter((l) =>
-      l.split(" ")[1] === "same"
-    );
-    expect(rows.length).toBe(1);
-  }, 120_000);
-
-  test("processed queue znodes are deleted", async () => {
-    // Enough cluster operations that the queue would otherwise hold well over a hundred events.
-    for (let round = 0; round < 4; round++) {
+    test("10 parallel creates of the same name: exactly one succeeds", async () => {
       const rs = await Promise.all(
         Array.from(
-          { length: 15 },
-          (_, i) => a.dog(["vdi", "create", `q${round}-${i}`, "4M"], { node: i % 3 }),
+          { length: 10 },
+          (_, i) => a.dog(["vdi", "create", "same", "4M"], { node: i % 3 }),
         ),
       );
-      for (const r of rs) expect(r.code).toBe(0);
-    }
-    const z = await zkClient(zk.hosts);
-    try {
-      await a.waitFor(
-        async () => (await z.children("/alpha/queue")).length <= 40,
-        30_000,
-        "the alpha queue to be purged",
+      expect(rs.filter((r) => r.code === 0).length).toBe(1);
+      for (const r of rs.filter((r) => r.code !== 0)) {
+        expect(r.stderr).toContain("VDI exists already");
+      }
+      const rows = (await a.dogOk(["vdi", "list", "-r"])).split("\n").filter((l) =>
+        l.split(" ")[1] === "same"
       );
-    } finally {
-      z.close();
-    }
-    expect((await vids(a, 1)).size).toBe(20 + 1 + 1 + 60);
-  }, 180_000);
-});
+      expect(rows.length).toBe(1);
+    }, 120_000);
+
+    test("processed queue znodes are deleted", async () => {
+      // Enough cluster operations that the queue would otherwise hold well over a hundred events.
+      for (let round = 0; round < 4; round++) {
+        const rs = await Promise.all(
+          Array.from(
+            { length: 15 },
+            (_, i) => a.dog(["vdi", "create", `q${round}-${i}`, "4M"], { node: i % 3 }),
+          ),
+        );
+        for (const r of rs) expect(r.code).toBe(0);
+      }
+      const z = await zkClient(zk.hosts);
+      try {
+        await a.waitFor(
+          async () => (await z.children("/alpha/queue")).length <= 40,
+          30_000,
+          "the alpha queue to be purged",
+        );
+      } finally {
+        z.close();
+      }
+      expect((await vids(a, 1)).size).toBe(20 + 1 + 1 + 60);
+    }, 180_000);
+  },
+);
 
 describe("zookeeper: bad configuration", () => {
   async function expectStartupFailure(driver: string, message: string | RegExp): Promise<void> {
@@ -438,7 +448,7 @@ describe("zookeeper: option parsing", () => {
   });
 });
 
-describe("zookeeper: a connection stuck in the handshake is retried", () => {
+describeWith("zookeeper", "zookeeper: a connection stuck in the handshake is retried", () => {
   // ZooKeeper 3.8 can accept a connection while it starts and then neither answer nor close it;
   // a blackholing proxy reproduces that. The session must survive a 3 s blackout.
   test("blackout shorter than the session timeout: no expiry, events keep flowing", async () => {

@@ -81,7 +81,7 @@ test("epoch files: sorted 80-byte sd_node records + time_t", () => {
   const n2 = makeNode("10.0.0.1", 7000);
   writeEpoch(d, 1, [n1, n0], 1700000000n);
   writeEpoch(d, 2, [n1, n0, n2], 1700000100n);
-  const raw = fs.readFileSync(`${d}/epoch/00000001`);
+  const raw: Buffer = fs.readFileSync(`${d}/epoch/00000001`);
   expect(raw.length).toBe(2 * 80 + 8);
   // node order: addr then port -> 7000 first; rb part zeroed
   expect(raw.subarray(0, 24)).toEqual(Buffer.alloc(24));
