@@ -40,7 +40,9 @@ CPG_HEADERS := /usr/include/corosync/cpg.h /usr/local/include/corosync/cpg.h
 
 cpg-bridge:
 	@found=""; for h in $(CPG_HEADERS); do [ -f "$$h" ] && found="$$h" && break; done; \
-	if [ -n "$$found" ]; then $(MAKE) --no-print-directory $(CPG_BRIDGE); \
+	if [ -n "$$found" ]; then \
+	  $(MAKE) --no-print-directory -q $(CPG_BRIDGE) 2>/dev/null \
+	    || $(MAKE) --no-print-directory $(CPG_BRIDGE); \
 	else echo "note: corosync/cpg.h not found (Debian package libcpg-dev): $(CPG_BRIDGE) not built," \
 	  "so -c corosync will not work (make apt-deps && make build)"; fi
 
@@ -56,9 +58,13 @@ $(DEPS_STAMP): package.json package-lock.json
 	   || [ package-lock.json -nt node_modules/.package-lock.json ] \
 	   || [ package.json -nt node_modules/.package-lock.json ]; then \
 	  echo "npm ci (node_modules from package-lock.json)"; \
-	  npm ci --no-audit --no-fund || { \
+	  log=$$(mktemp); \
+	  if ! npm ci --no-audit --no-fund >"$$log" 2>&1; then \
+	    sed '/Clean install a project/,$$d' "$$log" >&2; rm -f "$$log"; \
 	    echo "error: npm ci failed. If it says package.json and package-lock.json are not in sync," \
-	      "regenerate the lock (npm install --package-lock-only) and commit it." >&2; exit 1; }; \
+	      "regenerate the lock (npm install --package-lock-only) and commit it." >&2; exit 1; \
+	  fi; \
+	  cat "$$log"; rm -f "$$log"; \
 	fi
 	@touch $@
 
