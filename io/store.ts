@@ -22,7 +22,8 @@ import {
 import { DiskRing } from "../core/ring.ts";
 import { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 
-export type { ObjectStore } from "../core/store.ts";
+// Everything of the store in one import for the daemon and the tests.
+export { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 
 export function openStore(
   kind: "plain" | "tree",
@@ -462,7 +463,7 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, async () => {
-      const { e, c } = this.openExisting(name, oid, ecIndex);
+      const { c } = this.openExisting(name, oid, ecIndex);
       try {
         pwriteFull(c.fd, data, offset);
         const bytes = allocatedBytes(fs.fstatSync(c.fd));
