@@ -14,11 +14,6 @@ export interface Clock {
   clearTimeout(h: TimerHandle): void;
 }
 
-/** Resolves after ms on `clock`. */
-export function sleepOn(clock: Clock, ms: number): Promise<void> {
-  return new Promise((resolve) => clock.setTimeout(resolve, ms));
-}
-
 interface SimTimer {
   at: number;
   seq: number;
