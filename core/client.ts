@@ -48,7 +48,3 @@ export interface ClientPoolOptions {
   /** Connections without outstanding requests for this long are closed (0 = never). */
   idleMs?: number;
 }
-
-// Until every importer uses io/client.ts (one mechanical commit), the old path still offers the
-// socket client.
-export { ClientPool, SheepClient } from "../io/client.ts";

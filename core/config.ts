@@ -84,16 +84,3 @@ export function epochsIn(names: readonly string[]): number[] {
   return names.filter(isEpochFileName).map(Number).filter((n) => n > 0 && n <= 0xffffffff)
     .sort((a, b) => a - b);
 }
-
-// Until every importer uses io/config-file.ts (one mechanical commit), the old path still reads
-// and writes the files.
-export {
-  atomicWriteFile,
-  latestEpoch,
-  listEpochs,
-  readConfig,
-  readEpoch,
-  removeEpochs,
-  writeConfig,
-  writeEpoch,
-} from "../io/config-file.ts";

@@ -587,6 +587,3 @@ export function ctimeOf(ms: number): bigint {
   const nsec = BigInt((ms % 1000) * 1_000_000);
   return (sec << 32n) | nsec;
 }
-
-// Until every importer takes the clock from io/clock.ts (one mechanical commit).
-export { ctimeNow } from "../io/clock.ts";

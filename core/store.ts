@@ -192,6 +192,3 @@ export class ObjectIndex<E extends IndexedObject> {
     return this.sortedCache.slice();
   }
 }
-
-// Until every importer uses io/store.ts (one mechanical commit), the old path still opens stores.
-export { openStore } from "../io/store.ts";

@@ -12,7 +12,7 @@ import { Flag, Header, Op, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import { assert, AssertionError } from "../core/assert.ts";
 import type { Clock, TimerHandle } from "../core/clock.ts";
-import type { ObjectStore } from "../core/store.ts";
+import type { ObjectStore } from "../io/store.ts";
 import { realClock } from "../io/clock.ts";
 import type { Logger } from "./log.ts";
 

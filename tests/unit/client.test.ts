@@ -2,7 +2,7 @@
 import { afterEach, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import * as net from "node:net";
-import { ClientPool, NetworkError, SheepClient } from "../../core/client.ts";
+import { ClientPool, NetworkError, SheepClient } from "../../io/client.ts";
 import { SdError } from "../../core/errors.ts";
 import { SimClock } from "../../core/clock.ts";
 import { emptyInodeHeader, encodeInodeHeader } from "../../core/inode.ts";

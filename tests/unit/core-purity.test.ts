@@ -36,9 +36,6 @@ const CLOCK_GLOBALS = [
   "clearImmediate",
 ];
 
-// Old module paths kept as re-exports of io/ until every importer is switched over.
-const TRANSITIONAL_SHIMS = new Set(["client.ts", "store.ts", "config.ts", "proto.ts"]);
-
 const transpiler = new Bun.Transpiler({ loader: "ts", minifyWhitespace: true });
 
 /** End of the parenthesized group starting at s[open] === "(". */
@@ -52,11 +49,11 @@ function closeParen(s: string, open: number): number {
 }
 
 /** What in `src` (TypeScript) breaks purity; `name` for the messages. */
-export function impurities(name: string, src: string, allowOutside = false): string[] {
+export function impurities(name: string, src: string): string[] {
   const out: string[] = [];
   for (const imp of transpiler.scanImports(src)) {
     if (IO_MODULES.has(imp.path)) out.push(`${name} imports ${imp.path}`);
-    if (!allowOutside && imp.path.startsWith("../")) {
+    if (imp.path.startsWith("../")) {
       out.push(`${name} imports ${imp.path} from outside core/`);
     }
   }
@@ -79,7 +76,7 @@ test("nothing under core/ does I/O or reads the clock", () => {
   const files = fs.readdirSync(CORE).filter((f) => f.endsWith(".ts")).sort();
   expect(files.length).toBeGreaterThan(10);
   const bad = files.flatMap((f) =>
-    impurities(`core/${f}`, fs.readFileSync(path.join(CORE, f), "utf8"), TRANSITIONAL_SHIMS.has(f))
+    impurities(`core/${f}`, fs.readFileSync(path.join(CORE, f), "utf8"))
   );
   expect(bad).toEqual([]);
 });

@@ -2,7 +2,7 @@ import { afterAll, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
-import { openStore } from "../../core/store.ts";
+import { openStore } from "../../io/store.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
 
@@ -310,7 +310,7 @@ test("duplicate disks are rejected", () => {
 });
 
 test("ObjectIndex: counts an oid once per file, keeps bytes, and asserts its invariants", async () => {
-  const { ObjectIndex } = await import("../../core/store.ts");
+  const { ObjectIndex } = await import("../../io/store.ts");
   const { AssertionError } = await import("../../core/assert.ts");
   const ix = new ObjectIndex<{ oid: bigint; bytes: bigint; ec?: number }>();
   ix.add("b_0", { oid: 0xbn, bytes: 10n, ec: 0 });
