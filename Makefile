@@ -13,7 +13,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 SYSTEMD_DIR ?= /etc/systemd/system
 
-SRC_DIRS := core cli drivers sheep
+SRC_DIRS := core io cli drivers sheep
 SOURCES  := mod.ts $(shell find $(SRC_DIRS) -name '*.ts' -type f 2>/dev/null | sort)
 # Stamp newer than package.json/package-lock.json once node_modules matches them.
 DEPS_STAMP := node_modules/.sheepdog-deps

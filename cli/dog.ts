@@ -4,7 +4,7 @@ import { Buffer } from "node:buffer";
 import * as dns from "node:dns";
 import * as fs from "node:fs";
 import { isIP } from "node:net";
-import { ClientPool, errnoText, NetworkError } from "../core/client.ts";
+import { ClientPool, errnoText, NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
 import {

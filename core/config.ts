@@ -1,7 +1,7 @@
-// Metadata files in the base directory: `config` (sheep-daemon.md §3.1) and `epoch/%08u` (§3.2).
-import fs from "node:fs";
+// Metadata of the base directory, as bytes: `config` (sheep-daemon.md §3.1) and `epoch/%08u`
+// (§3.2). Reading and writing the files is io/config-file.ts.
 import { Buffer } from "node:buffer";
-import { errnoToRes, SdError } from "./errors.ts";
+import { SdError } from "./errors.ts";
 import { fixedString, readFixedString, Res } from "./proto.ts";
 import { decodeNodes, encodeNodes, SD_NODE_SIZE, type SdNode, sortNodes } from "./node.ts";
 
@@ -49,63 +49,6 @@ export function decodeConfig(b: Buffer): SheepConfig {
   };
 }
 
-function isEnoent(e: unknown): boolean {
-  return (e as { code?: string })?.code === "ENOENT";
-}
-
-function wrap(e: unknown): SdError {
-  return e instanceof SdError ? e : new SdError(errnoToRes(e), String((e as Error)?.message ?? e));
-}
-
-/** tmp + fsync + rename + fsync(dir): a crash leaves either the old or the new file, never a torn one. */
-export function atomicWriteFile(path: string, data: Buffer): void {
-  const tmp = path + ".tmp";
-  try {
-    const fd = fs.openSync(tmp, "w");
-    try {
-      let done = 0;
-      while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, done);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, path);
-    const dir = path.slice(0, path.lastIndexOf("/")) || ".";
-    const dfd = fs.openSync(dir, "r");
-    try {
-      fs.fsyncSync(dfd);
-    } finally {
-      fs.closeSync(dfd);
-    }
-  } catch (e) {
-    try {
-      fs.unlinkSync(tmp);
-    } catch { /* nothing to clean */ }
-    throw wrap(e);
-  }
-}
-
-export function readConfig(dir: string): SheepConfig | null {
-  let b: Buffer;
-  try {
-    b = fs.readFileSync(`${dir}/config`);
-  } catch (e) {
-    if (isEnoent(e)) return null;
-    throw wrap(e);
-  }
-  return decodeConfig(b);
-}
-
-export function writeConfig(dir: string, c: SheepConfig): void {
-  atomicWriteFile(`${dir}/config`, encodeConfig(c));
-}
-
-// ---- epoch log ----
-
-function epochPath(dir: string, epoch: number): string {
-  return `${dir}/epoch/${String(epoch >>> 0).padStart(8, "0")}`;
-}
-
 /** Epoch file body: sd_node records in node order (rb zeroed) + u64 LE time_t. */
 export function epochFileBytes(nodes: readonly SdNode[], time: bigint): Buffer {
   const nb = encodeNodes(sortNodes(nodes));
@@ -123,63 +66,21 @@ export function decodeEpochFile(b: Buffer): { nodes: SdNode[]; time: bigint } {
   return { nodes: decodeNodes(b, n), time: b.readBigUInt64LE(b.length - 8) };
 }
 
-export function writeEpoch(
-  dir: string,
-  epoch: number,
-  nodes: readonly SdNode[],
-  time: bigint,
-): void {
-  try {
-    fs.mkdirSync(`${dir}/epoch`, { recursive: true });
-  } catch (e) {
-    throw wrap(e);
-  }
-  atomicWriteFile(epochPath(dir, epoch), epochFileBytes(nodes, time));
-}
-
-export function readEpoch(dir: string, epoch: number): { nodes: SdNode[]; time: bigint } | null {
-  let b: Buffer;
-  try {
-    b = fs.readFileSync(epochPath(dir, epoch));
-  } catch (e) {
-    if (isEnoent(e)) return null;
-    throw wrap(e);
-  }
-  return decodeEpochFile(b);
-}
+// ---- epoch log names ----
 
 const EPOCH_RE = /^[0-9]{8,10}$/;
 
-export function listEpochs(dir: string): number[] {
-  let names: string[];
-  try {
-    names = fs.readdirSync(`${dir}/epoch`);
-  } catch (e) {
-    if (isEnoent(e)) return [];
-    throw wrap(e);
-  }
-  return names.filter((n) => EPOCH_RE.test(n)).map(Number).filter((n) => n > 0 && n <= 0xffffffff)
+/** File name of an epoch in `<base>/epoch/`. */
+export function epochFileName(epoch: number): string {
+  return String(epoch >>> 0).padStart(8, "0");
+}
+
+export function isEpochFileName(name: string): boolean {
+  return EPOCH_RE.test(name);
+}
+
+/** The epochs named in a directory listing, ascending. */
+export function epochsIn(names: readonly string[]): number[] {
+  return names.filter(isEpochFileName).map(Number).filter((n) => n > 0 && n <= 0xffffffff)
     .sort((a, b) => a - b);
-}
-
-export function latestEpoch(dir: string): number {
-  const l = listEpochs(dir);
-  return l.length ? l[l.length - 1] : 0;
-}
-
-export function removeEpochs(dir: string): void {
-  let names: string[];
-  try {
-    names = fs.readdirSync(`${dir}/epoch`);
-  } catch (e) {
-    if (isEnoent(e)) return;
-    throw wrap(e);
-  }
-  try {
-    for (const n of names) {
-      if (EPOCH_RE.test(n) || n.endsWith(".tmp")) fs.rmSync(`${dir}/epoch/${n}`, { force: true });
-    }
-  } catch (e) {
-    throw wrap(e);
-  }
 }

@@ -1,6 +1,5 @@
 // struct sd_node (80 bytes, protocol.md §13.1) and node identity/order helpers (§12.2).
 import { Buffer } from "node:buffer";
-import { isIP } from "node:net";
 
 export interface SdNode {
   /** 16 bytes; IPv4 = 12 zero bytes + 4 address bytes (not ::ffff: mapped). */
@@ -15,6 +14,32 @@ export interface SdNode {
 
 export const SD_NODE_SIZE = 80;
 const NID_OFF = 24;
+
+const IPV4_BYTE = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+const IPV4_RE = new RegExp(`^${IPV4_BYTE}(\\.${IPV4_BYTE}){3}$`);
+const HEX_GROUP_RE = /^[0-9a-fA-F]{1,4}$/;
+
+/** 4 or 6 for an IPv4/IPv6 literal (IPv6 may carry a %zone), else 0: node:net isIP, kept pure. */
+export function ipFamily(ip: string): 0 | 4 | 6 {
+  if (IPV4_RE.test(ip)) return 4;
+  const pct = ip.indexOf("%");
+  if (pct === 0 || pct === ip.length - 1) return 0;
+  const s = pct > 0 ? ip.slice(0, pct) : ip;
+  const halves = s.split("::");
+  if (halves.length > 2) return 0;
+  let groups = 0;
+  for (let h = 0; h < halves.length; h++) {
+    if (halves[h] === "") continue;
+    const parts = halves[h].split(":");
+    for (let i = 0; i < parts.length; i++) {
+      const last = h === halves.length - 1 && i === parts.length - 1;
+      if (last && IPV4_RE.test(parts[i])) groups += 2;
+      else if (HEX_GROUP_RE.test(parts[i])) groups++;
+      else return 0;
+    }
+  }
+  return (halves.length === 2 ? groups <= 7 : groups === 8) ? 6 : 0;
+}
 
 function parseIpv4(ip: string, out: Buffer, off: number): void {
   const parts = ip.split(".");
@@ -54,7 +79,7 @@ function parseIpv6(ip: string): Buffer {
 
 /** 16-byte sheepdog address of an IPv4/IPv6 literal. */
 export function ipToAddr(ip: string): Buffer {
-  const fam = isIP(ip);
+  const fam = ipFamily(ip);
   if (fam === 4) {
     const out = Buffer.alloc(16);
     parseIpv4(ip, out, 12);

@@ -581,9 +581,8 @@ export function readFixedString(b: Buffer, off = 0, size = 256): string {
   return f.subarray(0, z < 0 ? f.length : z).toString("utf8");
 }
 
-/** ctime-style timestamp: high 32 bits seconds, low 32 bits nanoseconds. */
-export function ctimeNow(): bigint {
-  const ms = Date.now();
+/** ctime-style timestamp of `ms` since the epoch: high 32 bits seconds, low 32 bits nanoseconds. */
+export function ctimeOf(ms: number): bigint {
   const sec = BigInt(Math.floor(ms / 1000));
   const nsec = BigInt((ms % 1000) * 1_000_000);
   return (sec << 32n) | nsec;

@@ -8,7 +8,6 @@ import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import {
   ClusterFlag,
-  ctimeNow,
   EMPTY,
   Flag,
   FrameParser,
@@ -49,8 +48,8 @@ import {
   SD_INODE_SIZE,
   vidToVdiOid,
 } from "../core/oid.ts";
-import type { ObjectStore } from "../core/store.ts";
-import { openStore } from "../core/store.ts";
+import type { ObjectStore } from "../io/store.ts";
+import { openStore } from "../io/store.ts";
 import {
   epochFileBytes,
   latestEpoch,
@@ -60,8 +59,8 @@ import {
   removeEpochs,
   writeConfig,
   writeEpoch,
-} from "../core/config.ts";
-import type { SheepConfig } from "../core/config.ts";
+} from "../io/config-file.ts";
+import type { SheepConfig } from "../io/config-file.ts";
 import type { ClusterState } from "../core/cluster.ts";
 import {
   applyAccept,
@@ -89,7 +88,8 @@ import {
   VdiTable,
 } from "../core/vdi.ts";
 import type { MetaIO, VdiState } from "../core/vdi.ts";
-import { ClientPool } from "../core/client.ts";
+import { ClientPool } from "../io/client.ts";
+import { ctimeNow } from "../io/clock.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
 import { createDriver } from "../drivers/driver.ts";
 import { Gateway } from "./gateway.ts";

@@ -8,7 +8,7 @@ import { nodeEqual, nodeHostPort, nodeIp } from "../core/node.ts";
 import type { Ring } from "../core/ring.ts";
 import { Flag, Header, Op, Res, SD_SHEEP_PROTO_VER, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
-import type { ClientPool } from "../core/client.ts";
+import type { ClientPool } from "../io/client.ts";
 
 export interface PeerHandler {
   /** Executes a peer opcode on this node's store. */

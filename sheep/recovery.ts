@@ -10,15 +10,26 @@ import type { EpochRing } from "../core/recovery.ts";
 import { objectsNoLongerOwned, objectsToRecover, recoverySources } from "../core/recovery.ts";
 import { Flag, Header, Op, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
-import type { ObjectStore } from "../core/store.ts";
+import { assert, AssertionError } from "../core/assert.ts";
+import type { Clock, TimerHandle } from "../core/clock.ts";
+import type { ObjectStore } from "../io/store.ts";
+import { realClock } from "../io/clock.ts";
 import type { Logger } from "./log.ts";
 
 type Reply = { hdr: Header; data: Buffer };
 
+/** The part of the object store recovery uses (the simulation plugs an in-memory one in). */
+export type RecoveryStore = Pick<
+  ObjectStore,
+  "exists" | "list" | "createAndWrite" | "moveToStale" | "readStale" | "purgeStale"
+>;
+
+export type RecoveryLog = Pick<Logger, "emerg" | "err" | "warn" | "info" | "debug">;
+
 export interface RecoveryHost {
   readonly me: SdNode;
-  readonly log: Logger;
-  store(): ObjectStore;
+  readonly log: RecoveryLog;
+  store(): RecoveryStore;
   epoch(): number;
   ring(): Ring;
   /** Storage members of the current epoch. */
@@ -58,7 +69,13 @@ export class RecoveryManager {
   private planDone: () => void = () => {};
   pausedReason = "";
 
-  constructor(private readonly host: RecoveryHost) {}
+  /** `clock` drives every wait and throttle interval; the simulation passes a virtual one. */
+  constructor(private readonly host: RecoveryHost, private readonly clock: Clock = realClock) {}
+
+  /** Newest epoch whose recovery every member completed (0: none since this daemon started). */
+  get completedEpoch(): number {
+    return this.lastComplete;
+  }
 
   status(): { inRecovery: boolean; state: number; finished: number; total: number } {
     return {
@@ -91,12 +108,12 @@ export class RecoveryManager {
 
   private sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
-      const t = setTimeout(() => {
+      const t = this.clock.setTimeout(() => {
         this.wake = null;
         resolve();
       }, ms);
       this.wake = () => {
-        clearTimeout(t);
+        this.clock.clearTimeout(t);
         resolve();
       };
     });
@@ -104,26 +121,20 @@ export class RecoveryManager {
 
   private async run(gen: number, movedFrom: number | null): Promise<void> {
     const h = this.host;
-    // A fetch of the superseded run may still be installing its object; the stale pass below must
-    // see it, or a copy nobody updates would stay current here (upstream also lets in-flight
-    // objects finish before a new recovery starts).
-    if (this.inflight.size) await Promise.allSettled([...this.inflight.values()]);
-    if (gen !== this.generation) return;
     const epoch = h.epoch();
     const store = h.store();
-    // Copies this node no longer owns become stale copies of the epoch they belonged to.
-    if (movedFrom !== null) {
-      for (
-        const oid of objectsNoLongerOwned({
-          me: h.me,
-          ring: h.ring(),
-          copiesOf: (o) => h.copiesFor(o),
-          local: store.list(),
-        })
-      ) {
-        await store.moveToStale(oid, movedFrom).catch(() => {});
-      }
+    // Copies this node no longer owns become stale copies of the epoch they belonged to. Right
+    // away: waiting first would leave them current for good if the cluster restarts meanwhile.
+    if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
+    // A fetch of the superseded run may still be installing its object; a second stale pass must
+    // see it, or a copy nobody updates would stay current here (upstream also lets in-flight
+    // objects finish before a new recovery starts).
+    if (this.inflight.size) {
+      await Promise.allSettled([...this.inflight.values()]);
+      if (gen !== this.generation) return;
+      if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
     }
+    if (gen !== this.generation) return;
     const known = await this.gatherLists(gen);
     if (known === null) return;
     const todo = objectsToRecover({
@@ -134,6 +145,7 @@ export class RecoveryManager {
       present: (o) => store.exists(o),
     });
     if (gen !== this.generation) return;
+    assert(this.phase === 0, `recovery: planning in phase ${this.phase}`);
     this.pending = new Set(todo);
     this.total = todo.length;
     this.finished = 0;
@@ -159,11 +171,12 @@ export class RecoveryManager {
       // so recovery does not starve VMs.
       const batchSize = max > 0 && interval > 0 ? max : h.clientLoad() > 0 ? 2 : 8;
       const batch = queue.splice(0, batchSize);
-      const started = Date.now();
+      const started = this.clock.now();
       const results = await Promise.allSettled(batch.map((oid) => this.recoverOne(oid, gen)));
       results.forEach((r, i) => {
         const oid = batch[i];
         if (r.status === "fulfilled") return;
+        if (r.reason instanceof AssertionError) throw r.reason;
         const n = (attempts.get(oid) ?? 0) + 1;
         attempts.set(oid, n);
         if (n < MAX_ATTEMPTS) queue.push(oid);
@@ -173,27 +186,52 @@ export class RecoveryManager {
       });
       if (results.some((r) => r.status === "rejected")) await this.sleep(100);
       if (max > 0 && interval > 0) {
-        const left = interval - (Date.now() - started);
+        const left = interval - (this.clock.now() - started);
         if (left > 0) await this.sleep(left);
       }
     }
     if (gen !== this.generation) return;
+    assert(this.finished <= this.total, `recovery: ${this.finished} of ${this.total} finished`);
     this.phase = 2;
     this.pending.clear();
     if (this.total) {
       h.log.info(`recovery for epoch ${epoch} finished (${this.finished}/${this.total})`);
     }
     // Reporting is retried: completion must reach every member or stale copies stay forever.
-    for (;;) {
+    for (let attempt = 0;; attempt++) {
       if (gen !== this.generation) return;
       try {
         await h.reportComplete(epoch);
         break;
-      } catch {
+      } catch (e) {
+        if (attempt % 10 === 0) {
+          h.log.warn(`recovery: reporting epoch ${epoch} complete: ${(e as Error).message}`);
+        }
         await this.sleep(500);
       }
     }
     if (gen === this.generation) this.running = false;
+  }
+
+  private async moveUnowned(epoch: number, movedFrom: number): Promise<void> {
+    const h = this.host;
+    const store = h.store();
+    const gone = objectsNoLongerOwned({
+      me: h.me,
+      ring: h.ring(),
+      copiesOf: (o) => h.copiesFor(o),
+      local: store.list(),
+    });
+    for (const oid of gone) {
+      // A copy that cannot be moved stays current here: fetches and writes still see it, it
+      // just is not purged. Worth an operator's look, not worth stopping recovery for.
+      await store.moveToStale(oid, movedFrom).catch((e) =>
+        h.log.err(
+          `recovery for epoch ${epoch}: cannot move ${oid.toString(16)} to stale copies of ` +
+            `epoch ${movedFrom}: ${(e as Error).message}`,
+        )
+      );
+    }
   }
 
   /** Object lists of every member; a member that cannot answer is asked again (never skipped). */
@@ -241,10 +279,20 @@ export class RecoveryManager {
     // While the object list is being gathered any missing object may be one to recover: wait
     // for the plan instead of answering "no object" to a request the gateway would not retry.
     if (this.running && this.phase === 0) {
-      await Promise.race([this.planned, new Promise((r) => setTimeout(r, 10_000))]);
+      let t: TimerHandle | undefined;
+      await Promise.race([
+        this.planned,
+        new Promise<void>((r) => (t = this.clock.setTimeout(r, 10_000))),
+      ]);
+      this.clock.clearTimeout(t);
     }
     if (!this.pending.has(oid) || this.host.store().exists(oid)) return;
-    await this.recoverOne(oid, this.generation).catch(() => {});
+    // The request then fails with "no object" and its gateway retries; the run loop keeps trying.
+    await this.recoverOne(oid, this.generation).catch((e) =>
+      this.host.log.warn(
+        `recovery: ${oid.toString(16)} needed by a request: ${(e as Error).message}`,
+      )
+    );
   }
 
   private recoverOne(oid: bigint, gen: number): Promise<void> {
@@ -298,6 +346,7 @@ export class RecoveryManager {
         this.done(oid);
         return;
       } catch (e) {
+        if (e instanceof AssertionError) throw e;
         lastErr = e;
       }
     }
@@ -306,6 +355,7 @@ export class RecoveryManager {
 
   private done(oid: bigint): void {
     if (this.pending.delete(oid)) this.finished++;
+    assert(this.finished <= this.total, `recovery: ${this.finished} of ${this.total} finished`);
   }
 
   /**

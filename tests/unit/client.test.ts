@@ -2,8 +2,9 @@
 import { afterEach, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import * as net from "node:net";
-import { ClientPool, NetworkError, SheepClient } from "../../core/client.ts";
+import { ClientPool, NetworkError, SheepClient } from "../../io/client.ts";
 import { SdError } from "../../core/errors.ts";
+import { SimClock } from "../../core/clock.ts";
 import { emptyInodeHeader, encodeInodeHeader } from "../../core/inode.ts";
 import {
   dataOidToIdx,
@@ -192,6 +193,36 @@ test("ClientPool closes idle connections", async () => {
   expect(c.closed).toBe(true);
   expect(pool.size).toBe(0);
   expect(conns.length).toBe(1);
+  pool.close();
+});
+
+test("ClientPool reaps on its injected clock: a busy or recently used connection stays", async () => {
+  let hold: (() => void) | null = null;
+  const { port } = await fakeServer((sock, hdr) => {
+    if (hdr.opcode === Op.STAT_SHEEP) sock.write(reply(hdr));
+    else hold = () => sock.write(reply(hdr)); // answered only when the test says so
+  });
+  const clock = new SimClock(5_000);
+  const pool = new ClientPool({ idleMs: 10_000 }, clock);
+  const c = await pool.get("127.0.0.1", port);
+  await c.request(Header.req(Op.STAT_SHEEP));
+  expect(clock.pending).toBe(1); // the reaper, every idleMs/2
+  clock.advance(9_000); // one reaper pass: used 9 s ago, not idle yet
+  expect(c.closed).toBe(false);
+  // A request outstanding keeps the connection however long it takes.
+  const slow = c.request(Header.req(Op.GET_NODE_LIST));
+  await new Promise((r) => setTimeout(r, 20));
+  clock.advance(60_000);
+  expect(c.closed).toBe(false);
+  hold!();
+  await slow;
+  expect(pool.size).toBe(1);
+  clock.advance(9_999);
+  expect(c.closed).toBe(false);
+  clock.advance(10_001);
+  expect(c.closed).toBe(true);
+  expect(pool.size).toBe(0);
+  expect(clock.pending).toBe(0); // no reaper left once the pool is empty
   pool.close();
 });
 

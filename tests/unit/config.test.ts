@@ -15,7 +15,7 @@ import {
   type SheepConfig,
   writeConfig,
   writeEpoch,
-} from "../../core/config.ts";
+} from "../../io/config-file.ts";
 import { makeNode } from "../../core/node.ts";
 
 const roots: string[] = [];

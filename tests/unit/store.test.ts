@@ -2,7 +2,7 @@ import { afterAll, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
-import { openStore } from "../../core/store.ts";
+import { openStore } from "../../io/store.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
 
@@ -307,4 +307,29 @@ test("multi-disk placement is stable and misplaced objects are found", async () 
 test("duplicate disks are rejected", () => {
   const d = tmp();
   expect(() => openStore("plain", [d, d + "/"])).toThrow();
+});
+
+test("ObjectIndex: counts an oid once per file, keeps bytes, and asserts its invariants", async () => {
+  const { ObjectIndex } = await import("../../io/store.ts");
+  const { AssertionError } = await import("../../core/assert.ts");
+  const ix = new ObjectIndex<{ oid: bigint; bytes: bigint; ec?: number }>();
+  ix.add("b_0", { oid: 0xbn, bytes: 10n, ec: 0 });
+  ix.add("b_1", { oid: 0xbn, bytes: 10n, ec: 1 }); // EC strips share an oid
+  ix.add("a", { oid: 0xan, bytes: 5n });
+  expect(ix.list()).toEqual([0xan, 0xbn]);
+  expect(ix.usedBytes).toBe(25n);
+  ix.add("a", { oid: 0xan, bytes: 7n }); // rewritten: replaces, not adds
+  ix.resize("b_0", 4n);
+  expect(ix.usedBytes).toBe(21n);
+  ix.drop("b_0");
+  expect(ix.list()).toEqual([0xan, 0xbn]);
+  ix.drop("b_1");
+  ix.drop("b_1"); // already gone: nothing happens
+  expect(ix.list()).toEqual([0xan]);
+  expect(ix.usedBytes).toBe(7n);
+  expect(() => ix.resize("nope", 1n)).toThrow(AssertionError);
+  expect(() => ix.add("a", { oid: 0xcn, bytes: 1n })).toThrow(AssertionError);
+  ix.clear();
+  expect(ix.list()).toEqual([]);
+  expect(ix.usedBytes).toBe(0n);
 });

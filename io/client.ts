@@ -1,0 +1,282 @@
+// Pipelined Sheepdog protocol client (protocol.md §2): many outstanding requests per TCP
+// connection, replies matched by id. Used by dog, the NBD gateway and sheep-to-sheep traffic.
+// Idle times and connect timeouts run on an injected Clock (core/clock.ts).
+import { Buffer } from "node:buffer";
+import * as net from "node:net";
+import type { Clock, TimerHandle } from "../core/clock.ts";
+import { type ClientPoolOptions, errnoText, NetworkError, type Reply } from "../core/client.ts";
+import { Flag, FrameParser, Header, SD_REQ_SIZE } from "../core/proto.ts";
+import { realClock } from "./clock.ts";
+
+export { type ClientPoolOptions, errnoText, NetworkError, type Reply } from "../core/client.ts";
+
+interface Pending {
+  resolve: (r: Reply) => void;
+  reject: (e: Error) => void;
+}
+
+// Responses can carry a whole object (up to 2 GiB with shift 31) or an inode.
+const MAX_RSP_PAYLOAD = 0x7fffffff;
+
+export class SheepClient {
+  private readonly sock: net.Socket;
+  private readonly parser = new FrameParser("response", MAX_RSP_PAYLOAD);
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private blocked = false;
+  private readonly queue: Buffer[] = [];
+  private closedErr: Error | null = null;
+  /** Time of the last request or reply (ms, on `clock`), for idle reaping. */
+  lastUsed: number;
+
+  private constructor(
+    sock: net.Socket,
+    readonly host: string,
+    readonly port: number,
+    private readonly clock: Clock,
+  ) {
+    this.sock = sock;
+    this.lastUsed = clock.now();
+    sock.setNoDelay(true);
+    sock.on("data", (chunk: Buffer) => this.onData(chunk));
+    sock.on("drain", () => this.onDrain());
+    sock.on("error", (e: Error) => this.fail(e));
+    sock.on("close", () => this.fail(null));
+  }
+
+  static connect(
+    host: string,
+    port: number,
+    opts: { timeoutMs?: number; clock?: Clock } = {},
+  ): Promise<SheepClient> {
+    const clock = opts.clock ?? realClock;
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const sock = net.createConnection({ host, port });
+      let timer: TimerHandle | undefined;
+      const finish = (err: Error | null) => {
+        if (done) return;
+        done = true;
+        if (timer !== undefined) clock.clearTimeout(timer);
+        sock.removeListener("error", onErr);
+        sock.removeListener("connect", onConn);
+        if (err) {
+          sock.destroy();
+          const code = (err as { code?: string }).code;
+          reject(
+            new NetworkError(
+              host,
+              port,
+              code,
+              `failed to connect to ${host}:${port}: ${errnoText(err)}`,
+              true,
+            ),
+          );
+        } else resolve(new SheepClient(sock, host, port, clock));
+      };
+      const onErr = (e: Error) => finish(e);
+      const onConn = () => finish(null);
+      sock.once("error", onErr);
+      sock.once("connect", onConn);
+      if (opts.timeoutMs && opts.timeoutMs > 0) {
+        timer = clock.setTimeout(() => {
+          const e = new Error("connect timeout") as Error & { code: string };
+          e.code = "ETIMEDOUT";
+          finish(e);
+        }, opts.timeoutMs);
+      }
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedErr !== null;
+  }
+
+  /** Number of requests awaiting a reply. */
+  get inflight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Sends one request. The header is copied (the caller's Header is not modified) and gets a
+   * fresh id. A payload is sent only when the WRITE flag is set; data_length then follows it.
+   */
+  request(hdr: Header, data?: Buffer): Promise<Reply> {
+    if (this.closedErr) return Promise.reject(this.closedErr);
+    const b = Buffer.allocUnsafe(SD_REQ_SIZE);
+    hdr.b.copy(b, 0, 0, SD_REQ_SIZE);
+    const h = new Header(b);
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    h.id = id;
+    const withPayload = (h.flags & Flag.CMD_WRITE) !== 0;
+    if (withPayload) h.dataLength = data ? data.length : 0;
+    this.lastUsed = this.clock.now();
+    return new Promise<Reply>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.send(b);
+      if (withPayload && data && data.length) this.send(data);
+    });
+  }
+
+  close(): void {
+    if (!this.closedErr) {
+      this.fail(new NetworkError(this.host, this.port, undefined, "connection closed"));
+    }
+    this.sock.destroy();
+  }
+
+  private send(buf: Buffer): void {
+    if (this.blocked) {
+      this.queue.push(buf);
+      return;
+    }
+    if (!this.sock.write(buf)) this.blocked = true;
+  }
+
+  private onDrain(): void {
+    this.blocked = false;
+    while (this.queue.length && !this.blocked) {
+      if (!this.sock.write(this.queue.shift()!)) this.blocked = true;
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    let frames;
+    try {
+      frames = this.parser.push(chunk);
+    } catch (e) {
+      this.fail(e as Error);
+      this.sock.destroy();
+      return;
+    }
+    if (frames.length) this.lastUsed = this.clock.now();
+    for (const f of frames) {
+      const p = this.pending.get(f.hdr.id);
+      if (!p) continue; // reply to a request we no longer track
+      this.pending.delete(f.hdr.id);
+      p.resolve({ hdr: f.hdr, data: f.data });
+    }
+  }
+
+  private fail(e: Error | null): void {
+    if (!this.closedErr) {
+      const code = (e as { code?: string } | null)?.code;
+      this.closedErr = e instanceof NetworkError ? e : new NetworkError(
+        this.host,
+        this.port,
+        code,
+        e
+          ? `connection to ${this.host}:${this.port} failed: ${errnoText(e)}`
+          : `connection to ${this.host}:${this.port} closed`,
+      );
+    }
+    this.queue.length = 0;
+    if (this.pending.size) {
+      const ps = [...this.pending.values()];
+      this.pending.clear();
+      for (const p of ps) p.reject(this.closedErr);
+    }
+  }
+}
+
+/**
+ * Connections keyed by "host:port". A connection that failed is dropped so the next request
+ * reconnects; concurrent first requests share one connect attempt.
+ */
+export class ClientPool {
+  private readonly clients = new Map<string, SheepClient>();
+  private readonly connecting = new Map<string, Promise<SheepClient>>();
+  private reaper: TimerHandle | null = null;
+  private readonly connectTimeoutMs: number;
+  private readonly idleMs: number;
+
+  /** `clock` runs connect timeouts and idle reaping (tests pass a SimClock). */
+  constructor(opts: ClientPoolOptions = {}, private readonly clock: Clock = realClock) {
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+    this.idleMs = opts.idleMs ?? 60_000;
+  }
+
+  static key(host: string, port: number): string {
+    return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  }
+
+  async get(host: string, port: number): Promise<SheepClient> {
+    const key = ClientPool.key(host, port);
+    const c = this.clients.get(key);
+    if (c && !c.closed) return c;
+    if (c) this.clients.delete(key);
+    let p = this.connecting.get(key);
+    if (!p) {
+      p = SheepClient.connect(host, port, { timeoutMs: this.connectTimeoutMs, clock: this.clock })
+        .then(
+          (cl) => {
+            this.connecting.delete(key);
+            this.clients.set(key, cl);
+            this.startReaper();
+            return cl;
+          },
+          (e) => {
+            this.connecting.delete(key);
+            throw e;
+          },
+        );
+      this.connecting.set(key, p);
+    }
+    return p;
+  }
+
+  async request(host: string, port: number, hdr: Header, data?: Buffer): Promise<Reply> {
+    const c = await this.get(host, port);
+    try {
+      return await c.request(hdr, data);
+    } catch (e) {
+      // a dead connection is replaced on the next request
+      if (c.closed && this.clients.get(ClientPool.key(host, port)) === c) {
+        this.clients.delete(ClientPool.key(host, port));
+      }
+      throw e;
+    }
+  }
+
+  /** Drops (and closes) the connection to one peer, e.g. after it left the cluster. */
+  drop(host: string, port: number): void {
+    const key = ClientPool.key(host, port);
+    const c = this.clients.get(key);
+    if (c) {
+      this.clients.delete(key);
+      c.close();
+    }
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+    if (this.reaper !== null) this.clock.clearTimeout(this.reaper);
+    this.reaper = null;
+  }
+
+  get size(): number {
+    return this.clients.size;
+  }
+
+  /** Checks idle connections every max(1 s, idleMs/2) while there are any. */
+  private startReaper(): void {
+    if (this.reaper !== null || !this.idleMs) return;
+    this.reaper = this.clock.setTimeout(() => {
+      this.reaper = null;
+      this.reap();
+    }, Math.max(1000, this.idleMs / 2));
+  }
+
+  private reap(): void {
+    const now = this.clock.now();
+    for (const [key, c] of this.clients) {
+      if (c.closed || (c.inflight === 0 && now - c.lastUsed >= this.idleMs)) {
+        this.clients.delete(key);
+        c.close();
+      }
+    }
+    if (this.clients.size) this.startReaper();
+  }
+}
