@@ -2,6 +2,7 @@
 // RecoveryManager on a virtual clock, their disks, the network between them, and the invariants.
 import { Buffer } from "node:buffer";
 import process from "node:process";
+import { setImmediate } from "node:timers";
 import { makeNode, nodeEqual, type SdNode } from "../../core/node.ts";
 import { Ring } from "../../core/ring.ts";
 import { type EpochRing, recoverySources } from "../../core/recovery.ts";
