@@ -231,6 +231,12 @@ export class Sheep {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
       process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
     }
+    if (this.opts.directio) {
+      this.log.warn(
+        "-D (direct I/O) is not implemented: object files use the page cache and fsync",
+      );
+      process.stderr.write("sheep: warning: -D (direct I/O) is not implemented; using fsync\n");
+    }
     await this.loadLocalState();
     await this.listen();
 
