@@ -1,8 +1,23 @@
 // `dog`: the Sheepdog administrator CLI (dog-cli.md). Same commands, output and exit codes as
 // upstream 1.0; talks the wire protocol through core/client.ts.
+import { ecPolicyCopies, vdiNameProblem } from "../core/vdi.ts";
+import { decodeNodeStats, NODE_STAT_SIZE } from "../core/node-stat.ts";
 import { Buffer } from "node:buffer";
 import * as dns from "node:dns";
 import * as fs from "node:fs";
+import * as path from "node:path";
+import { tmpdir } from "node:os";
+import {
+  backupEndMarker,
+  type BackupEvent,
+  BackupFormatError,
+  backupHeader,
+  type BackupLimits,
+  backupRecordHeader,
+  BackupStreamParser,
+  backupTrailer,
+  StreamDigest,
+} from "./backup-stream.ts";
 import { isIP } from "node:net";
 import { ClientPool, errnoText, NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
@@ -175,6 +190,40 @@ function showProgress(done: bigint, total: bigint, raw: boolean): void {
   if (done === total) out("\n");
 }
 
+/** Transfers at least this long get a progress bar (when stderr is a terminal). */
+const PROGRESS_MIN_BYTES = 8n * 1024n * 1024n;
+
+/**
+ * Progress of `vdi read|write|backup|restore` on stderr (stdout may carry the data), only when
+ * stderr is a terminal, so scripts and CI logs stay quiet. Upstream's bar text; redrawn at most
+ * ten times a second. Hand-written: it is one line of upstream's format (format.ts progressLine).
+ */
+class StderrProgress {
+  private last = 0;
+  private shown = false;
+  private readonly on: boolean;
+  constructor(private total: bigint, private readonly raw: boolean) {
+    this.on = !!process.stderr.isTTY && total >= PROGRESS_MIN_BYTES;
+  }
+  update(done: bigint): void {
+    if (!this.on) return;
+    const now = performance.now();
+    if (done < this.total && now - this.last < 100) return;
+    this.last = now;
+    this.shown = true;
+    const w = process.stderr.columns || 80;
+    process.stderr.write(
+      "\r" + progressLine(done > this.total ? this.total : done, this.total, this.raw, w),
+    );
+    if (done >= this.total) this.end();
+  }
+  /** Ends the line (also after a failure, so the error message starts on its own line). */
+  end(): void {
+    if (this.shown) process.stderr.write("\n");
+    this.shown = false;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // stdin
 
@@ -222,6 +271,12 @@ class StdinReader {
     }
     this.have -= k;
     return outb;
+  }
+
+  /** What is buffered, else the next chunk of input; null at EOF. */
+  async chunk(): Promise<Buffer | null> {
+    while (!this.have) if (!await this.more()) return null;
+    return this.take(this.have);
   }
 
   /** Reads up to n bytes (fewer only at EOF), like xread(). */
@@ -405,12 +460,19 @@ class Ctx {
     throw new Exit(code);
   }
 
-  /** confirm(): anything but an answer starting with "yes" exits 0. */
+  /**
+   * Anything but an answer starting with "yes" (end of input included) aborts with "aborted" and
+   * EXIT_FAILURE. Upstream exits 0 there, so a script could not tell that nothing was done.
+   */
   async confirm(message: string): Promise<void> {
     out(message);
     await flushStream(process.stdout);
     const input = await this.stdin.gets(8);
-    if (input === null || input.slice(0, 3).toLowerCase() !== "yes") throw new Exit(EXIT_SUCCESS);
+    if (input === null || input.slice(0, 3).toLowerCase() !== "yes") {
+      if (input === null) out("\n");
+      err("aborted");
+      throw new Exit(EXIT_FAILURE);
+    }
   }
 }
 
@@ -485,6 +547,16 @@ async function genericSubcommand(
 // VDI helpers
 
 const MAX_NAME = 255;
+
+/** A name for a VDI that does not exist yet: the length rule plus what the sheep refuses. */
+function checkNewVdiName(name: string): void {
+  checkVdiName(name);
+  const why = vdiNameProblem(name);
+  if (why) {
+    err(`Invalid VDI name '${name}': ${why}`);
+    throw new Exit(EXIT_USAGE);
+  }
+}
 
 /** pstrcpy() would silently truncate; refuse instead of acting on another name. */
 function checkVdiName(name: string, what = "VDI name"): void {
@@ -739,7 +811,20 @@ async function vdiCreate(c: Ctx): Promise<number> {
   }
   const size = parseSizeArg(sizeStr);
   if (size === null) return EXIT_USAGE;
-  checkVdiName(name);
+  checkNewVdiName(name);
+  if (size === 0n) {
+    // upstream creates it, and then every I/O to it fails
+    err("VDI size must be larger than 0");
+    return EXIT_USAGE;
+  }
+  // The ring places at most one copy per zone: more copies than zones are never all written.
+  const wanted = d.copyPolicy ? ecPolicyCopies(d.copyPolicy) : d.nrCopies;
+  if (wanted > c.zones) {
+    err(
+      `Failed to create VDI ${name}: number of copies (${wanted}) is larger than number of zones (${c.zones})`,
+    );
+    return EXIT_FAILURE;
+  }
   if (d.storePolicy === 1 && d.blockSizeShift) {
     err("Don't specify both -y and -z options, please");
     return EXIT_FAILURE;
@@ -875,12 +960,22 @@ async function vdiList(c: Ctx): Promise<number> {
   return EXIT_SUCCESS;
 }
 
-/** do_vdi_delete(): always EXIT_SUCCESS, as upstream (errors only on stderr). */
-async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): Promise<number> {
+/**
+ * do_vdi_delete(). Upstream computes exit codes here and then discards them (always 0); ours
+ * are returned: EXIT_MISSING for an unknown VDI or snapshot, EXIT_FAILURE when the cluster refuses.
+ */
+async function doVdiDelete(
+  c: Ctx,
+  name: string,
+  snapid: number,
+  tag: string,
+  missingOk = false,
+): Promise<number> {
   const r = await findVdiName(c, name, snapid, tag);
+  if (missingOk && r.result === Res.NO_VDI) return EXIT_SUCCESS;
   if (r.result !== Res.SUCCESS) {
     err(openErrorMessage(name, snapid, tag, r.result));
-    return EXIT_SUCCESS;
+    return r.result === Res.NO_VDI || r.result === Res.NO_TAG ? EXIT_MISSING : EXIT_FAILURE;
   }
   const vid = r.vid;
   // Clearing the data map of a VDI a client has attached would destroy its disk under it;
@@ -902,7 +997,7 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
   } catch (e) {
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`failed to read inode object: ${hex(vidToVdiOid(vid))}`);
-    return EXIT_SUCCESS;
+    return EXIT_FAILURE;
   }
   const flat = slots.flat;
   if (flat && header.storePolicy === 0) {
@@ -936,7 +1031,7 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
         if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
         err(`Failed to write object ${hex(vidToVdiOid(vid))}: ${strerror(e.code)}`);
         err(`failed to update inode for discarding objects: ${hex(vidToVdiOid(vid))}`);
-        return EXIT_SUCCESS;
+        return EXIT_FAILURE;
       }
     }
   }
@@ -946,7 +1041,7 @@ async function doVdiDelete(c: Ctx, name: string, snapid: number, tag: string): P
   const rsp = await c.exec(h, payload);
   if (rsp.hdr.result !== Res.SUCCESS) {
     err(`Failed to delete ${name}: ${strerror(rsp.hdr.result)}`);
-    return EXIT_SUCCESS;
+    return EXIT_FAILURE;
   }
   if (header.storePolicy === 1) await reclaimHyperObjects(c, vid, slots);
   return EXIT_SUCCESS;
@@ -1079,6 +1174,8 @@ async function vdiRead(c: Ctx): Promise<number> {
     pos += len;
     return true;
   };
+  const progress = new StderrProgress(total, c.raw);
+  let sent = 0n;
   while (queue.length < WINDOW && next());
   while (queue.length) {
     let buf: Buffer;
@@ -1092,10 +1189,14 @@ async function vdiRead(c: Ctx): Promise<number> {
     try {
       await outAsync(buf);
     } catch (e) {
+      progress.end();
       err(`Failed to write to stdout: ${errnoText(e)}`);
       return EXIT_SYSFAIL;
     }
+    sent += BigInt(buf.length);
+    progress.update(sent);
   }
+  progress.end();
   if (failed) {
     if (failed instanceof NetworkError || !(failed instanceof SdError)) throw failed;
     err(`Failed to read VDI: ${strerror(failed.code)}`);
@@ -1139,6 +1240,8 @@ async function vdiWrite(c: Ctx): Promise<number> {
   // be written at once (one at a time left the cluster idle between chunks).
   const DEPTH = 4;
   const pending: Promise<void>[] = [];
+  const progress = new StderrProgress(BigInt(total), c.raw);
+  let written = 0n;
   const flush = async (keep = 0) => {
     while (pending.length > keep) await pending.shift();
   };
@@ -1172,7 +1275,11 @@ async function vdiWrite(c: Ctx): Promise<number> {
       }
       await flush(DEPTH - 1);
       if (buf.length) {
-        const w = handle.write(abs, buf);
+        const n = BigInt(buf.length);
+        const w = handle.write(abs, buf).then(() => {
+          written += n;
+          progress.update(written);
+        });
         w.catch(() => {});
         pending.push(w);
       }
@@ -1180,7 +1287,9 @@ async function vdiWrite(c: Ctx): Promise<number> {
       if (last) break;
     }
     await flush();
+    progress.end();
   } catch (e) {
+    progress.end();
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
     err(`Failed to write VDI: ${strerror(e.code)}`);
     return EXIT_FAILURE;
@@ -1337,7 +1446,7 @@ async function vdiClone(c: Ctx): Promise<number> {
     err("Please specify the '-s' option");
     return EXIT_USAGE;
   }
-  checkVdiName(dst);
+  checkNewVdiName(dst);
   const v = await readVdiObj(c, src, d.snapshotId, d.snapshotTag, true);
   const h = v.header;
   const baseVid = d.noShare ? 0 : v.vid;
@@ -1379,7 +1488,8 @@ async function vdiRollback(c: Ctx): Promise<number> {
       "This operation discards any changes made since the previous\nsnapshot was taken.  Continue? [yes/no]: ",
     );
   }
-  const ret = await doVdiDelete(c, name, 0, "");
+  // No working VDI (only snapshots are left) is nothing to delete: rollback recreates it.
+  const ret = await doVdiDelete(c, name, 0, "", true);
   if (ret !== EXIT_SUCCESS) {
     err("Failed to delete the current state");
     return EXIT_FAILURE;
@@ -1416,23 +1526,31 @@ export function renderVdiTree(
   items: { name: string; label: string; vid: number; pvid: number; highlight: boolean }[],
 ): string {
   const root: TreeNode = { name: "", label: "", vid: 0, pvid: 0, highlight: false, children: [] };
-  const find = (parent: TreeNode, vid: number, name: string): TreeNode | null => {
+  const find = (parent: TreeNode, vid: number, name: string | null): TreeNode | null => {
     for (const v of parent.children) {
-      if (v.vid === vid && v.name === name) return v;
+      if (v.vid === vid && (name === null || v.name === name)) return v;
       const r = find(v, vid, name);
       if (r) return r;
     }
     return null;
   };
+  // A clone has another name than the snapshot it was cloned from: upstream matches on the name
+  // too and shows every clone as a tree of its own; ours hangs it under that snapshot, labelled
+  // with its name.
+  const findParent = (v: { pvid: number; name: string }): TreeNode | null =>
+    find(root, v.pvid, v.name) ?? (v.pvid ? find(root, v.pvid, null) : null);
+  const byVid = new Map(items.map((it) => [it.vid, it]));
   for (const it of items) {
-    const n: TreeNode = { ...it, children: [] };
-    const parent = find(root, it.pvid, it.name) ?? root;
+    const p = byVid.get(it.pvid);
+    const label = p && p.name !== it.name ? `${it.name}: ${it.label}` : it.label;
+    const n: TreeNode = { ...it, label, children: [] };
+    const parent = findParent(it) ?? root;
     parent.children.push(n);
   }
   const compaction = (parent: TreeNode) => {
     for (let i = 0; i < parent.children.length; i++) {
       const v = parent.children[i];
-      const np = find(root, v.pvid, v.name);
+      const np = findParent(v);
       if (np && np !== parent) {
         parent.children.splice(i, 1);
         np.children.push(v);
@@ -1950,8 +2068,8 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
     err(`${name}'s redundancy level is set to ${d.nrCopies}, the old one was ${old}.`);
     return EXIT_SUCCESS;
   }
-  if (rsp.hdr.result === Res.INVALID_PARMS || rsp.hdr.result === Res.NO_SUPPORT) {
-    // A sheep without ALTER_VDI_COPY: put the old header back so nothing has changed.
+  // Refused: put the old header back so nothing has changed.
+  {
     try {
       await writeObject(c.req, vidToVdiOid(v.vid), v.raw, 0, {
         copies: old,
@@ -1962,6 +2080,8 @@ async function vdiAlterCopy(c: Ctx): Promise<number> {
       if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
       err(`Failed to restore the vdi object's header of ${name}: ${strerror(e.code)}`);
     }
+  }
+  if (rsp.hdr.result === Res.INVALID_PARMS || rsp.hdr.result === Res.NO_SUPPORT) {
     err(
       `Changing ${name}'s redundancy level is not supported: the sheep daemons do not implement ALTER_VDI_COPY ` +
         `(${strerror(rsp.hdr.result)}). Nothing was changed.`,
@@ -2235,8 +2355,6 @@ async function vdiCheck(c: Ctx): Promise<number> {
 
 // vdi backup / restore (farm-backup.md §2)
 
-const VDI_BACKUP_FORMAT_VERSION = 1;
-const VDI_BACKUP_MAGIC = 0x11921192;
 const SECTOR_SIZE = 512;
 
 async function vdiBackup(c: Ctx): Promise<number> {
@@ -2250,24 +2368,26 @@ async function vdiBackup(c: Ctx): Promise<number> {
   const to = await readVdiObj(c, name, d.snapshotId, d.snapshotTag, true);
   const os = 2 ** from.header.blockSizeShift;
   const nrObjs = countDataObjs(to.header);
-  const hdr = Buffer.alloc(8);
-  hdr.writeUInt32LE(VDI_BACKUP_FORMAT_VERSION, 0);
-  hdr.writeUInt32LE(VDI_BACKUP_MAGIC, 4);
-  const put = async (b: Buffer) => {
+  const digest = await StreamDigest.create();
+  const put = async (b: Buffer, hashed = true) => {
+    if (hashed) digest.update(b);
     try {
       await outAsync(b);
     } catch (e) {
+      progress.end();
       err(`failed to write backup data, ${errnoText(e)}`);
       throw new Exit(EXIT_SYSFAIL);
     }
   };
-  await put(hdr);
+  const progress = new StderrProgress(BigInt(nrObjs) * BigInt(os), c.raw);
+  await put(backupHeader());
   const readOrZero = async (vid: number, idx: number): Promise<Buffer> => {
     if (!vid) return Buffer.alloc(os);
     try {
       return await readObject(c.req, vidToDataOid(vid, idx), os, 0, true);
     } catch (e) {
       if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+      progress.end();
       err(`Failed to read object ${hex(vidToDataOid(vid, idx))} ${strerror(e.code)}`);
       err(`Failed to read object ${hex(vid)}, ${idx}`);
       throw new Exit(EXIT_FAILURE);
@@ -2292,6 +2412,7 @@ async function vdiBackup(c: Ctx): Promise<number> {
     const { idx: i, p } = pending.shift()!;
     const [toData, fromData] = await p;
     fill();
+    progress.update(BigInt(i + 1) * BigInt(os));
     let offset = 0, length = os;
     while (
       length > 0 &&
@@ -2309,89 +2430,106 @@ async function vdiBackup(c: Ctx): Promise<number> {
       length -= SECTOR_SIZE;
     }
     if (length === 0) continue;
-    const rec = Buffer.alloc(16);
-    rec.writeUInt32LE(i, 0);
-    rec.writeUInt32LE(offset, 4);
-    rec.writeUInt32LE(length, 8);
-    await put(rec);
+    await put(backupRecordHeader(i, offset, length));
     await put(toData.subarray(offset, offset + length));
   }
-  const end = Buffer.alloc(16);
-  end.writeUInt32LE(0xffffffff, 0);
-  await put(end);
+  await put(backupEndMarker());
+  await put(backupTrailer(digest.digest()), false);
+  progress.update(BigInt(nrObjs) * BigInt(os));
+  progress.end();
   return EXIT_SUCCESS;
 }
 
-async function doRestore(c: Ctx, name: string, snapid: number, tag: string): Promise<number> {
-  const hdr = await c.stdin.read(8);
-  if (hdr.length !== 8) err("failed to read backup header, Success");
-  if (
-    hdr.length !== 8 || hdr.readUInt32LE(0) !== VDI_BACKUP_FORMAT_VERSION ||
-    hdr.readUInt32LE(4) !== VDI_BACKUP_MAGIC
-  ) {
-    err("The backup file is corrupted");
-    return EXIT_SYSFAIL;
-  }
-  let snap: VdiObj;
+/** A backup stream read whole and checked; record data waits in an unlinked temporary file. */
+interface SpooledBackup {
+  records: { idx: number; offset: number; length: number; pos: number }[];
+  fd: number;
+  checked: boolean;
+}
+
+/**
+ * Reads all of stdin through the backup parser before restore changes anything, so junk, a
+ * truncated stream or (with our trailer) a flipped bit leaves the VDI as it was.
+ */
+async function spoolBackup(c: Ctx, limits: BackupLimits): Promise<SpooledBackup> {
+  const dir = fs.mkdtempSync(path.join(tmpdir(), "dog-restore-"));
+  const file = path.join(dir, "stream");
+  const fd = fs.openSync(file, "w+", 0o600);
+  fs.unlinkSync(file);
+  fs.rmdirSync(dir);
+  const sp: SpooledBackup = { records: [], fd, checked: false };
+  const parser = new BackupStreamParser(limits, await StreamDigest.create());
+  let pos = 0;
+  const keep = (evs: BackupEvent[]) => {
+    for (const ev of evs) {
+      if (ev.type !== "record") continue;
+      try {
+        fs.writeSync(fd, ev.data, 0, ev.data.length, pos);
+      } catch (e) {
+        fs.closeSync(fd);
+        err(`failed to keep the backup stream in ${tmpdir()} (set TMPDIR): ${errnoText(e)}`);
+        throw new Exit(EXIT_SYSFAIL);
+      }
+      sp.records.push({ idx: ev.idx, offset: ev.offset, length: ev.data.length, pos });
+      pos += ev.data.length;
+    }
+  };
   try {
-    snap = await readVdiObj(c, name, snapid, tag, true);
+    for (;;) {
+      const chunk = await c.stdin.chunk();
+      if (chunk === null) break;
+      keep(parser.push(chunk));
+    }
+    const end = parser.finish();
+    sp.checked = end.type === "end" && end.checked;
   } catch (e) {
-    if (e instanceof Exit) return e.code;
-    throw e;
+    if (!(e instanceof BackupFormatError)) throw e;
+    fs.closeSync(fd);
+    err("The backup file is corrupted");
+    err(`${e.message}; nothing was changed`);
+    throw new Exit(EXIT_SYSFAIL);
   }
+  return sp;
+}
+
+/** Writes the spooled records into the new VDI `vid` (copy-on-write from the snapshot). */
+async function applyBackup(c: Ctx, sp: SpooledBackup, vid: number, snap: VdiObj): Promise<void> {
   const h = snap.header;
-  const vid = await doVdiCreate(
-    c,
-    name,
-    h.vdiSize,
-    snap.vid,
-    false,
-    h.nrCopies,
-    h.copyPolicy,
-    h.storePolicy,
-    h.blockSizeShift,
-  );
-  if (vid === null) {
-    err("Failed to read VDI");
-    return EXIT_FAILURE;
-  }
-  for (;;) {
-    const rec = await c.stdin.read(16);
-    if (rec.length !== 16) {
-      err("failed to read backup data");
-      return EXIT_SYSFAIL;
-    }
-    const idx = rec.readUInt32LE(0), offset = rec.readUInt32LE(4), length = rec.readUInt32LE(8);
-    if (idx === 0xffffffff) return EXIT_SUCCESS;
-    const data = await c.stdin.read(length);
-    if (data.length !== length) {
-      err("failed to read backup data");
-      return EXIT_SYSFAIL;
-    }
-    const parentVid = snap.slots.get(idx);
-    try {
-      await writeObject(c.req, vidToDataOid(vid, idx), data, offset, {
-        create: true,
-        cowOid: parentVid ? vidToDataOid(parentVid, idx) : 0n,
-        copies: h.nrCopies,
-        copyPolicy: h.copyPolicy,
-        direct: true,
-      });
-      const slot = Buffer.alloc(4);
-      slot.writeUInt32LE(vid, 0);
-      await writeObject(c.req, vidToVdiOid(vid), slot, SD_INODE_HEADER_SIZE + 4 * idx, {
-        copies: h.nrCopies,
-        copyPolicy: h.copyPolicy,
-        direct: true,
-      });
-    } catch (e) {
-      if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
-      err(`Failed to write object: ${strerror(e.code)}`);
-      err("failed to restore backup");
-      await doVdiDelete(c, name, 0, "");
-      return EXIT_FAILURE;
-    }
-  }
+  const total = sp.records.reduce((n, r) => n + BigInt(r.length), 0n);
+  const progress = new StderrProgress(total, c.raw);
+  const lim = new Limiter(8);
+  let done = 0n;
+  let failed: unknown = null;
+  await Promise.all(sp.records.map((r) =>
+    lim.run(async () => {
+      if (failed) return;
+      const data = Buffer.allocUnsafe(r.length);
+      fs.readSync(sp.fd, data, 0, r.length, r.pos);
+      const parentVid = snap.slots.get(r.idx);
+      try {
+        await writeObject(c.req, vidToDataOid(vid, r.idx), data, r.offset, {
+          create: true,
+          cowOid: parentVid ? vidToDataOid(parentVid, r.idx) : 0n,
+          copies: h.nrCopies,
+          copyPolicy: h.copyPolicy,
+          direct: true,
+        });
+        const slot = Buffer.alloc(4);
+        slot.writeUInt32LE(vid, 0);
+        await writeObject(c.req, vidToVdiOid(vid), slot, SD_INODE_HEADER_SIZE + 4 * r.idx, {
+          copies: h.nrCopies,
+          copyPolicy: h.copyPolicy,
+          direct: true,
+        });
+        done += BigInt(r.length);
+        progress.update(done);
+      } catch (e) {
+        failed ??= e;
+      }
+    })
+  ));
+  progress.end();
+  if (failed) throw failed;
 }
 
 async function vdiRestore(c: Ctx): Promise<number> {
@@ -2402,8 +2540,9 @@ async function vdiRestore(c: Ctx): Promise<number> {
     err("Please specify the '-s' option");
     return EXIT_USAGE;
   }
+  let snap: VdiObj;
   try {
-    await readVdiObj(c, name, d.snapshotId, d.snapshotTag, false);
+    snap = await readVdiObj(c, name, d.snapshotId, d.snapshotTag, true);
   } catch (e) {
     if (e instanceof Exit) {
       err(`Snapshot ID ${d.snapshotId} or tag ${d.snapshotTag} doesn't exist`);
@@ -2423,26 +2562,67 @@ async function vdiRestore(c: Ctx): Promise<number> {
     err("stdin must be pipe");
     return EXIT_USAGE;
   }
-  await doVdiDelete(c, name, 0, "");
-  let ret = await doRestore(c, name, d.snapshotId, d.snapshotTag);
-  // recreate the working VDI on top of its old parent (the restored VDI becomes a snapshot)
-  const ch = current.header;
-  const r = await doVdiCreate(
-    c,
-    name,
-    ch.vdiSize,
-    ch.parentVdiId,
-    true,
-    ch.nrCopies,
-    ch.copyPolicy,
-    ch.storePolicy,
-    ch.blockSizeShift,
-  );
-  if (r === null) {
-    err("failed to resume the current vdi");
-    ret = EXIT_FAILURE;
+  const sh = snap.header;
+  // Everything is read and checked first: until here nothing has changed.
+  const sp = await spoolBackup(c, {
+    nrObjs: countDataObjs(sh),
+    objectSize: 2 ** sh.blockSizeShift,
+  });
+  try {
+    if (!sp.checked && c.verbose) err("the backup stream has no checksum (written by upstream)");
+    const del = await doVdiDelete(c, name, 0, "");
+    if (del !== EXIT_SUCCESS) {
+      err("Failed to delete the current state");
+      return del;
+    }
+    let ret = EXIT_SUCCESS;
+    const vid = await doVdiCreate(
+      c,
+      name,
+      sh.vdiSize,
+      snap.vid,
+      false,
+      sh.nrCopies,
+      sh.copyPolicy,
+      sh.storePolicy,
+      sh.blockSizeShift,
+    );
+    if (vid === null) {
+      err("Failed to read VDI");
+      ret = EXIT_FAILURE;
+    } else {
+      try {
+        await applyBackup(c, sp, vid, snap);
+      } catch (e) {
+        if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
+        err(`Failed to write object: ${strerror(e.code)}`);
+        err("failed to restore backup");
+        await doVdiDelete(c, name, 0, "");
+        ret = EXIT_FAILURE;
+      }
+    }
+    // The working VDI comes back on its old parent; the restored VDI, when there is one, becomes
+    // a snapshot (the server's rebase), else the working VDI is simply created again.
+    const ch = current.header;
+    const r = await doVdiCreate(
+      c,
+      name,
+      ch.vdiSize,
+      ch.parentVdiId,
+      ret === EXIT_SUCCESS,
+      ch.nrCopies,
+      ch.copyPolicy,
+      ch.storePolicy,
+      ch.blockSizeShift,
+    );
+    if (r === null) {
+      err("failed to resume the current vdi");
+      ret = EXIT_FAILURE;
+    }
+    return ret;
+  } finally {
+    fs.closeSync(sp.fd);
   }
-  return ret;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2726,16 +2906,18 @@ function nodeMd(c: Ctx): Promise<number> {
 async function nodeStat(c: Ctx): Promise<number> {
   let last: bigint[] | null = null;
   for (;;) {
-    const rsp = await c.exec(Header.req(Op.STAT, { dataLength: 120 }));
+    const rsp = await c.exec(Header.req(Op.STAT, { dataLength: NODE_STAT_SIZE }));
     if (rsp.hdr.result !== Res.SUCCESS) {
       err(`failed to get stat information: ${strerror(rsp.hdr.result)}`);
       return EXIT_FAILURE;
     }
-    const b = Buffer.alloc(120);
-    rsp.data.copy(b, 0, 0, Math.min(120, rsp.data.length));
-    const s: bigint[] = [];
-    for (let i = 0; i < 15; i++) s.push(b.readBigUInt64LE(i * 8));
-    const [gAct, pAct, gTot, pTot, gRx, gTx, pRx, pTx, gRm, gRd, gWr, gFl, pRm, pRd, pWr] = s;
+    const st = decodeNodeStats(rsp.data);
+    const s = [st.gwActive, st.peerActive, st.gwTotal, st.peerTotal, st.gwRx, st.gwTx, st.peerRx];
+    s.push(st.peerTx);
+    const { gwActive: gAct, peerActive: pAct, gwTotal: gTot, peerTotal: pTot } = st;
+    const { gwRx: gRx, gwTx: gTx, peerRx: pRx, peerTx: pTx, gwRemove: gRm } = st;
+    const { gwRead: gRd, gwWrite: gWr, gwFlush: gFl, peerRemove: pRm, peerRead: pRd } = st;
+    const pWr = st.peerWrite;
     const sn = (v: bigint) => strnumber(v, c.raw);
     if (c.node.watch) {
       if (!last) last = s;

@@ -131,6 +131,8 @@ function doubleToU64(d: number): bigint {
 export function parseSize(value: string): bigint | null {
   const { value: v, rest } = strtod(value);
   if (rest.length > 1) return null;
+  // strtod takes "-5G" and upstream wraps it to a huge size; a size is never negative.
+  if (!(v >= 0) || rest === value) return null;
   const mult: Record<string, number> = {
     P: 1024 ** 5,
     p: 1024 ** 5,

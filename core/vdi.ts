@@ -453,6 +453,22 @@ async function copyBtreeLeaves(io: MetaIO, ino: Inode): Promise<void> {
 }
 
 /**
+ * Why `name` cannot be a new VDI's name, or null. Upstream takes any string; ours refuses what
+ * would be ambiguous or unsafe where a VDI name becomes an NBD export name (`name@snapshot`) or a
+ * path component (cache and farm directories): empty, "." and "..", '/', '@' and control
+ * characters.
+ */
+export function vdiNameProblem(name: string): string | null {
+  if (name === "") return "the name is empty";
+  if (name === "." || name === "..") return `'${name}' is not a name`;
+  if (name.includes("/")) return "it contains '/'";
+  if (name.includes("@")) return "it contains '@' (NBD exports name snapshots VDI@snapshot)";
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(name)) return "it contains control characters";
+  return null;
+}
+
+/**
  * NEW_VDI work phase: create (base 0), clone (base = snapshot), snapshot (base == current) or
  * rebase (base != current). Writes inode objects through io; does not touch `t` — the caller
  * broadcasts NOTIFY_VDI_ADD / applies `result.added` on every node.
@@ -507,6 +523,8 @@ export async function newVdi(
   } else {
     if (info.result === Res.SUCCESS) throw new SdError(Res.VDI_EXIST);
     if (info.result !== Res.NO_VDI) throw new SdError(info.result);
+    // A brand-new name only: a VDI family an older store already has keeps working.
+    if (info.snapIdNext === 0 && vdiNameProblem(req.name)) throw new SdError(Res.INVALID_PARMS);
     vid = info.freeBit;
     snapId = info.snapIdNext || 1;
     oldVid = req.baseVid === 0 ? info.vid : req.baseVid;

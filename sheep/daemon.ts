@@ -1,5 +1,7 @@
 // The sheep daemon: listens for the Sheepdog protocol, runs the cluster state machine on the
 // membership driver's totally ordered events, and serves object I/O as gateway and as peer.
+import { emptyNodeStats, encodeNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
+import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
@@ -930,14 +932,22 @@ export class Sheep {
   /** Requests in progress other than recovery's own (recovery yields to them). */
   private clientRequests = 0;
 
+  /** `dog node stat` counters: every request that reaches handle() (sockets and NBD). */
+  readonly stats: NodeStats = emptyNodeStats();
+
   async handle(req: Header, data: Buffer): Promise<Reply> {
     const counted = !(req.flags & Flag.CMD_RECOVERY) && req.opcode !== Op.GET_OBJ_LIST &&
       req.opcode !== Op.STAT_RECOVERY;
     if (counted) this.clientRequests++;
+    const started = requestStarted(this.stats, req.opcode, data.length);
+    let txBytes = 0;
     try {
-      return await this.handleCounted(req, data);
+      const r = await this.handleCounted(req, data);
+      txBytes = r.data.length;
+      return r;
     } finally {
       if (counted) this.clientRequests--;
+      if (started) requestDone(this.stats, started, txBytes);
     }
   }
 
@@ -1199,9 +1209,8 @@ export class Sheep {
         b.writeInt32LE(this.me.nrVnodes);
         return { hdr: rsp, data: b };
       }
-      case Op.STAT: {
-        return { hdr: rsp, data: Buffer.alloc(120) };
-      }
+      case Op.STAT:
+        return { hdr: rsp, data: encodeNodeStats(this.stats) };
       default:
         return errorReply(req, new SdError(Res.INVALID_PARMS));
     }

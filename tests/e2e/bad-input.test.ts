@@ -57,7 +57,8 @@ describe("bad input", () => {
 
   test("format twice with VDIs present asks and does nothing without 'yes'", async () => {
     const r = await c.dog(["cluster", "format"], { input: "no\n" });
-    expect(r.code).toBe(0);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("aborted");
     const list = await c.dogOk(["vdi", "list", "-r"]);
     expect(list).toContain(" small ");
   });

@@ -78,7 +78,13 @@ test("size parsing §1.5", () => {
   expect(parseSize("12MB")).toBeNull();
   expect(parseSize("abc")).toBeNull();
   expect(parseSize("1x")).toBeNull();
-  expect(parseSize("")).toBe(0n);
+  // upstream reads "" as 0 and "-5G" as a huge size; neither is a size
+  expect(parseSize("")).toBeNull();
+  expect(parseSize("G")).toBeNull();
+  expect(parseSize("-5G")).toBeNull();
+  expect(parseSize("-1")).toBeNull();
+  expect(parseSize("nan")).toBeNull();
+  expect(parseSize("0")).toBe(0n);
 });
 
 test("redundancy parsing §1.6", () => {
@@ -323,6 +329,24 @@ test("vdi tree rendering §4.7", () => {
     "test---[2016-06-30 14:17]---[2016-06-30 14:18]---(you are here)\n" +
       "test2---[2016-06-30 14:19]-+-[2016-06-30 14:19]\n" +
       "                           `-[2016-06-30 14:20]---(you are here)\n",
+  );
+});
+
+test("vdi tree: a clone hangs under the snapshot it was cloned from, labelled with its name", () => {
+  const t = renderVdiTree([
+    { name: "base", label: "[2016-06-30 14:17]", vid: 1, pvid: 0, highlight: false },
+    { name: "base", label: "(you are here)", vid: 2, pvid: 1, highlight: false },
+    { name: "c1", label: "[2016-06-30 14:18]", vid: 3, pvid: 1, highlight: false },
+    { name: "c1", label: "(you are here)", vid: 4, pvid: 3, highlight: false },
+    { name: "c2", label: "(you are here)", vid: 5, pvid: 3, highlight: false },
+    // a clone whose snapshot was deleted is a root of its own
+    { name: "orphan", label: "(you are here)", vid: 9, pvid: 7, highlight: false },
+  ]);
+  expect(t).toBe(
+    "base---[2016-06-30 14:17]-+-(you are here)\n" +
+      "                          `-c1: [2016-06-30 14:18]-+-(you are here)\n" +
+      "                                                   `-c2: (you are here)\n" +
+      "orphan---(you are here)\n",
   );
 });
 
