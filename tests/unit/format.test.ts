@@ -35,7 +35,7 @@ import {
   subcommandUsage,
 } from "../../cli/options.ts";
 import { encodeNodes, makeNode } from "../../core/node.ts";
-import { renderVdiTree } from "../../cli/dog.ts";
+import { renderVdiTree } from "../../cli/vdi-view.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
