@@ -155,11 +155,15 @@ test("recovery simulation: random seeds keep every acknowledged write", async ()
   }
 }, 300_000);
 
-test("recovery simulation: a read fault of the newest holder does not install an older copy (seed 114)", async () => {
-  // 7005 held v11; its read failed once and 7007 installed v6 from 7002's stale copy of epoch 2.
-  const r = await runSeed(114, 60, 0.05);
-  if (!r.ok) throw new Error(`step ${r.failedAt}: ${r.error}\n${r.log.join("\n")}`);
-  expect(r.stats.faults).toBeGreaterThan(0);
+test("recovery simulation: seeds that once failed with read faults", async () => {
+  // 114: 7005 held v11; its read failed once and 7007 installed v6 from 7002's stale copy of e2.
+  // 4859: a fetch landed on a node the new epoch no longer places it on while another fetch of the
+  // superseded run waited out a retry; a full restart then left the copy current there for good.
+  for (const seed of [114, 4859]) {
+    const r = await runSeed(seed, 60, 0.05);
+    if (!r.ok) throw new Error(`seed ${seed} step ${r.failedAt}: ${r.error}\n${r.log.join("\n")}`);
+    expect(r.stats.faults).toBeGreaterThan(0);
+  }
 });
 
 // ------------------------------------------------------------------------------------------ targeted
