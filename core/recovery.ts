@@ -59,6 +59,36 @@ export function recoverySources(args: {
   return out;
 }
 
+/**
+ * What a source said when asked for an object, short of sending it: "absent" is a definitive "no
+ * such object" (SD_RES_NO_OBJ); "failed" is anything else (unreachable, timed out, shutting down,
+ * I/O error), after which the source may still hold the newest copy.
+ */
+export type SourceAnswer = "absent" | "failed";
+
+/**
+ * The next source of `sources` (recoverySources' walk) to ask, given the answers so far (index
+ * aligned; undefined: not asked yet). A source that failed blocks every later source of an older
+ * epoch: it may hold writes the older copy lacks, and installing that copy would lose them. Sources
+ * of the same or a newer epoch stay usable. "absent" when every source said it has no copy;
+ * "retry" when the rest sit behind a failure, so the object must be fetched again later.
+ */
+export function nextRecoverySource(
+  sources: ReadonlyArray<{ epoch: number }>,
+  answers: ReadonlyArray<SourceAnswer | undefined>,
+): number | "absent" | "retry" {
+  let blockedBelow = -Infinity;
+  let failed = false;
+  for (let i = 0; i < sources.length; i++) {
+    const a = answers[i];
+    if (a === "failed") {
+      failed = true;
+      blockedBelow = Math.max(blockedBelow, sources[i].epoch);
+    } else if (a === undefined && sources[i].epoch >= blockedBelow) return i;
+  }
+  return failed ? "retry" : "absent";
+}
+
 /** Local objects the new ring no longer places here: they become stale copies. */
 export function objectsNoLongerOwned(args: {
   me: SdNode;

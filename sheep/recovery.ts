@@ -7,7 +7,13 @@ import type { SdNode } from "../core/node.ts";
 import { nodeEqual, nodeHostPort } from "../core/node.ts";
 import { Ring } from "../core/ring.ts";
 import type { EpochRing } from "../core/recovery.ts";
-import { objectsNoLongerOwned, objectsToRecover, recoverySources } from "../core/recovery.ts";
+import {
+  nextRecoverySource,
+  objectsNoLongerOwned,
+  objectsToRecover,
+  recoverySources,
+  type SourceAnswer,
+} from "../core/recovery.ts";
 import { Flag, Header, Op, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import { assert, AssertionError } from "../core/assert.ts";
@@ -52,6 +58,20 @@ export interface RecoveryHost {
 }
 
 const MAX_ATTEMPTS = 50;
+/** Tries of one source per fetch before it counts as failed, and the first wait between them. */
+const SOURCE_TRIES = 3;
+const SOURCE_BACKOFF_MS = 50;
+
+/**
+ * A fetch that could not reach a source that may hold a newer copy than the reachable ones. It is
+ * retried for as long as the run lasts: giving up would let this node report the epoch complete,
+ * and the purge of stale copies that follows could delete the only newest copy.
+ */
+class RetryLater extends SdError {
+  constructor(message: string) {
+    super(Res.NETWORK_ERROR, message);
+  }
+}
 
 export class RecoveryManager {
   private generation = 0;
@@ -128,9 +148,11 @@ export class RecoveryManager {
     if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
     // A fetch of the superseded run may still be installing its object; a second stale pass must
     // see it, or a copy nobody updates would stay current here (upstream also lets in-flight
-    // objects finish before a new recovery starts).
-    if (this.inflight.size) {
-      await Promise.allSettled([...this.inflight.values()]);
+    // objects finish before a new recovery starts). One pass per landing, not one after the last:
+    // a restart before the last one lands would leave the others current for good (a restart in
+    // the same epoch moves nothing).
+    while (this.inflight.size) {
+      await Promise.race([...this.inflight.values()].map((p) => p.then(() => {}, () => {})));
       if (gen !== this.generation) return;
       if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
     }
@@ -179,7 +201,10 @@ export class RecoveryManager {
         if (r.reason instanceof AssertionError) throw r.reason;
         const n = (attempts.get(oid) ?? 0) + 1;
         attempts.set(oid, n);
-        if (n < MAX_ATTEMPTS) queue.push(oid);
+        if (r.reason instanceof RetryLater) {
+          if (n % 10 === 1) h.log.warn(`recovery: ${oid.toString(16)}: ${r.reason.message}`);
+          queue.push(oid);
+        } else if (n < MAX_ATTEMPTS) queue.push(oid);
         else {h.log.err(
             `recovery: giving up on ${oid.toString(16)}: ${(r.reason as Error).message}`,
           );}
@@ -321,36 +346,68 @@ export class RecoveryManager {
     history.push({ epoch: h.epoch(), ring: h.ring() });
     const alive = (n: SdNode) => h.nodes().some((m) => nodeEqual(m, n));
     const size = h.storedSize(oid);
+    const sources = recoverySources({ oid, copies, me: h.me, history, alive });
+    const answers: Array<SourceAnswer | undefined> = [];
     let lastErr: unknown = new SdError(Res.NO_OBJ);
-    for (const src of recoverySources({ oid, copies, me: h.me, history, alive })) {
-      if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
-      try {
-        let data: Buffer;
-        if (nodeEqual(src.node, h.me)) {
-          data = await store.readStale(oid, src.epoch, 0, size);
-        } else {
-          const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
-          rq.oid = oid;
-          rq.tgtEpoch = src.epoch;
-          rq.epoch = h.epoch();
-          const r = await h.peer(src.node, rq);
-          if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
-          data = r.data;
-        }
-        // A superseded run must not install objects: the new epoch may not place them here.
-        if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
-        if (!store.exists(oid)) {
-          await store.createAndWrite(oid, 0, data, size);
-          h.installed?.(oid, data);
-        }
-        this.done(oid);
-        return;
-      } catch (e) {
-        if (e instanceof AssertionError) throw e;
-        lastErr = e;
+    for (;;) {
+      const i = nextRecoverySource(sources, answers);
+      if (i === "absent") throw new SdError(Res.NO_OBJ);
+      if (i === "retry") {
+        throw new RetryLater(`${(lastErr as Error).message}; newer copies unreachable`);
       }
+      const src = sources[i];
+      let data: Buffer | null = null;
+      // A blip of the newest holder is retried here: moving on could reach an older epoch's copy.
+      for (let attempt = 0; data === null; attempt++) {
+        if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
+        try {
+          data = await this.readSource(oid, src, size);
+        } catch (e) {
+          if (e instanceof AssertionError) throw e;
+          lastErr = e;
+          if (e instanceof SdError && e.code === Res.NO_OBJ) {
+            answers[i] = "absent";
+            break;
+          }
+          if (attempt + 1 >= SOURCE_TRIES) {
+            answers[i] = "failed";
+            break;
+          }
+          await this.delay(SOURCE_BACKOFF_MS << attempt);
+        }
+      }
+      if (data === null) continue;
+      // A superseded run must not install objects: the new epoch may not place them here.
+      if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
+      if (!store.exists(oid)) {
+        await store.createAndWrite(oid, 0, data, size);
+        h.installed?.(oid, data);
+      }
+      this.done(oid);
+      return;
     }
-    throw lastErr;
+  }
+
+  /** One source's copy: its current copy or its stale copy of `src.epoch`. */
+  private async readSource(
+    oid: bigint,
+    src: { node: SdNode; epoch: number },
+    size: number,
+  ): Promise<Buffer> {
+    const h = this.host;
+    if (nodeEqual(src.node, h.me)) return await h.store().readStale(oid, src.epoch, 0, size);
+    const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
+    rq.oid = oid;
+    rq.tgtEpoch = src.epoch;
+    rq.epoch = h.epoch();
+    const r = await h.peer(src.node, rq);
+    if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
+    return r.data;
+  }
+
+  /** A wait of one fetch (several run at once, so it does not take the loop's wake-up slot). */
+  private delay(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
   }
 
   private done(oid: bigint): void {

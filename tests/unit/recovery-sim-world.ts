@@ -57,13 +57,13 @@ export class MemoRing extends Ring {
 
 /**
  * Transient failures of requests to live sources that succeed when retried. The executor retries
- * object lists and completion reports; an object read that fails moves on to the next source,
- * which may hold an older epoch's copy, so read faults are opt-in (SIM_READ_FAULTS=1): they show
- * whether the source order still protects acknowledged writes when the newest holder blips.
+ * object lists and completion reports, and an object read from a source that may hold a newer
+ * copy than the next ones (never moving on to an older epoch's copy). SIM_READ_FAULTS=0 turns
+ * read faults off, to tell a fault-handling bug from a source-order one.
  */
 const LIST_FAULT = 0.05;
 const REPORT_FAULT = 0.1;
-export const READ_FAULT = process.env.SIM_READ_FAULTS ? 0.05 : 0;
+export const READ_FAULT = process.env.SIM_READ_FAULTS === "0" ? 0 : 0.05;
 
 /** Objects hold only their version: 8 bytes, u64 LE. */
 const OBJ_SIZE = 8;
@@ -131,6 +131,8 @@ export interface SimOptions {
   zones: number[];
   maxNodes: number;
   zoneCount: number;
+  /** Chance that an object read from a live source fails (default READ_FAULT). */
+  readFault?: number;
 }
 
 const VIDS = [0x7c2b25n, 0x3a1f00n, 0x51d0c3n];
@@ -399,7 +401,9 @@ export class Sim {
         new Promise((resolve, reject) =>
           this.schedule(inc, () => {
             const src = this.sim(node);
-            const p = hdr.opcode === Op.GET_OBJ_LIST ? LIST_FAULT : READ_FAULT;
+            const p = hdr.opcode === Op.GET_OBJ_LIST
+              ? LIST_FAULT
+              : this.opt.readFault ?? READ_FAULT;
             if (!src.alive || (p && this.rng.chance(p))) {
               if (src.alive) this.stats.faults++;
               return reject(new SdError(Res.NETWORK_ERROR, `${src.name} unreachable`));
