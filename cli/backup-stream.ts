@@ -8,6 +8,7 @@
 // the snapshot the stream is restored onto, so `restore` can refuse a bad stream before it
 // changes anything.
 import { Buffer } from "node:buffer";
+import { ByteQueue } from "../core/byte-queue.ts";
 import { createXXHash64 } from "hash-wasm";
 
 export const VDI_BACKUP_FORMAT_VERSION = 1;
@@ -84,7 +85,7 @@ type State = "header" | "record" | "data" | "trailer" | "done";
  * throws when the stream stopped early. Record data is returned as it completes, whole.
  */
 export class BackupStreamParser {
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly q = new ByteQueue();
   private state: State = "header";
   private lastIdx = -1;
   private nrRecords = 0;
@@ -100,9 +101,8 @@ export class BackupStreamParser {
 
   /** Consumes `n` bytes from the buffer, feeding the digest unless they are the trailer. */
   private take(n: number, hashed = true): Buffer | null {
-    if (this.buf.length < n) return null;
-    const b = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
+    if (this.q.length < n) return null;
+    const b = this.q.take(n);
     if (hashed) this.digest.update(b);
     return b;
   }
@@ -111,7 +111,7 @@ export class BackupStreamParser {
     if (this.state === "done" && chunk.length) {
       this.fail("unexpected data after the checksum trailer");
     }
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    this.q.push(chunk);
     const evs: BackupEvent[] = [];
     for (;;) {
       if (this.state === "header") {
@@ -155,7 +155,7 @@ export class BackupStreamParser {
         this.cur = null;
         this.state = "record";
       } else if (this.state === "trailer") {
-        if (this.buf.length < BACKUP_TRAILER_SIZE) break;
+        if (this.q.length < BACKUP_TRAILER_SIZE) break;
         const expected = this.digest.digest();
         const t = this.take(BACKUP_TRAILER_SIZE, false)!;
         if (
@@ -167,7 +167,7 @@ export class BackupStreamParser {
         }
         this.checked = true;
         this.state = "done";
-        if (this.buf.length) this.fail("unexpected data after the checksum trailer");
+        if (this.q.length) this.fail("unexpected data after the checksum trailer");
       } else break;
     }
     return evs;
@@ -177,7 +177,7 @@ export class BackupStreamParser {
   finish(): BackupEvent {
     if (this.state === "header") this.fail("the stream is shorter than its header");
     if (!this.ended) this.fail(`the stream ends inside record ${this.nrRecords + 1}`);
-    if (this.state === "trailer" && this.buf.length) {
+    if (this.state === "trailer" && this.q.length) {
       this.fail("unexpected data after the end marker");
     }
     return { type: "end", checked: this.checked };

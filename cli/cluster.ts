@@ -1,10 +1,10 @@
 // dog cluster: info, format, shutdown, recover, reweight, check, alter-copy (upstream
 // dog/cluster.c).
+import { CLUSTER_INFO_SIZE, decodeClusterInfo, SD_MAX_NODES } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { ClusterFlag, Flag, Header, Op, readFixedString, Res, strerror } from "../core/proto.ts";
 import { banner, clusterInfoText } from "./format.ts";
 import {
-  CLUSTER_INFO_SIZE,
   Ctx,
   err,
   EXIT_FAILURE,
@@ -13,7 +13,6 @@ import {
   EXIT_USAGE,
   genericSubcommand,
   out,
-  SD_MAX_NODES,
   SD_NODE_SIZE,
   VDI_BITMAP_SIZE,
 } from "./common.ts";
@@ -60,7 +59,7 @@ export async function clusterFormat(c: Ctx): Promise<number> {
       err(strerror(rsp.hdr.result));
       return EXIT_FAILURE;
     }
-    const flags = rsp.data.length >= 18 ? rsp.data.readUInt16LE(16) : 0;
+    const flags = decodeClusterInfo(rsp.data).flags;
     if (n.nrVnodes !== 0) {
       if (flags & ClusterFlag.AUTO_VNODES && d.fixedVnodes) {
         err(
@@ -193,11 +192,12 @@ export async function clusterAlterCopy(c: Ctx): Promise<number> {
     err(`Response's result: ${strerror(rsp.hdr.result)}`);
     return EXIT_FAILURE;
   }
-  if (rsp.data.length >= 20 && rsp.data[19]) {
+  const ci = decodeClusterInfo(rsp.data);
+  if (ci.copyPolicy) {
     err("The cluster's copy policy is erasure code, changing it is not supported yet.");
     return EXIT_FAILURE;
   }
-  const old = rsp.data.length >= 19 ? rsp.data[18] : 0;
+  const old = ci.copies;
   if (old === d.copies) {
     err(`The cluster's redundancy level is already set to ${d.copies}, nothing changed.`);
     return EXIT_FAILURE;

@@ -1,6 +1,8 @@
 // What every dog command shares: exit codes, stdout/stderr helpers and progress bars, the stdin
 // reader, the command context (addressed sheep, parsed options, connection pool, prompts) and the
 // node list that CMD_NEED_NODELIST commands load first.
+import { ByteQueue } from "../core/byte-queue.ts";
+import { EPOCH_LOG_SIZE, SD_MAX_NODES } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { ClientPool, NetworkError } from "../io/client.ts";
 import { decodeNodes, nodeIp, type SdNode, sortNodes } from "../core/node.ts";
@@ -8,7 +10,7 @@ import { SD_NR_VDIS } from "../core/oid.ts";
 import { ClusterFlag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { Ring } from "../core/ring.ts";
 import { type Requester } from "../core/vdi-io.ts";
-import { EPOCH_LOG_SIZE, progressLine } from "./format.ts";
+import { progressLine } from "./format.ts";
 import { type CmdDef, subcommandUsage, type SubDef } from "./options.ts";
 
 export const EXIT_SUCCESS = 0;
@@ -21,10 +23,7 @@ export const EXIT_USAGE = 64;
 
 const SD_LISTEN_PORT = 7000;
 export const SD_NODE_SIZE = 80;
-export const SD_MAX_NODES = 6144;
-export const CLUSTER_INFO_SIZE = 491568;
 export const VDI_BITMAP_SIZE = SD_NR_VDIS / 8;
-export const VDI_STATE_SIZE = 1428;
 export const NR_BATCHED_DISCARD = 128;
 export const STORE_LEN = 16;
 export const SD_MAX_VDI_ATTR_VALUE_LEN = 65536;
@@ -138,8 +137,7 @@ export class StderrProgress {
 
 class StdinReader {
   private it: AsyncIterator<Buffer> | null = null;
-  private chunks: Buffer[] = [];
-  private have = 0;
+  private readonly q = new ByteQueue();
   private eof = false;
 
   private async more(): Promise<boolean> {
@@ -150,61 +148,31 @@ class StdinReader {
       this.eof = true;
       return false;
     }
-    const chunk = typeof r.value === "string" ? Buffer.from(r.value) : r.value;
-    if (chunk.length) {
-      this.chunks.push(chunk);
-      this.have += chunk.length;
-    }
+    this.q.push(typeof r.value === "string" ? Buffer.from(r.value) : r.value);
     return true;
-  }
-
-  private take(n: number): Buffer {
-    const k = Math.min(n, this.have);
-    const first = this.chunks[0];
-    let outb: Buffer;
-    if (first && first.length >= k) {
-      outb = first.subarray(0, k);
-      if (first.length === k) this.chunks.shift();
-      else this.chunks[0] = first.subarray(k);
-    } else {
-      outb = Buffer.allocUnsafe(k);
-      let off = 0;
-      while (off < k) {
-        const c = this.chunks[0];
-        const m = Math.min(c.length, k - off);
-        c.copy(outb, off, 0, m);
-        off += m;
-        if (m === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(m);
-      }
-    }
-    this.have -= k;
-    return outb;
   }
 
   /** What is buffered, else the next chunk of input; null at EOF. */
   async chunk(): Promise<Buffer | null> {
-    while (!this.have) if (!await this.more()) return null;
-    return this.take(this.have);
+    while (!this.q.length) if (!await this.more()) return null;
+    return this.q.take(this.q.length);
   }
 
   /** Reads up to n bytes (fewer only at EOF), like xread(). */
   async read(n: number): Promise<Buffer> {
-    while (this.have < n && await this.more());
-    return this.take(n);
+    while (this.q.length < n && await this.more());
+    return this.q.take(Math.min(n, this.q.length));
   }
 
   /** fgets(buf, size): up to size-1 bytes or through the newline; null at EOF. */
   async gets(size: number): Promise<string | null> {
     for (;;) {
-      const joined = this.chunks.length > 1
-        ? Buffer.concat(this.chunks)
-        : this.chunks[0] ?? Buffer.alloc(0);
-      this.chunks = joined.length ? [joined] : [];
-      const nl = joined.indexOf(10);
-      if (nl >= 0 && nl < size - 1) return this.take(nl + 1).toString("latin1");
-      if (this.have >= size - 1) return this.take(size - 1).toString("latin1");
-      if (!await this.more()) return this.have ? this.take(this.have).toString("latin1") : null;
+      const nl = this.q.peek(Math.min(this.q.length, size - 1)).indexOf(10);
+      if (nl >= 0) return this.q.take(nl + 1).toString("latin1");
+      if (this.q.length >= size - 1) return this.q.take(size - 1).toString("latin1");
+      if (!await this.more()) {
+        return this.q.length ? this.q.take(this.q.length).toString("latin1") : null;
+      }
     }
   }
 

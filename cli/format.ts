@@ -1,9 +1,10 @@
 // Output formatting and argument parsing helpers of `dog` (dog-cli.md §1.4-§1.6, §4.6, §5.1, §6.1).
 // Everything here is pure so it can be unit tested byte for byte.
+import type { EpochLog } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import type { SdNode } from "../core/node.ts";
-import { decodeNodes, nodeHostPort } from "../core/node.ts";
-import { ClusterFlag, readFixedString, Res, strerror } from "../core/proto.ts";
+import { nodeHostPort } from "../core/node.ts";
+import { ClusterFlag, Res, strerror } from "../core/proto.ts";
 
 // ---------------------------------------------------------------------------------------------
 // printf-compatible number formatting
@@ -408,44 +409,6 @@ export function recoveryRow(
 
 // ---------------------------------------------------------------------------------------------
 // §6.1 cluster info
-
-export const EPOCH_LOG_SIZE = 48;
-
-export interface EpochLog {
-  ctime: bigint;
-  time: bigint;
-  epoch: number;
-  nrNodes: number;
-  disableRecovery: number;
-  nrCopies: number;
-  copyPolicy: number;
-  flags: number;
-  drvName: string;
-  nodes: SdNode[];
-}
-
-/** Decodes STAT_CLUSTER reply records of `48 + nodesNr * 80` bytes each. */
-export function decodeEpochLogs(buf: Buffer, nodesNr: number): EpochLog[] {
-  const recSize = EPOCH_LOG_SIZE + nodesNr * 80;
-  const out: EpochLog[] = [];
-  for (let off = 0; off + recSize <= buf.length && recSize > 0; off += recSize) {
-    const nrNodes = buf.readUInt32LE(off + 20);
-    const nodesBuf = buf.subarray(off + EPOCH_LOG_SIZE, off + recSize);
-    out.push({
-      ctime: buf.readBigUInt64LE(off),
-      time: buf.readBigUInt64LE(off + 8),
-      epoch: buf.readUInt32LE(off + 16),
-      nrNodes,
-      disableRecovery: buf[off + 24],
-      nrCopies: buf[off + 25],
-      copyPolicy: buf[off + 26],
-      flags: buf.readUInt16LE(off + 30),
-      drvName: readFixedString(buf, off + 32, 16),
-      nodes: decodeNodes(nodesBuf, Math.min(nrNodes, nodesNr)),
-    });
-  }
-  return out;
-}
 
 export interface ClusterInfoInput {
   result: number;

@@ -1,9 +1,16 @@
 // dog node: list, info, kill, recovery, md, stat, log, vnodes (upstream dog/node.c).
+import {
+  decodeMdInfo,
+  decodeRecoveryState,
+  MD_INFO_SIZE,
+  RECOVERY_STATE_SIZE,
+  type RecoveryState,
+} from "../core/payloads.ts";
 import { decodeNodeStats, NODE_STAT_SIZE } from "../core/node-stat.ts";
 import { Buffer } from "node:buffer";
 import { NetworkError } from "../io/client.ts";
 import { nodeHostPort, type SdNode } from "../core/node.ts";
-import { Flag, Header, Op, readFixedString, Res, strerror } from "../core/proto.ts";
+import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import {
   banner,
   isNumeric,
@@ -108,26 +115,8 @@ export async function nodeKill(c: Ctx): Promise<number> {
   return EXIT_SUCCESS;
 }
 
-interface RecoveryState {
-  inRecovery: number;
-  state: number;
-  nrFinished: bigint;
-  nrTotal: bigint;
-}
-
-function decodeRecoveryState(b: Buffer): RecoveryState {
-  const z = Buffer.alloc(24);
-  b.copy(z, 0, 0, Math.min(24, b.length));
-  return {
-    inRecovery: z[0],
-    state: z.readUInt32LE(4),
-    nrFinished: z.readBigUInt64LE(8),
-    nrTotal: z.readBigUInt64LE(16),
-  };
-}
-
 async function getRecoveryState(c: Ctx): Promise<RecoveryState | null> {
-  const rsp = await c.exec(Header.req(Op.STAT_RECOVERY, { dataLength: 24 }));
+  const rsp = await c.exec(Header.req(Op.STAT_RECOVERY, { dataLength: RECOVERY_STATE_SIZE }));
   if (rsp.hdr.result !== Res.SUCCESS) {
     err(strerror(rsp.hdr.result));
     return null;
@@ -168,7 +157,11 @@ async function nodeRecoveryInfo(c: Ctx): Promise<number> {
   if (!c.raw) out(RECOVERY_HEADER);
   for (let i = 0; i < c.nodes.length; i++) {
     const n = c.nodes[i];
-    const rsp = await c.exec(Header.req(Op.STAT_RECOVERY, { dataLength: 24 }), undefined, n);
+    const rsp = await c.exec(
+      Header.req(Op.STAT_RECOVERY, { dataLength: RECOVERY_STATE_SIZE }),
+      undefined,
+      n,
+    );
     if (rsp.hdr.result !== Res.SUCCESS) {
       err(strerror(rsp.hdr.result));
       return EXIT_FAILURE;
@@ -202,7 +195,7 @@ async function nodeRecoverySet(c: Ctx): Promise<number> {
   payload.writeUInt32LE(max, 0);
   payload.writeBigUInt64LE(interval, 8);
   const rsp = await c.exec(
-    Header.req(Op.SET_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: 24 }),
+    Header.req(Op.SET_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: RECOVERY_STATE_SIZE }),
     payload,
   );
   if (rsp.hdr.result !== Res.SUCCESS) {
@@ -213,7 +206,7 @@ async function nodeRecoverySet(c: Ctx): Promise<number> {
 }
 
 async function nodeRecoveryGet(c: Ctx): Promise<number> {
-  const rsp = await c.exec(Header.req(Op.GET_RECOVERY, { dataLength: 24 }));
+  const rsp = await c.exec(Header.req(Op.GET_RECOVERY, { dataLength: RECOVERY_STATE_SIZE }));
   if (rsp.hdr.result !== Res.SUCCESS) {
     err("Failed to execute request");
     return 255;
@@ -237,22 +230,13 @@ export async function nodeRecovery(c: Ctx): Promise<number> {
 }
 
 async function nodeMdInfoOne(c: Ctx, n?: SdNode): Promise<number> {
-  const MD_INFO_SIZE = 263688;
   const rsp = await c.exec(Header.req(Op.MD_INFO, { dataLength: MD_INFO_SIZE }), undefined, n);
   if (rsp.hdr.result !== Res.SUCCESS) {
     err(`failed to get multi-disk information: ${strerror(rsp.hdr.result)}`);
     return EXIT_FAILURE;
   }
-  const b = Buffer.alloc(MD_INFO_SIZE);
-  rsp.data.copy(b, 0, 0, Math.min(MD_INFO_SIZE, rsp.data.length));
-  const nr = Math.min(b.readInt32LE(263680), 64);
   const host = n ? nodeHostPort(n) : `${c.host}:${c.port}`;
-  for (let i = 0; i < nr; i++) {
-    const off = i * 4120;
-    const idx = b.readInt32LE(off),
-      free = b.readBigUInt64LE(off + 8),
-      used = b.readBigUInt64LE(off + 16);
-    const path = readFixedString(b, off + 24, 4096);
+  for (const { idx, free, used, path } of decodeMdInfo(rsp.data)) {
     const size = free + used;
     const ratio = Math.trunc((Number(used) / Number(size)) * 100) | 0;
     if (c.raw) {

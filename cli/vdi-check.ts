@@ -1,4 +1,5 @@
 // dog vdi lock and vdi check (consistency check and repair of a VDI's replicas).
+import { LockState } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { type InodeHeader } from "../core/inode.ts";
 import { nodeHostPort, nodeString, type SdNode } from "../core/node.ts";
@@ -22,9 +23,6 @@ import {
   findVdiName,
   getVdiState,
   hex,
-  LOCK_STATE_LOCKED,
-  LOCK_STATE_SHARED,
-  LOCK_STATE_UNLOCKED,
   parseVdi,
   readVdiObj,
   type VdiObj,
@@ -36,16 +34,16 @@ async function lockList(c: Ctx): Promise<number> {
   if (!list) return EXIT_SUCCESS;
   out("VDI | owner node\n");
   for (const s of vs ?? []) {
-    if (s.lockState === LOCK_STATE_UNLOCKED) continue;
+    if (s.lockState === LockState.UNLOCKED) continue;
     const v = list.find((x) => x.vid === s.vid);
     const vname = v ? v.name : "";
-    if (s.lockState === LOCK_STATE_LOCKED) {
-      out(`${vname} | ${nodeString(s.lockOwner)}\n`);
+    if (s.lockState === LockState.LOCKED) {
+      out(`${vname} | ${s.lockOwner ? nodeString(s.lockOwner) : ""}\n`);
     } else {
       let line = `${vname} |`;
-      for (let j = 0; j < s.nrParticipants; j++) {
-        line += ` ${nodeString(s.participants[j])}`;
-        const st = s.participantsState[j];
+      for (const p of s.participants) {
+        line += ` ${nodeString(p.node)}`;
+        const st = p.state;
         line += st === 1
           ? "(modified)"
           : st === 2
@@ -76,13 +74,13 @@ async function lockUnlock(c: Ctx): Promise<number> {
     if (s.vid !== v.vid) continue;
     let type: number;
     switch (s.lockState) {
-      case LOCK_STATE_UNLOCKED:
+      case LockState.UNLOCKED:
         err(`VDI: ${name} is not locked`);
         return EXIT_SYSFAIL;
-      case LOCK_STATE_LOCKED:
+      case LockState.LOCKED:
         type = 0;
         break;
-      case LOCK_STATE_SHARED:
+      case LockState.SHARED:
         type = 1;
         break;
       default:

@@ -1,11 +1,17 @@
 // VDI helpers shared by the vdi command families: name checks, lookups, inode reads, VDI
 // creation and deletion (do_vdi_create / do_vdi_delete), slot updates, VDI state and locks.
+import {
+  decodeVdiStates,
+  LockState,
+  VDI_STATE_SIZE,
+  type VdiStateRecord,
+} from "../core/payloads.ts";
 import { vdiNameProblem } from "../core/vdi.ts";
 import { Buffer } from "node:buffer";
 import { NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
-import { nodeString, type SdNode } from "../core/node.ts";
+import { nodeString } from "../core/node.ts";
 import { oidHex, SD_INODE_HEADER_SIZE, vidToDataOid, vidToVdiOid } from "../core/oid.ts";
 import { fixedString, Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import {
@@ -28,7 +34,6 @@ import {
   EXIT_USAGE,
   NR_BATCHED_DISCARD,
   VDI_BITMAP_SIZE,
-  VDI_STATE_SIZE,
 } from "./common.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -307,11 +312,11 @@ export async function doVdiDelete(
   // Clearing the data map of a VDI a client has attached would destroy its disk under it;
   // upstream 1.0 does not look, we refuse (and change nothing).
   const states = await getVdiState(c);
-  const lock = states?.find((s) => s.vid === vid && s.lockState !== LOCK_STATE_UNLOCKED);
+  const lock = states?.find((s) => s.vid === vid && s.lockState !== LockState.UNLOCKED);
   if (lock) {
     err(
       `Failed to delete ${name}: ${strerror(Res.VDI_LOCKED)} (owner ${
-        nodeString(lock.lockOwner)
+        lock.lockOwner ? nodeString(lock.lockOwner) : "unknown"
       }); ` +
         `detach it first or run 'dog vdi lock unlock ${name}'`,
     );
@@ -397,28 +402,7 @@ async function reclaimHyperObjects(c: Ctx, vid: number, slots: SlotMap): Promise
 
 // vdi lock
 
-interface VdiState {
-  vid: number;
-  lockState: number;
-  lockOwner: SdNode;
-  nrParticipants: number;
-  participantsState: number[];
-  participants: SdNode[];
-}
-
-function nodeIdToNode(b: Buffer, off: number): SdNode {
-  return {
-    addr: Buffer.from(b.subarray(off, off + 16)),
-    port: b.readUInt16LE(off + 16),
-    ioAddr: Buffer.alloc(16),
-    ioPort: 0,
-    nrVnodes: 0,
-    zone: 0,
-    space: 0n,
-  };
-}
-
-export async function getVdiState(c: Ctx): Promise<VdiState[] | null> {
+export async function getVdiState(c: Ctx): Promise<VdiStateRecord[] | null> {
   let count = 512;
   for (;;) {
     const rsp = await c.exec(Header.req(Op.GET_VDI_COPIES, { dataLength: count * VDI_STATE_SIZE }));
@@ -430,26 +414,6 @@ export async function getVdiState(c: Ctx): Promise<VdiState[] | null> {
       err(`failed to execute SD_OP_GET_VDI_COPIES: ${strerror(rsp.hdr.result)}`);
       return null;
     }
-    const out: VdiState[] = [];
-    for (let off = 0; off + VDI_STATE_SIZE <= rsp.data.length; off += VDI_STATE_SIZE) {
-      const b = rsp.data;
-      const nr = Math.min(b.readUInt32LE(off + 60), 31);
-      const ps: number[] = [], pn: SdNode[] = [];
-      for (let j = 0; j < nr; j++) {
-        ps.push(b.readUInt32LE(off + 64 + 4 * j));
-        pn.push(nodeIdToNode(b, off + 188 + 40 * j));
-      }
-      out.push({
-        vid: b.readUInt32LE(off),
-        lockState: b.readUInt32LE(off + 16),
-        lockOwner: nodeIdToNode(b, off + 20),
-        nrParticipants: nr,
-        participantsState: ps,
-        participants: pn,
-      });
-    }
-    return out;
+    return decodeVdiStates(rsp.data);
   }
 }
-
-export const LOCK_STATE_UNLOCKED = 1, LOCK_STATE_LOCKED = 2, LOCK_STATE_SHARED = 3;

@@ -1,4 +1,5 @@
 // dog vdi tree, graph, object, track, setattr and getattr: looking at VDIs and their objects.
+import { decodeEpochLogs, EPOCH_LOG_SIZE } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import { NetworkError } from "../io/client.ts";
@@ -17,14 +18,7 @@ import {
 import { fixedString, Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { Ring } from "../core/ring.ts";
 import { readObject } from "../core/vdi-io.ts";
-import {
-  ctimeSeconds,
-  decodeEpochLogs,
-  EPOCH_LOG_SIZE,
-  padLeft,
-  strftime,
-  strnumber,
-} from "./format.ts";
+import { ctimeSeconds, padLeft, strftime, strnumber } from "./format.ts";
 import {
   Ctx,
   err,

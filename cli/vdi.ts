@@ -1,5 +1,6 @@
 // dog vdi create, list, delete, resize, read, write, snapshot, clone, rollback and alter-copy
 // (upstream dog/vdi.c).
+import { CLUSTER_INFO_SIZE, decodeClusterInfo } from "../core/payloads.ts";
 import { ecPolicyCopies } from "../core/vdi.ts";
 import { Buffer } from "node:buffer";
 import { errnoText, NetworkError } from "../io/client.ts";
@@ -26,7 +27,6 @@ import {
 } from "../core/vdi-io.ts";
 import { banner, strnumber, VDI_LIST_HEADER, vdiListRow } from "./format.ts";
 import {
-  CLUSTER_INFO_SIZE,
   Ctx,
   err,
   Exit,
@@ -96,8 +96,8 @@ export async function vdiCreate(c: Ctx): Promise<number> {
     objectSize = 2 ** 22;
   } else {
     const rsp = await c.exec(Header.req(Op.CLUSTER_INFO, { dataLength: CLUSTER_INFO_SIZE }));
-    const ctime = rsp.data.length >= 16 ? rsp.data.readBigUInt64LE(8) : 0n;
-    if (!ctime) {
+    const ci = decodeClusterInfo(rsp.data);
+    if (!ci.ctime) {
       err(`Failed to create VDI ${name}: ${strerror(Res.WAIT_FOR_FORMAT)}`);
       return EXIT_FAILURE;
     }
@@ -105,7 +105,7 @@ export async function vdiCreate(c: Ctx): Promise<number> {
       err(strerror(rsp.hdr.result));
       return EXIT_FAILURE;
     }
-    objectSize = 2 ** rsp.data[21];
+    objectSize = 2 ** ci.blockSizeShift;
   }
   const oldMax = BigInt(objectSize) * BigInt(OLD_MAX_DATA_OBJS);
   if (size > oldMax && d.storePolicy === 0) {

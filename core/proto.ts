@@ -1,5 +1,6 @@
 // Sheepdog 1.0 wire protocol: 48-byte little-endian headers, opcodes, flags, result codes.
 // Layout facts come from shared/spec/protocol.md; every integer is little-endian on the wire.
+import { ByteQueue } from "./byte-queue.ts";
 import { Buffer } from "node:buffer";
 
 export const SD_REQ_SIZE = 48;
@@ -491,8 +492,7 @@ export class ProtocolError extends Error {}
  * when the WRITE flag is set; for responses `dataLength` bytes always follow.
  */
 export class FrameParser {
-  private bufs: Buffer[] = [];
-  private have = 0;
+  private readonly q = new ByteQueue();
   private hdr: Header | null = null;
   private need = SD_REQ_SIZE;
   constructor(
@@ -503,12 +503,9 @@ export class FrameParser {
   /** Feed bytes; returns every frame completed by them. Throws ProtocolError on garbage. */
   push(chunk: Buffer): Frame[] {
     const out: Frame[] = [];
-    if (chunk.length) {
-      this.bufs.push(chunk);
-      this.have += chunk.length;
-    }
-    while (this.have >= this.need) {
-      const bytes = this.take(this.need);
+    this.q.push(chunk);
+    while (this.q.length >= this.need) {
+      const bytes = this.q.take(this.need);
       if (!this.hdr) {
         const hdr = new Header(bytes);
         const plen = this.payloadLength(hdr);
@@ -531,37 +528,12 @@ export class FrameParser {
 
   /** Bytes buffered but not yet part of a complete frame. */
   get pending(): number {
-    return this.have;
+    return this.q.length;
   }
 
   private payloadLength(h: Header): number {
     if (this.kind === "response") return h.dataLength;
     return h.flags & Flag.CMD_WRITE ? h.dataLength : 0;
-  }
-
-  private take(n: number): Buffer {
-    let out: Buffer;
-    const first = this.bufs[0];
-    if (first.length === n) {
-      out = first;
-      this.bufs.shift();
-    } else if (first.length > n) {
-      out = first.subarray(0, n);
-      this.bufs[0] = first.subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let off = 0;
-      while (off < n) {
-        const b = this.bufs[0];
-        const k = Math.min(b.length, n - off);
-        b.copy(out, off, 0, k);
-        off += k;
-        if (k === b.length) this.bufs.shift();
-        else this.bufs[0] = b.subarray(k);
-      }
-    }
-    this.have -= n;
-    return out;
   }
 }
 

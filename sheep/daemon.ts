@@ -1,5 +1,17 @@
 // The sheep daemon: listens for the Sheepdog protocol, runs the cluster state machine on the
 // membership driver's totally ordered events, and serves object I/O as gateway and as peer.
+import {
+  decodeVdiStates,
+  encodeClusterInfo,
+  encodeEpochLog,
+  encodeMdInfo,
+  encodeRecoveryState,
+  encodeVdiStates as encodeVdiStateRecords,
+  epochLogRecordSize,
+  LockState,
+  MD_INFO_SIZE,
+  VDI_STATE_SIZE,
+} from "../core/payloads.ts";
 import { emptyNodeStats, encodeNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
 import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
@@ -614,7 +626,9 @@ export class Sheep {
           const c = await this.pool.get(nodeIp(n), n.port);
           const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
           const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
-          const st = await c.request(Header.req(Op.GET_VDI_COPIES, { dataLength: 1428 * 65536 }));
+          const st = await c.request(
+            Header.req(Op.GET_VDI_COPIES, { dataLength: VDI_STATE_SIZE * 65536 }),
+          );
           if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
           mergeVdiState(this.vdis, inuse.data, del.data, st.data);
         } catch (e) {
@@ -1045,7 +1059,7 @@ export class Sheep {
         if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return { hdr: rsp, data: this.vdis.deleted.toBuffer() };
       case Op.GET_VDI_COPIES: {
-        if (this.vdis.states.size * 1428 > req.dataLength) {
+        if (this.vdis.states.size * VDI_STATE_SIZE > req.dataLength) {
           return errorReply(req, new SdError(Res.BUFFER_SMALL));
         }
         return { hdr: rsp, data: encodeVdiStates(this.vdis, this.members) };
@@ -1089,12 +1103,13 @@ export class Sheep {
         return { hdr: rsp, data: Buffer.from("plain tree ") };
       case Op.STAT_RECOVERY: {
         const st = this.recovery.status();
-        const b = Buffer.alloc(24);
-        b[0] = st.inRecovery ? 1 : 0;
-        b.writeUInt32LE(st.state, 4);
-        b.writeBigUInt64LE(BigInt(st.finished), 8);
-        b.writeBigUInt64LE(BigInt(st.total), 16);
-        return { hdr: rsp, data: b };
+        const data = encodeRecoveryState({
+          inRecovery: st.inRecovery,
+          state: st.state,
+          nrFinished: BigInt(st.finished),
+          nrTotal: BigInt(st.total),
+        });
+        return { hdr: rsp, data };
       }
       case Op.FLUSH_DEL_CACHE:
       case Op.DELETE_CACHE:
@@ -1181,18 +1196,12 @@ export class Sheep {
         return { hdr: rsp, data: EMPTY };
       }
       case Op.MD_INFO: {
-        if (req.dataLength !== 263688) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        const b = Buffer.alloc(263688);
-        const disks = this.opts.gateway ? [] : this.store.diskInfo().slice(0, 64);
-        disks.forEach((d, i) => {
-          const o = i * 4120;
-          b.writeInt32LE(i, o);
-          b.writeBigUInt64LE(d.free, o + 8);
-          b.writeBigUInt64LE(d.used, o + 16);
-          b.write(d.path, o + 24, 4095, "utf8");
-        });
-        b.writeInt32LE(disks.length, 263680);
-        return { hdr: rsp, data: b };
+        if (req.dataLength !== MD_INFO_SIZE) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        const disks = this.opts.gateway ? [] : this.store.diskInfo();
+        const data = encodeMdInfo(
+          disks.map((d, idx) => ({ idx, free: d.free, used: d.used, path: d.path })),
+        );
+        return { hdr: rsp, data };
       }
       case Op.SET_VNODES: {
         if (this.opts.gateway) return errorReply(req, new SdError(Res.GATEWAY_MODE));
@@ -1443,7 +1452,7 @@ export class Sheep {
   private statCluster(req: Header): Reply {
     const rsp = new Header();
     const nodesNr = req.nodesNr;
-    const recSize = 48 + nodesNr * 80;
+    const recSize = epochLogRecordSize(nodesNr);
     const epochs = listEpochs(this.baseDir).sort((a, b) => b - a);
     const out: Buffer[] = [];
     let result: number = Res.SUCCESS;
@@ -1458,45 +1467,53 @@ export class Sheep {
       if (rec.nodes.length > nodesNr) {
         return { hdr: withResult(rsp, Res.BUFFER_SMALL), data: EMPTY };
       }
-      const b = Buffer.alloc(recSize);
-      if (i === 0) {
-        b.writeBigUInt64LE(this.state.ctime, 0);
-        b[24] = this.state.disableRecovery ? 1 : 0;
-        b[25] = this.state.copies;
-        b[26] = this.state.copyPolicy;
-        b.writeUInt16LE(this.state.flags, 30);
-        b.write(this.state.store, 32, 15, "utf8");
-      }
-      b.writeBigUInt64LE(rec.time, 8);
-      b.writeUInt32LE(e, 16);
-      b.writeUInt32LE(rec.nodes.length, 20);
-      rec.nodes.forEach((n, k) => encodeNode(n, b, 48 + k * 80));
-      out.push(b);
+      // Only the newest record carries the cluster's current settings (upstream).
+      const cur = i === 0;
+      out.push(encodeEpochLog({
+        ctime: cur ? this.state.ctime : 0n,
+        time: rec.time,
+        epoch: e,
+        nrNodes: rec.nodes.length,
+        disableRecovery: cur && this.state.disableRecovery ? 1 : 0,
+        nrCopies: cur ? this.state.copies : 0,
+        copyPolicy: cur ? this.state.copyPolicy : 0,
+        flags: cur ? this.state.flags : 0,
+        drvName: cur ? this.state.store : "",
+        nodes: rec.nodes,
+      }, nodesNr));
     }
     if (out.length === 0 && this.state.ctime !== 0n) {
-      const b = Buffer.alloc(recSize);
-      b.writeBigUInt64LE(this.state.ctime, 0);
-      out.push(b);
+      out.push(encodeEpochLog({
+        ctime: this.state.ctime,
+        time: 0n,
+        epoch: 0,
+        nrNodes: 0,
+        disableRecovery: 0,
+        nrCopies: 0,
+        copyPolicy: 0,
+        flags: 0,
+        drvName: "",
+        nodes: [],
+      }, nodesNr));
     }
     return { hdr: withResult(rsp, result), data: Buffer.concat(out) };
   }
 
   private clusterInfoBytes(): Buffer {
-    const nodes = this.state.nodes;
-    const b = Buffer.alloc(48 + 6144 * 80);
-    b[0] = SD_SHEEP_PROTO_VER;
-    b[1] = this.state.disableRecovery ? 1 : 0;
-    b.writeInt16LE(nodes.length, 2);
-    b.writeUInt32LE(this.state.epoch, 4);
-    b.writeBigUInt64LE(this.state.ctime, 8);
-    b.writeUInt16LE(this.state.flags, 16);
-    b[18] = this.state.copies;
-    b[19] = this.state.copyPolicy;
-    b[20] = this.state.status;
-    b[21] = this.state.blockSizeShift;
-    b.write(this.state.store, 25, 15, "utf8");
-    nodes.forEach((n, i) => encodeNode(n, b, 48 + i * 80));
-    return b;
+    const st = this.state;
+    return encodeClusterInfo({
+      protoVer: SD_SHEEP_PROTO_VER,
+      disableRecovery: st.disableRecovery,
+      epoch: st.epoch,
+      ctime: st.ctime,
+      flags: st.flags,
+      copies: st.copies,
+      copyPolicy: st.copyPolicy,
+      status: st.status,
+      blockSizeShift: st.blockSizeShift,
+      store: st.store,
+      nodes: st.nodes,
+    });
   }
 
   // ---------------------------------------------------------------- shutdown
@@ -1521,47 +1538,36 @@ export class Sheep {
   }
 }
 
-/** GET_VDI_COPIES payload: vdi_state records of 1428 bytes (protocol.md §13.5). */
+/** GET_VDI_COPIES payload: what this sheep knows of every VDI, with its lock. */
 function encodeVdiStates(t: VdiTable, nodes: SdNode[]): Buffer {
-  const states = [...t.states.values()];
-  const b = Buffer.alloc(states.length * 1428);
-  states.forEach((s, i) => {
-    const o = i * 1428;
-    b.writeUInt32LE(s.vid, o);
-    b[o + 4] = s.nrCopies;
-    b[o + 5] = s.snapshot ? 1 : 0;
-    b[o + 6] = s.deleted ? 1 : 0;
-    b[o + 7] = s.copyPolicy;
-    b[o + 8] = s.blockSizeShift;
-    b.writeUInt32LE(s.parentVid, o + 12);
+  return encodeVdiStateRecords([...t.states.values()].map((s) => {
     const lock = t.locks.get(s.vid);
-    b.writeUInt32LE(lock ? 2 : 1, o + 16);
-    const owner = lock && nodes.find((n) => nodeHostPort(n) === lock.owner);
-    if (owner) encodeNode(owner).copy(b, o + 20, 24, 64);
-  });
-  return b;
+    const owner = lock ? nodes.find((n) => nodeHostPort(n) === lock.owner) ?? null : null;
+    return {
+      ...s,
+      lockState: lock ? LockState.LOCKED : LockState.UNLOCKED,
+      lockOwner: owner,
+      participants: [],
+    };
+  }));
 }
 
 /** A joining node merges what a member knows about VDIs into its own table. */
 function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buffer): void {
   t.inuse.merge(inuse);
   t.deleted.merge(deleted);
-  for (let o = 0; o + 1428 <= states.length; o += 1428) {
-    const vid = states.readUInt32LE(o);
-    t.states.set(vid, {
-      vid,
-      nrCopies: states[o + 4],
-      snapshot: states[o + 5] !== 0,
-      deleted: states[o + 6] !== 0,
-      copyPolicy: states[o + 7],
-      blockSizeShift: states[o + 8],
-      parentVid: states.readUInt32LE(o + 12),
+  for (const r of decodeVdiStates(states)) {
+    t.states.set(r.vid, {
+      vid: r.vid,
+      nrCopies: r.nrCopies,
+      snapshot: r.snapshot,
+      deleted: r.deleted,
+      copyPolicy: r.copyPolicy,
+      blockSizeShift: r.blockSizeShift,
+      parentVid: r.parentVid,
     });
-    if (states.readUInt32LE(o + 16) === 2) {
-      const owner = decodeNode(
-        Buffer.concat([Buffer.alloc(24), states.subarray(o + 20, o + 60), Buffer.alloc(16)]),
-      );
-      t.locks.set(vid, { owner: nodeHostPort(owner) });
+    if (r.lockState === LockState.LOCKED && r.lockOwner) {
+      t.locks.set(r.vid, { owner: nodeHostPort(r.lockOwner) });
     }
   }
 }

@@ -1,4 +1,5 @@
 // dog output formatting and argument parsing (dog-cli.md §1, §4.6, §5.1, §6.1).
+import { decodeEpochLogs, type EpochLog } from "../../core/payloads.ts";
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 
@@ -10,8 +11,6 @@ import {
   clusterInfoText,
   countSlots,
   ctimeString,
-  decodeEpochLogs,
-  type EpochLog,
   NODE_LIST_HEADER,
   nodeInfoRow,
   nodeInfoTotal,
