@@ -1,5 +1,6 @@
 // dog cluster: info, format, shutdown, recover, reweight, check, alter-copy (upstream
 // dog/cluster.c).
+import { clusterInfoJson, toJson } from "./json.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo, SD_MAX_NODES } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { ClusterFlag, Flag, Header, Op, readFixedString, Res, strerror } from "../core/proto.ts";
@@ -25,6 +26,10 @@ import { doVdiCheck } from "./vdi-check.ts";
 
 export async function clusterInfo(c: Ctx): Promise<number> {
   const st = await statCluster(c, c.nodes.length);
+  if (c.json) {
+    out(toJson(clusterInfoJson(st.result, st.logs)));
+    return EXIT_SUCCESS;
+  }
   out(clusterInfoText({
     result: st.result,
     logs: st.logs,

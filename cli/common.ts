@@ -234,12 +234,23 @@ interface NodeCmdData {
   force: boolean;
 }
 
+interface BenchmarkCmdData {
+  workqueue: string;
+  force: boolean;
+  total: number;
+  threads: number;
+}
+
 export class Ctx {
   host = "127.0.0.1";
   port = SD_LISTEN_PORT;
   raw = false;
   verbose = false;
   elapsed = false;
+  /** -j/--json: machine-readable output (json.ts) instead of upstream's text. */
+  json = false;
+  /** Results gathered for one JSON document by commands that query several sheep. */
+  readonly jsonRows: unknown[] = [];
   args: string[] = [];
   optind = 0;
   nodes: SdNode[] = [];
@@ -290,6 +301,7 @@ export class Ctx {
     local: false,
     force: false,
   };
+  benchmark: BenchmarkCmdData = { workqueue: "", force: false, total: 0, threads: 0 };
   private reported = new Set<string>();
   /** Set when the command is over: late failures of abandoned requests are not reported. */
   closing = false;

@@ -2,6 +2,7 @@
 // upstream 1.0. This file is the dispatch: the handler of every subcommand (one table), the
 // per-family option parsers, and the entry point; the commands live in vdi*.ts, backup.ts,
 // node.ts and cluster.ts.
+import { benchmarkIo } from "./benchmark.ts";
 import { Buffer } from "node:buffer";
 import * as dns from "node:dns";
 import { isIP } from "node:net";
@@ -98,6 +99,7 @@ const HANDLERS: Record<string, Handler> = {
   "cluster reweight": clusterReweight,
   "cluster check": clusterCheck,
   "cluster alter-copy": clusterAlterCopy,
+  "benchmark io": benchmarkIo,
 };
 
 /** str_to_addr(): IPv4/IPv6 literal or a resolvable host name. */
@@ -274,6 +276,21 @@ function clusterParser(c: Ctx, ch: string, opt: string): void {
   }
 }
 
+function benchmarkParser(c: Ctx, ch: string, opt: string): void {
+  const b = c.benchmark;
+  if (ch === "w") b.workqueue = opt;
+  else if (ch === "f") b.force = true;
+  else if (ch === "t" || ch === "n") {
+    const r = strtolFull(opt);
+    if (!r.ok || r.value < 1 || r.value > 100_000_000) {
+      err(`Invalid ${ch === "t" ? "total" : "number of threads"} '${opt}'`);
+      throw new Exit(EXIT_USAGE);
+    }
+    if (ch === "t") b.total = r.value;
+    else b.threads = r.value;
+  }
+}
+
 function nodeParser(c: Ctx, ch: string): void {
   switch (ch) {
     case "A":
@@ -376,10 +393,14 @@ async function run(argv: string[], version: string): Promise<number> {
       case "T":
         c.elapsed = true;
         continue;
+      case "j":
+        c.json = true;
+        continue;
     }
     if (cmd.name === "vdi") vdiParser(c, o.ch, v);
     else if (cmd.name === "cluster") clusterParser(c, o.ch, v);
     else if (cmd.name === "node") nodeParser(c, o.ch);
+    else if (cmd.name === "benchmark") benchmarkParser(c, o.ch, v);
   }
   c.args = parsed.positionals;
 

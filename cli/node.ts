@@ -1,4 +1,5 @@
 // dog node: list, info, kill, recovery, md, stat, log, vnodes (upstream dog/node.c).
+import { mdInfoJson, nodeInfoJson, nodeJson, toJson } from "./json.ts";
 import {
   decodeMdInfo,
   decodeRecoveryState,
@@ -44,14 +45,19 @@ import { isSnap, parseVdi } from "./vdi-common.ts";
 // node commands
 
 export async function nodeList(c: Ctx): Promise<number> {
+  if (c.json) {
+    out(toJson(c.nodes.map((n, i) => nodeJson(i, n))));
+    return EXIT_SUCCESS;
+  }
   if (!c.raw) out(NODE_LIST_HEADER);
   c.nodes.forEach((n, i) => out(nodeListRow(i, n, c.raw)));
   return EXIT_SUCCESS;
 }
 
 export async function nodeInfo(c: Ctx): Promise<number> {
-  if (!c.raw) out(NODE_INFO_HEADER);
+  if (!c.raw && !c.json) out(NODE_INFO_HEADER);
   let success = 0, totalSize = 0n, totalAvail = 0n;
+  const rows: { id: number; node: SdNode; size: bigint; free: bigint }[] = [];
   for (let i = 0; i < c.nodes.length; i++) {
     let ok = false, size = 0n, free = 0n;
     try {
@@ -64,7 +70,8 @@ export async function nodeInfo(c: Ctx): Promise<number> {
       if (!(e instanceof NetworkError)) throw e;
     }
     if (ok) {
-      out(nodeInfoRow(i, size, free, c.raw));
+      if (c.json) rows.push({ id: i, node: c.nodes[i], size, free });
+      else out(nodeInfoRow(i, size, free, c.raw));
       success++;
       totalSize += size;
       totalAvail += free;
@@ -78,7 +85,8 @@ export async function nodeInfo(c: Ctx): Promise<number> {
   if (!list) return EXIT_SYSFAIL;
   let vdiTotal = 0n;
   for (const v of list) if (!isSnap(v.header)) vdiTotal += v.header.vdiSize;
-  out(nodeInfoTotal(totalSize, totalAvail, vdiTotal, c.raw));
+  if (c.json) out(toJson(nodeInfoJson(rows, vdiTotal)));
+  else out(nodeInfoTotal(totalSize, totalAvail, vdiTotal, c.raw));
   return EXIT_SUCCESS;
 }
 
@@ -236,6 +244,10 @@ async function nodeMdInfoOne(c: Ctx, n?: SdNode): Promise<number> {
     return EXIT_FAILURE;
   }
   const host = n ? nodeHostPort(n) : `${c.host}:${c.port}`;
+  if (c.json) {
+    c.jsonRows.push(mdInfoJson(host, decodeMdInfo(rsp.data)));
+    return EXIT_SUCCESS;
+  }
   for (const { idx, free, used, path } of decodeMdInfo(rsp.data)) {
     const size = free + used;
     const ratio = Math.trunc((Number(used) / Number(size)) * 100) | 0;
@@ -255,12 +267,18 @@ async function nodeMdInfoOne(c: Ctx, n?: SdNode): Promise<number> {
 }
 
 async function mdInfo(c: Ctx): Promise<number> {
-  if (!c.raw) out("Id\tSize\tUsed\tAvail\tUse%\tPath\n");
-  if (!c.node.allNodes) return nodeMdInfoOne(c);
+  const text = !c.raw && !c.json;
+  if (text) out("Id\tSize\tUsed\tAvail\tUse%\tPath\n");
+  if (!c.node.allNodes) {
+    const r = await nodeMdInfoOne(c);
+    if (c.json && r === EXIT_SUCCESS) out(toJson(c.jsonRows[0]));
+    return r;
+  }
   for (let i = 0; i < c.nodes.length; i++) {
-    if (!c.raw) out(`Node ${i}:\n`);
+    if (text) out(`Node ${i}:\n`);
     if (await nodeMdInfoOne(c, c.nodes[i]) !== EXIT_SUCCESS) return EXIT_FAILURE;
   }
+  if (c.json) out(toJson(c.jsonRows));
   return EXIT_SUCCESS;
 }
 

@@ -45,6 +45,7 @@ export const DOG_OPTIONS: OptDef[] = [
   o("v", "verbose", false, "print more information than default"),
   o("h", "help", false, "display this help and exit"),
   o("T", "time", false, "show elapsed time"),
+  o("j", "json", false, "machine-readable output (JSON)"),
 ];
 
 export const VDI_OPTIONS: OptDef[] = [
@@ -140,8 +141,8 @@ export const COMMANDS: CmdDef[] = [
         desc: "rollback to a snapshot",
         needArg: true,
       },
-      { name: "list", arg: "[vdiname]", opts: "aprhoT", desc: "list images" },
-      { name: "tree", opts: "aphT", desc: "show images in tree view format" },
+      { name: "list", arg: "[vdiname]", opts: "aprhoTj", desc: "list images" },
+      { name: "tree", opts: "aphTj", desc: "show images in tree view format" },
       { name: "graph", opts: "aphT", desc: "show images in Graphviz dot format" },
       {
         name: "object",
@@ -244,8 +245,13 @@ export const COMMANDS: CmdDef[] = [
     options: NODE_OPTIONS,
     subs: [
       { name: "kill", arg: "<node id>", opts: "aprhlT", desc: "kill node", needNodeList: true },
-      { name: "list", opts: "aprhT", desc: "list nodes", needNodeList: true },
-      { name: "info", opts: "aprhT", desc: "show information about each node", needNodeList: true },
+      { name: "list", opts: "aprhTj", desc: "list nodes", needNodeList: true },
+      {
+        name: "info",
+        opts: "aprhTj",
+        desc: "show information about each node",
+        needNodeList: true,
+      },
       {
         name: "recovery",
         arg: "<max> <interval>",
@@ -270,7 +276,7 @@ export const COMMANDS: CmdDef[] = [
       {
         name: "md",
         arg: "[disks]",
-        opts: "aprAfhT",
+        opts: "aprAfhTj",
         desc: "See 'dog node md' for more information",
         needArg: true,
         sub: [
@@ -312,7 +318,7 @@ export const COMMANDS: CmdDef[] = [
     name: "cluster",
     options: CLUSTER_OPTIONS,
     subs: [
-      { name: "info", opts: "aprhvTd", desc: "show cluster information", needNodeList: true },
+      { name: "info", opts: "aprhvTdj", desc: "show cluster information", needNodeList: true },
       {
         name: "format",
         opts: "bcltaphzTVRfF",
@@ -342,6 +348,26 @@ export const COMMANDS: CmdDef[] = [
     ],
   },
 ];
+
+export const BENCHMARK_OPTIONS: OptDef[] = [
+  o("w", "workqueue", true, "specify workqueue type"),
+  o("f", "force", false, "do not prompt for confirmation"),
+  o("t", "total", true, "a number of total operation (e.g. I/O request)"),
+  o("n", "threads", true, "requests in flight for 'dynamic' and 'fixed'"),
+];
+
+COMMANDS.push({
+  name: "benchmark",
+  options: BENCHMARK_OPTIONS,
+  subs: [{
+    name: "io",
+    arg: "<vdiname>",
+    opts: "aprhTfwtn",
+    desc: "benchmark I/O performance",
+    needNodeList: true,
+    needArg: true,
+  }],
+});
 
 export function findCommand(name: string | undefined): CmdDef | undefined {
   return COMMANDS.find((c) => c.name === name);

@@ -1,4 +1,5 @@
 // dog vdi tree, graph, object, track, setattr and getattr: looking at VDIs and their objects.
+import { toJson, vdiTreeJson } from "./json.ts";
 import { decodeEpochLogs, EPOCH_LOG_SIZE } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
@@ -135,6 +136,10 @@ export function renderVdiTree(
 
 export async function vdiTree(c: Ctx): Promise<number> {
   const list = await parseVdi(c, false);
+  if (c.json) {
+    out(toJson(vdiTreeJson((list ?? []).map((v) => v.header))));
+    return EXIT_SUCCESS;
+  }
   if (!list) return EXIT_SUCCESS;
   const hl = isStdoutTty() && !c.raw;
   out(renderVdiTree(list.map((v) => ({

@@ -1,5 +1,6 @@
 // dog vdi create, list, delete, resize, read, write, snapshot, clone, rollback and alter-copy
 // (upstream dog/vdi.c).
+import { toJson, vdiJson } from "./json.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo } from "../core/payloads.ts";
 import { ecPolicyCopies } from "../core/vdi.ts";
 import { Buffer } from "node:buffer";
@@ -201,10 +202,14 @@ export async function vdiCreate(c: Ctx): Promise<number> {
 
 export async function vdiList(c: Ctx): Promise<number> {
   const name = c.arg();
-  if (!c.raw) out(VDI_LIST_HEADER);
+  if (!c.raw && !c.json) out(VDI_LIST_HEADER);
   if (name === undefined && c.vdi.oid && !isDataObj(c.vdi.oid)) return EXIT_FAILURE;
   const list = await parseVdi(c, true);
-  if (!list) return EXIT_SUCCESS;
+  if (!list) {
+    if (c.json) out("[]\n");
+    return EXIT_SUCCESS;
+  }
+  const rows: ReturnType<typeof vdiJson>[] = [];
   for (const v of list) {
     if (name !== undefined) {
       if (v.name !== name) continue;
@@ -214,8 +219,10 @@ export async function vdiList(c: Ctx): Promise<number> {
       if (slot === 0 || slot !== oidToVid(c.vdi.oid)) continue;
     }
     const st = inodeStat(v.header, v.slots!);
-    out(vdiListRow(v.header, st.my, st.cow, c.raw));
+    if (c.json) rows.push(vdiJson(v.header, st.my, st.cow));
+    else out(vdiListRow(v.header, st.my, st.cow, c.raw));
   }
+  if (c.json) out(toJson(rows));
   return EXIT_SUCCESS;
 }
 
