@@ -18,6 +18,13 @@
 //   JOIN came before its own. What happened before it joined the group it learns from STATUS
 //   messages every existing member multicasts in answer to the confchg that added it.
 // DECISION and STATUS are handled when delivered; everything else in delivery order.
+import { Coalesced } from "../core/coalesce.ts";
+import {
+  applyEffect,
+  type Member,
+  type MembershipEffect,
+  MembershipEngine,
+} from "../core/membership.ts";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
@@ -66,11 +73,6 @@ interface Msg {
 type Item =
   | { kind: "conf"; members: string[]; left: string[]; joined: string[] }
   | { kind: "msg"; from: string; m: Msg };
-
-interface Member {
-  key: string;
-  node: SdNode;
-}
 
 const keyOf = (nodeid: number, pid: number) => `${nodeid}:${pid}`;
 
@@ -153,12 +155,10 @@ class CorosyncDriver implements ClusterDriver {
 
   // Processing-level state (the replicated state machine).
   private queue: Item[] = [];
-  private pumping = false;
-  private again = false;
-  private accepted = false;
+  private readonly pumper = new Coalesced(() => this.drainQueue());
   private rejected = false;
-  private members: Member[] = [];
-  private blocks: Member[] = [];
+  /** Members and blocks (core/membership.ts); made at join(), once our CPG key is known. */
+  private engine: MembershipEngine | null = null;
   /** The undecided JOIN processing waits at (only set when every earlier event is done). */
   private blockedAt: { from: string; m: Msg } | null = null;
   private leaving: (() => void) | null = null;
@@ -373,32 +373,35 @@ class CorosyncDriver implements ClusterDriver {
 
   private async pump(): Promise<void> {
     if (this.closed) return;
-    if (this.pumping) {
-      this.again = true;
-      return;
-    }
-    this.pumping = true;
     try {
-      do {
-        this.again = false;
-        while (this.queue.length && !this.closed) {
-          const done = await this.process(this.queue[0]);
-          if (!done) {
-            this.maybeDecide();
-            break;
-          }
-          this.queue.shift();
-        }
-      } while (this.again && !this.closed);
+      await this.pumper.run();
     } catch (e) {
       this.fail(`${(e as Error).stack ?? e}`);
-    } finally {
-      this.pumping = false;
     }
   }
 
-  private nodes(): SdNode[] {
-    return this.members.map((m) => m.node);
+  /** Processes delivered items in order until one must wait (an undecided JOIN). */
+  private async drainQueue(): Promise<void> {
+    while (this.queue.length && !this.closed) {
+      const done = await this.process(this.queue[0]);
+      if (!done) {
+        this.maybeDecide();
+        break;
+      }
+      this.queue.shift();
+    }
+  }
+
+  private get accepted(): boolean {
+    return this.engine?.accepted ?? false;
+  }
+
+  private get members(): readonly Member[] {
+    return this.engine?.members ?? [];
+  }
+
+  private async run(effects: MembershipEffect[]): Promise<void> {
+    for (const e of effects) await applyEffect(this.handlers, e);
   }
 
   /** Returns false when processing must wait at this event (an undecided JOIN). */
@@ -417,44 +420,32 @@ class CorosyncDriver implements ClusterDriver {
         );
         return false;
       }
-      for (const m of gone) await this.removeMember(m);
-      // A departed non-member (a sheep that had left and stayed as gateway) may hold blocks.
-      if (this.blocks.some((b) => left.has(b.key))) {
-        const head = this.blocks[0].key;
-        this.blocks = this.blocks.filter((b) => !left.has(b.key));
-        if (this.blocks.length && this.blocks[0].key !== head) this.offerBlock();
-      }
+      await this.run(this.engine!.removeAll(left));
       return true;
     }
     const { from, m } = it;
     if (m.t === "join") return await this.processJoin(from, m);
     if (!this.accepted) return true;
     const node = decodeNode(m.node!);
+    const engine = this.engine!;
+    const msg = m.msg ?? Buffer.alloc(0);
     switch (m.t) {
-      case "leave": {
-        const mem = this.members.find((x) => x.key === from);
-        if (mem) await this.removeMember(mem);
+      case "leave":
+        await this.run(engine.step({ t: "leave", key: from }));
         if (from === this.myKey && this.leaving) this.leaving();
         return true;
-      }
       case "notify":
-        await this.handlers.notify(node, m.msg ?? Buffer.alloc(0));
+        await this.run(engine.step({ t: "notify", node, msg }));
         return true;
       case "block":
-        this.blocks.push({ key: from, node });
-        if (this.blocks.length === 1) this.offerBlock();
+        await this.run(engine.step({ t: "block", key: from, node }));
         return true;
       case "unblock":
-        if (this.blocks[0]?.key === from) this.blocks.shift();
-        await this.handlers.notify(node, m.msg ?? Buffer.alloc(0));
-        if (this.blocks.length) this.offerBlock();
+        await this.run(engine.step({ t: "unblock", key: from, node, msg }));
         return true;
-      case "update": {
-        const mem = this.members.find((x) => x.key === from);
-        if (mem) mem.node = node;
-        await this.handlers.updateNode(node, this.nodes());
+      case "update":
+        await this.run(engine.step({ t: "update", key: from, node }));
         return true;
-      }
       default:
         return true;
     }
@@ -464,7 +455,7 @@ class CorosyncDriver implements ClusterDriver {
     const mine = from === this.myKey;
     if (!this.accepted && !mine) return true; // before our own JOIN nothing concerns us
     if (this.rejected) return false;
-    if (this.accepted && this.members.some((x) => x.key === from)) return true;
+    if (this.accepted && this.engine!.isMember(from)) return true;
     const d = this.decisions.get(from);
     if (!d) {
       this.blockedAt = { from, m };
@@ -484,19 +475,18 @@ class CorosyncDriver implements ClusterDriver {
       return true;
     }
     if (mine) {
-      this.members = (d.members ?? []).map((e) => ({ key: e.key, node: decodeNode(e.node) }));
-      this.blocks = (d.blocks ?? []).map((e) => ({ key: e.key, node: decodeNode(e.node) }));
-      this.accepted = true;
-      await this.handlers.accept(node, this.nodes(), opaque);
+      await this.run(this.engine!.step({
+        t: "accept",
+        key: from,
+        node,
+        msg: opaque,
+        members: (d.members ?? []).map((e) => ({ key: e.key, node: decodeNode(e.node) })),
+        blocks: (d.blocks ?? []).map((e) => e.key),
+      }));
       return true;
     }
-    // A restarted sheep may join before the leave of its previous incarnation.
-    const old = this.members.find((x) =>
-      x.key !== from && nodeHostPort(x.node) === nodeHostPort(node)
-    );
-    if (old) await this.removeMember(old);
-    this.members.push({ key: from, node });
-    await this.handlers.accept(node, this.nodes(), opaque);
+    // The engine drops an older incarnation of the joiner first.
+    await this.run(this.engine!.step({ t: "accept", key: from, node, msg: opaque }));
     return true;
   }
 
@@ -508,26 +498,16 @@ class CorosyncDriver implements ClusterDriver {
       const master = this.members.find((x) => this.live.has(x.key));
       if (master?.key !== this.myKey) return;
       const node = decodeNode(b.m.node!);
-      const hp = nodeHostPort(node);
-      const others = this.members.filter((x) => nodeHostPort(x.node) !== hp);
-      const oldKeys = new Set(
-        this.members.filter((x) => nodeHostPort(x.node) === hp).map((x) => x.key),
-      );
-      const d = this.handlers.join(node, others.map((x) => x.node), b.m.msg ?? Buffer.alloc(0));
+      const p = this.engine!.proposeJoin(b.from, node);
+      const d = this.handlers.join(node, p.others.map((x) => x.node), b.m.msg ?? Buffer.alloc(0));
       this.decisionSent.add(b.from);
       this.send({
         t: "decision",
         join: b.from,
         accept: d.accept,
         msg: d.opaque,
-        members: [...others, { key: b.from, node }].map((x) => ({
-          key: x.key,
-          node: encodeNode(x.node),
-        })),
-        blocks: this.blocks.filter((x) => !oldKeys.has(x.key)).map((x) => ({
-          key: x.key,
-          node: encodeNode(x.node),
-        })),
+        members: p.members.map((x) => ({ key: x.key, node: encodeNode(x.node) })),
+        blocks: p.blocks.map((k) => ({ key: k, node: encodeNode(this.engine!.member(k)!.node) })),
       });
     } else if (b.from === this.myKey && this.mayFound()) {
       const d = this.handlers.join(this.myself!, [], b.m.msg ?? Buffer.alloc(0));
@@ -559,30 +539,18 @@ class CorosyncDriver implements ClusterDriver {
     return true;
   }
 
-  private offerBlock(): void {
-    const head = this.blocks[0];
-    if (head) this.handlers.block(head.node);
-  }
-
-  private async removeMember(m: Member): Promise<void> {
-    this.members = this.members.filter((x) => x.key !== m.key);
-    const wasHead = this.blocks[0]?.key === m.key;
-    this.blocks = this.blocks.filter((b) => b.key !== m.key);
-    await this.handlers.leave(m.node, this.nodes());
-    if (wasHead && this.blocks.length) this.offerBlock();
-  }
-
   // ------------------------------------------------------------------ driver API
 
   join(myself: SdNode, opaque: Buffer): Promise<void> {
     this.myself = myself;
+    this.engine = new MembershipEngine(this.myKey);
     this.joinOpaque = opaque;
     this.sendJoin();
     return Promise.resolve();
   }
 
   async leave(): Promise<void> {
-    if (!this.accepted || this.closed || !this.members.some((x) => x.key === this.myKey)) return;
+    if (!this.accepted || this.closed || !this.engine?.isMember(this.myKey)) return;
     const left = new Promise<void>((resolve) => (this.leaving = resolve));
     this.send({ t: "leave", node: encodeNode(this.myself!) });
     await Promise.race([left, new Promise((r) => setTimeout(r, 2000))]);

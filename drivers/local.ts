@@ -11,6 +11,7 @@
 // process exits, even while it lingers as a zombie, so death is seen at once and without looking
 // at pids (upstream's kill(pid, 0) check crashes on zombies). Whoever sees a member's connection
 // close appends a LEAVE; duplicates are ignored when processed.
+import { Coalesced } from "../core/coalesce.ts";
 import { cbor } from "../core/cbor.ts";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
@@ -20,14 +21,15 @@ import { randomBytes } from "node:crypto";
 import type { SdNode } from "../core/node.ts";
 import { decodeNode, encodeNode, nodeHostPort, nodeIp } from "../core/node.ts";
 import type { ClusterDriver, DriverHandlers } from "./driver.ts";
+import {
+  applyEffect,
+  type Member,
+  type MembershipEffect,
+  MembershipEngine,
+} from "../core/membership.ts";
 import { DriverConfigError } from "./driver.ts";
 
 type EventType = "join" | "accept" | "reject" | "leave" | "notify" | "block" | "unblock" | "update";
-
-interface Member {
-  node: SdNode;
-  nonce: string;
-}
 
 interface QueueEvent {
   t: EventType;
@@ -55,6 +57,11 @@ function memberKey(m: { node: SdNode; nonce: string }): string {
   return `${nodeHostPort(m.node)}.${m.nonce}`;
 }
 
+/** The incarnation nonce of a member key (hex, after the last dot). */
+function nonceOf(key: string): string {
+  return key.slice(key.lastIndexOf(".") + 1);
+}
+
 export class LocalDriver implements ClusterDriver {
   readonly name = "local";
   private handlers!: DriverHandlers;
@@ -67,9 +74,8 @@ export class LocalDriver implements ClusterDriver {
   private readonly nonce = randomBytes(6).toString("hex");
   private myself!: SdNode;
   private server: net.Server | null = null;
-  private members: Member[] = [];
-  private blocks: string[] = [];
-  private accepted = false;
+  /** Members and blocks: the shared bookkeeping (core/membership.ts); made at join(). */
+  private engine: MembershipEngine | null = null;
   private joinSeq = -1;
   private pos = -1;
   private nextSeq = 0;
@@ -78,8 +84,7 @@ export class LocalDriver implements ClusterDriver {
   /** Peers' liveness connections to us: closed with us, as the kernel does when a process dies. */
   private readonly inbound = new Set<net.Socket>();
   private dead = new Set<string>();
-  private pumping = false;
-  private again = false;
+  private readonly pumper = new Coalesced(() => this.drainQueue());
   private timer: ReturnType<typeof setInterval> | null = null;
   private lastElection = 0;
   private closed = false;
@@ -117,8 +122,13 @@ export class LocalDriver implements ClusterDriver {
     return path.join(this.memberDir, `${nodeIp(node)}_${node.port}.${nonce}.sock`);
   }
 
+  private get accepted(): boolean {
+    return this.engine?.accepted ?? false;
+  }
+
   async join(myself: SdNode, opaque: Buffer): Promise<void> {
     this.myself = myself;
+    this.engine = new MembershipEngine(this.myKey());
     await this.listen();
     this.nextSeq = this.maxSeq() + 1;
     this.joinSeq = this.append({
@@ -225,58 +235,68 @@ export class LocalDriver implements ClusterDriver {
 
   private async pump(): Promise<void> {
     if (this.closed) return;
-    if (this.pumping) {
-      this.again = true;
-      return;
-    }
-    this.pumping = true;
     try {
-      do {
-        this.again = false;
-        for (;;) {
-          if (this.closed) return;
-          const ev = this.read(this.pos);
-          if (!ev) break;
-          const done = await this.process(this.pos, ev);
-          if (!done) break;
-          this.pos++;
-          if (this.accepted && ++this.processed % POS_EVERY === 0) this.publishPos();
-          if (this.accepted && this.processed % COMPACT_EVERY === 0 && this.isMaster()) {
-            this.compact();
-          }
-        }
-      } while (this.again);
+      await this.pumper.run();
     } catch (e) {
       this.handlers.fatal(`local driver: ${(e as Error).stack ?? e}`);
-    } finally {
-      this.pumping = false;
     }
   }
 
-  private membersAsNodes(): SdNode[] {
-    return this.members.map((m) => m.node);
+  /** Processes queue events in order from our position until one must wait. */
+  private async drainQueue(): Promise<void> {
+    for (;;) {
+      if (this.closed) return;
+      const ev = this.read(this.pos);
+      if (!ev) break;
+      const done = await this.process(this.pos, ev);
+      if (!done) break;
+      this.pos++;
+      if (this.accepted && ++this.processed % POS_EVERY === 0) this.publishPos();
+      if (this.accepted && this.processed % COMPACT_EVERY === 0 && this.isMaster()) {
+        this.compact();
+      }
+    }
   }
 
   private isMember(key: string): boolean {
-    return this.members.some((m) => memberKey(m) === key);
+    return this.engine?.isMember(key) ?? false;
   }
 
   /** The master is the oldest member still alive as far as this process can tell. */
   private isMaster(): boolean {
     const me = this.myKey();
-    for (const m of this.members) {
-      const k = memberKey(m);
-      if (k === me) return true;
-      if (!this.dead.has(k)) return false;
+    for (const m of this.engine?.members ?? []) {
+      if (m.key === me) return true;
+      if (!this.dead.has(m.key)) return false;
     }
     return false;
+  }
+
+  /** Runs the engine's effects in order; a member that left loses its liveness connection. */
+  private async run(effects: MembershipEffect[]): Promise<void> {
+    for (const e of effects) {
+      if (e.t === "leave") {
+        this.conns.get(e.key)?.destroy();
+        this.conns.delete(e.key);
+      }
+      await applyEffect(this.handlers, e);
+    }
+  }
+
+  private static membersOf(ev: QueueEvent): Member[] {
+    return (ev.members ?? []).map((m) => {
+      const node = decodeNode(m.node);
+      return { key: memberKey({ node, nonce: m.nonce }), node };
+    });
   }
 
   /** Returns false when processing must stop at this event (a JOIN not yet decided). */
   private async process(seq: number, ev: QueueEvent): Promise<boolean> {
     const node = decodeNode(ev.node);
-    const key = `${nodeHostPort(node)}.${ev.nonce}`;
-    if (!this.accepted) {
+    const key = memberKey({ node, nonce: ev.nonce });
+    const engine = this.engine!;
+    const msg = ev.msg ?? Buffer.alloc(0);
+    if (!engine.accepted) {
       // Before our own ACCEPT we only look at our JOIN.
       if (seq !== this.joinSeq) return true;
       if (ev.t === "join") {
@@ -284,32 +304,35 @@ export class LocalDriver implements ClusterDriver {
         return false;
       }
       if (ev.t === "reject") {
-        this.handlers.rejected(ev.msg ?? Buffer.alloc(0));
+        this.handlers.rejected(msg);
         return false;
       }
       if (ev.t !== "accept") return true;
-      this.members = (ev.members ?? []).map((m) => ({ node: decodeNode(m.node), nonce: m.nonce }));
-      this.blocks = ev.blocks ?? [];
-      this.accepted = true;
+      const effects = engine.step({
+        t: "accept",
+        key,
+        node,
+        msg,
+        members: LocalDriver.membersOf(ev),
+        blocks: ev.blocks ?? [],
+      });
       this.publishPos();
-      for (const m of this.members) this.watch(m);
-      await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
+      for (const m of engine.members) this.watch(m);
+      await this.run(effects);
       return true;
     }
     switch (ev.t) {
       case "join": {
         if (!this.isMaster()) return false;
-        // A restarted sheep may join before the LEAVE of its previous incarnation is processed.
-        const others = this.members.filter((m) => nodeHostPort(m.node) !== nodeHostPort(node));
-        const d = this.handlers.join(node, others.map((m) => m.node), ev.msg ?? Buffer.alloc(0));
+        const p = engine.proposeJoin(key, node);
+        const d = this.handlers.join(node, p.others.map((m) => m.node), msg);
         if (d.accept) {
-          const members = [...others, { node, nonce: ev.nonce }];
           this.rewrite(seq, {
             ...ev,
             t: "accept",
             msg: d.opaque,
-            members: members.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })),
-            blocks: this.blocks,
+            members: p.members.map((m) => ({ node: encodeNode(m.node), nonce: nonceOf(m.key) })),
+            blocks: p.blocks,
           });
         } else {
           this.rewrite(seq, { ...ev, t: "reject", msg: d.opaque });
@@ -317,46 +340,35 @@ export class LocalDriver implements ClusterDriver {
         return false; // re-read the rewritten entry
       }
       case "accept": {
-        const old = this.members.find((m) =>
-          nodeHostPort(m.node) === nodeHostPort(node) && m.nonce !== ev.nonce
-        );
-        if (old) await this.removeMember(old);
-        if (this.isMember(key)) return true;
-        this.members = (ev.members ?? []).map((m) => ({
-          node: decodeNode(m.node),
-          nonce: m.nonce,
-        }));
-        this.watch({ node, nonce: ev.nonce });
-        await this.handlers.accept(node, this.membersAsNodes(), ev.msg ?? Buffer.alloc(0));
+        const effects = engine.step({
+          t: "accept",
+          key,
+          node,
+          msg,
+          members: LocalDriver.membersOf(ev),
+        });
+        if (engine.isMember(key)) this.watch({ key, node });
+        await this.run(effects);
         return true;
       }
       case "reject":
         return true;
-      case "leave": {
-        const m = this.members.find((x) => memberKey(x) === key);
-        if (m) await this.removeMember(m);
+      case "leave":
+        await this.run(engine.step({ t: "leave", key }));
         if (key === this.myKey() && this.leaving) this.leaving();
         return true;
-      }
       case "notify":
-        await this.handlers.notify(node, ev.msg ?? Buffer.alloc(0));
+        await this.run(engine.step({ t: "notify", node, msg }));
         return true;
       case "block":
-        this.blocks.push(key);
-        if (this.blocks.length === 1) this.offerBlock();
+        await this.run(engine.step({ t: "block", key, node }));
         return true;
-      case "unblock": {
-        if (this.blocks[0] === key) this.blocks.shift();
-        await this.handlers.notify(node, ev.msg ?? Buffer.alloc(0));
-        if (this.blocks.length) this.offerBlock();
+      case "unblock":
+        await this.run(engine.step({ t: "unblock", key, node, msg }));
         return true;
-      }
-      case "update": {
-        const m = this.members.find((x) => memberKey(x) === key);
-        if (m) m.node = node;
-        await this.handlers.updateNode(node, this.membersAsNodes());
+      case "update":
+        await this.run(engine.step({ t: "update", key, node }));
         return true;
-      }
     }
   }
 
@@ -373,7 +385,9 @@ export class LocalDriver implements ClusterDriver {
    * Positions of processes that are no longer members are dropped first.
    */
   private compact(): void {
-    const members = new Set(this.members.map((m) => memberKey(m)));
+    const members = new Set(
+      this.engine?.blocks === undefined ? [] : this.engine.members.map((m) => m.key),
+    );
     let min = Infinity;
     for (const f of fs.readdirSync(this.posDir)) {
       if (!members.has(f)) {
@@ -399,37 +413,21 @@ export class LocalDriver implements ClusterDriver {
     if (below > this.compactedBelow) this.compactedBelow = below;
   }
 
-  private offerBlock(): void {
-    const head = this.blocks[0];
-    const m = this.members.find((x) => memberKey(x) === head);
-    if (m) this.handlers.block(m.node);
-  }
-
-  private async removeMember(m: Member): Promise<void> {
-    const key = memberKey(m);
-    this.members = this.members.filter((x) => memberKey(x) !== key);
-    const wasHead = this.blocks[0] === key;
-    this.blocks = this.blocks.filter((b) => b !== key);
-    this.conns.get(key)?.destroy();
-    this.conns.delete(key);
-    await this.handlers.leave(m.node, this.membersAsNodes());
-    if (wasHead && this.blocks.length) this.offerBlock();
-  }
-
   /** Keeps a connection to a member; its close means the member process is gone. */
   private watch(m: Member): void {
-    const key = memberKey(m);
+    const key = m.key;
+    const nonce = nonceOf(key);
     if (key === this.myKey() || this.conns.has(key)) return;
-    const sock = net.connect(this.sockPath(m.node, m.nonce));
+    const sock = net.connect(this.sockPath(m.node, nonce));
     this.conns.set(key, sock);
     sock.on("error", () => {});
     sock.on("close", () => {
       if (this.closed) return;
       this.dead.add(key);
       this.conns.delete(key);
-      fs.rmSync(this.sockPath(m.node, m.nonce), { force: true });
+      fs.rmSync(this.sockPath(m.node, nonce), { force: true });
       if (this.isMember(key)) {
-        this.append({ t: "leave", node: encodeNode(m.node), nonce: m.nonce, time: Date.now() });
+        this.append({ t: "leave", node: encodeNode(m.node), nonce, time: Date.now() });
       }
       this.pump();
     });

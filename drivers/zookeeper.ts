@@ -19,6 +19,13 @@
 // Session expiry (e.g. the process was stopped past the timeout): the node opens a new session and
 // joins again as a new incarnation; the broadcasts it missed meanwhile are delivered first so its
 // VDI state stays current, and its unfinished block requests are queued again.
+import { Coalesced } from "../core/coalesce.ts";
+import {
+  applyEffect,
+  type Member,
+  type MembershipEffect,
+  MembershipEngine,
+} from "../core/membership.ts";
 import zookeeper from "node-zookeeper-client";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
@@ -373,13 +380,6 @@ interface ZkEvent {
   time: number;
 }
 
-interface Member {
-  node: SdNode;
-  /** nodeString(node): "IPv4 ip:127.0.0.1 port:7000" */
-  ns: string;
-  nonce: string;
-}
-
 type Step = "next" | "again" | "wait";
 
 const EMPTY = Buffer.alloc(0);
@@ -406,6 +406,11 @@ function keyOf(m: { ns: string; nonce: string }): string {
   return `${m.ns}#${m.nonce}`;
 }
 
+/** The incarnation nonce of a member key. */
+function nonceOf(key: string): string {
+  return key.slice(key.lastIndexOf("#") + 1);
+}
+
 function log(msg: string): void {
   try {
     process.stderr.write(`zookeeper: ${msg}\n`);
@@ -428,18 +433,14 @@ export class ZookeeperDriver implements ClusterDriver {
   /** Last processed queue sequence number. */
   private pos = -1;
   private pending: Array<{ name: string; seq: number }> = [];
-  private accepted = false;
+  /** Members and blocks of this incarnation (core/membership.ts); a new one per JOIN. */
+  private engine: MembershipEngine | null = null;
   private everAccepted = false;
   private stopped = false;
   private closed = false;
   private failed = false;
-  private members: Member[] = [];
-  /** Keys of members with a BLOCK queued, in order; the head holds the cluster-wide block. */
-  private blocks: string[] = [];
   /** Our block() calls whose BLOCK has not reached the head yet (re-queued after a rejoin). */
   private blockOwed = 0;
-  private pumping = false;
-  private pumpAgain = false;
   private checking = false;
   private checkAgain = false;
   private leavePushed = new Set<string>();
@@ -563,7 +564,7 @@ export class ZookeeperDriver implements ClusterDriver {
     const s = this.session;
     this.session = null;
     s?.kill();
-    this.accepted = false;
+    this.engine = null;
     this.joinSeq = -1;
     this.pending = [];
     this.incarnation++;
@@ -646,6 +647,7 @@ export class ZookeeperDriver implements ClusterDriver {
   /** New nonce; removes our stale znodes; creates our token and JOIN in one transaction. */
   private async startIncarnation(s: Session): Promise<void> {
     this.nonce = randomBytes(6).toString("hex");
+    this.engine = new MembershipEngine(this.myKey());
     // A rejoin presents the daemon's current view (the cluster may have moved on meanwhile).
     if (this.incarnation > 0) this.opaque = this.handlers.joinMessage?.() ?? this.opaque;
     const inc = this.incarnation;
@@ -734,31 +736,20 @@ export class ZookeeperDriver implements ClusterDriver {
     void this.runPump();
   }
 
-  private async runPump(): Promise<void> {
-    if (this.pumping) {
-      this.pumpAgain = true;
-      return;
-    }
-    this.pumping = true;
+  private readonly pumper = new Coalesced(async () => {
+    if (this.closed || this.failed) return;
     try {
-      do {
-        this.pumpAgain = false;
-        try {
-          await this.drain();
-        } catch (e) {
-          if (e instanceof SessionLost || this.closed) continue;
-          const c = errCode(e);
-          if (c === zk.Exception.CONNECTION_LOSS) {
-            // Retried when the client reconnects (or on the next tick).
-            continue;
-          }
-          this.fail(`zookeeper driver: ${(e as Error).stack ?? e}`);
-          return;
-        }
-      } while (this.pumpAgain && !this.closed);
-    } finally {
-      this.pumping = false;
+      await this.drain();
+    } catch (e) {
+      if (e instanceof SessionLost || this.closed) return;
+      // A lost connection is retried when the client reconnects (or on the next tick).
+      if (errCode(e) === zk.Exception.CONNECTION_LOSS) return;
+      this.fail(`zookeeper driver: ${(e as Error).stack ?? e}`);
     }
+  });
+
+  private runPump(): Promise<void> {
+    return this.pumper.run();
   }
 
   private async drain(): Promise<void> {
@@ -817,8 +808,27 @@ export class ZookeeperDriver implements ClusterDriver {
     }
   }
 
-  private nodes(): SdNode[] {
-    return this.members.map((m) => m.node);
+  private get accepted(): boolean {
+    return this.engine?.accepted ?? false;
+  }
+
+  private get members(): readonly Member[] {
+    return this.engine?.members ?? [];
+  }
+
+  /** Runs the engine's effects in order. */
+  private async run(effects: MembershipEffect[]): Promise<void> {
+    for (const e of effects) {
+      if (e.t === "offerBlock" && e.key === this.myKey() && this.blockOwed > 0) this.blockOwed--;
+      await applyEffect(this.handlers, e);
+    }
+  }
+
+  private static membersOf(ev: ZkEvent): Member[] {
+    return (ev.members ?? []).map((w) => {
+      const node = decodeNode(asBuf(w.node));
+      return { key: keyOf({ ns: nodeString(node), nonce: w.nonce }), node };
+    });
   }
 
   private myKey(): string {
@@ -872,22 +882,21 @@ export class ZookeeperDriver implements ClusterDriver {
         return "again";
       }
       case "accept": {
-        const old = this.members.find((m) => m.ns === ns && m.nonce !== ev.nonce);
-        if (old) await this.removeMember(old);
-        if (this.members.some((m) => keyOf(m) === key)) return "next";
-        this.members = (ev.members ?? []).map((w) => {
-          const n = decodeNode(asBuf(w.node));
-          return { node: n, ns: nodeString(n), nonce: w.nonce };
+        const effects = this.engine!.step({
+          t: "accept",
+          key,
+          node,
+          msg,
+          members: ZookeeperDriver.membersOf(ev),
         });
-        await this.handlers.accept(node, this.nodes(), msg);
-        void this.checkLiveness(s);
+        await this.run(effects);
+        if (effects.length) void this.checkLiveness(s);
         return "next";
       }
       case "reject":
         return "next";
       case "leave": {
-        const m = this.members.find((x) => keyOf(x) === key);
-        if (m) await this.removeMember(m);
+        await this.run(this.engine!.step({ t: "leave", key }));
         if (key === this.myKey()) {
           if (this.leaving) this.leaving();
           else this.restartReason = "the cluster removed this sheep";
@@ -895,28 +904,17 @@ export class ZookeeperDriver implements ClusterDriver {
         return "next";
       }
       case "notify":
-        await this.handlers.notify(node, msg);
+        await this.run(this.engine!.step({ t: "notify", node, msg }));
         return "next";
       case "block":
-        // A block from a node that already left (e.g. pushed just before it died) is void.
-        if (!this.members.some((m) => keyOf(m) === key)) return "next";
-        this.blocks.push(key);
-        if (this.blocks.length === 1) this.offerBlock();
+        await this.run(this.engine!.step({ t: "block", key, node }));
         return "next";
-      case "unblock": {
-        const released = this.blocks[0] === key;
-        if (released) this.blocks.shift();
-        await this.handlers.notify(node, msg);
-        if (released && this.blocks.length) this.offerBlock();
+      case "unblock":
+        await this.run(this.engine!.step({ t: "unblock", key, node, msg }));
         return "next";
-      }
-      case "update": {
-        const m = this.members.find((x) => keyOf(x) === key);
-        if (!m) return "next";
-        m.node = node;
-        await this.handlers.updateNode(node, this.nodes());
+      case "update":
+        await this.run(this.engine!.step({ t: "update", key, node }));
         return "next";
-      }
     }
     return "next";
   }
@@ -956,19 +954,19 @@ export class ZookeeperDriver implements ClusterDriver {
       out = { ...ev, t: "reject", msg: EMPTY };
     } else {
       // A restarted sheep may join before the LEAVE of its previous incarnation is processed.
-      const others = this.members.filter((m) => m.ns !== ns);
-      const oldKeys = new Set(this.members.filter((m) => m.ns === ns).map(keyOf));
-      const d = this.handlers.join(node, others.map((m) => m.node), ev.msg ? asBuf(ev.msg) : EMPTY);
+      const p = this.engine!.proposeJoin(keyOf({ ns, nonce: ev.nonce }), node);
+      const d = this.handlers.join(
+        node,
+        p.others.map((m) => m.node),
+        ev.msg ? asBuf(ev.msg) : EMPTY,
+      );
       out = d.accept
         ? {
           ...ev,
           t: "accept",
           msg: d.opaque,
-          members: [...others.map((m) => ({ node: encodeNode(m.node), nonce: m.nonce })), {
-            node: asBuf(ev.node),
-            nonce: ev.nonce,
-          }],
-          blocks: this.blocks.filter((k) => !oldKeys.has(k)),
+          members: p.members.map((m) => ({ node: encodeNode(m.node), nonce: nonceOf(m.key) })),
+          blocks: p.blocks,
         }
         : { ...ev, t: "reject", msg: d.opaque };
     }
@@ -977,16 +975,18 @@ export class ZookeeperDriver implements ClusterDriver {
   }
 
   private async ownAccept(s: Session, node: SdNode, ev: ZkEvent, msg: Buffer): Promise<void> {
-    this.members = (ev.members ?? []).map((w) => {
-      const n = decodeNode(asBuf(w.node));
-      return { node: n, ns: nodeString(n), nonce: w.nonce };
+    const effects = this.engine!.step({
+      t: "accept",
+      key: this.myKey(),
+      node,
+      msg,
+      members: ZookeeperDriver.membersOf(ev),
+      blocks: ev.blocks ?? [],
     });
-    this.blocks = (ev.blocks ?? []).filter((k) => this.members.some((m) => keyOf(m) === k));
-    this.accepted = true;
     this.everAccepted = true;
     this.leavePushed.clear();
     await this.register(s);
-    await this.handlers.accept(node, this.nodes(), msg);
+    await this.run(effects);
     // Block requests made before we were (again) a member: those of an old incarnation died with it.
     for (let i = 0; i < this.blockOwed; i++) this.pushOwn("block");
     void this.checkLiveness(s);
@@ -1012,29 +1012,6 @@ export class ZookeeperDriver implements ClusterDriver {
     this.posWritten = this.joinSeq;
   }
 
-  private offerBlock(): void {
-    while (this.blocks.length) {
-      const head = this.blocks[0];
-      const m = this.members.find((x) => keyOf(x) === head);
-      if (!m) {
-        this.blocks.shift();
-        continue;
-      }
-      if (head === this.myKey() && this.blockOwed > 0) this.blockOwed--;
-      this.handlers.block(m.node);
-      return;
-    }
-  }
-
-  private async removeMember(m: Member): Promise<void> {
-    const key = keyOf(m);
-    this.members = this.members.filter((x) => keyOf(x) !== key);
-    const wasHead = this.blocks[0] === key;
-    this.blocks = this.blocks.filter((b) => b !== key);
-    await this.handlers.leave(m.node, this.nodes());
-    if (wasHead && this.blocks.length) this.offerBlock();
-  }
-
   // -------------------------------------------------------------------- liveness and mastership
 
   private async listTokens(s: Session): Promise<string[]> {
@@ -1049,10 +1026,10 @@ export class ZookeeperDriver implements ClusterDriver {
     let best = Infinity;
     let who = "";
     for (const m of this.members) {
-      const t = toks.find((x) => x.startsWith(`${m.nonce}-`));
+      const t = toks.find((x) => x.startsWith(`${nonceOf(m.key)}-`));
       if (t && seqOf(t) < best) {
         best = seqOf(t);
-        who = keyOf(m);
+        who = m.key;
       }
     }
     return who === this.myKey();
@@ -1093,16 +1070,19 @@ export class ZookeeperDriver implements ClusterDriver {
         this.pump();
         if (!this.accepted || s !== this.session) continue;
         for (const m of known) {
-          const key = keyOf(m);
+          const key = m.key;
+          const nonce = nonceOf(key);
           if (key === this.myKey() || this.leavePushed.has(key)) continue;
-          if (!this.members.some((x) => keyOf(x) === key)) continue;
-          const alive = toks.some((t) => t.startsWith(`${m.nonce}-`)) && gone.get(m.ns) !== m.nonce;
+          if (!this.engine?.isMember(key)) continue;
+          const alive = toks.some((t) => t.startsWith(`${nonce}-`)) &&
+            gone.get(nodeString(m.node)) !== nonce;
           if (alive) continue;
           this.leavePushed.add(key);
           const inc = this.incarnation;
-          void this.push(() => (inc === this.incarnation
-            ? this.event("leave", encodeNode(m.node), m.nonce)
-            : null)
+          void this.push(
+            () => (inc === this.incarnation
+              ? this.event("leave", encodeNode(m.node), nonce)
+              : null),
           );
         }
       } while (this.checkAgain);
@@ -1151,13 +1131,13 @@ export class ZookeeperDriver implements ClusterDriver {
     const toks = await this.listTokens(s);
     if (!this.isMaster(toks)) return;
     // A live token of a non-member is a joiner that may not have read its ACCEPT/REJECT yet.
-    if (!toks.every((t) => this.members.some((m) => t.startsWith(`${m.nonce}-`)))) return;
+    if (!toks.every((t) => this.members.some((m) => t.startsWith(`${nonceOf(m.key)}-`)))) return;
     let min = this.pos;
     for (const m of [...this.members]) {
-      if (keyOf(m) === this.myKey()) continue;
-      const r = await s.getData(`${this.dir("queue_pos")}/${m.ns}`);
+      if (m.key === this.myKey()) continue;
+      const r = await s.getData(`${this.dir("queue_pos")}/${nodeString(m.node)}`);
       const meta = r && this.decodeMeta(r.data);
-      if (!meta || meta.nonce !== m.nonce || typeof meta.pos !== "number") return;
+      if (!meta || meta.nonce !== nonceOf(m.key) || typeof meta.pos !== "number") return;
       min = Math.min(min, meta.pos);
     }
     const kids = (await s.getChildren(this.dir("queue"))).map((name) => ({

@@ -558,7 +558,7 @@ describe("corosync driver state machine (simulated CPG)", () => {
         );
         expect(unblocks.length).toBe(11);
         expect(new Set(unblocks.map((l) => l.split(" ").at(-1))).size).toBe(11);
-        for (const s of all) expect(s.d.blocks.length).toBe(0);
+        for (const s of all) expect(s.d.engine.blocks.length).toBe(0);
       }
     },
     60_000,
