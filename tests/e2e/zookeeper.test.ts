@@ -11,7 +11,8 @@ import * as net from "node:net";
 import { TestCluster } from "../lib/cluster.ts";
 import { describeWith } from "../lib/components.ts";
 import { startZookeeper, type ZookeeperServer } from "../lib/zookeeper.ts";
-import { createZookeeperDriver, parseZookeeperOption } from "../../drivers/zookeeper.ts";
+import { createZookeeperDriver } from "../../drivers/zookeeper.ts";
+import { parseZookeeperOption } from "../../drivers/zookeeper-session.ts";
 import type { DriverHandlers } from "../../drivers/driver.ts";
 import { makeNode } from "../../core/node.ts";
 
