@@ -10,6 +10,7 @@
 import { Buffer } from "node:buffer";
 import { SdError } from "./errors.ts";
 import { Res } from "./proto.ts";
+import { isDataObj, isVmstateObj } from "./oid.ts";
 
 export const SD_EC_DATA_STRIPE_SIZE = 512;
 export const SD_EC_MAX_STRIP = 16;
@@ -249,7 +250,8 @@ export class ErasureCode {
   private readonly decodeCache = new Map<string, Uint8Array>();
 
   constructor(readonly d: number, readonly p: number) {
-    if (![2, 4, 8, 16].includes(d) || p < 1 || p > 15 || p >= d) {
+    // p may exceed d: upstream accepts e.g. 4:5 (any d rows of the matrix stay invertible).
+    if (![2, 4, 8, 16].includes(d) || p < 1 || p > 15) {
       throw new SdError(Res.INVALID_PARMS, `invalid EC ${d}:${p}`);
     }
     this.n = d + p;
@@ -375,3 +377,12 @@ export class ErasureCode {
 }
 
 const CODES = new Map<number, ErasureCode>();
+
+/**
+ * Objects striped under an EC policy: data and vmstate objects. Inodes, B-tree nodes and ledgers
+ * are replicated d+p times (protocol.md §12.5); so are attribute objects, whose 66,320 bytes are
+ * not whole stripes.
+ */
+export function isErasureOid(oid: bigint, policy: number): boolean {
+  return policy !== 0 && (isDataObj(oid) || isVmstateObj(oid));
+}

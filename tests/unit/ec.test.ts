@@ -85,7 +85,7 @@ describe("upstream's encoding matrix", () => {
     }
   });
 
-  test("MDS: every d of the d+p rows are invertible (4:2 all, 8:3 all, 16:15 sampled)", () => {
+  test("MDS: every d of the d+p rows are invertible (4:2, 8:3, 4:5 all; 16:15 sampled)", () => {
     const check = (d: number, p: number, rows: number[]) => {
       const m = encodingMatrix(d, p);
       const sub = new Uint8Array(d * d);
@@ -99,6 +99,7 @@ describe("upstream's encoding matrix", () => {
     };
     for (const s of subsets(6, 4)) check(4, 2, s);
     for (const s of subsets(11, 8)) check(8, 3, s);
+    for (const s of subsets(9, 4)) check(4, 5, s);
     for (let t = 0; t < 50; t++) {
       const rows = [...Array(31).keys()].sort(() => Math.random() - 0.5).slice(0, 16);
       check(16, 15, rows.sort((a, b) => a - b));
@@ -126,7 +127,9 @@ describe("policy byte", () => {
     expect(ecPolicyToDp(0x43)).toEqual({ d: 8, p: 3 });
     expect(() => ecPolicyToDp(0)).toThrow();
     expect(() => new ErasureCode(3, 1)).toThrow();
-    expect(() => new ErasureCode(4, 4)).toThrow();
+    expect(() => new ErasureCode(4, 16)).toThrow();
+    expect(() => new ErasureCode(4, 0)).toThrow();
+    expect(new ErasureCode(4, 5).n).toBe(9); // upstream accepts p > d
   });
 });
 
