@@ -10,7 +10,7 @@ import { nodeEqual, nodeHostPort } from "../core/node.ts";
 import type { Ring } from "../core/ring.ts";
 import type { EpochRing } from "../core/recovery.ts";
 import { ErasureCode } from "../core/ec.ts";
-import { Flag, Header, Op, Res } from "../core/proto.ts";
+import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { ObjectStore } from "../io/store.ts";
 
@@ -18,7 +18,7 @@ type Reply = { hdr: Header; data: Buffer };
 
 export interface EcRecoveryHost {
   readonly me: SdNode;
-  store(): Pick<ObjectStore, "exists" | "createAndWrite" | "moveToStale" | "readStale">;
+  store(): Pick<ObjectStore, "exists" | "read" | "createAndWrite" | "moveToStale" | "readStale">;
   ring(): Ring;
   copiesFor(oid: bigint): number;
   /** EC policy of a striped object, 0 for replicated ones. */
@@ -80,13 +80,14 @@ export class EcRecovery {
     if (idx === undefined || store.exists(oid, idx)) return;
     const code = ErasureCode.forPolicy(this.h.policyOf(oid));
     const size = this.h.stripSize(oid);
-    let data = await this.findStrip(oid, idx, size, history, alive, superseded);
+    const why: string[] = [];
+    let data = await this.findStrip(oid, idx, size, history, alive, superseded, why);
     if (!data) {
       const strips: (Uint8Array | null)[] = new Array(code.n).fill(null);
       let have = 0;
       for (let j = 0; j < code.n && have < code.d; j++) {
         if (j === idx) continue;
-        const s = await this.findStrip(oid, j, size, history, alive, superseded);
+        const s = await this.findStrip(oid, j, size, history, alive, superseded, why);
         if (s) {
           strips[j] = s;
           have++;
@@ -95,7 +96,8 @@ export class EcRecovery {
       if (have < code.d) {
         throw new SdError(
           Res.NO_OBJ,
-          `strip ${idx} of ${oid.toString(16)}: only ${have} of ${code.d} strips to rebuild from`,
+          `strip ${idx} of ${oid.toString(16)}: only ${have} of ${code.d} strips to rebuild ` +
+            `from (${why.slice(-12).join("; ")})`,
         );
       }
       code.reconstruct(strips, size, [idx]);
@@ -105,7 +107,12 @@ export class EcRecovery {
     if (!store.exists(oid, idx)) await store.createAndWrite(oid, 0, data, size, idx);
   }
 
-  /** Strip `idx` from whoever held position `idx` in some epoch, newest first. */
+  /**
+   * Strip `idx` from whoever held position `idx` in some epoch, newest epoch first. Each such node
+   * is asked for its copy under every epoch tag, newest first: a node moves a strip to the stale
+   * copies of the epoch it handled when it learnt it no longer owns it, which after two quick
+   * membership changes can be a later epoch than the last one it really held the strip in.
+   */
   private async findStrip(
     oid: bigint,
     idx: number,
@@ -113,31 +120,42 @@ export class EcRecovery {
     history: EpochRing[],
     alive: (n: SdNode) => boolean,
     superseded: () => boolean,
+    why: string[],
   ): Promise<Buffer | null> {
     const copies = this.h.copiesFor(oid);
-    const tried = new Set<string>();
-    for (const { epoch, ring } of history) {
-      if (superseded()) throw new SdError(Res.NETWORK_ERROR, "superseded");
+    const tags = [...new Set(history.map((h) => h.epoch))].sort((a, b) => b - a);
+    const holders: SdNode[] = [];
+    for (const { ring } of history) {
       const node = ring.placeObject(oid, copies)[idx];
-      if (!node || !alive(node)) continue;
-      const key = `${nodeHostPort(node)}@${epoch}`;
-      if (tried.has(key)) continue;
-      tried.add(key);
-      try {
-        if (nodeEqual(node, this.h.me)) {
-          const b = await this.h.store().readStale(oid, epoch, 0, size, idx);
-          if (b.length === size) return b;
-          continue;
+      if (node && alive(node) && !holders.some((n) => nodeEqual(n, node))) holders.push(node);
+    }
+    for (const node of holders) {
+      for (const tag of tags) {
+        if (superseded()) throw new SdError(Res.NETWORK_ERROR, "superseded");
+        const key = `${idx}@${nodeHostPort(node)}@${tag}`;
+        try {
+          if (nodeEqual(node, this.h.me)) {
+            const st = this.h.store();
+            const b = st.exists(oid, idx)
+              ? await st.read(oid, 0, size, idx)
+              : await st.readStale(oid, tag, 0, size, idx);
+            if (b.length === size) return b;
+            why.push(`${key}: ${b.length} bytes`);
+            continue;
+          }
+          const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
+          rq.oid = oid;
+          rq.tgtEpoch = tag;
+          rq.epoch = this.h.epoch();
+          rq.ecIndex = idx;
+          rq.objCopyPolicy = this.h.policyOf(oid);
+          const r = await this.h.peer(node, rq);
+          if (r.hdr.result === Res.SUCCESS && r.data.length === size) return r.data;
+          why.push(`${key}: ${strerror(r.hdr.result)}`);
+        } catch (e) {
+          why.push(`${key}: ${(e as Error).message}`);
         }
-        const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
-        rq.oid = oid;
-        rq.tgtEpoch = epoch;
-        rq.epoch = this.h.epoch();
-        rq.ecIndex = idx;
-        rq.objCopyPolicy = this.h.policyOf(oid);
-        const r = await this.h.peer(node, rq);
-        if (r.hdr.result === Res.SUCCESS && r.data.length === size) return r.data;
-      } catch { /* try the next epoch's holder */ }
+      }
     }
     return null;
   }
