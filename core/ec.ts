@@ -11,6 +11,7 @@ import { Buffer } from "node:buffer";
 import { SdError } from "./errors.ts";
 import { Res } from "./proto.ts";
 import { isDataObj, isVmstateObj } from "./oid.ts";
+import { type SimdKernel, simdKernel } from "./ec-simd.ts";
 
 export const SD_EC_DATA_STRIPE_SIZE = 512;
 export const SD_EC_MAX_STRIP = 16;
@@ -167,6 +168,11 @@ export function gfMulAdd(
   len: number,
 ): void {
   const n = inputs.length;
+  const k = simdKernel();
+  if (k && len >= 1024) {
+    gfMulAddSimd(k, coef, inputs, outputs, len);
+    return;
+  }
   const aligned = (len & 3) === 0 && inputs.every((b) => (b.byteOffset & 3) === 0) &&
     outputs.every((b) => (b.byteOffset & 3) === 0);
   if (!aligned) {
@@ -219,6 +225,60 @@ function mulXor16(t: Uint16Array, s: Uint32Array, o: Uint32Array, start: number,
 
 function xor32(s: Uint32Array, o: Uint32Array, start: number, end: number) {
   for (let k = start; k < end; k++) o[k] ^= s[k];
+}
+
+// Bytes of each strip per kernel round: inputs and outputs of a round stay in L1/L2.
+const SIMD_CHUNK = 8192;
+
+function gfMulAddSimd(
+  k: SimdKernel,
+  coef: Uint8Array,
+  inputs: readonly Uint8Array[],
+  outputs: readonly Uint8Array[],
+  len: number,
+): void {
+  const n = inputs.length, m = outputs.length;
+  const tabBytes = 32 * n * m;
+  const inBase = tabBytes;
+  const outBase = inBase + n * SIMD_CHUNK;
+  const need = outBase + m * SIMD_CHUNK;
+  if (k.memory.buffer.byteLength < need) {
+    k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / 65536));
+  }
+  const mem = new Uint8Array(k.memory.buffer);
+  for (let r = 0; r < m; r++) {
+    for (let i = 0; i < n; i++) {
+      const row = coef[r * n + i] * 256;
+      const t = 32 * (r * n + i);
+      for (let x = 0; x < 16; x++) {
+        mem[t + x] = GF_MUL[row + x];
+        mem[t + 16 + x] = GF_MUL[row + (x << 4)];
+      }
+    }
+  }
+  const vlen = len & ~31;
+  for (let off = 0; off < vlen; off += SIMD_CHUNK) {
+    const c = Math.min(SIMD_CHUNK, vlen - off);
+    for (let i = 0; i < n; i++) mem.set(inputs[i].subarray(off, off + c), inBase + i * SIMD_CHUNK);
+    mem.fill(0, outBase, outBase + m * SIMD_CHUNK);
+    for (let r = 0; r < m; r++) {
+      for (let i = 0; i < n; i++) {
+        if (coef[r * n + i] === 0) continue;
+        k.mulXor(inBase + i * SIMD_CHUNK, outBase + r * SIMD_CHUNK, 32 * (r * n + i), c);
+      }
+    }
+    for (let r = 0; r < m; r++) {
+      outputs[r].set(mem.subarray(outBase + r * SIMD_CHUNK, outBase + r * SIMD_CHUNK + c), off);
+    }
+  }
+  if (vlen < len) {
+    gfMulAddBytes(
+      coef,
+      inputs.map((b) => b.subarray(vlen, len)),
+      outputs.map((b) => b.subarray(vlen, len)),
+      len - vlen,
+    );
+  }
 }
 
 function gfMulAddBytes(
