@@ -5,9 +5,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
+import * as os from "node:os";
+import { spawnSync } from "node:child_process";
 import * as path from "node:path";
 import process from "node:process";
 import { TestCluster } from "../lib/cluster.ts";
+import { testWith } from "../lib/components.ts";
 import { Ring } from "../../core/ring.ts";
 import { makeNode } from "../../core/node.ts";
 import { oidHex } from "../../core/oid.ts";
@@ -16,6 +19,7 @@ import { ErasureCode } from "../../core/ec.ts";
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.EC_TEST_MB ?? 256) * MiB;
 const OBJ = 4 * MiB;
+const nbdTest = testWith("nbd-clients");
 
 async function vnodeCounts(c: TestCluster, alive: number[]): Promise<Map<number, number>> {
   const out = await c.dogOk(["node", "list", "-r"], { node: alive[0] });
@@ -97,7 +101,7 @@ describe("6 nodes, 4:2", () => {
   const data = randomBytes(SIZE);
 
   beforeAll(async () => {
-    c = await TestCluster.start(6, { format: { copies: 3 } });
+    c = await TestCluster.start(6, { nbd: true, format: { copies: 3 } });
     await c.dogOk(["vdi", "create", "-c", "4:2", "v", "1G"]);
     await c.dogOk(["vdi", "write", "v", "0", String(SIZE)], { input: data, timeoutMs: 600_000 });
   }, 600_000);
@@ -152,6 +156,35 @@ describe("6 nodes, 4:2", () => {
     const r = await c.dog(["vdi", "read", "v", String(OBJ), String(OBJ)]);
     expect(Buffer.compare(r.stdout, data.subarray(OBJ, 2 * OBJ))).toBe(0);
   });
+
+  nbdTest("NBD serves an EC VDI: nbdcopy in and out, unaligned qemu-io writes", async () => {
+    await c.dogOk(["vdi", "create", "-c", "4:2", "n", "64M"]);
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ec-nbd-"));
+    try {
+      const src = path.join(tmp, "src"), out = path.join(tmp, "out");
+      const img = randomBytes(64 * MiB);
+      fs.writeFileSync(src, img);
+      const uri = (i: number) => `nbd://127.0.0.1:${c.nodes[i].nbdPort}/n`;
+      const sh = (cmd: string, args: string[]) => {
+        const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 120_000 });
+        if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: ${r.stderr}`);
+        return r.stdout;
+      };
+      sh("nbdcopy", [src, uri(0)]);
+      // bytes 1000..4999 and 9 MiB - 3 .. +7: inside a stripe and across an object boundary
+      sh("qemu-io", ["-f", "raw", "-c", "write -P 0xab 1000 4000", uri(1)]);
+      sh("qemu-io", ["-f", "raw", "-c", `write -P 0xcd ${8 * MiB - 3} 10`, uri(2)]);
+      img.fill(0xab, 1000, 5000);
+      img.fill(0xcd, 8 * MiB - 3, 8 * MiB + 7);
+      sh("nbdcopy", [uri(3), out]);
+      expect(Buffer.compare(fs.readFileSync(out), img)).toBe(0);
+      const viaDog = await readAll(c, "n", 64 * MiB, 4);
+      expect(Buffer.compare(viaDog, img)).toBe(0);
+      await c.dogOk(["vdi", "delete", "n"]);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 300_000);
 
   test("kill -9 two nodes: every byte reads back", async () => {
     await c.kill(4);
