@@ -6,7 +6,7 @@
 import { Buffer } from "node:buffer";
 import type { SdNode } from "../core/node.ts";
 import { nodeHostPort } from "../core/node.ts";
-import { ErasureCode, SD_EC_DATA_STRIPE_SIZE } from "../core/ec.ts";
+import { ecPolicyToDp, ErasureCode, SD_EC_DATA_STRIPE_SIZE } from "../core/ec.ts";
 import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 
@@ -31,7 +31,38 @@ export function stripeRange(off: number, len: number, d: number) {
   return { start, end, stripes: end - start, stripOff: start * ss, stripLen: (end - start) * ss };
 }
 
+/**
+ * Writes to overlapping stripes of one object, one at a time: a read-modify-write must not
+ * interleave with another write of the same stripe (its other bytes would be lost). Writes to
+ * other stripes go on in parallel.
+ */
+class StripeLocks {
+  private held = new Map<bigint, { start: number; end: number; done: Promise<void> }[]>();
+
+  async run<T>(oid: bigint, start: number, end: number, fn: () => Promise<T>): Promise<T> {
+    for (;;) {
+      const busy = (this.held.get(oid) ?? []).find((r) => r.start < end && start < r.end);
+      if (!busy) break;
+      await busy.done;
+    }
+    let release!: () => void;
+    const me = { start, end, done: new Promise<void>((r) => (release = r)) };
+    const list = this.held.get(oid) ?? [];
+    list.push(me);
+    this.held.set(oid, list);
+    try {
+      return await fn();
+    } finally {
+      const l = this.held.get(oid)!;
+      l.splice(l.indexOf(me), 1);
+      if (!l.length) this.held.delete(oid);
+      release();
+    }
+  }
+}
+
 export class EcGateway {
+  private readonly locks = new StripeLocks();
   constructor(private readonly h: EcGatewayHost) {}
 
   read(req: Header, policy: number): Promise<Reply> {
@@ -45,6 +76,11 @@ export class EcGateway {
 
   /** CREATE_AND_WRITE_OBJ / WRITE_OBJ of an EC object. */
   write(req: Header, data: Buffer, policy: number): Promise<Reply> {
+    const { start, end } = stripeRange(req.offset, data.length, ecPolicyToDp(policy).d);
+    return this.locks.run(req.oid, start, end, () => this.writeLocked(req, data, policy));
+  }
+
+  private writeLocked(req: Header, data: Buffer, policy: number): Promise<Reply> {
     const peerOp = req.opcode === Op.WRITE_OBJ ? Op.WRITE_PEER : Op.CREATE_AND_WRITE_PEER;
     return this.h.withRetry(async (epoch) => {
       const code = ErasureCode.forPolicy(policy);
