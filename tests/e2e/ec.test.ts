@@ -210,6 +210,58 @@ describe("6 nodes, 4:2", () => {
     const got = await readAll(c, "v", SIZE, a);
     expect(Buffer.compare(got, data)).toBe(0);
   }, 400_000);
+
+  test("the killed nodes come back: strips as placement says, stale strips purged", async () => {
+    await c.startNode(0);
+    await c.startNode(1);
+    const alive = [0, 1, 2, 3, 6, 7];
+    await waitStrips(c, alive, 6, "6 strips after two rejoins");
+    const stale = (i: number) => {
+      try {
+        return fs.readdirSync(path.join(c.nodes[i].dir, "obj", ".stale")).length;
+      } catch {
+        return 0;
+      }
+    };
+    await c.waitFor(async () => alive.every((i) => stale(i) === 0), 60_000, "stale purged");
+    const got = await readAll(c, "v", SIZE, 1);
+    expect(Buffer.compare(got, data)).toBe(0);
+  }, 400_000);
+});
+
+describe("cluster default 2:1", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start(3, { format: { copies: "2:1" } });
+  }, 120_000);
+  afterAll(async () => {
+    await c?.stop();
+  });
+
+  test("a VDI created without -c is 2:1 and striped", async () => {
+    await c.dogOk(["vdi", "create", "d", "16M"]);
+    expect((await c.dogOk(["vdi", "list", "-r"])).split(" ")).toContain("2:1");
+    const info = await c.dogOk(["cluster", "info", "-v"]);
+    expect(info).toContain("2:1 redundancy policy");
+    const d = randomBytes(8 * MiB);
+    await c.dogOk(["vdi", "write", "d", "0"], { input: d });
+    const names = [0, 1, 2].flatMap((i) => [...strips(c, i).keys()]).filter((n) =>
+      n.startsWith("00")
+    );
+    expect(names.length).toBe(6); // 2 objects x 3 strips
+    expect(names.every((n) => strips(c, 0).has(n) ? strips(c, 0).get(n) === OBJ / 2 : true)).toBe(
+      true,
+    );
+    const r = await c.dog(["vdi", "read", "d", "0", String(8 * MiB)]);
+    expect(Buffer.compare(r.stdout, d)).toBe(0);
+    await c.dogOk(["vdi", "delete", "d"]);
+    await c.waitFor(
+      async () =>
+        [0, 1, 2].every((i) => [...strips(c, i).keys()].every((n) => !n.startsWith("00"))),
+      30_000,
+      "strips removed with the VDI",
+    );
+  }, 120_000);
 });
 
 describe("bad input and too few zones", () => {
