@@ -256,18 +256,12 @@ function gfMulAddSimd(
       }
     }
   }
-  const vlen = len & ~31;
+  const vlen = len & ~15;
   for (let off = 0; off < vlen; off += SIMD_CHUNK) {
     const c = Math.min(SIMD_CHUNK, vlen - off);
     for (let i = 0; i < n; i++) mem.set(inputs[i].subarray(off, off + c), inBase + i * SIMD_CHUNK);
-    mem.fill(0, outBase, outBase + m * SIMD_CHUNK);
     for (let r = 0; r < m; r++) {
-      for (let i = 0; i < n; i++) {
-        if (coef[r * n + i] === 0) continue;
-        k.mulXor(inBase + i * SIMD_CHUNK, outBase + r * SIMD_CHUNK, 32 * (r * n + i), c);
-      }
-    }
-    for (let r = 0; r < m; r++) {
+      k.mulRow(inBase, SIMD_CHUNK, n, 32 * r * n, outBase + r * SIMD_CHUNK, c);
       outputs[r].set(mem.subarray(outBase + r * SIMD_CHUNK, outBase + r * SIMD_CHUNK + c), off);
     }
   }
