@@ -107,6 +107,8 @@ import { ctimeNow } from "../io/clock.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
 import { createDriver } from "../drivers/driver.ts";
 import { Gateway } from "./gateway.ts";
+import { ecPolicyToDp, isErasureOid } from "../core/ec.ts";
+import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
@@ -189,6 +191,7 @@ export class Sheep {
   private recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
+  private ecRecovery!: EcRecovery;
   private ringCache = new Map<number, Ring>();
   onExit: (code: number) => void = (code) => process.exit(code);
 
@@ -274,6 +277,7 @@ export class Sheep {
       copiesFor: (oid, hint) => this.copiesFor(oid, hint),
       pool: this.pool,
       local: { handlePeer: (h, d) => this.handlePeer(h, d) },
+      ecPolicy: (oid, hint) => this.ecPolicyOf(oid, hint),
     });
     this.recovery = new RecoveryManager({
       me: this.me,
@@ -300,6 +304,16 @@ export class Sheep {
         const h = inodeHeaderOf(oid, 0, data);
         if (h) registerInode(this.vdis, h);
       },
+      ec: this.ecRecovery = new EcRecovery({
+        me: this.me,
+        store: () => this.store,
+        ring: () => this.ring,
+        copiesFor: (oid) => this.copiesFor(oid, 0),
+        policyOf: (oid) => this.ecPolicyOf(oid),
+        stripSize: (oid) => this.storedSize(oid),
+        peer: (node, hdr) => this.sendTo(node, hdr),
+        epoch: () => this.state.epoch,
+      }),
     });
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
@@ -1154,14 +1168,19 @@ export class Sheep {
       }
       case Op.EXIST:
         return {
-          hdr: withResult(rsp, this.store.verify(req.oid) ? Res.SUCCESS : Res.NO_OBJ),
+          hdr: withResult(
+            rsp,
+            this.store.verify(req.oid, this.ecRecovery.localIndex(req.oid))
+              ? Res.SUCCESS
+              : Res.NO_OBJ,
+          ),
           data: EMPTY,
         };
       case Op.OIDS_EXIST: {
         const missing: bigint[] = [];
         for (let i = 0; i + 8 <= data.length; i += 8) {
           const oid = data.readBigUInt64LE(i);
-          if (!this.store.verify(oid)) missing.push(oid);
+          if (!this.store.verify(oid, this.ecRecovery.localIndex(oid))) missing.push(oid);
         }
         return {
           hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS),
@@ -1331,8 +1350,16 @@ export class Sheep {
 
   // ---------------------------------------------------------------- peer ops (local store)
 
+  /** EC policy of a striped object (0: replicated), from the request or the VDI's state. */
+  ecPolicyOf(oid: bigint, hint = 0): number {
+    const policy = hint || this.vdis.states.get(oidToVid(oid))?.copyPolicy || 0;
+    return isErasureOid(oid, policy) ? policy : 0;
+  }
+
   async handlePeer(req: Header, data: Buffer): Promise<Reply> {
     const rsp = new Header();
+    // Strip files are named by ec_index, strip 0 included; replicas have no suffix.
+    const ec = this.ecPolicyOf(req.oid, req.objCopyPolicy) ? req.ecIndex : undefined;
     if (req.opcode !== Op.GET_HASH && !(req.flags & Flag.CMD_RECOVERY)) {
       if (req.epoch < this.state.epoch) {
         return { hdr: withResult(rsp, Res.OLD_NODE_VER), data: EMPTY };
@@ -1349,21 +1376,25 @@ export class Sheep {
       switch (req.opcode) {
         case Op.READ_PEER: {
           if (req.flags & Flag.CMD_RECOVERY) {
-            if (this.store.exists(req.oid)) {
-              return { hdr: rsp, data: await this.store.read(req.oid, req.offset, req.dataLength) };
+            if (this.store.exists(req.oid, ec)) {
+              return {
+                hdr: rsp,
+                data: await this.store.read(req.oid, req.offset, req.dataLength, ec),
+              };
             }
             return {
               hdr: rsp,
-              data: await this.store.readStale(req.oid, req.tgtEpoch, req.offset, req.dataLength),
+              data: await this.store.readStale(
+                req.oid,
+                req.tgtEpoch,
+                req.offset,
+                req.dataLength,
+                ec,
+              ),
             };
           }
-          if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
-          const d = await this.store.read(
-            req.oid,
-            req.offset,
-            req.dataLength,
-            req.ecIndex || undefined,
-          );
+          if (!this.store.exists(req.oid, ec)) await this.recovery.ensure(req.oid, ec);
+          const d = await this.store.read(req.oid, req.offset, req.dataLength, ec);
           return { hdr: rsp, data: d };
         }
         case Op.CREATE_AND_WRITE_PEER: {
@@ -1371,25 +1402,27 @@ export class Sheep {
             req.oid,
             req.offset,
             data,
-            this.storedSize(req.oid),
-            req.ecIndex || undefined,
+            this.storedSize(req.oid, req.objCopyPolicy),
+            ec,
           );
           const ih = inodeHeaderOf(req.oid, req.offset, data);
           if (ih) registerInode(this.vdis, ih);
           return { hdr: rsp, data: EMPTY };
         }
         case Op.WRITE_PEER:
-          if (!this.store.exists(req.oid)) await this.recovery.ensure(req.oid);
-          await this.store.write(req.oid, req.offset, data, req.ecIndex || undefined);
+          if (!this.store.exists(req.oid, ec)) await this.recovery.ensure(req.oid, ec);
+          await this.store.write(req.oid, req.offset, data, ec);
           return { hdr: rsp, data: EMPTY };
         case Op.REMOVE_PEER:
-          await this.store.remove(req.oid, req.ecIndex || undefined);
+          await this.store.remove(req.oid, ec);
           return { hdr: rsp, data: EMPTY };
         case Op.GET_HASH: {
-          if (!this.store.verify(req.oid)) return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
+          if (!this.store.verify(req.oid, ec)) {
+            return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
+          }
           const { createHash } = await import("node:crypto");
-          const size = this.storedSize(req.oid);
-          const d = await this.store.read(req.oid, 0, size);
+          const size = this.storedSize(req.oid, req.objCopyPolicy);
+          const d = await this.store.read(req.oid, 0, size, ec);
           const digest = createHash("sha1").update(d).digest();
           digest.copy(rsp.b, 24);
           return { hdr: rsp, data: EMPTY };
@@ -1441,9 +1474,12 @@ export class Sheep {
     return next;
   }
 
-  storedSize(oid: bigint): number {
+  /** Size of the file holding `oid` here: a strip file of an EC object is 1/d of the object. */
+  storedSize(oid: bigint, policyHint = 0): number {
     if (isVdiObj(oid)) return SD_INODE_SIZE;
     if (isAttrObj(oid)) return SD_ATTR_OBJ_SIZE;
+    const policy = this.ecPolicyOf(oid, policyHint);
+    if (policy) return this.objectSize(oid) / ecPolicyToDp(policy).d;
     return this.objectSize(oid);
   }
 

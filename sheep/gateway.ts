@@ -9,6 +9,7 @@ import type { Ring } from "../core/ring.ts";
 import { Flag, Header, Op, Res, SD_SHEEP_PROTO_VER, strerror } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { ClientPool } from "../io/client.ts";
+import { EcGateway } from "./ec-io.ts";
 
 export interface PeerHandler {
   /** Executes a peer opcode on this node's store. */
@@ -24,6 +25,8 @@ export interface GatewayContext {
   copiesFor(oid: bigint, hint: number): number;
   pool: ClientPool;
   local: PeerHandler;
+  /** EC policy byte when `oid` is striped (0: replicated); `hint` is the request's copy_policy. */
+  ecPolicy?(oid: bigint, hint: number): number;
 }
 
 const RETRYABLE = new Set<number>([
@@ -46,7 +49,20 @@ export const PEER_OP: Record<number, number> = {
 };
 
 export class Gateway {
-  constructor(private readonly ctx: GatewayContext) {}
+  private readonly ec: EcGateway;
+  constructor(private readonly ctx: GatewayContext) {
+    this.ec = new EcGateway({
+      targets: (oid, hint) => this.targets(oid, hint),
+      send: (n, h, d) => this.sendPeer(n, h, d),
+      peerHeader: (r, op, e) => this.peerHeader(r, op, e),
+      withRetry: (f) => this.withRetry(f),
+      retryable: (code) => RETRYABLE.has(code),
+    });
+  }
+
+  private ecPolicy(req: Header): number {
+    return this.ctx.ecPolicy?.(req.oid, req.objCopyPolicy) ?? 0;
+  }
 
   targets(oid: bigint, copiesHint = 0): SdNode[] {
     return this.ctx.ring().placeObject(oid, this.ctx.copiesFor(oid, copiesHint));
@@ -92,6 +108,8 @@ export class Gateway {
 
   /** Gateway read: the local replica first, then the others in turn. */
   read(req: Header): Promise<{ hdr: Header; data: Buffer }> {
+    const policy = this.ecPolicy(req);
+    if (policy) return this.ec.read(req, policy);
     return this.withRetry(async (epoch) => {
       const targets = this.targets(req.oid, req.objCopies);
       if (targets.length === 0) throw new SdError(Res.NO_OBJ);
@@ -131,6 +149,9 @@ export class Gateway {
   /** Gateway write/create/remove: every replica, in parallel; all must succeed. */
   writeAll(req: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
     const peerOp = PEER_OP[req.opcode];
+    const policy = this.ecPolicy(req);
+    if (policy && req.opcode === Op.REMOVE_OBJ) return this.ec.remove(req, policy);
+    if (policy && peerOp !== Op.DECREF_PEER) return this.ec.write(req, data, policy);
     return this.withRetry(async (epoch) => {
       const targets = this.targets(req.oid, req.objCopies);
       if (targets.length === 0) throw new SdError(Res.HALT);

@@ -21,6 +21,7 @@ import type { Clock, TimerHandle } from "../core/clock.ts";
 import type { ObjectStore } from "../io/store.ts";
 import { realClock } from "../io/clock.ts";
 import type { Logger } from "./log.ts";
+import type { EcRecovery } from "./ec-recovery.ts";
 
 type Reply = { hdr: Header; data: Buffer };
 
@@ -55,6 +56,8 @@ export interface RecoveryHost {
   clientLoad(): number;
   /** An object was recovered here (an inode tells the node about its VDI). */
   installed?(oid: bigint, data: Buffer): void;
+  /** Erasure-coded objects: one strip per node, recovered by sheep/ec-recovery.ts. */
+  ec?: EcRecovery;
 }
 
 const MAX_ATTEMPTS = 50;
@@ -142,7 +145,6 @@ export class RecoveryManager {
   private async run(gen: number, movedFrom: number | null): Promise<void> {
     const h = this.host;
     const epoch = h.epoch();
-    const store = h.store();
     // Copies this node no longer owns become stale copies of the epoch they belonged to. Right
     // away: waiting first would leave them current for good if the cluster restarts meanwhile.
     if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
@@ -164,7 +166,7 @@ export class RecoveryManager {
       ring: h.ring(),
       copiesOf: (o) => h.copiesFor(o),
       known,
-      present: (o) => store.exists(o),
+      present: (o) => this.present(o),
     });
     if (gen !== this.generation) return;
     assert(this.phase === 0, `recovery: planning in phase ${this.phase}`);
@@ -238,14 +240,28 @@ export class RecoveryManager {
     if (gen === this.generation) this.running = false;
   }
 
+  /** The copy (or, for EC, the strip) the current ring gives this node is here. */
+  private present(oid: bigint): boolean {
+    return this.host.store().exists(oid, this.host.ec?.localIndex(oid));
+  }
+
   private async moveUnowned(epoch: number, movedFrom: number): Promise<void> {
     const h = this.host;
     const store = h.store();
+    const local = store.list();
+    const ec = h.ec;
+    if (ec) {
+      await ec.moveUnowned(local.filter((o) => ec.isEc(o)), movedFrom, (oid, i, e) =>
+        h.log.err(
+          `recovery for epoch ${epoch}: cannot move strip ${i} of ${oid.toString(16)} to stale ` +
+            `copies of epoch ${movedFrom}: ${e.message}`,
+        ));
+    }
     const gone = objectsNoLongerOwned({
       me: h.me,
       ring: h.ring(),
       copiesOf: (o) => h.copiesFor(o),
-      local: store.list(),
+      local: ec ? local.filter((o) => !ec.isEc(o)) : local,
     });
     for (const oid of gone) {
       // A copy that cannot be moved stays current here: fetches and writes still see it, it
@@ -299,8 +315,8 @@ export class RecoveryManager {
   }
 
   /** A request needs `oid` now: recover it first, out of order (upstream parks such requests). */
-  async ensure(oid: bigint): Promise<void> {
-    if (this.host.store().exists(oid)) return;
+  async ensure(oid: bigint, ecIndex?: number): Promise<void> {
+    if (this.host.store().exists(oid, ecIndex)) return;
     // While the object list is being gathered any missing object may be one to recover: wait
     // for the plan instead of answering "no object" to a request the gateway would not retry.
     if (this.running && this.phase === 0) {
@@ -311,7 +327,7 @@ export class RecoveryManager {
       ]);
       this.clock.clearTimeout(t);
     }
-    if (!this.pending.has(oid) || this.host.store().exists(oid)) return;
+    if (!this.pending.has(oid) || this.present(oid)) return;
     // The request then fails with "no object" and its gateway retries; the run loop keeps trying.
     await this.recoverOne(oid, this.generation).catch((e) =>
       this.host.log.warn(
@@ -332,7 +348,7 @@ export class RecoveryManager {
   private async fetch(oid: bigint, gen: number): Promise<void> {
     const h = this.host;
     const store = h.store();
-    if (store.exists(oid)) {
+    if (this.present(oid)) {
       this.done(oid);
       return;
     }
@@ -345,6 +361,11 @@ export class RecoveryManager {
     // The current ring last: a peer that already recovered the object is a good source too.
     history.push({ epoch: h.epoch(), ring: h.ring() });
     const alive = (n: SdNode) => h.nodes().some((m) => nodeEqual(m, n));
+    if (h.ec?.isEc(oid)) {
+      await h.ec.fetch(oid, history, alive, () => gen !== this.generation);
+      this.done(oid);
+      return;
+    }
     const size = h.storedSize(oid);
     const sources = recoverySources({ oid, copies, me: h.me, history, alive });
     const answers: Array<SourceAnswer | undefined> = [];
