@@ -19,6 +19,7 @@ import {
   vidToVdiOid,
 } from "./oid.ts";
 import { decodeInodeHeader, encodeInodeHeader, Inode, type InodeHeader } from "./inode.ts";
+import { lookupVdiInfo } from "./vdi-lookup.ts";
 
 /** Gateway-level object I/O (replication is the implementer's business). */
 export interface MetaIO {
@@ -111,6 +112,8 @@ export class VdiTable {
   deleted = new VdiBitmap();
   states = new Map<number, VdiState>();
   locks = new Map<number, { owner: string }>();
+  /** Cluster flag RECYCLE_VID: lowest free VIDs, families freed when all their members are deleted. */
+  recycle = false;
 }
 
 /** EC policy byte -> d+p; 0 (replication) -> 0. */
@@ -159,6 +162,53 @@ export function applyVdiDeleted(t: VdiTable, vid: number): void {
   if (s) s.deleted = true;
 }
 
+/** The family of `vid`: the tree its parent links form (snapshots, working VDIs, clones). */
+export function vdiFamily(t: VdiTable, vid: number): number[] {
+  const seen = new Set<number>();
+  let root = vid;
+  for (;;) {
+    seen.add(root);
+    const p = t.states.get(root)?.parentVid ?? 0;
+    if (!p || seen.has(p) || !t.states.has(p)) break;
+    root = p;
+  }
+  const children = new Map<number, number[]>();
+  for (const s of t.states.values()) {
+    if (!s.parentVid) continue;
+    const l = children.get(s.parentVid) ?? [];
+    l.push(s.vid);
+    children.set(s.parentVid, l);
+  }
+  const family = new Set<number>();
+  const queue = [root];
+  while (queue.length) {
+    const v = queue.pop()!;
+    if (family.has(v)) continue;
+    family.add(v);
+    queue.push(...(children.get(v) ?? []));
+  }
+  return [...family].sort((a, b) => a - b);
+}
+
+/**
+ * RECYCLE_VID: the VIDs that deleting `vid` frees — its whole family once every other member is
+ * deleted too, else none.
+ */
+export function recyclableAfterDelete(t: VdiTable, vid: number): number[] {
+  const family = vdiFamily(t, vid);
+  return family.every((v) => v === vid || t.states.get(v)?.deleted) ? family : [];
+}
+
+/** Forgets recycled VIDs: bits, states and locks, so they are handed out again. */
+export function forgetVdis(t: VdiTable, vids: readonly number[]): void {
+  for (const v of vids) {
+    t.inuse.clear(v);
+    t.deleted.clear(v);
+    t.states.delete(v);
+    t.locks.delete(v);
+  }
+}
+
 /** Startup scan / recovery: register a local inode header in the bitmaps and state table. */
 export function registerInode(t: VdiTable, h: InodeHeader): void {
   const vid = h.vdiId;
@@ -191,119 +241,7 @@ export function releaseVdi(t: VdiTable, vid: number): boolean {
   return t.locks.delete(vid);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Lookup (§9.5 family run)
-
-/** sd_hash_vdi with the "0 is never a VID" adjustment used for bitmap ranges. */
-export function vdiHashStart(name: string): number {
-  return sdHashVdi(name) || 1;
-}
-
-export interface LookupInfo {
-  /** SUCCESS, NO_VDI, NO_TAG or FULL_VDI. */
-  result: number;
-  /** Matched VID; on NO_VDI after a deleted working VDI: its latest snapshot; NO_TAG: the working VDI. */
-  vid: number;
-  /** snap_id + 1 of the newest family member seen (0 if none) — for current-VDI lookups. */
-  snapIdNext: number;
-  /** VID the next member of this family gets. */
-  freeBit: number;
-  header?: InodeHeader;
-}
-
-function hasTag(opts: { tag?: string; snapid?: number }): boolean {
-  return !!(opts.tag && opts.tag.length) || !!opts.snapid;
-}
-
-function tagMatch(opts: { tag?: string; snapid?: number }, h: InodeHeader): boolean {
-  if (h.tag !== "" && h.tag === (opts.tag ?? "")) return true;
-  return (opts.snapid ?? 0) === h.snapId;
-}
-
-/**
- * Full lookup result including the NO_VDI/NO_TAG side information (free bit, next snap id,
- * latest snapshot of a deleted working VDI) that create/snapshot need. Never throws for
- * NO_VDI/NO_TAG/FULL_VDI; I/O errors propagate.
- */
-export async function lookupVdiInfo(
-  io: MetaIO,
-  t: VdiTable,
-  name: string,
-  opts: { tag?: string; snapid?: number } = {},
-): Promise<LookupInfo> {
-  const left = vdiHashStart(name);
-  let right = t.inuse.findNextZero(left);
-  const info: LookupInfo = { result: Res.NO_VDI, vid: 0, snapIdNext: 0, freeBit: right };
-  if (right === left) return info;
-  // Scan order newest -> oldest: [1, right) then [left, NR) when the run wraps.
-  const ranges: Array<[number, number]> = [];
-  if (right === SD_NR_VDIS) {
-    right = t.inuse.findNextZero(1);
-    info.freeBit = right;
-    if (right === SD_NR_VDIS) {
-      info.result = Res.FULL_VDI;
-      return info;
-    }
-    if (right > 1) ranges.push([1, right]);
-    ranges.push([left, SD_NR_VDIS]);
-  } else {
-    ranges.push([left, right]);
-  }
-
-  const tagged = hasTag(opts);
-  let nameExists = false;
-  for (const [lo, hi] of ranges) {
-    for (let vid = hi - 1; vid >= lo; vid--) {
-      if (!t.inuse.test(vid) && !t.deleted.test(vid)) continue;
-      const h = decodeInodeHeader(await io.read(vidToVdiOid(vid), 0, SD_INODE_HEADER_SIZE));
-      if (h.name !== name) continue;
-      const snap = h.snapCtime !== 0n;
-      if (tagged) {
-        if (!snap) {
-          nameExists = true;
-          info.vid = h.vdiId;
-          continue;
-        }
-        if (!tagMatch(opts, h)) continue;
-      } else {
-        info.snapIdNext = h.snapId + 1;
-        if (snap) {
-          // the working VDI was deleted; its newest snapshot decides the next snap id
-          info.vid = h.vdiId;
-          info.result = Res.NO_VDI;
-          return info;
-        }
-      }
-      info.vid = h.vdiId;
-      info.header = h;
-      info.result = Res.SUCCESS;
-      return info;
-    }
-  }
-  info.result = nameExists ? Res.NO_TAG : Res.NO_VDI;
-  return info;
-}
-
-/** GET_VDI_INFO / LOCK_VDI lookup. Throws SdError(NO_VDI | NO_TAG | FULL_VDI). */
-export async function lookupVdi(
-  io: MetaIO,
-  t: VdiTable,
-  name: string,
-  opts: { tag?: string; snapid?: number } = {},
-): Promise<
-  { vid: number; nrCopies: number; blockSizeShift: number; snapIdNext: number; header: InodeHeader }
-> {
-  const info = await lookupVdiInfo(io, t, name, opts);
-  if (info.result !== Res.SUCCESS || !info.header) throw new SdError(info.result);
-  const st = t.states.get(info.vid);
-  return {
-    vid: info.vid,
-    nrCopies: st?.nrCopies || info.header.nrCopies,
-    blockSizeShift: st?.blockSizeShift || info.header.blockSizeShift,
-    snapIdNext: info.snapIdNext,
-    header: info.header,
-  };
-}
+export { type LookupInfo, lookupVdi, lookupVdiInfo, vdiHashStart } from "./vdi-lookup.ts";
 
 // ---------------------------------------------------------------------------------------------
 // NEW_VDI

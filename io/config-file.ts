@@ -121,6 +121,14 @@ export function listEpochs(dir: string): number[] {
   return epochsIn(names);
 }
 
+/** Epochs 1..upTo that have no log here (a sheep that was down, or joined later, missed them). */
+export function missingEpochs(dir: string, upTo: number): number[] {
+  const have = new Set(listEpochs(dir));
+  const out: number[] = [];
+  for (let e = 1; e <= upTo; e++) if (!have.has(e)) out.push(e);
+  return out;
+}
+
 export function latestEpoch(dir: string): number {
   const l = listEpochs(dir);
   return l.length ? l[l.length - 1] : 0;

@@ -65,9 +65,11 @@ import {
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
 import {
+  decodeEpochFile,
   epochFileBytes,
   latestEpoch,
   listEpochs,
+  missingEpochs,
   readConfig,
   readEpoch,
   removeEpochs,
@@ -93,11 +95,13 @@ import {
   applyVdiDeleted,
   decrefPlan,
   deleteVdi,
+  forgetVdis,
   getVdiAttr,
   ledgerFromBuffer,
   ledgerToBuffer,
   lookupVdi,
   newVdi,
+  recyclableAfterDelete,
   registerInode,
   VdiTable,
 } from "../core/vdi.ts";
@@ -117,7 +121,7 @@ type Reply = { hdr: Header; data: Buffer };
 /** What a work phase tells every node to apply in its main phase. */
 type Apply =
   | { type: "vdi-added"; state: VdiState & { oldVid?: number } }
-  | { type: "vdi-deleted"; vid: number }
+  | { type: "vdi-deleted"; vid: number; recycled?: number[] }
   | { type: "lock"; vid: number; owner: string }
   | { type: "unlock"; vid: number };
 type WorkResult = Reply & { apply?: Apply };
@@ -454,12 +458,14 @@ export class Sheep {
         }
         const wasOk = this.state.status === Status.OK && this.joined;
         await this.setState(state, newEpoch);
+        const filled = this.fillEpochLog();
         // Same epoch but the cluster (re)starts serving: objects may be missing after an unclean stop.
         if (state.status === Status.OK && !newEpoch && (wasMe || !wasOk)) this.startRecovery(null);
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
           if (members.length > 1) await this.fetchVdiState(members);
+          await filled;
           this.joinWaiter?.resolve();
         } else {
           void this.fetchVdiState([joined]);
@@ -542,6 +548,7 @@ export class Sheep {
     if (newEpoch || (s.epoch > 0 && !readEpoch(this.baseDir, s.epoch) && s.ctime !== 0n)) {
       writeEpoch(this.baseDir, s.epoch, s.nodes, BigInt(Math.floor(Date.now() / 1000)));
     }
+    this.vdis.recycle = (s.flags & ClusterFlag.RECYCLE_VID) !== 0;
     this.ring = new Ring(this.ringNodes(s.nodes));
     if (newEpoch && s.status === Status.OK && s.epoch > 1) {
       this.startRecovery(prevEpoch > 0 ? prevEpoch : null);
@@ -556,6 +563,37 @@ export class Sheep {
   private startRecovery(movedFrom: number | null): void {
     if (this.opts.gateway || !this.recovery) return;
     this.recovery.start(movedFrom);
+  }
+
+  private epochFill: Promise<void> = Promise.resolve();
+
+  /**
+   * The epoch log is complete on every node, as upstream's: epochs this sheep did not see (it was
+   * down, or joined later) are copied from the members with GET_EPOCH, creation time included,
+   * so `dog cluster info` lists the same history everywhere. Runs one at a time.
+   */
+  private fillEpochLog(): Promise<void> {
+    const run = this.epochFill.then(async () => {
+      if (this.state.ctime === 0n) return;
+      for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
+        for (const n of this.members) {
+          if (nodeEqual(n, this.me)) continue;
+          try {
+            const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
+            h.tgtEpoch = e;
+            const r = await this.sendTo(n, h);
+            if (r.hdr.result !== Res.SUCCESS) continue;
+            const rec = decodeEpochFile(r.data);
+            if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
+            break;
+          } catch (err) {
+            this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${(err as Error).message}`);
+          }
+        }
+      }
+    });
+    this.epochFill = run.catch(() => {});
+    return this.epochFill;
   }
 
   /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
@@ -711,8 +749,10 @@ export class Sheep {
     if (a.type === "vdi-added") {
       applyVdiAdded(this.vdis, a.state);
       this.pendingCopies.delete(a.state.vid);
-    } else if (a.type === "vdi-deleted") applyVdiDeleted(this.vdis, a.vid);
-    else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
+    } else if (a.type === "vdi-deleted") {
+      applyVdiDeleted(this.vdis, a.vid);
+      if (a.recycled?.length) this.applyRecycled(a.recycled);
+    } else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
     else this.vdis.locks.delete(a.vid);
   }
 
@@ -877,8 +917,37 @@ export class Sheep {
       }
       const vid = await deleteVdi(this.metaIO, this.vdis, name, opts);
       rsp.rspVdiId = vid;
-      return { hdr: rsp, data: EMPTY, apply: { type: "vdi-deleted", vid } };
+      const recycled = await this.recycleWork(vid);
+      return { hdr: rsp, data: EMPTY, apply: { type: "vdi-deleted", vid, recycled } };
     });
+  }
+
+  /**
+   * RECYCLE_VID, in the DEL_VDI work phase: when the deleted VDI was the last live member of its
+   * family, the family's inodes are removed on every replica while the cluster is still blocked,
+   * so no create can be handed one of these VIDs before its old inode is gone.
+   */
+  private async recycleWork(vid: number): Promise<number[]> {
+    if (!this.vdis.recycle) return [];
+    const vids = recyclableAfterDelete(this.vdis, vid);
+    for (const v of vids) await this.metaIO.remove!(vidToVdiOid(v));
+    return vids;
+  }
+
+  /** Every node forgets recycled VIDs and drops what it still stores of them (leftovers). */
+  private applyRecycled(vids: number[]): void {
+    forgetVdis(this.vdis, vids);
+    const gone = new Set(vids);
+    const oids = this.store.list().filter((oid) => gone.has(oidToVid(oid)));
+    void (async () => {
+      for (const oid of oids) {
+        await this.store.remove(oid).catch(() => {});
+        for (let k = 0; k < 16; k++) {
+          if (this.store.exists(oid, k)) await this.store.remove(oid, k).catch(() => {});
+        }
+      }
+    })();
+    this.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
   }
 
   /**

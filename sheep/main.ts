@@ -1,17 +1,17 @@
 // `sheep` entry point: option parsing, daemonizing, signals.
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
-import { VERSION } from "../core/version.ts";
-import { helpText, parseSheepArgs, UsageError } from "./options.ts";
+import { helpText, parseSheepArgs, UsageError, versionText } from "./options.ts";
 import type { SheepOptions } from "./options.ts";
 
 export async function sheepMain(argv: string[], selfCommand: string[]): Promise<number> {
   let opts: SheepOptions | "help" | "version";
   try {
-    opts = parseSheepArgs(argv);
+    opts = parseSheepArgs(argv, "sheep", process.env);
   } catch (e) {
     if (e instanceof UsageError) {
       process.stderr.write(`${e.message}\n`);
+      process.stdout.write(e.stdout);
       return 1;
     }
     throw e;
@@ -21,7 +21,7 @@ export async function sheepMain(argv: string[], selfCommand: string[]): Promise<
     return 0;
   }
   if (opts === "version") {
-    process.stdout.write(`Sheepdog daemon version ${VERSION}\n`);
+    process.stdout.write(versionText());
     return 0;
   }
   if (!opts.foreground) {

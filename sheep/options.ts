@@ -1,6 +1,7 @@
-// `sheep` command-line options (sheep-daemon.md §1.1), parsed with node:util parseArgs
-// (JSR's @std/cli is unreachable here).
-import { parseArgs } from "node:util";
+// `sheep` command-line options (sheep-daemon.md §1.1), parsed as upstream's getopt_long loop.
+import { isIP } from "node:net";
+import { getoptLong, type LongOption, strtolWhole } from "../core/getopt.ts";
+import { LOG_LEVEL_HELP, OPTION_HELP, SUPPORTED_FEATURES } from "./options-help.ts";
 import { VERSION } from "../core/version.ts";
 import { LOG_LEVELS } from "./log.ts";
 
@@ -27,43 +28,49 @@ export interface SheepOptions {
   objDirs: string[];
 }
 
-export class UsageError extends Error {}
+/** A refused command line: `message` goes to stderr, `stdout` (if any) to stdout; exit 1. */
+export class UsageError extends Error {
+  constructor(message: string, readonly stdout = "") {
+    super(message);
+  }
+}
 
-const OPTIONS = {
-  port: { type: "string", short: "p" },
-  bindaddr: { type: "string", short: "b" },
-  myaddr: { type: "string", short: "y" },
-  zone: { type: "string", short: "z" },
-  cluster: { type: "string", short: "c" },
-  log: { type: "string", short: "l" },
-  nosync: { type: "boolean", short: "n" },
-  foreground: { type: "boolean", short: "f" },
-  pidfile: { type: "string", short: "P" },
-  gateway: { type: "boolean", short: "g" },
-  Gateway: { type: "boolean", short: "G" },
-  vnodes: { type: "string", short: "V" },
-  recovery: { type: "string", short: "R" },
-  journal: { type: "string", short: "j" },
-  cache: { type: "string", short: "w" },
-  directio: { type: "boolean", short: "D" },
-  nbd: { type: "string" },
-  help: { type: "boolean", short: "h" },
-  version: { type: "boolean", short: "v" },
-} as const;
+const SHORT_OPTS = "b:c:Dfgl:np:P:R:j:w:vV:y:z:hG";
+
+const LONG_OPTS: LongOption[] = [
+  { name: "bindaddr", hasArg: 1, val: "b" },
+  { name: "cluster", hasArg: 1, val: "c" },
+  { name: "directio", hasArg: 0, val: "D" },
+  { name: "foreground", hasArg: 0, val: "f" },
+  { name: "gateway", hasArg: 0, val: "g" },
+  { name: "help", hasArg: 0, val: "h" },
+  { name: "journal", hasArg: 1, val: "j" },
+  { name: "log", hasArg: 1, val: "l" },
+  { name: "nosync", hasArg: 0, val: "n" },
+  { name: "port", hasArg: 1, val: "p" },
+  { name: "pidfile", hasArg: 1, val: "P" },
+  { name: "recovery", hasArg: 1, val: "R" },
+  { name: "version", hasArg: 0, val: "v" },
+  { name: "vnodes", hasArg: 1, val: "V" },
+  { name: "cache", hasArg: 1, val: "w" },
+  { name: "myaddr", hasArg: 1, val: "y" },
+  { name: "zone", hasArg: 1, val: "z" },
+  { name: "nbd", hasArg: 1, val: "nbd" },
+];
 
 export const HELP: Array<[string, string, string]> = [
   ["b", "bindaddr", "specify IP address of interface to listen on"],
-  ["c", "cluster", "specify the cluster driver (local[:dir], zookeeper:host:port,...)"],
+  ["c", "cluster", "specify the cluster driver (default: local)"],
   ["D", "directio", "use direct IO for backend store"],
   ["f", "foreground", "make the program run in foreground"],
-  ["g", "gateway", "make the program run as a gateway mode (also -G)"],
+  ["g", "gateway", "make the program run as a gateway mode"],
   ["h", "help", "display this help and exit"],
   ["j", "journal", "use journal file to log all the write operations"],
   ["l", "log", "specify the log level, the log directory and the log format"],
   ["n", "nosync", "drop O_SYNC for write of backend"],
   ["p", "port", "specify the TCP port on which to listen (default: 7000)"],
   ["P", "pidfile", "create a pid file"],
-  ["R", "recovery", "specify the recovery throttling (max=N,interval=MS)"],
+  ["R", "recovery", "specify the recovery speed throttling"],
   ["v", "version", "show the version"],
   ["V", "vnodes", "set number of vnodes"],
   ["w", "cache", "enable object cache"],
@@ -79,112 +86,211 @@ export function helpText(): string {
   ];
   for (const [s, l, d] of HELP) lines.push(`  -${s}, --${l.padEnd(18)}${d}`);
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
-  lines.push("", "Try 'sheep -<opt>' for more information about each option.");
+  lines.push(
+    "",
+    "Try 'sheep <option>', e.g., 'sheep -z', to get more detail about specific option",
+  );
   return lines.join("\n") + "\n";
 }
 
-function parseIntStrict(s: string, what: string, min: number, max: number): number {
-  if (!/^\d+$/.test(s)) throw new UsageError(`Invalid ${what} '${s}'`);
-  const n = Number(s);
-  if (n < min || n > max) throw new UsageError(`Invalid ${what} '${s}'`);
-  return n;
+export function versionText(): string {
+  return `Sheepdog daemon version ${VERSION}\n${SUPPORTED_FEATURES}\tMiscellaneous: none\n`;
 }
 
-/** Parses `key=value,key=value` sub-options, matching keys by prefix as upstream does. */
+/** Upstream's number options: strtol over the whole word, then a range check. */
+function parseNumber(s: string, min: number, max: number, error: string): number {
+  const n = strtolWhole(s);
+  if (n === null || n < BigInt(min) || n > BigInt(max)) throw new UsageError(error);
+  return Number(n);
+}
+
+/** `key=value,...` sub-options as upstream's option parser: each item starts with `key=`. */
 function subOptions(s: string, keys: string[]): Map<string, string> {
   const out = new Map<string, string>();
   for (const item of s.split(",")) {
     if (!item) continue;
-    const eq = item.indexOf("=");
-    const k = eq < 0 ? item : item.slice(0, eq);
-    const v = eq < 0 ? "" : item.slice(eq + 1);
-    const key = keys.find((x) => x.startsWith(k) && k.length > 0);
+    const key = keys.find((k) => item.startsWith(`${k}=`));
     if (!key) throw new UsageError(`invalid option ${item}`);
-    out.set(key, v);
+    out.set(key, item.slice(key.length + 1));
   }
   return out;
 }
 
-export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version" {
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
+function parseLog(o: SheepOptions, arg: string): void {
+  const m = subOptions(arg, ["dir", "level", "format", "dst"]);
+  if (m.has("dir")) o.logDir = m.get("dir")!;
+  if (m.has("level")) {
+    const lv = m.get("level")!;
+    const idx = LOG_LEVELS.indexOf(lv as typeof LOG_LEVELS[number]);
+    if (idx < 0) throw new UsageError(`Invalid log level '${lv}'`, LOG_LEVEL_HELP);
+    o.logLevel = idx;
   }
-  const v = parsed.values;
-  if (v.help) return "help";
-  if (v.version) return "version";
-  if (parsed.positionals.length > 1) {
-    throw new UsageError(`too many arguments: ${parsed.positionals.join(" ")}`);
+  if (m.has("format")) {
+    const f = m.get("format")!;
+    if (!["default", "server", "json"].includes(f)) {
+      throw new UsageError(
+        `invalid log format: ${f}\nvalid options are:\n\tdefault\n\tserver\n\tjson`,
+      );
+    }
   }
-  const pathArg = parsed.positionals[0] ?? "/tmp";
-  const [baseDir, ...objDirs] = pathArg.split(",");
-  const o: SheepOptions = {
-    port: v.port !== undefined ? parseIntStrict(v.port, "port number", 1, 65535) : 7000,
-    bindAddr: v.bindaddr ?? null,
-    myAddr: v.myaddr ?? null,
-    zone: v.zone !== undefined ? parseIntStrict(v.zone, "zone id", 0, 4294967295) : null,
-    cluster: v.cluster ?? "local",
+  if (m.has("dst")) {
+    const d = m.get("dst")!;
+    if (d === "stdout") {
+      o.logDst = "stdout";
+      o.foreground = true;
+    } else if (d === "default") o.logDst = "file";
+    else if (d === "stderr") o.logDst = "stderr";
+    else throw new UsageError(`invalid type of log destination: ${d}`);
+  }
+}
+
+function parseRecovery(arg: string): { max: number; interval: number } {
+  const m = subOptions(arg, ["max", "interval"]);
+  const max = parseNumber(
+    m.get("max") ?? "",
+    1,
+    1 << 30,
+    `Invalid recovery max '${m.get("max") ?? ""}'`,
+  );
+  const iv = m.get("interval") ?? "";
+  const interval = parseNumber(iv, 1, 1 << 30, `Invalid recovery interval '${iv}'`);
+  return { max, interval };
+}
+
+function defaults(): SheepOptions {
+  return {
+    port: 7000,
+    bindAddr: null,
+    myAddr: null,
+    zone: null,
+    cluster: "local",
     logDir: null,
     logLevel: 6,
     logDst: "file",
-    nosync: !!v.nosync,
-    foreground: !!v.foreground,
-    pidfile: v.pidfile ?? null,
-    gateway: !!(v.gateway || v.Gateway),
-    vnodes: v.vnodes !== undefined ? parseIntStrict(v.vnodes, "number of vnodes", 1, 65535) : null,
+    nosync: false,
+    foreground: false,
+    pidfile: null,
+    gateway: false,
+    vnodes: null,
     nbd: null,
     recovery: null,
-    journal: v.journal ?? null,
-    cache: v.cache ?? null,
-    directio: !!v.directio,
-    baseDir,
-    objDirs,
+    journal: null,
+    cache: null,
+    directio: false,
+    baseDir: "/tmp",
+    objDirs: [],
   };
-  if (o.gateway && o.vnodes !== null) throw new UsageError("Cannot use -V and -g at the same time");
-  if (v.log !== undefined) {
-    const m = subOptions(v.log, ["dir", "level", "format", "dst"]);
-    if (m.has("dir")) o.logDir = m.get("dir")!;
-    if (m.has("level")) {
-      const lv = m.get("level")!;
-      const idx = /^\d+$/.test(lv)
-        ? Number(lv)
-        : LOG_LEVELS.indexOf(lv as typeof LOG_LEVELS[number]);
-      if (idx < 0 || idx > 7) throw new UsageError(`invalid log level: ${lv}`);
-      o.logLevel = idx;
+}
+
+/**
+ * Options are acted on in command-line order, as upstream's getopt loop does: the first bad one
+ * is the one reported, and `-h`/`-v` win only when they come before it.
+ */
+export function parseSheepArgs(
+  argv: string[],
+  prog = "sheep",
+  env: { POSIXLY_CORRECT?: string } = {},
+): SheepOptions | "help" | "version" {
+  const parsed = getoptLong(argv, SHORT_OPTS, LONG_OPTS, prog, {
+    posixlyCorrect: env.POSIXLY_CORRECT !== undefined,
+  });
+  const o = defaults();
+  for (const it of parsed.items) {
+    if ("error" in it) {
+      const detail = OPTION_HELP[it.optopt];
+      if (detail) throw new UsageError(it.error, detail + "\n");
+      throw new UsageError(`${it.error}\nTry 'sheep --help' for more information.`);
     }
-    if (m.has("dst")) {
-      const d = m.get("dst")!;
-      if (d === "stdout") {
-        o.logDst = "stdout";
+    const arg = it.arg ?? "";
+    switch (it.opt) {
+      case "p":
+        o.port = parseNumber(arg, 1, 65535, `Invalid port number '${arg}'`);
+        break;
+      case "z":
+        o.zone = parseNumber(
+          arg,
+          0,
+          4294967295,
+          `Invalid zone id '${arg}': must be an integer between 0 and 4294967295`,
+        );
+        break;
+      case "V":
+        o.vnodes = parseNumber(
+          arg,
+          1,
+          65535,
+          `Invalid number of vnodes '${arg}': must be an integer between 1 and 65535`,
+        );
+        break;
+      case "b":
+        if (!isIP(arg)) throw new UsageError(`Bad address '${arg}'`);
+        o.bindAddr = arg;
+        break;
+      case "y":
+        if (isIP(arg) !== (arg.includes(":") ? 6 : 4)) {
+          throw new UsageError(`Invalid address: '${arg}'`);
+        }
+        o.myAddr = arg;
+        break;
+      case "c":
+        if (!/^(local(:.*)?|zookeeper:.+|corosync(:.*)?)$/.test(arg)) {
+          throw new UsageError(`Invalid cluster driver '${arg}'`, SUPPORTED_FEATURES);
+        }
+        o.cluster = arg;
+        break;
+      case "l":
+        parseLog(o, arg);
+        break;
+      case "n":
+        o.nosync = true;
+        break;
+      case "f":
         o.foreground = true;
-      } else if (d === "default") o.logDst = "file";
-      else if (d === "stderr") o.logDst = "stderr";
-      else throw new UsageError(`invalid log destination: ${d}`);
-      if (o.logDst !== "file" && m.has("dir")) {
-        throw new UsageError("dir= cannot be used with a non-default log destination");
+        break;
+      case "P":
+        o.pidfile = arg;
+        break;
+      case "g":
+      case "G":
+        o.gateway = true;
+        break;
+      case "R":
+        o.recovery = parseRecovery(arg);
+        break;
+      case "j":
+        o.journal = arg;
+        break;
+      case "w":
+        o.cache = arg;
+        break;
+      case "D":
+        o.directio = true;
+        break;
+      case "nbd": {
+        const colon = arg.lastIndexOf(":");
+        const host = colon < 0 ? "0.0.0.0" : arg.slice(0, colon).replace(/^\[|\]$/g, "");
+        const p = colon < 0 ? arg : arg.slice(colon + 1);
+        o.nbd = { host, port: parseNumber(p, 1, 65535, `Invalid NBD port '${p}'`) };
+        break;
       }
+      case "h":
+        return "help";
+      case "v":
+        return "version";
     }
   }
-  if (v.recovery !== undefined) {
-    const m = subOptions(v.recovery, ["max", "interval"]);
-    const max = parseIntStrict(m.get("max") ?? "", "recovery max", 1, 1 << 30);
-    const interval = parseIntStrict(m.get("interval") ?? "", "recovery interval", 1, 1 << 30);
-    o.recovery = { max, interval };
+  if (o.gateway && o.vnodes !== null) {
+    throw new UsageError("Options '-g' and '-V' can not be both specified");
   }
-  if (v.nbd !== undefined) {
-    const s = v.nbd;
-    const colon = s.lastIndexOf(":");
-    const host = colon < 0 ? "0.0.0.0" : s.slice(0, colon).replace(/^\[|\]$/g, "");
-    const port = parseIntStrict(colon < 0 ? s : s.slice(colon + 1), "NBD port", 1, 65535);
-    o.nbd = { host, port };
-  }
-  const validDriver = /^(local(:.*)?|zookeeper:.+|corosync(:.*)?)$/.test(o.cluster);
-  if (!validDriver) {
+  if (o.logDst !== "file" && o.logDir !== null) {
     throw new UsageError(
-      `Invalid cluster driver '${o.cluster}'\nSupported drivers: local zookeeper corosync`,
+      `logdir (${o.logDir}) is specified but logging destination is ${o.logDst}`,
     );
   }
+  // Upstream takes the first word left after the options as PATH and ignores the rest.
+  const pathArg = parsed.positionals[0] ?? "/tmp";
+  const [baseDir, ...objDirs] = pathArg.split(",");
+  o.baseDir = baseDir;
+  o.objDirs = objDirs;
   return o;
 }

@@ -8,6 +8,7 @@ import {
   epochFileBytes,
   latestEpoch,
   listEpochs,
+  missingEpochs,
   readConfig,
   readEpoch,
   removeEpochs,
@@ -119,4 +120,14 @@ test("malformed epoch file is rejected", () => {
   fs.mkdirSync(`${d}/epoch`);
   fs.writeFileSync(`${d}/epoch/00000001`, Buffer.alloc(81));
   expect(() => readEpoch(d, 1)).toThrow();
+});
+
+test("missingEpochs names the epochs a sheep has no log of", () => {
+  const d = tmp();
+  expect(missingEpochs(d, 3)).toEqual([1, 2, 3]);
+  const n = makeNode("127.0.0.1", 7000);
+  writeEpoch(d, 1, [n], 1n);
+  writeEpoch(d, 4, [n], 4n);
+  expect(missingEpochs(d, 5)).toEqual([2, 3, 5]);
+  expect(missingEpochs(d, 1)).toEqual([]);
 });

@@ -21,6 +21,7 @@ import {
   applyVdiDeleted,
   decrefPlan,
   deleteVdi,
+  forgetVdis,
   getVdiAttr,
   hashVdiAttr,
   ledgerFromBuffer,
@@ -31,9 +32,11 @@ import {
   type MetaIO,
   newVdi,
   type NewVdiRequest,
+  recyclableAfterDelete,
   registerInode,
   releaseVdi,
   VdiBitmap,
+  vdiFamily,
   VdiTable,
 } from "../../core/vdi.ts";
 
@@ -625,4 +628,50 @@ test("lock table and registerInode", () => {
     blockSizeShift: 0,
     parentVid: 4,
   });
+});
+
+test("RECYCLE_VID: lowest free VIDs, a family freed once all of it is deleted", async () => {
+  const io = new MemIO(), t = new VdiTable();
+  t.recycle = true;
+  const a = (await create(io, t, req("a"))).vid;
+  expect(a).toBe(1);
+  await setTag(io, a, "s1");
+  const w = (await create(io, t, req("a", { snapshot: true, baseVid: a }))).vid;
+  const b = (await create(io, t, req("b"))).vid;
+  const c = (await create(io, t, req("c", { baseVid: a }))).vid; // clone of a@s1
+  expect([w, b, c]).toEqual([2, 3, 4]);
+  expect(vdiFamily(t, c)).toEqual([1, 2, 4]);
+  const del = async (name: string, opts = {}) => {
+    const vid = await deleteVdi(io, t, name, opts);
+    const freed = recyclableAfterDelete(t, vid);
+    applyVdiDeleted(t, vid);
+    forgetVdis(t, freed);
+    return freed;
+  };
+  expect(await del("a")).toEqual([]);
+  expect(await del("a", { tag: "s1" })).toEqual([]);
+  expect(await del("c")).toEqual([1, 2, 4]);
+  expect([t.inuse.test(1), t.inuse.test(2), t.inuse.test(3), t.inuse.test(4)]).toEqual([
+    false,
+    false,
+    true,
+    false,
+  ]);
+  expect(t.states.has(1)).toBe(false);
+  expect((await create(io, t, req("d"))).vid).toBe(1);
+  expect((await create(io, t, req("a"))).vid).toBe(2);
+  // A reused (lower) VID for the working VDI: the newest member by snap_id is found, not the
+  // highest VID (upstream's lookup takes the snapshot at the higher VID there).
+  await setTag(io, 3, "t");
+  const nb = (await create(io, t, req("b", { snapshot: true, baseVid: 3 }))).vid;
+  expect(nb).toBe(4);
+  await del("d");
+  await setTag(io, nb, "t2");
+  const nb2 = (await create(io, t, req("b", { snapshot: true, baseVid: nb }))).vid;
+  expect(nb2).toBe(1);
+  expect((await lookupVdi(io, t, "b")).vid).toBe(1);
+  expect((await lookupVdi(io, t, "b", { tag: "t" })).vid).toBe(3);
+  expect((await lookupVdi(io, t, "b", { tag: "t2" })).vid).toBe(4);
+  expect(await code(lookupVdi(io, t, "b", { tag: "nope" }))).toBe(Res.NO_TAG);
+  expect(await code(lookupVdi(io, t, "zz"))).toBe(Res.NO_VDI);
 });
