@@ -176,6 +176,10 @@ export class Sheep {
   private stopping = false;
   private recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
+  /** Set by sheep/http.ts (--http): each request handle() served, and each NBD command. */
+  requestHook: ((opcode: number, ms: number, result: number) => void) | null = null;
+  nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
+  private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
   private ringCache = new Map<number, Ring>();
   onExit: (code: number) => void = (code) => process.exit(code);
@@ -292,6 +296,7 @@ export class Sheep {
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
+    if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
@@ -392,6 +397,7 @@ export class Sheep {
       port: nbd.port,
       provider: new SheepExportProvider(this),
       log: (m: string) => this.log.info(`nbd: ${m}`),
+      onCommand: this.nbdHook ?? undefined,
     });
     this.log.info(`NBD server listening on ${nbd.host}:${nbd.port}`);
   }
@@ -941,13 +947,17 @@ export class Sheep {
     if (counted) this.clientRequests++;
     const started = requestStarted(this.stats, req.opcode, data.length);
     let txBytes = 0;
+    const t0 = this.requestHook ? performance.now() : 0;
+    let result: number = Res.SYSTEM_ERROR;
     try {
       const r = await this.handleCounted(req, data);
       txBytes = r.data.length;
+      result = r.hdr.result;
       return r;
     } finally {
       if (counted) this.clientRequests--;
       if (started) requestDone(this.stats, started, txBytes);
+      this.requestHook?.(req.opcode, performance.now() - t0, result);
     }
   }
 
@@ -1513,6 +1523,7 @@ export class Sheep {
     this.server?.close();
     this.unixServer?.close();
     await this.nbdServer?.close().catch(() => {});
+    await this.httpServer?.close().catch(() => {});
     for (const s of this.sockets) s.destroy();
     this.pool.close();
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });

@@ -19,6 +19,8 @@ export interface SheepOptions {
   gateway: boolean;
   vnodes: number | null;
   nbd: { host: string; port: number } | null;
+  /** --http: /metrics, /healthz and the dashboard (loopback unless an address is given). */
+  http: { host: string; port: number } | null;
   recovery: { max: number; interval: number } | null;
   journal: string | null;
   cache: string | null;
@@ -47,6 +49,7 @@ const OPTIONS = {
   cache: { type: "string", short: "w" },
   directio: { type: "boolean", short: "D" },
   nbd: { type: "string" },
+  http: { type: "string" },
   help: { type: "boolean", short: "h" },
   version: { type: "boolean", short: "v" },
 } as const;
@@ -79,6 +82,10 @@ export function helpText(): string {
   ];
   for (const [s, l, d] of HELP) lines.push(`  -${s}, --${l.padEnd(18)}${d}`);
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
+  lines.push(
+    `      --${"http".padEnd(18)}serve /metrics, /healthz and a dashboard on [ADDR:]PORT` +
+      " (off unless given; ADDR defaults to 127.0.0.1)",
+  );
   lines.push("", "Try 'sheep -<opt>' for more information about each option.");
   return lines.join("\n") + "\n";
 }
@@ -103,6 +110,15 @@ function subOptions(s: string, keys: string[]): Map<string, string> {
     out.set(key, v);
   }
   return out;
+}
+
+/** `[ADDR:]PORT`, ADDR possibly a bracketed IPv6 address. */
+function hostPort(s: string, defaultHost: string, what: string): { host: string; port: number } {
+  const colon = s.lastIndexOf(":");
+  const host = colon < 0 ? defaultHost : s.slice(0, colon).replace(/^\[|\]$/g, "");
+  const port = parseIntStrict(colon < 0 ? s : s.slice(colon + 1), what, 1, 65535);
+  if (!host) throw new UsageError(`Invalid ${what} '${s}'`);
+  return { host, port };
 }
 
 export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version" {
@@ -135,6 +151,7 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
     gateway: !!(v.gateway || v.Gateway),
     vnodes: v.vnodes !== undefined ? parseIntStrict(v.vnodes, "number of vnodes", 1, 65535) : null,
     nbd: null,
+    http: null,
     recovery: null,
     journal: v.journal ?? null,
     cache: v.cache ?? null,
@@ -180,6 +197,7 @@ export function parseSheepArgs(argv: string[]): SheepOptions | "help" | "version
     const port = parseIntStrict(colon < 0 ? s : s.slice(colon + 1), "NBD port", 1, 65535);
     o.nbd = { host, port };
   }
+  if (v.http !== undefined) o.http = hostPort(v.http, "127.0.0.1", "HTTP port");
   const validDriver = /^(local(:.*)?|zookeeper:.+|corosync(:.*)?)$/.test(o.cluster);
   if (!validDriver) {
     throw new UsageError(
