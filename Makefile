@@ -18,7 +18,7 @@ SOURCES  := mod.ts $(shell find $(SRC_DIRS) -name '*.ts' -type f 2>/dev/null | s
 # Stamp newer than package.json/package-lock.json once node_modules matches them.
 DEPS_STAMP := node_modules/.sheepdog-deps
 
-APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd
+APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium
 
 .PHONY: all build deps apt-deps node-deps check unit test test-long bench deno-compile \
         clean install uninstall run stop status cpg-bridge dev-bun dev-deno
@@ -73,7 +73,8 @@ package-lock.json:
 
 node-deps: $(DEPS_STAMP)
 
-# Debian packages the tests drive (NBD clients, fio, ZooKeeper, corosync + libcpg for the bridge).
+# Debian packages the tests drive (NBD clients, fio, ZooKeeper, corosync + libcpg for the bridge,
+# chromium for the dashboard test).
 # Installs only what is missing; a temporary policy-rc.d keeps apt from starting corosync or
 # zookeeper services, since the tests run their own instances.
 apt-deps:

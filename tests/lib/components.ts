@@ -71,6 +71,8 @@ const COMPONENTS = {
     command("fio", "fio"),
     command("cmp", "diffutils"),
   ],
+  // The dashboard test loads the page in headless Chromium (tests/e2e/metrics.test.ts).
+  chromium: [command("chromium", "chromium")],
 } satisfies Record<string, Requirement[]>;
 
 export type Component = keyof typeof COMPONENTS;
