@@ -8,6 +8,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import process from "node:process";
 import { freePort, TestCluster } from "../lib/cluster.ts";
 import { testWith } from "../lib/components.ts";
 import { type ParsedFamily, parseExposition } from "../lib/prom-parse.ts";
@@ -326,3 +327,17 @@ chromiumTest("after the kill the dashboard shows 2 nodes", async () => {
   expect(dom).toMatch(/cluster ok, epoch \d+, 2 nodes/);
   expect(dom).toMatch(/idle \(last recovery: (\d+) of \1 objects\)/);
 }, 240_000);
+
+test("SIGHUP reopens sheep.log after logrotate renamed it", async () => {
+  const log = path.join(c.nodes[0].dir, "sheep.log");
+  fs.renameSync(log, log + ".1");
+  process.kill(c.nodes[0].proc!.pid!, "SIGHUP");
+  await c.waitFor(
+    async () => fs.existsSync(log) && fs.readFileSync(log, "utf8").includes("log file reopened"),
+    10_000,
+    "a new sheep.log",
+  );
+  expect(c.isRunning(0)).toBe(true);
+  expect((await get(0, "/healthz")).status).toBe(200);
+  expect(fs.readFileSync(log + ".1", "utf8")).not.toContain("log file reopened");
+}, 30_000);
