@@ -26,7 +26,10 @@ export function health(sheep: Sheep, nodes: number): { code: number; body: strin
       body: `unavailable: cluster status ${STATUS_NAMES[st.status] ?? st.status}`,
     };
   }
-  return { code: 200, body: `ok: serving, epoch ${st.epoch}, ${nodes} nodes` };
+  return {
+    code: 200,
+    body: `ok: serving, epoch ${st.epoch}, ${nodes} node${nodes === 1 ? "" : "s"}`,
+  };
 }
 
 const STATIC: Record<string, { type: string; body: Buffer }> = {

@@ -1,6 +1,7 @@
 // /api/state: the JSON the dashboard polls. Cluster and VDI figures come from this sheep's view;
 // per-node capacity and object counts are asked of each node (STAT_SHEEP, GET_OBJ_LIST), so one
-// dashboard shows the whole cluster. Built at most once a second however many browsers poll.
+// dashboard shows the whole cluster. Those are asked at most once a second however many browsers
+// poll; this sheep's own counters are read fresh on every request (the throughput needs them).
 import { Buffer } from "node:buffer";
 import { decodeInodeHeader } from "../../core/inode.ts";
 import { nodeEqual, nodeHostPort, nodeIp } from "../../core/node.ts";
@@ -81,23 +82,24 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
 }
 
 export class DashboardState {
-  private cache: { t: number; p: Promise<DashState> } | null = null;
+  private cache: { t: number; p: Promise<{ nodes: NodeView[]; vdis: VdiView[] }> } | null = null;
   /** Snapshots never change: their inode headers are read once. */
   private snapHeaders = new Map<number, VdiView>();
 
   constructor(private readonly sheep: Sheep, private readonly metrics: SheepMetrics) {}
 
-  get(): Promise<DashState> {
+  async get(): Promise<DashState> {
     const t = Date.now();
     if (!this.cache || t - this.cache.t >= 1000) {
-      const p = this.build();
+      const p = this.ask1s();
       this.cache = { t, p };
       // A failed build is not kept: the next poll tries again.
       p.catch(() => {
         if (this.cache?.p === p) this.cache = null;
       });
     }
-    return this.cache.p;
+    const { nodes, vdis } = await this.cache.p;
+    return this.compose(nodes, vdis);
   }
 
   private ask(n: SdNode, hdr: Header): Promise<Reply> {
@@ -159,18 +161,26 @@ export class DashboardState {
     return v;
   }
 
-  private async build(): Promise<DashState> {
+  /** The figures that take requests to other nodes (and inode reads). */
+  private async ask1s(): Promise<{ nodes: NodeView[]; vdis: VdiView[] }> {
     const s = this.sheep;
-    const m = this.metrics;
-    const nodes = m.clusterNodes();
     // The ring's copy of a node carries its effective vnodes (auto vnodes scale with capacity).
     const vnodesOf = (n: SdNode) =>
       s.ring.nodes.find((r) => nodeEqual(r, n))?.nrVnodes ?? n.nrVnodes;
     const states = [...s.vdis.states.values()].filter((v) => !v.deleted).slice(0, MAX_VDIS);
-    const [nodeViews, vdiViews] = await Promise.all([
-      Promise.all(nodes.map((n) => this.nodeView(n, vnodesOf(n)))),
+    const [nodes, vdis] = await Promise.all([
+      Promise.all(this.metrics.clusterNodes().map((n) => this.nodeView(n, vnodesOf(n)))),
       Promise.all(states.map((v) => this.vdiView(v.vid, v.snapshot, v.parentVid))),
     ]);
+    return {
+      nodes,
+      vdis: vdis.filter((v): v is VdiView => v !== null).sort((a, b) => a.vid - b.vid),
+    };
+  }
+
+  private compose(nodeViews: NodeView[], vdiViews: VdiView[]): DashState {
+    const s = this.sheep;
+    const m = this.metrics;
     m.sampleRecovery();
     const rec = s.recovery.status();
     const st = s.stats;
@@ -184,11 +194,11 @@ export class DashboardState {
         epoch: s.state.epoch,
         copies: s.state.copies,
         store: s.state.store,
-        nodes: nodes.length,
+        nodes: m.clusterNodes().length,
         members: s.members.length,
       },
       nodes: nodeViews,
-      vdis: vdiViews.filter((v): v is VdiView => v !== null).sort((a, b) => a.vid - b.vid),
+      vdis: vdiViews,
       recovery: {
         running: rec.inRecovery,
         phase: rec.state,
