@@ -948,12 +948,15 @@ export class Sheep {
     const started = requestStarted(this.stats, req.opcode, data.length);
     let txBytes = 0;
     const t0 = this.requestHook ? performance.now() : 0;
-    let result: number = Res.SYSTEM_ERROR;
+    let result: number = Res.SUCCESS;
     try {
       const r = await this.handleCounted(req, data);
       txBytes = r.data.length;
       result = r.hdr.result;
       return r;
+    } catch (e) {
+      result = errorReply(req, e).hdr.result; // what the caller will answer
+      throw e;
     } finally {
       if (counted) this.clientRequests--;
       if (started) requestDone(this.stats, started, txBytes);

@@ -13,6 +13,9 @@ import type { Sheep } from "./daemon.ts";
 const OP_NAMES = new Map<number, string>(
   Object.entries(Op).map(([name, code]) => [code, name.toLowerCase()]),
 );
+const RES_NAMES = new Map<number, string>(
+  Object.entries(Res).map(([name, code]) => [code, name.toLowerCase()]),
+);
 const CMD_NAMES = new Map<number, string>(
   Object.entries(Cmd).map(([name, code]) => [code, name.toLowerCase()]),
 );
@@ -34,6 +37,7 @@ const RATE_WINDOW_MS = 5_000;
 
 export class SheepMetrics {
   readonly ops = new HistogramVec("op");
+  /** Keyed by opcode and result name, "op\0result". */
   readonly opErrors = new Map<string, number>();
   readonly nbd = new HistogramVec("command");
   readonly nbdErrors = new Map<string, number>();
@@ -51,7 +55,10 @@ export class SheepMetrics {
   onRequest = (opcode: number, ms: number, result: number): void => {
     const name = opName(opcode);
     this.ops.get(name).observe(ms / 1000);
-    if (result !== Res.SUCCESS) this.opErrors.set(name, (this.opErrors.get(name) ?? 0) + 1);
+    if (result !== Res.SUCCESS) {
+      const key = `${name}\0${RES_NAMES.get(result) ?? `0x${result.toString(16)}`}`;
+      this.opErrors.set(key, (this.opErrors.get(key) ?? 0) + 1);
+    }
   };
 
   /** NbdServerOptions.onCommand: one NBD command answered. */
@@ -152,8 +159,11 @@ export class SheepMetrics {
       },
       c(
         "sheep_request_errors_total",
-        "Requests answered with a result other than success, by opcode.",
-        counts(this.opErrors, "op"),
+        "Requests answered with a result other than success, by opcode and result.",
+        [...this.opErrors].sort(([a], [b]) => a.localeCompare(b)).map(([k, value]) => {
+          const [op, result] = k.split("\0");
+          return { labels: { op, result }, value };
+        }),
       ),
       c("sheep_requests_total", "Object requests (dog node stat), by role and kind.", [
         { labels: { role: "gateway", kind: "read" }, value: st.gwRead },

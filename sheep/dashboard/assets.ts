@@ -109,7 +109,8 @@ function drawNodes(s) {
     var vshare = totalVnodes ? n.vnodes / totalVnodes : 0;
     tr.appendChild(el("td", {}, n.id));
     tr.appendChild(el("td", {}, n.zone));
-    tr.appendChild(el("td", { title: (vshare * 100).toFixed(1) + "% of the ring" }, n.vnodes));
+    tr.appendChild(el("td", { title: "share of the ring" },
+      n.vnodes + " (" + (vshare * 100).toFixed(1) + "%)"));
     tr.appendChild(el("td", {}, bytes(n.space)));
     tr.appendChild(el("td", {}, bytes(used)));
     tr.appendChild(el("td", {}, bytes(n.free)));

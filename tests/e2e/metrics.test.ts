@@ -150,7 +150,11 @@ test("/healthz: 503 before the cluster is formatted, 200 once it serves", async 
   expect((await get(0, "/healthz", "HEAD")).status).toBe(200);
   expect((await get(0, "/nope")).status).toBe(404);
   expect((await get(0, "/metrics", "POST")).status).toBe(405);
+  const miss = await c.dog(["vdi", "delete", "no-such-vdi"]);
+  expect(miss.code).not.toBe(0);
   const m = await scrape(0);
+  expect(value(m, "sheep_request_errors_total", { op: "get_vdi_info", result: "no_vdi" }))
+    .toBeGreaterThanOrEqual(1);
   expect(value(m, "sheep_epoch")).toBe(1);
   expect(value(m, "sheep_cluster_nodes")).toBe(3);
   expect(value(m, "sheep_cluster_status", { status: "ok" })).toBe(1);
