@@ -44,10 +44,10 @@ export class SheepMetrics {
   nbdReadBytes = 0;
   nbdWriteBytes = 0;
   private recSamples: Array<{ t: number; done: number; total: number }> = [];
-  private diskCache: { t: number; disks: Array<{ path: string; free: bigint; used: bigint }> } = {
-    t: -Infinity,
-    disks: [],
-  };
+  private diskCache: {
+    t: number;
+    disks: Array<{ path: string; free: bigint; used: bigint; objects: number }>;
+  } = { t: -Infinity, disks: [] };
 
   constructor(private readonly sheep: Sheep, private readonly now: () => number) {}
 
@@ -92,12 +92,27 @@ export class SheepMetrics {
     return dt > 0 ? (b.done - a.done) / dt : 0;
   }
 
-  private disks(): Array<{ path: string; free: bigint; used: bigint }> {
+  private disks(
+    objects: bigint[],
+  ): Array<{ path: string; free: bigint; used: bigint; objects: number }> {
     const t = this.now();
+    const s = this.sheep;
     if (t - this.diskCache.t >= DISK_WALK_MS) {
-      this.diskCache = { t, disks: this.sheep.opts.gateway ? [] : this.sheep.store.diskInfo() };
+      const disks = (s.opts.gateway ? [] : s.store.diskInfo()).map((d) => ({ ...d, objects: 0 }));
+      // Which disk holds an object is a lookup per object: only with several disks, and only
+      // as often as the walk.
+      if (disks.length > 1) {
+        for (const oid of objects) {
+          const p = s.store.path(oid);
+          const d = disks.find((x) => p.startsWith(x.path + "/"));
+          if (d) d.objects++;
+        }
+      }
+      this.diskCache = { t, disks };
     }
-    return this.diskCache.disks;
+    const disks = this.diskCache.disks;
+    if (disks.length === 1) disks[0].objects = objects.length;
+    return disks;
   }
 
   /** Nodes of the current epoch when the cluster runs, else the members seen so far. */
@@ -133,18 +148,8 @@ export class SheepMetrics {
 
     const rec = s.recovery.status();
     const storeStat = s.opts.gateway ? { size: 0n, free: 0n } : s.store.statfs();
-    const disks = this.disks();
     const objects = s.opts.gateway ? [] : s.store.list();
-    const perDisk = new Map<string, number>(disks.map((d) => [d.path, 0]));
-    for (const oid of objects) {
-      const p = s.store.path(oid);
-      for (const d of disks) {
-        if (p.startsWith(d.path + "/")) {
-          perDisk.set(d.path, perDisk.get(d.path)! + 1);
-          break;
-        }
-      }
-    }
+    const disks = this.disks(objects);
     const status = s.state.status;
     const families: Family[] = [
       g("sheep_info", "Version and address of this sheep.", [{
@@ -209,8 +214,8 @@ export class SheepMetrics {
       g("sheep_store_size_bytes", "Object bytes plus free space.", one(storeStat.size)),
       g(
         "sheep_disk_objects",
-        "Objects stored per disk.",
-        disks.map((d) => ({ labels: { disk: d.path }, value: perDisk.get(d.path)! })),
+        "Objects stored per disk (with several disks, refreshed every 10 s).",
+        disks.map((d) => ({ labels: { disk: d.path }, value: d.objects })),
       ),
       g(
         "sheep_disk_used_bytes",

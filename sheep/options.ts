@@ -83,8 +83,7 @@ export function helpText(): string {
   for (const [s, l, d] of HELP) lines.push(`  -${s}, --${l.padEnd(18)}${d}`);
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
   lines.push(
-    `      --${"http".padEnd(18)}serve /metrics, /healthz and a dashboard on [ADDR:]PORT` +
-      " (off unless given; ADDR defaults to 127.0.0.1)",
+    `      --${"http".padEnd(18)}serve metrics and a dashboard on [ADDR:]PORT (127.0.0.1)`,
   );
   lines.push("", "Try 'sheep -<opt>' for more information about each option.");
   return lines.join("\n") + "\n";

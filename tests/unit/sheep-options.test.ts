@@ -17,7 +17,7 @@ test("--http rejects bad ports and is in --help", () => {
     expect(() => parseSheepArgs(["--http", bad]), bad).toThrow(UsageError);
   }
   expect(() => parseSheepArgs(["--http"])).toThrow(UsageError);
-  expect(helpText()).toMatch(
-    /--http {14}serve \/metrics, \/healthz and a dashboard on \[ADDR:\]PORT/,
+  expect(helpText()).toContain(
+    "      --http              serve metrics and a dashboard on [ADDR:]PORT (127.0.0.1)\n",
   );
 });
