@@ -245,6 +245,8 @@ export class Sheep {
     }
     await this.loadLocalState();
     await this.listen();
+    // Before joining: a port in use fails the start before we join, and /healthz says "joining".
+    if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
 
     const addr = this.opts.myAddr ??
       (this.opts.bindAddr && this.opts.bindAddr !== "0.0.0.0" && this.opts.bindAddr !== "::"
@@ -296,7 +298,6 @@ export class Sheep {
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
-    if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);

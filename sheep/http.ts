@@ -16,8 +16,14 @@ export interface HttpServer {
   close(): Promise<void>;
 }
 
+/** The daemon builds its recovery manager once the membership driver is up. */
+function started(sheep: Sheep): boolean {
+  return (sheep as { recovery?: unknown }).recovery !== undefined;
+}
+
 /** 200 and a one-line reason when this sheep serves I/O, else 503 and why not. */
 export function health(sheep: Sheep, nodes: number): { code: number; body: string } {
+  if (!started(sheep)) return { code: 503, body: "unavailable: starting" };
   const st = sheep.state;
   if (st.ctime === 0n) return { code: 503, body: "unavailable: cluster not formatted" };
   if (st.status !== Status.OK) {
@@ -45,7 +51,7 @@ export async function startHttp(sheep: Sheep): Promise<HttpServer> {
   sheep.nbdHook = metrics.onNbdCommand;
   const dash = new DashboardState(sheep, metrics);
   // The recovery rate needs samples between scrapes too.
-  const sampler = setInterval(() => metrics.sampleRecovery(), 1000);
+  const sampler = setInterval(() => started(sheep) && metrics.sampleRecovery(), 1000);
   (sampler as { unref?: () => void }).unref?.();
 
   const send = (
@@ -72,6 +78,9 @@ export async function startHttp(sheep: Sheep): Promise<HttpServer> {
       return send(res, 405, "text/plain", "method not allowed\n", head);
     }
     try {
+      if (url === "/metrics" || url === "/api/state") {
+        if (!started(sheep)) return send(res, 503, "text/plain", "starting\n", head);
+      }
       if (url === "/metrics") return send(res, 200, CONTENT_TYPE, metrics.render(), head);
       if (url === "/healthz") {
         const h = health(sheep, metrics.clusterNodes().length);

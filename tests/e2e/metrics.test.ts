@@ -9,7 +9,7 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
-import { freePort, TestCluster } from "../lib/cluster.ts";
+import { freePort, sheepCommand, TestCluster } from "../lib/cluster.ts";
 import { testWith } from "../lib/components.ts";
 import { type ParsedFamily, parseExposition } from "../lib/prom-parse.ts";
 
@@ -351,3 +351,20 @@ test("SIGHUP reopens sheep.log after logrotate renamed it", async () => {
   expect((await get(0, "/healthz")).status).toBe(200);
   expect(fs.readFileSync(log + ".1", "utf8")).not.toContain("log file reopened");
 }, 30_000);
+
+test("--http on a port in use: the sheep says so and exits before joining", async () => {
+  const epoch = value(await scrape(0), "sheep_epoch");
+  const dir = path.join(c.root, "busy");
+  const port = await freePort();
+  const [cmd, ...pre] = sheepCommand();
+  const args = [...pre, "sheep", "-f", "-b", "127.0.0.1", "-p", String(port), "-z", "9"];
+  args.push("-c", c.nodes[0].driver, "--http", `127.0.0.1:${httpPorts[0]}`, dir);
+  const r = await run(cmd, args, 30_000).done;
+  expect(r.code).toBe(1);
+  expect(r.err).toContain(`cannot listen on 127.0.0.1:${httpPorts[0]} (--http)`);
+  const nodes = (await c.dogOk(["node", "list", "-r"])).trim().split("\n");
+  expect(nodes.length).toBe(2);
+  const m = await scrape(0);
+  expect(value(m, "sheep_cluster_members")).toBe(2);
+  expect(value(m, "sheep_epoch")).toBe(epoch); // never joined: no epoch for it coming and going
+}, 60_000);
