@@ -12,16 +12,18 @@ DENO    := $(BIN)/deno
 PREFIX  ?= /usr/local
 DESTDIR ?=
 SYSTEMD_DIR ?= /etc/systemd/system
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+LOGROTATE_DIR ?= /etc/logrotate.d
 
 SRC_DIRS := core io cli drivers sheep
 SOURCES  := mod.ts $(shell find $(SRC_DIRS) -name '*.ts' -type f 2>/dev/null | sort)
 # Stamp newer than package.json/package-lock.json once node_modules matches them.
 DEPS_STAMP := node_modules/.sheepdog-deps
 
-APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd
+APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium systemd
 
 .PHONY: all build deps apt-deps node-deps check unit test test-long bench deno-compile \
-        clean install uninstall run stop status cpg-bridge dev-bun dev-deno
+        clean install uninstall run stop status cpg-bridge dev-bun dev-deno completion
 
 all: build
 
@@ -73,7 +75,8 @@ package-lock.json:
 
 node-deps: $(DEPS_STAMP)
 
-# Debian packages the tests drive (NBD clients, fio, ZooKeeper, corosync + libcpg for the bridge).
+# Debian packages the tests drive (NBD clients, fio, ZooKeeper, corosync + libcpg for the bridge,
+# chromium for the dashboard test, systemd-analyze to verify the units in packaging/).
 # Installs only what is missing; a temporary policy-rc.d keeps apt from starting corosync or
 # zookeeper services, since the tests run their own instances.
 apt-deps:
@@ -147,18 +150,29 @@ install: build
 	  install -m 0755 $(CPG_BRIDGE) $(DESTDIR)$(PREFIX)/bin/cpg-bridge && \
 	  echo "installed $(DESTDIR)$(PREFIX)/bin/cpg-bridge"; \
 	else echo "no $(CPG_BRIDGE) (libcpg-dev missing?): -c corosync will not work"; fi
+	@# sheepdog.service runs one sheep; sheepdog@<port>.service one of several on the host.
 	@if [ -n "$(DESTDIR)" ] || [ -d $(SYSTEMD_DIR) ]; then \
 	  install -d $(DESTDIR)$(SYSTEMD_DIR) && \
-	  sed 's#/usr/local/bin/sheepdog#$(PREFIX)/bin/sheepdog#g' packaging/sheepdog.service \
-	    > $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service && \
-	  chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service && \
-	  echo "installed $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service"; \
-	else echo "no $(SYSTEMD_DIR): systemd unit not installed"; fi
+	  for u in sheepdog.service sheepdog@.service; do \
+	    sed 's#/usr/local/bin/sheepdog#$(PREFIX)/bin/sheepdog#g' packaging/$$u \
+	      > $(DESTDIR)$(SYSTEMD_DIR)/$$u && \
+	    chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/$$u && \
+	    echo "installed $(DESTDIR)$(SYSTEMD_DIR)/$$u" || exit 1; \
+	  done; \
+	else echo "no $(SYSTEMD_DIR): systemd units not installed"; fi
+	install -D -m 0644 packaging/dog.bash-completion $(DESTDIR)$(BASH_COMPLETION_DIR)/dog
+	install -D -m 0644 packaging/logrotate/sheepdog $(DESTDIR)$(LOGROTATE_DIR)/sheepdog
+
+# dog's bash completion is generated from its command table (tests/unit/completion.test.ts checks
+# the committed file is current).
+completion: node-deps
+	$(BUN) packaging/completion.ts > packaging/dog.bash-completion
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/sheep $(DESTDIR)$(PREFIX)/bin/dog $(DESTDIR)$(PREFIX)/bin/sheepdog
 	rm -f $(DESTDIR)$(PREFIX)/bin/cpg-bridge
-	rm -f $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service
+	rm -f $(DESTDIR)$(SYSTEMD_DIR)/sheepdog.service $(DESTDIR)$(SYSTEMD_DIR)/sheepdog@.service
+	rm -f $(DESTDIR)$(BASH_COMPLETION_DIR)/dog $(DESTDIR)$(LOGROTATE_DIR)/sheepdog
 
 # Quick start: local 3-node cluster with VDI `demo` exported over NBD (see packaging/demo.sh).
 # DEMO_DIR, DEMO_BASE_PORT, DEMO_NBD_PORT (and DEMO_VDI, DEMO_SIZE) move it, e.g.

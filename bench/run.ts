@@ -1,6 +1,6 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB=<MiB>, BENCH_ITERS=<n>,
@@ -38,6 +38,7 @@ import {
   startRefServer,
   toolVersion,
 } from "./lib.ts";
+import { metricsBench } from "./metrics.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -46,7 +47,7 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery"];
+const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -956,6 +957,34 @@ async function recovery(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. metrics: the cost of sheep --http scraped every second (bench/metrics.ts)
+
+async function metrics(): Promise<void> {
+  const b = await metricsBench({
+    sizeBytes: 256 * MiB,
+    rounds: FULL ? 5 : 3,
+    runtimeS: FIO_RUNTIME,
+  });
+  const row = { section: "metrics", refName: "same without --http" };
+  results.add({
+    ...row,
+    metric: "fio 4k randread QD32, --http scraped every 1 s",
+    unit: "IOPS",
+    ours: median(b.on),
+    ref: median(b.off),
+    better: "higher",
+  });
+  results.add({
+    ...row,
+    metric: "sheep CPU per 4k read, --http scraped every 1 s",
+    unit: "us",
+    ours: median(b.cpuOn),
+    ref: median(b.cpuOff),
+    better: "lower",
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function machineInfo(): string {
   const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" })
@@ -1001,7 +1030,13 @@ async function main(): Promise<void> {
   const failures: string[] = [];
   try {
     await makeSource();
-    const sections: Record<string, () => Promise<void>> = { appliance, nbd, membership, recovery };
+    const sections: Record<string, () => Promise<void>> = {
+      appliance,
+      nbd,
+      membership,
+      recovery,
+      metrics,
+    };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;
       const t = now();

@@ -194,6 +194,10 @@ export class Sheep {
   private stopping = false;
   private recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
+  /** Set by sheep/http.ts (--http): each request handle() served, and each NBD command. */
+  requestHook: ((opcode: number, ms: number, result: number) => void) | null = null;
+  nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
+  private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
   private ecRecovery!: EcRecovery;
   private ringCache = new Map<number, Ring>();
@@ -260,6 +264,8 @@ export class Sheep {
     }
     await this.loadLocalState();
     await this.listen();
+    // Before joining: a port in use fails the start before we join, and /healthz says "joining".
+    if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
 
     const addr = this.opts.myAddr ??
       (this.opts.bindAddr && this.opts.bindAddr !== "0.0.0.0" && this.opts.bindAddr !== "::"
@@ -422,6 +428,7 @@ export class Sheep {
       port: nbd.port,
       provider: new SheepExportProvider(this),
       log: (m: string) => this.log.info(`nbd: ${m}`),
+      onCommand: this.nbdHook ?? undefined,
     });
     this.log.info(`NBD server listening on ${nbd.host}:${nbd.port}`);
   }
@@ -1038,13 +1045,20 @@ export class Sheep {
     if (counted) this.clientRequests++;
     const started = requestStarted(this.stats, req.opcode, data.length);
     let txBytes = 0;
+    const t0 = this.requestHook ? performance.now() : 0;
+    let result: number = Res.SUCCESS;
     try {
       const r = await this.handleCounted(req, data);
       txBytes = r.data.length;
+      result = r.hdr.result;
       return r;
+    } catch (e) {
+      result = errorReply(req, e).hdr.result; // what the caller will answer
+      throw e;
     } finally {
       if (counted) this.clientRequests--;
       if (started) requestDone(this.stats, started, txBytes);
+      this.requestHook?.(req.opcode, performance.now() - t0, result);
     }
   }
 
@@ -1635,6 +1649,7 @@ export class Sheep {
     this.server?.close();
     this.unixServer?.close();
     await this.nbdServer?.close().catch(() => {});
+    await this.httpServer?.close().catch(() => {});
     for (const s of this.sockets) s.destroy();
     this.pool.close();
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });

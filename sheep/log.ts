@@ -1,4 +1,5 @@
 // Daemon logging in upstream's "server" format: `%b %2d %H:%M:%S  LEVEL [main] message`.
+// SIGHUP reopens the file (sheep/main.ts), for logrotate (packaging/logrotate/sheepdog).
 import * as fs from "node:fs";
 import * as path from "node:path";
 
@@ -24,6 +25,28 @@ export class Logger {
       this.fd = fs.openSync(file, "a");
     }
   }
+  /**
+   * SIGHUP (logrotate): the file may have been renamed away; continue in a new one at the same
+   * path. The old descriptor is closed only once the new one is open, so no line is lost.
+   */
+  reopen(): void {
+    if (this.fd === null || !this.file) return;
+    let fd: number;
+    try {
+      fs.mkdirSync(path.dirname(this.file), { recursive: true });
+      fd = fs.openSync(this.file, "a");
+    } catch (e) {
+      this.err(`cannot reopen ${this.file}: ${(e as Error).message}`);
+      return;
+    }
+    const old = this.fd;
+    this.fd = fd;
+    try {
+      fs.closeSync(old);
+    } catch { /* already gone */ }
+    this.notice("log file reopened");
+  }
+
   private write(lvl: number, msg: string): void {
     if (lvl > this.level) return;
     const d = new Date();

@@ -60,7 +60,7 @@ export async function sheepMain(argv: string[], selfCommand: string[]): Promise<
   process.on("SIGTERM", () => sheep.shutdown(0, true));
   process.on("SIGINT", () => sheep.shutdown(0, true));
   process.on("SIGPIPE", () => {});
-  process.on("SIGHUP", () => {});
+  process.on("SIGHUP", () => sheep.log.reopen());
   try {
     await sheep.start();
   } catch (e) {

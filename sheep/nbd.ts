@@ -56,6 +56,8 @@ export interface NbdServerOptions {
   maxInflightBytes?: number;
   /** Connections still negotiating after this long are dropped (default 60 s). */
   handshakeTimeoutMs?: number;
+  /** Called as each command is answered (sheep --http metrics): milliseconds taken, bytes moved. */
+  onCommand?: (cmd: number, ms: number, bytes: number, ok: boolean) => void;
 }
 
 export interface NbdServer {
@@ -660,6 +662,9 @@ class Connection {
   // ----------------------------------------------------------------------------- transmission
 
   private async run(r: NbdRequest): Promise<void> {
+    const hook = this.opts.onCommand;
+    const t0 = hook ? performance.now() : 0;
+    let ok = true;
     try {
       switch (r.type) {
         case Cmd.READ:
@@ -678,11 +683,13 @@ class Connection {
           return this.replyError(r, Err.EINVAL, `unsupported command ${r.type}`);
       }
     } catch (e) {
+      ok = false;
       if (e instanceof ReplyError) this.replyError(r, e.errno, e.message);
       else this.replyError(r, nbdErrnoOf(e), (e as Error)?.message ?? String(e));
     } finally {
       // BlockExport.write must not keep `data` past its promise, so the buffer can be reused.
       if (r.allocated && r.data) this.pool.release(r.data);
+      hook?.(r.type, performance.now() - t0, r.length, ok);
     }
   }
 

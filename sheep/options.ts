@@ -20,6 +20,8 @@ export interface SheepOptions {
   gateway: boolean;
   vnodes: number | null;
   nbd: { host: string; port: number } | null;
+  /** --http: /metrics, /healthz and the dashboard (loopback unless an address is given). */
+  http: { host: string; port: number } | null;
   recovery: { max: number; interval: number } | null;
   journal: string | null;
   cache: string | null;
@@ -56,6 +58,7 @@ const LONG_OPTS: LongOption[] = [
   { name: "myaddr", hasArg: 1, val: "y" },
   { name: "zone", hasArg: 1, val: "z" },
   { name: "nbd", hasArg: 1, val: "nbd" },
+  { name: "http", hasArg: 1, val: "http" },
 ];
 
 export const HELP: Array<[string, string, string]> = [
@@ -87,6 +90,9 @@ export function helpText(): string {
   for (const [s, l, d] of HELP) lines.push(`  -${s}, --${l.padEnd(18)}${d}`);
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
   lines.push(
+    `      --${"http".padEnd(18)}serve metrics and a dashboard on [ADDR:]PORT (127.0.0.1)`,
+  );
+  lines.push(
     "",
     "Try 'sheep <option>', e.g., 'sheep -z', to get more detail about specific option",
   );
@@ -114,6 +120,16 @@ function subOptions(s: string, keys: string[]): Map<string, string> {
     out.set(key, item.slice(key.length + 1));
   }
   return out;
+}
+
+/** `[ADDR:]PORT`, ADDR possibly a bracketed IPv6 address. */
+function hostPort(s: string, defaultHost: string, what: string): { host: string; port: number } {
+  const colon = s.lastIndexOf(":");
+  const host = colon < 0 ? defaultHost : s.slice(0, colon).replace(/^\[|\]$/g, "");
+  const p = colon < 0 ? s : s.slice(colon + 1);
+  const port = parseNumber(p, 1, 65535, `Invalid ${what} '${p}'`);
+  if (!host) throw new UsageError(`Invalid ${what} '${s}'`);
+  return { host, port };
 }
 
 function parseLog(o: SheepOptions, arg: string): void {
@@ -173,6 +189,7 @@ function defaults(): SheepOptions {
     gateway: false,
     vnodes: null,
     nbd: null,
+    http: null,
     recovery: null,
     journal: null,
     cache: null,
@@ -265,6 +282,9 @@ export function parseSheepArgs(
         break;
       case "D":
         o.directio = true;
+        break;
+      case "http":
+        o.http = hostPort(arg, "127.0.0.1", "HTTP port");
         break;
       case "nbd": {
         const colon = arg.lastIndexOf(":");

@@ -71,6 +71,10 @@ const COMPONENTS = {
     command("fio", "fio"),
     command("cmp", "diffutils"),
   ],
+  // The dashboard test loads the page in headless Chromium (tests/e2e/metrics.test.ts).
+  chromium: [command("chromium", "chromium")],
+  // `systemd-analyze verify` of the units in packaging/ (tests/unit/packaging.test.ts).
+  systemd: [command("systemd-analyze", "systemd")],
 } satisfies Record<string, Requirement[]>;
 
 export type Component = keyof typeof COMPONENTS;
