@@ -91,6 +91,7 @@ import {
   subcommandUsage,
   type SubDef,
 } from "./options.ts";
+import { clusterSnapshot } from "./farm.ts";
 
 export const EXIT_SUCCESS = 0;
 export const EXIT_FAILURE = 1;
@@ -302,7 +303,7 @@ interface NodeCmdData {
   force: boolean;
 }
 
-class Ctx {
+export class Ctx {
   host = "127.0.0.1";
   port = SD_LISTEN_PORT;
   raw = false;
@@ -3079,6 +3080,7 @@ const HANDLERS: Record<string, Handler> = {
   "cluster reweight": clusterReweight,
   "cluster check": clusterCheck,
   "cluster alter-copy": clusterAlterCopy,
+  "cluster snapshot": (c) => clusterSnapshot(c, { updateNodeList, format: clusterFormat }),
 };
 
 /** str_to_addr(): IPv4/IPv6 literal or a resolvable host name. */
