@@ -4,6 +4,7 @@ import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { createSHA1 } from "hash-wasm";
+import { Limiter } from "../core/vdi-io.ts";
 
 export const SLICE_SIZE = 128 * 1024;
 export const SHA1_SIZE = 20;
@@ -12,6 +13,8 @@ export const SNAP_HDR_SIZE = 32;
 export const SNAP_REC_SIZE = 296;
 export const SNAP_MAGIC = 0xfee1c001;
 const TAG_LEN = 256;
+/** Bytes written to tmp/ before they are synced and renamed into objects/ as one batch. */
+const FLUSH_BYTES = 64 * 1024 * 1024;
 
 /** A failure with the message to print; the command ends with its exit code. */
 export class FarmError extends Error {}
@@ -101,14 +104,18 @@ export class Farm {
   /** Digests known to be stored (this run), and writes in flight. */
   private known = new Set<string>();
   private inflight = new Map<string, Promise<void>>();
-  private dirtyDirs = new Set<string>();
+  private pending: { tmp: string; file: string; bytes: number }[] = [];
+  private pendingBytes = 0;
+  private flushing: Promise<void> | null = null;
   private tmpSeq = 0;
+  private readonly tmpDir: string;
   /** fsync each file before it is renamed into place (off only in benches of the page cache). */
   sync = true;
 
   private constructor(readonly dir: string) {
     this.objects = path.join(dir, "objects");
     this.log = path.join(dir, "user_snap");
+    this.tmpDir = path.join(dir, "tmp");
   }
 
   /**
@@ -142,6 +149,7 @@ export class Farm {
       fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
       if (create) {
         fs.mkdirSync(f.objects, { recursive: true, mode: 0o755 });
+        fs.mkdirSync(f.tmpDir, { recursive: true, mode: 0o755 });
         for (let i = 0; i < 256; i++) {
           fs.mkdirSync(path.join(f.objects, i.toString(16).padStart(2, "0")), {
             recursive: true,
@@ -198,27 +206,89 @@ export class Farm {
         throw new FarmError(`cannot stat ${this.nameOf(sha)}: ${errText(e)}`);
       }
     }
-    const tmp = `${file}.tmp.${process.pid}.${this.tmpSeq++}`;
+    while (this.flushing) await this.flushing;
+    const tmp = path.join(this.tmpDir, `${shaHex(sha)}.${process.pid}.${this.tmpSeq++}`);
     try {
       const fh = await fs.promises.open(tmp, "wx", 0o644);
       try {
         await fh.writeFile(bytes);
-        if (this.sync) await fh.sync();
       } finally {
         await fh.close();
       }
-      await fs.promises.rename(tmp, file);
     } catch (e) {
       await fs.promises.rm(tmp, { force: true }).catch(() => {});
       throw new FarmError(`Failed to write ${this.nameOf(sha)}: ${errText(e)}`);
     }
-    this.dirtyDirs.add(path.dirname(file));
-    this.stats.files++;
-    this.stats.bytes += bytes.length;
+    this.pending.push({ tmp, file, bytes: bytes.length });
+    this.pendingBytes += bytes.length;
+    if (this.pendingBytes >= FLUSH_BYTES) await this.flush();
+  }
+
+  /**
+   * Makes the pending files durable, then gives them their names: a name in objects/ always
+   * has its whole content behind it. Batched because one fsync after another is slow.
+   */
+  flush(): Promise<void> {
+    if (this.flushing) return this.flushing;
+    const batch = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.flushing = (async () => {
+      const lim = new Limiter(64);
+      const dirs = new Set<string>();
+      try {
+        if (this.sync) {
+          await Promise.all(batch.map((f) =>
+            lim.run(async () => {
+              const fh = await fs.promises.open(f.tmp, "r+");
+              try {
+                await fh.sync();
+              } finally {
+                await fh.close();
+              }
+            })
+          ));
+        }
+        await Promise.all(batch.map((f) =>
+          lim.run(async () => {
+            await fs.promises.rename(f.tmp, f.file);
+            dirs.add(path.dirname(f.file));
+          })
+        ));
+        if (this.sync) { for (const d of dirs) this.fsyncDir(d); }
+      } catch (e) {
+        throw new FarmError(`Failed to store files in ${this.objects}: ${errText(e)}`);
+      }
+      for (const f of batch) {
+        this.stats.files++;
+        this.stats.bytes += f.bytes;
+      }
+    })().finally(() => (this.flushing = null));
+    return this.flushing;
+  }
+
+  /** Everything put so far is durable under its name. */
+  async commit(): Promise<void> {
+    while (this.flushing || this.pending.length) await this.flush();
+  }
+
+  /** After a failed save: what was not renamed yet is of no use (and may fill the disk). */
+  dropTmp(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    try {
+      this.cleanTmp();
+    } catch { /* best effort: the next save cleans up too */ }
+  }
+
+  /** Leftovers of an interrupted save (kill -9): never referenced, safe to drop. */
+  cleanTmp(): void {
+    fs.rmSync(this.tmpDir, { recursive: true, force: true });
+    fs.mkdirSync(this.tmpDir, { mode: 0o755 });
   }
 
   /** Reads a file and checks that its content still hashes to its name. */
-  async get(sha: Uint8Array): Promise<Buffer> {
+  async get(sha: Uint8Array, verify = true): Promise<Buffer> {
     let b: Buffer;
     try {
       b = await fs.promises.readFile(this.pathOf(sha));
@@ -230,6 +300,7 @@ export class Farm {
           : `Cannot read ${this.nameOf(sha)}: ${errText(e)}`,
       );
     }
+    if (!verify) return b;
     const got = await sha1(b);
     if (!got.equals(Buffer.from(sha))) {
       throw new FarmError(
@@ -263,16 +334,12 @@ export class Farm {
     return out;
   }
 
-  async getObject(sha: Uint8Array): Promise<Buffer> {
+  /** `verified`: slices already checked in this run (load checks everything up front). */
+  async getObject(sha: Uint8Array, verified?: Set<string>): Promise<Buffer> {
     const slices = await this.getIndex(sha);
-    return Buffer.concat(await Promise.all(slices.map((s) => this.get(s))));
-  }
-
-  /** Makes the renames of this run durable (before the snap record refers to them). */
-  syncDirs(): void {
-    if (!this.sync) return;
-    for (const d of this.dirtyDirs) this.fsyncDir(d);
-    this.dirtyDirs.clear();
+    return Buffer.concat(
+      await Promise.all(slices.map((s) => this.get(s, !verified?.has(shaHex(s))))),
+    );
   }
 
   // ------------------------------------------------------------------ user_snap

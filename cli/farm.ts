@@ -166,8 +166,10 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     return EXIT_USAGE;
   }
   const names = c.args.slice(c.optind + 2);
+  let farm: Farm | null = null;
   try {
-    const farm = Farm.open(dir, true);
+    farm = Farm.open(dir, true);
+    farm.cleanTmp();
     const { records } = farm.readLog();
     if (records.some((r) => r.tag === tag)) {
       throw new FarmError(
@@ -237,7 +239,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
           if (e instanceof NetworkError) throw e;
           throw new FarmError(`Failed to read object ${oidHex(oid)}: ${sdMessage(e)}`);
         }
-        const sha = await farm.putObject(data);
+        const sha = await farm!.putObject(data);
         entries.set(oid, { oid, ...w, sha });
         done += len;
         bar.update(BigInt(done));
@@ -246,7 +248,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     for (const r of rs) if (r.status === "rejected") fail(r.reason);
     // Entries in oid order: an unchanged cluster gives the same trunk (stored once).
     const trunk = await farm.put(encodeTrunk(oids.map((o) => entries.get(o)!)));
-    farm.syncDirs();
+    await farm.commit();
     const now = BigInt(Math.floor(Date.now() / 1000));
     farm.appendRecord(defaults, tag, now, trunk);
     return EXIT_SUCCESS;
@@ -254,6 +256,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     if (e instanceof FarmError) {
       if (e.message) err(e.message);
       err(`Fail to save snapshot to path: ${dir}.`);
+      farm?.dropTmp();
       return EXIT_SYSFAIL;
     }
     throw e;
@@ -455,7 +458,8 @@ async function loadSnapshot(c: Ctx, host: FarmHost): Promise<number> {
     const wlim = new Limiter(c.cluster.multithread ? 16 : 8);
     const put = (e: TrunkEntry) =>
       wlim.run(async () => {
-        const data = await s.farm.getObject(e.sha);
+        // Read again, not hashed again: every slice was checked above moments ago.
+        const data = await s.farm.getObject(e.sha, seen);
         try {
           await writeObject(c.req, e.oid, data, 0, {
             create: true,

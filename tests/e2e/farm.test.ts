@@ -14,18 +14,20 @@ const MiB = 1024 * 1024;
 let c: TestCluster;
 let farm: string;
 
+function treeSize(d: string): number {
+  let n = 0;
+  for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+    const p = path.join(d, e.name);
+    try {
+      n += e.isDirectory() ? treeSize(p) : fs.statSync(p).size;
+    } catch { /* renamed or removed meanwhile */ }
+  }
+  return n;
+}
+
 /** Bytes under DIR/objects (what the farm stores). */
 function farmBytes(dir: string): number {
-  let n = 0;
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else n += fs.statSync(p).size;
-    }
-  };
-  walk(path.join(dir, "objects"));
-  return n;
+  return treeSize(path.join(dir, "objects"));
 }
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -249,15 +251,17 @@ describe("dog cluster snapshot", () => {
         String(c.nodes[0].port),
       ];
       const proc = spawn(cmd, args, { cwd: ROOT, stdio: "ignore" });
-      const start = farmBytes(farm);
-      // Kill once the save has stored a few MiB of new files, well before it is done.
+      // New files go to tmp/ first, into objects/ once synced (in batches).
+      const stored = () => farmBytes(farm) + treeSize(path.join(farm, "tmp"));
+      const start = stored();
+      // Kill once the save has written a few MiB of new files, well before it is done.
       const deadline = Date.now() + 60_000;
-      while (farmBytes(farm) - start < 2 * MiB && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 20));
+      while (stored() - start < 2 * MiB && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
       }
       proc.kill("SIGKILL");
       await new Promise((r) => proc.once("exit", r));
-      expect(farmBytes(farm) - start).toBeLessThan(24 * MiB);
+      expect(stored() - start).toBeLessThan(24 * MiB);
       const list = await c.dogOk(["cluster", "snapshot", "list", farm]);
       expect(list).not.toContain("k1");
       await c.dogOk(["cluster", "snapshot", "save", "k1", farm]);
