@@ -150,7 +150,9 @@ export class Farm {
       if (create) {
         fs.mkdirSync(f.objects, { recursive: true, mode: 0o755 });
         fs.mkdirSync(f.tmpDir, { recursive: true, mode: 0o755 });
+        const have = new Set(fs.readdirSync(f.objects));
         for (let i = 0; i < 256; i++) {
+          if (have.has(i.toString(16).padStart(2, "0"))) continue;
           fs.mkdirSync(path.join(f.objects, i.toString(16).padStart(2, "0")), {
             recursive: true,
             mode: 0o755,
@@ -255,7 +257,7 @@ export class Farm {
             dirs.add(path.dirname(f.file));
           })
         ));
-        if (this.sync) { for (const d of dirs) this.fsyncDir(d); }
+        if (this.sync) await Promise.all([...dirs].map((d) => lim.run(() => fsyncDirAsync(d))));
       } catch (e) {
         throw new FarmError(`Failed to store files in ${this.objects}: ${errText(e)}`);
       }
@@ -433,5 +435,17 @@ export class Farm {
     } finally {
       if (fd !== null) fs.closeSync(fd);
     }
+  }
+}
+
+async function fsyncDirAsync(d: string): Promise<void> {
+  let fh: fs.promises.FileHandle | null = null;
+  try {
+    fh = await fs.promises.open(d, "r");
+    await fh.sync();
+  } catch {
+    /* some file systems cannot fsync a directory */
+  } finally {
+    await fh?.close();
   }
 }

@@ -227,7 +227,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     let done = 0;
     bar.update(0n);
     const entries = new Map<bigint, TrunkEntry>();
-    const fetch = new Limiter(c.cluster.multithread ? 16 : 4);
+    const fetch = new Limiter(c.cluster.multithread ? 32 : 12);
     const rs = await Promise.allSettled(oids.map((oid) =>
       fetch.run(async () => {
         const w = want.get(oid)!;
@@ -455,7 +455,7 @@ async function loadSnapshot(c: Ctx, host: FarmHost): Promise<number> {
 
     // Data before inodes: a node that knows a VID as a snapshot refuses writes to its data.
     let written = 0n;
-    const wlim = new Limiter(c.cluster.multithread ? 16 : 8);
+    const wlim = new Limiter(c.cluster.multithread ? 32 : 12);
     const put = (e: TrunkEntry) =>
       wlim.run(async () => {
         // Read again, not hashed again: every slice was checked above moments ago.

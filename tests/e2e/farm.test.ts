@@ -3,7 +3,7 @@
 // errors and the progress bar. Expected bytes come from what the test wrote, not from dog.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
-import { spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -64,6 +64,8 @@ async function observe(): Promise<Record<string, string>> {
 
 let before: Record<string, string>;
 let firstBytes = 0;
+/** Files of the first save: all of them belong to snapshot t1. */
+const t1Files: string[] = [];
 
 beforeAll(async () => {
   c = await TestCluster.start(3, { format: { copies: 2 } });
@@ -94,6 +96,11 @@ describe("dog cluster snapshot", () => {
     async () => {
       await c.dogOk(["cluster", "snapshot", "save", "t1", farm]);
       firstBytes = farmBytes(farm);
+      for (const d of fs.readdirSync(path.join(farm, "objects"))) {
+        for (const f of fs.readdirSync(path.join(farm, "objects", d))) {
+          t1Files.push(`objects/${d}/${f}`);
+        }
+      }
       // 12+6+9+3+5 MiB of data were written; inodes are mostly zeros (one file).
       expect(firstBytes).toBeGreaterThan(35 * MiB);
       expect(firstBytes).toBeLessThan(45 * MiB);
@@ -155,12 +162,10 @@ describe("dog cluster snapshot", () => {
     const now = await observe();
     // A slice of real data (not the shared all-zero slice): the biggest files are 128 KiB.
     const files: string[] = [];
-    for (const d of fs.readdirSync(path.join(farm, "objects"))) {
-      for (const f of fs.readdirSync(path.join(farm, "objects", d))) {
-        const p = path.join(farm, "objects", d, f);
-        if (fs.statSync(p).size === 128 * 1024 && fs.readFileSync(p).some((x) => x !== 0)) {
-          files.push(`objects/${d}/${f}`);
-        }
+    for (const f of t1Files) {
+      const p = path.join(farm, f);
+      if (fs.statSync(p).size === 128 * 1024 && fs.readFileSync(p).some((x) => x !== 0)) {
+        files.push(f);
       }
     }
     const victim = files[Math.floor(files.length / 2)];
@@ -232,6 +237,30 @@ describe("dog cluster snapshot", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("Path is not a directory");
   }, 120_000);
+
+  test(
+    "a full disk during save: clear error, exit 2, no snapshot recorded, tmp/ emptied",
+    async () => {
+      const small = path.join(c.root, "small");
+      fs.mkdirSync(small);
+      // About half of what the cluster holds fits (a real tmpfs; tests run as root).
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=20m", "tmpfs", small]);
+      try {
+        const dir = path.join(small, "farm");
+        const r = await c.dog(["cluster", "snapshot", "save", "full", dir]);
+        expect(r.code).toBe(2);
+        expect(r.stderr).toContain("No space left on device");
+        expect(r.stderr).toContain(`Fail to save snapshot to path: ${dir}.`);
+        expect(fs.readdirSync(path.join(dir, "tmp"))).toEqual([]);
+        const l = await c.dog(["cluster", "snapshot", "list", dir]);
+        expect(l.code).toBe(0);
+        expect(l.stdout.toString()).toBe("Index\t\tTag\t\tSnapshot Time\n");
+      } finally {
+        execFileSync("umount", ["-l", small]);
+      }
+    },
+    120_000,
+  );
 
   test(
     "kill -9 in the middle of a save: the farm stays usable, the next save completes",
