@@ -289,6 +289,10 @@ export class Farm {
     fs.mkdirSync(this.tmpDir, { mode: 0o755 });
   }
 
+  has(sha: Uint8Array): boolean {
+    return this.known.has(shaHex(sha)) || fs.existsSync(this.pathOf(sha));
+  }
+
   /** Reads a file and checks that its content still hashes to its name. */
   async get(sha: Uint8Array, verify = true): Promise<Buffer> {
     let b: Buffer;

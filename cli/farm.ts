@@ -7,6 +7,7 @@ import { SdError } from "../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
 import {
   isAttrObj,
+  isDataObj,
   isVdiObj,
   oidHex,
   oidToVid,
@@ -180,6 +181,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     const inuse = bits(await bitmap(c, Op.READ_VDIS));
     const want = new Map<bigint, Want>();
     const selected = new Set<string>();
+    const snaps = new Map<number, InodeHeader>();
     const lim = new Limiter(16);
     await Promise.all(inuse.map((vid) =>
       lim.run(async () => {
@@ -192,6 +194,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
             `Failed to read object ${oidHex(vidToVdiOid(vid))}: ${sdMessage(e)}`,
           );
         }
+        if (h.snapCtime !== 0n) snaps.set(vid, h);
         if (names.length && !names.includes(h.name)) return;
         if (h.name) selected.add(h.name);
         const w = {
@@ -222,6 +225,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
       want.set(oid, defaults);
     }
     const oids = [...want.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const reuse = await unchangedSnapshotObjects(farm, records, snaps);
     const total = oids.reduce((s, o) => s + objectLength(o, want.get(o)!.blockSizeShift), 0);
     const bar = new Progress(BigInt(total), c.raw);
     let done = 0;
@@ -232,6 +236,13 @@ async function saveSnapshot(c: Ctx): Promise<number> {
       fetch.run(async () => {
         const w = want.get(oid)!;
         const len = objectLength(oid, w.blockSizeShift);
+        const known = reuse.get(oid);
+        if (known && farm!.has(known)) {
+          entries.set(oid, { oid, ...w, sha: known });
+          done += len;
+          bar.update(BigInt(done));
+          return;
+        }
         let data: Buffer;
         try {
           data = await readWhole(c, oid, len);
@@ -261,6 +272,48 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     }
     throw e;
   }
+}
+
+/**
+ * Data objects of a snapshot never change (sheep refuses writes to them): those the
+ * previous save stored for the same snapshot (same VID, creation and snapshot time) are not read
+ * again. A damaged previous trunk only costs the shortcut.
+ */
+async function unchangedSnapshotObjects(
+  farm: Farm,
+  records: SnapRecord[],
+  snaps: Map<number, InodeHeader>,
+): Promise<Map<bigint, Buffer>> {
+  const out = new Map<bigint, Buffer>();
+  const last = records[records.length - 1];
+  if (!last || snaps.size === 0) return out;
+  let entries: TrunkEntry[];
+  try {
+    entries = decodeTrunk(await farm.get(last.trunk));
+  } catch {
+    return out;
+  }
+  const same = new Set<number>();
+  const lim = new Limiter(8);
+  await Promise.all(
+    entries.filter((e) => isVdiObj(e.oid) && snaps.has(oidToVid(e.oid))).map((e) =>
+      lim.run(async () => {
+        const vid = oidToVid(e.oid), now = snaps.get(vid)!;
+        try {
+          const h = decodeInodeHeader(await farm.get((await farm.getIndex(e.sha))[0]));
+          if (
+            h.vdiId === vid && h.snapCtime === now.snapCtime && h.createTime === now.createTime
+          ) same.add(vid);
+        } catch { /* read from the cluster again */ }
+      })
+    ),
+  );
+  for (const e of entries) {
+    if (isDataObj(e.oid) && same.has(oidToVid(e.oid))) {
+      out.set(e.oid, e.sha);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
