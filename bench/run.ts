@@ -1,9 +1,10 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
-// BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB=<MiB>, BENCH_ITERS=<n>,
+// BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
+// BENCH_ITERS=<n>,
 // BENCH_THROTTLE="<max> <interval ms>", BENCH_NBDKIT=0 (skip nbdkit, the second NBD reference).
 // Every figure is printed beside its reference and as ours/ref; the table also goes to
 // bench/last-results.md. Everything runs one at a time on 127.0.0.1, in temp dirs under /tmp.
@@ -39,6 +40,7 @@ import {
   toolVersion,
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
+import { farmBench } from "./farm.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -47,7 +49,7 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics"];
+const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -67,7 +69,8 @@ const [THR_MAX, THR_INTERVAL] = (env.BENCH_THROTTLE ?? "1 250").trim().split(/\s
 const NBDKIT = env.BENCH_NBDKIT !== "0";
 const PRE_KILL_MS = FULL ? 10_000 : 6000;
 /** The one random file every section reads; NBD copies all of it, the others a prefix. */
-const FILE_SIZE = Math.max(APPLIANCE_SIZE, NBD_SIZE, REC_SIZE);
+const FARM_SIZE = mib("BENCH_FARM_MB", 1 * GiB);
+const FILE_SIZE = Math.max(APPLIANCE_SIZE, NBD_SIZE, REC_SIZE, FARM_SIZE);
 
 const results = new Results();
 const loadAtStart = os.loadavg().map((x) => x.toFixed(1)).join(" ");
@@ -1030,12 +1033,14 @@ async function main(): Promise<void> {
   const failures: string[] = [];
   try {
     await makeSource();
+    const farm = () => farmBench({ results, work, src: SRC, size: FARM_SIZE });
     const sections: Record<string, () => Promise<void>> = {
       appliance,
       nbd,
       membership,
       recovery,
       metrics,
+      farm,
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;

@@ -2,6 +2,7 @@
 // upstream 1.0. This file is the dispatch: the handler of every subcommand (one table), the
 // per-family option parsers, and the entry point; the commands live in vdi*.ts, backup.ts,
 // node.ts and cluster.ts.
+import { clusterSnapshot } from "./farm.ts";
 import { benchmarkIo } from "./benchmark.ts";
 import { Buffer } from "node:buffer";
 import * as dns from "node:dns";
@@ -99,6 +100,7 @@ const HANDLERS: Record<string, Handler> = {
   "cluster reweight": clusterReweight,
   "cluster check": clusterCheck,
   "cluster alter-copy": clusterAlterCopy,
+  "cluster snapshot": (c) => clusterSnapshot(c, { updateNodeList, format: clusterFormat }),
   "benchmark io": benchmarkIo,
 };
 

@@ -327,6 +327,19 @@ export const COMMANDS: CmdDef[] = [
       },
       { name: "shutdown", opts: "aphT", desc: "stop Sheepdog" },
       {
+        name: "snapshot",
+        arg: "<tag|idx> <path> [vdi1] [vdi2] ...",
+        opts: "aphTmf",
+        desc: "snapshot/restore the cluster",
+        needArg: true,
+        sub: [
+          { name: "save", desc: "save snapshot to localpath" },
+          { name: "list", desc: "list snapshot of localpath" },
+          { name: "load", desc: "load snapshot from localpath" },
+          { name: "show", desc: "show vdi list from snapshot" },
+        ],
+      },
+      {
         name: "recover",
         opts: "afphT",
         desc: "See 'dog cluster recover' for more information",

@@ -829,6 +829,29 @@ export class Sheep {
         this.startRecovery(null);
         return { hdr: rsp, data: EMPTY };
       }
+      case Op.NOTIFY_VDI_ADD: {
+        // vdi_state view (dog's farm load): old_vid 16, new_vid 20, copies 24, set_bitmap 25,
+        // copy_policy 26, block_size_shift 27. A stored inode adds snapshot/deleted/parent.
+        const vid = req.b.readUInt32LE(20);
+        applyVdiAdded(this.vdis, {
+          vid,
+          oldVid: req.b.readUInt32LE(16),
+          nrCopies: req.b[24],
+          setBitmap: req.b[25] !== 0,
+          copyPolicy: req.b[26],
+          blockSizeShift: req.b[27],
+          snapshot: false,
+          deleted: false,
+          parentVid: 0,
+        });
+        try {
+          const ih = decodeInodeHeader(
+            await this.metaIO.read(vidToVdiOid(vid), 0, SD_INODE_HEADER_SIZE),
+          );
+          if (ih.vdiId === vid) registerInode(this.vdis, ih);
+        } catch { /* no inode yet: the header fields above are all there is */ }
+        return { hdr: rsp, data: EMPTY };
+      }
       case Op.ALTER_CLUSTER_COPY:
         if (req.clusterCopyPolicy !== 0) {
           return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
@@ -1184,6 +1207,7 @@ export class Sheep {
       case Op.ENABLE_RECOVER:
       case Op.DISABLE_RECOVER:
       case Op.ALTER_CLUSTER_COPY:
+      case Op.NOTIFY_VDI_ADD:
         return await this.clusterNotify(req, data);
       case Op.STAT_SHEEP: {
         if (this.opts.gateway) return { hdr: rsp, data: EMPTY };
