@@ -1,5 +1,7 @@
 // `dog`: the Sheepdog administrator CLI (dog-cli.md). Same commands, output and exit codes as
 // upstream 1.0; talks the wire protocol through core/client.ts.
+import { checkErasureObject } from "./ec-check.ts";
+import { isErasureOid } from "../core/ec.ts";
 import { Buffer } from "node:buffer";
 import * as dns from "node:dns";
 import * as fs from "node:fs";
@@ -2167,8 +2169,6 @@ async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<numbe
       err("ABORT: Not enough active zones for consistency-checking erasure coded VDI");
       return EXIT_FAILURE;
     }
-    err("checking erasure coded VDIs is not supported by this dog yet");
-    return EXIT_FAILURE;
   }
   const oids: bigint[] = [vidToVdiOid(h.vdiId), ...(slots.leafOids?.() ?? [])];
   for (const [idx, vid] of slots.entries()) oids.push(vidToDataOid(vid, idx));
@@ -2178,7 +2178,14 @@ async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promise<numbe
   const lim = new Limiter(8);
   await Promise.all(oids.map((oid) =>
     lim.run(async () => {
-      await checkObject(c, oid, h.nrCopies);
+      if (isErasureOid(oid, h.copyPolicy)) {
+        const io = { exec: c.exec.bind(c), epoch: c.epoch, out, err };
+        const place = ring(c).placeObject(oid, Math.min(h.nrCopies, c.zones));
+        const os = 2 ** h.blockSizeShift;
+        if (!await checkErasureObject(io, oid, h.copyPolicy, os, place)) {
+          throw new Exit(EXIT_FAILURE);
+        }
+      } else await checkObject(c, oid, h.nrCopies);
       done += os;
       showProgress(done > total ? total : done, total, false);
     })

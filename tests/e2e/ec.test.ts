@@ -15,6 +15,8 @@ import { Ring } from "../../core/ring.ts";
 import { makeNode } from "../../core/node.ts";
 import { oidHex } from "../../core/oid.ts";
 import { ErasureCode } from "../../core/ec.ts";
+import { SheepClient } from "../../io/client.ts";
+import { Flag, Header, Op, Res } from "../../core/proto.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = Number(process.env.EC_TEST_MB ?? 256) * MiB;
@@ -156,6 +158,41 @@ describe("6 nodes, 4:2", () => {
     const r = await c.dog(["vdi", "read", "v", String(OBJ), String(OBJ)]);
     expect(Buffer.compare(r.stdout, data.subarray(OBJ, 2 * OBJ))).toBe(0);
   });
+
+  test("vdi check: clean, an inconsistent parity strip, a missing strip rebuilt", async () => {
+    const clean = await c.dog(["vdi", "check", "v"], { timeoutMs: 300_000 });
+    expect(clean.code).toBe(0);
+    expect(clean.stdout.toString()).toContain("finish check&repair v");
+    expect(clean.stdout.toString()).not.toContain("fixed");
+    expect(clean.stderr).not.toContain("inconsistent");
+    const where = (name: string) => [0, 1, 2, 3, 4, 5].find((i) => strips(c, i).has(name))!;
+    // a flipped byte in a parity strip (in place: the sheep's open file sees it)
+    const oid0 = [...strips(c, 0).keys(), ...strips(c, 1).keys()][0].split("_")[0];
+    const pfile = path.join(c.nodes[where(`${oid0}_4`)].dir, "obj", `${oid0}_4`);
+    const fd = fs.openSync(pfile, "r+");
+    const one = Buffer.alloc(1);
+    fs.readSync(fd, one, 0, 1, 100);
+    fs.writeSync(fd, Buffer.from([one[0] ^ 0xff]), 0, 1, 100);
+    const bad = await c.dog(["vdi", "check", "v"], { timeoutMs: 300_000 });
+    expect(bad.stderr).toContain(`object ${oid0} is inconsistent`);
+    fs.writeSync(fd, one, 0, 1, 100);
+    fs.closeSync(fd);
+    // strip 1 removed from its node
+    const n1 = where(`${oid0}_1`);
+    const file1 = path.join(c.nodes[n1].dir, "obj", `${oid0}_1`);
+    const before = fs.readFileSync(file1);
+    const cl = await SheepClient.connect("127.0.0.1", c.nodes[n1].port);
+    const h = Header.req(Op.REMOVE_PEER, { flags: Flag.CMD_RECOVERY });
+    h.oid = BigInt("0x" + oid0);
+    h.ecIndex = 1;
+    h.objCopyPolicy = 0x22;
+    expect((await cl.request(h)).hdr.result).toBe(Res.SUCCESS);
+    cl.close();
+    expect(fs.existsSync(file1)).toBe(false);
+    const fix = await c.dog(["vdi", "check", "v"], { timeoutMs: 300_000 });
+    expect(fix.stdout.toString()).toContain(`fixed missing ${oid0}, copy index 1`);
+    expect(fs.readFileSync(file1).equals(before)).toBe(true);
+  }, 300_000);
 
   nbdTest("NBD serves an EC VDI: nbdcopy in and out, unaligned qemu-io writes", async () => {
     await c.dogOk(["vdi", "create", "-c", "4:2", "n", "64M"]);
