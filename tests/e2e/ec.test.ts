@@ -301,6 +301,38 @@ describe("cluster default 2:1", () => {
   }, 120_000);
 });
 
+describe("snapshots and clones of an EC VDI (copy-on-write through strips)", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await TestCluster.start(3, { format: { copies: 2 } });
+  }, 120_000);
+  afterAll(async () => {
+    await c?.stop();
+  });
+
+  test("snapshot, partial writes to the VDI and to a clone: each reads its own bytes", async () => {
+    await c.dogOk(["vdi", "create", "-c", "2:1", "base", "16M"]);
+    const a = randomBytes(8 * MiB);
+    await c.dogOk(["vdi", "write", "base", "0"], { input: a });
+    await c.dogOk(["vdi", "snapshot", "-s", "s1", "base"]);
+    await c.dogOk(["vdi", "clone", "-s", "s1", "base", "cl"]);
+    const p = randomBytes(1000);
+    await c.dogOk(["vdi", "write", "base", "700", "1000"], { input: p });
+    const q = randomBytes(3000);
+    await c.dogOk(["vdi", "write", "cl", String(5 * MiB + 11), "3000"], { input: q });
+    const read = async (args: string[]) => (await c.dog(["vdi", "read", ...args])).stdout;
+    const snap = await read(["-s", "s1", "base", "0", String(8 * MiB)]);
+    expect(Buffer.compare(snap, a)).toBe(0);
+    const now = Buffer.from(a);
+    p.copy(now, 700);
+    expect(Buffer.compare(await read(["base", "0", String(8 * MiB)]), now)).toBe(0);
+    const cl = Buffer.from(a);
+    q.copy(cl, 5 * MiB + 11);
+    expect(Buffer.compare(await read(["cl", "0", String(8 * MiB)]), cl)).toBe(0);
+    expect((await c.dogOk(["vdi", "list", "-r", "cl"])).split(" ")).toContain("2:1");
+  }, 120_000);
+});
+
 describe("bad input and too few zones", () => {
   let c: TestCluster;
   beforeAll(async () => {
