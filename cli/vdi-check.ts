@@ -1,4 +1,6 @@
 // dog vdi lock and vdi check (consistency check and repair of a VDI's replicas).
+import { checkErasureObject } from "./ec-check.ts";
+import { isErasureOid } from "../core/ec.ts";
 import { LockState } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { type InodeHeader } from "../core/inode.ts";
@@ -163,8 +165,6 @@ export async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promis
       err("ABORT: Not enough active zones for consistency-checking erasure coded VDI");
       return EXIT_FAILURE;
     }
-    err("checking erasure coded VDIs is not supported by this dog yet");
-    return EXIT_FAILURE;
   }
   const oids: bigint[] = [vidToVdiOid(h.vdiId), ...(slots.leafOids?.() ?? [])];
   for (const [idx, vid] of slots.entries()) oids.push(vidToDataOid(vid, idx));
@@ -174,7 +174,14 @@ export async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promis
   const lim = new Limiter(8);
   await Promise.all(oids.map((oid) =>
     lim.run(async () => {
-      await checkObject(c, oid, h.nrCopies);
+      if (isErasureOid(oid, h.copyPolicy)) {
+        const io = { exec: c.exec.bind(c), epoch: c.epoch, out, err };
+        const place = ring(c).placeObject(oid, Math.min(h.nrCopies, c.zones));
+        const os = 2 ** h.blockSizeShift;
+        if (!await checkErasureObject(io, oid, h.copyPolicy, os, place)) {
+          throw new Exit(EXIT_FAILURE);
+        }
+      } else await checkObject(c, oid, h.nrCopies);
       done += os;
       showProgress(done > total ? total : done, total, false);
     })

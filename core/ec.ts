@@ -409,6 +409,20 @@ export class ErasureCode {
     const ss = this.stripSize;
     const stripes = strips[0].length / ss;
     const out = Buffer.allocUnsafe(stripes * SD_EC_DATA_STRIPE_SIZE);
+    if (ss % 4 === 0 && strips.every((b) => (b.byteOffset & 3) === 0)) {
+      const w = ss >>> 2;
+      const dst = new Uint32Array(out.buffer, out.byteOffset, out.length >>> 2);
+      const src = strips.map((b) => new Uint32Array(b.buffer, b.byteOffset, (stripes * ss) >>> 2));
+      let di = 0;
+      for (let s = 0; s < stripes; s++) {
+        const base = s * w;
+        for (let j = 0; j < this.d; j++) {
+          const from = src[j];
+          for (let k = 0; k < w; k++) dst[di++] = from[base + k];
+        }
+      }
+      return out;
+    }
     let oi = 0;
     for (let s = 0; s < stripes; s++) {
       for (let j = 0; j < this.d; j++) {

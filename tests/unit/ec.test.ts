@@ -146,6 +146,14 @@ describe("strips", () => {
         expect(strips[strip][Math.floor(o / 512) * ss + (o % ss)]).toBe(obj[o]);
       }
       expect(code.join(strips).equals(obj)).toBe(true);
+      // strips at odd addresses take the byte-wise path
+      const odd = strips.map((st) => {
+        const b = Buffer.alloc(st.length + 1);
+        st.copy(b, 1);
+        return b.subarray(1);
+      });
+      expect(code.join(odd).equals(obj)).toBe(true);
+      expect(code.split(Buffer.concat([Buffer.alloc(1), obj]).subarray(1))).toEqual(strips);
     }
   });
 
