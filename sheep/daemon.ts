@@ -48,16 +48,10 @@ import {
 } from "../core/node.ts";
 import { autoVnodes, Ring } from "../core/ring.ts";
 import {
-  dataOidToIdx,
   isAttrObj,
-  isDataObj,
   isVdiObj,
-  LEDGER_BIT,
-  ledgerOid,
   oidToVid,
   SD_ATTR_OBJ_SIZE,
-  SD_INODE_DATA_INDEX_OFFSET,
-  SD_INODE_GREF_OFFSET,
   SD_INODE_HEADER_SIZE,
   SD_INODE_SIZE,
   vidToVdiOid,
@@ -90,15 +84,11 @@ import {
 } from "../core/cluster.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
 import {
-  applyLedgerDecref,
   applyVdiAdded,
   applyVdiDeleted,
-  decrefPlan,
   deleteVdi,
   forgetVdis,
   getVdiAttr,
-  ledgerFromBuffer,
-  ledgerToBuffer,
   lookupVdi,
   newVdi,
   recyclableAfterDelete,
@@ -110,6 +100,8 @@ import { ClientPool } from "../io/client.ts";
 import { ctimeNow } from "../io/clock.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
 import { createDriver } from "../drivers/driver.ts";
+import { GatewayOps } from "./ops/gateway.ts";
+import { PeerOps } from "./ops/peer.ts";
 import { Gateway } from "./gateway.ts";
 import { ecPolicyToDp, isErasureOid } from "../core/ec.ts";
 import { EcRecovery } from "./ec-recovery.ts";
@@ -201,6 +193,8 @@ export class Sheep {
   recovery!: RecoveryManager;
   private ecRecovery!: EcRecovery;
   private ringCache = new Map<number, Ring>();
+  private readonly peerOps = new PeerOps(this);
+  private readonly gatewayOps = new GatewayOps(this);
   onExit: (code: number) => void = (code) => process.exit(code);
 
   constructor(readonly opts: SheepOptions) {
@@ -666,7 +660,7 @@ export class Sheep {
   /** Copies of inodes this node is creating, before the operation commits their VDI state. */
   private readonly pendingCopies = new Map<number, number>();
 
-  private copiesFor(oid: bigint, hint: number): number {
+  copiesFor(oid: bigint, hint: number): number {
     const vid = oidToVid(oid);
     const st = this.vdis.states.get(vid);
     if (st && st.nrCopies) return st.nrCopies;
@@ -1109,21 +1103,15 @@ export class Sheep {
     const rsp = new Header();
     switch (req.opcode) {
       case Op.READ_OBJ:
-        return await this.gateway.read(req);
+        return await this.gatewayOps.read(req);
       case Op.CREATE_AND_WRITE_OBJ:
-        return await this.gwCreate(req, data);
+        return await this.gatewayOps.create(req, data);
       case Op.WRITE_OBJ:
-        return await this.gwWrite(req, data);
+        return await this.gatewayOps.write(req, data);
       case Op.REMOVE_OBJ:
-        return await this.gateway.writeAll(req, EMPTY);
-      case Op.DISCARD_OBJ: {
-        // Dropping a data object = writing 0 into its inode slot; the inode write path reclaims it.
-        const h = Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: 4 });
-        h.oid = vidToVdiOid(oidToVid(req.oid));
-        h.offset = SD_INODE_DATA_INDEX_OFFSET + 4 * dataOidToIdx(req.oid);
-        await this.gwWrite(h, Buffer.alloc(4)).catch(() => {});
-        return { hdr: rsp, data: EMPTY };
-      }
+        return await this.gatewayOps.remove(req);
+      case Op.DISCARD_OBJ:
+        return await this.gatewayOps.discard(req);
       case Op.NEW_VDI:
         if (data.length !== 256) return errorReply(req, new SdError(Res.INVALID_PARMS));
         return await this.newVdiWork(req, data);
@@ -1357,100 +1345,7 @@ export class Sheep {
       : this.ringNodes(this.members);
   }
 
-  /** Data objects of snapshots are read-only. */
-  private checkWritable(oid: bigint): void {
-    if (!isDataObj(oid)) return;
-    const st = this.vdis.states.get(oidToVid(oid));
-    if (st?.snapshot) throw new SdError(Res.READONLY);
-  }
-
-  private async gwCreate(req: Header, data: Buffer): Promise<Reply> {
-    this.checkWritable(req.oid);
-    if (req.flags & Flag.CMD_COW) {
-      // Copy-on-write: seed the new object from cow_oid, overlay the payload, create it whole.
-      const objSize = this.objectSize(req.oid);
-      let full: Buffer;
-      if (req.offset === 0 && data.length === objSize) full = data;
-      else {
-        const rh = Header.req(Op.READ_OBJ, { dataLength: objSize });
-        rh.oid = req.cowOid;
-        const base = await this.gateway.read(rh);
-        full = Buffer.alloc(objSize);
-        base.data.copy(full, 0, 0, Math.min(objSize, base.data.length));
-        data.copy(full, req.offset);
-      }
-      const h = req.clone();
-      h.flags = (h.flags & ~Flag.CMD_COW) | Flag.CMD_WRITE;
-      h.offset = 0;
-      h.dataLength = full.length;
-      h.cowOid = 0n;
-      return await this.gateway.writeAll(h, full);
-    }
-    return await this.gateway.writeAll(req, data);
-  }
-
-  /**
-   * Writes to an inode's data_vdi_id range drop references to the objects they replace
-   * (protocol.md §9.4): an object referenced by nobody else (gref {0,0}) is removed at once.
-   */
-  private async gwWrite(req: Header, data: Buffer): Promise<Reply> {
-    this.checkWritable(req.oid);
-    const oid = req.oid;
-    const start = req.offset;
-    const end = start + data.length;
-    if (!isVdiObj(oid) || end <= SD_INODE_DATA_INDEX_OFFSET || start >= SD_INODE_GREF_OFFSET) {
-      return await this.gateway.writeAll(req, data);
-    }
-    // Hyper volumes keep a B-tree root there, not flat slots: no reference counting (upstream).
-    const storePolicy = (await this.metaIO.read(oid, 553, 1))[0];
-    if (storePolicy !== 0) return await this.gateway.writeAll(req, data);
-    const s = Math.max(start, SD_INODE_DATA_INDEX_OFFSET);
-    const e = Math.min(end, SD_INODE_GREF_OFFSET);
-    const firstIdx = Math.floor((s - SD_INODE_DATA_INDEX_OFFSET) / 4);
-    const lastIdx = Math.ceil((e - SD_INODE_DATA_INDEX_OFFSET) / 4);
-    const n = lastIdx - firstIdx;
-    const old = await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
-    // Filling empty slots (every new object) replaces nothing: no counts to read or drop.
-    if (old.every((b) => b === 0)) return await this.gateway.writeAll(req, data);
-    const gref = await this.metaIO.read(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, n * 8);
-    const r = await this.gateway.writeAll(req, data);
-    // Slot-aligned writes carry the new slots; anything else is read back.
-    const aligned = start >= SD_INODE_DATA_INDEX_OFFSET && end <= SD_INODE_GREF_OFFSET &&
-      (start - SD_INODE_DATA_INDEX_OFFSET) % 4 === 0 && data.length % 4 === 0;
-    const now = aligned
-      ? data
-      : await this.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
-    const plan = decrefPlan(firstIdx, old, gref, now);
-    if (plan.decrefs.length && !plan.gref.equals(gref)) {
-      await this.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, plan.gref);
-    }
-    const drops = plan.decrefs.map((d) =>
-      this.decref(d.oid, d.generation, d.count).catch((err) =>
-        this.log.warn(`decref ${d.oid.toString(16)}: ${err.message}`)
-      )
-    );
-    await Promise.all(drops);
-    return r;
-  }
-
-  /** Drops one reference to a data object (generational reference counting, §9.4). */
-  private async decref(dataOid: bigint, gen: number, count: number): Promise<void> {
-    if (gen === 0 && count === 0) {
-      const h = Header.req(Op.REMOVE_OBJ);
-      h.oid = dataOid;
-      await this.gateway.writeAll(h, EMPTY).catch((e) => {
-        if (!(e instanceof SdError && e.code === Res.NO_OBJ)) throw e;
-      });
-      return;
-    }
-    const h = Header.req(Op.DECREF_OBJ);
-    h.oid = ledgerOid(dataOid);
-    h.b.writeUInt32LE(gen, 24);
-    h.b.writeUInt32LE(count, 28);
-    await this.gateway.writeAll(h, EMPTY);
-  }
-
-  private objectSize(oid: bigint): number {
+  objectSize(oid: bigint): number {
     const st = this.vdis.states.get(oidToVid(oid));
     return 1 << (st?.blockSizeShift || this.state.blockSizeShift || 22);
   }
@@ -1463,122 +1358,9 @@ export class Sheep {
     return isErasureOid(oid, policy) ? policy : 0;
   }
 
-  async handlePeer(req: Header, data: Buffer): Promise<Reply> {
-    const rsp = new Header();
-    // Strip files are named by ec_index, strip 0 included; replicas have no suffix.
-    const ec = this.ecPolicyOf(req.oid, req.objCopyPolicy) ? req.ecIndex : undefined;
-    if (req.opcode !== Op.GET_HASH && !(req.flags & Flag.CMD_RECOVERY)) {
-      if (req.epoch < this.state.epoch) {
-        return { hdr: withResult(rsp, Res.OLD_NODE_VER), data: EMPTY };
-      }
-      if (req.epoch > this.state.epoch) {
-        await this.waitEpoch(req.epoch - 1, 5000);
-        if (req.epoch > this.state.epoch) {
-          return { hdr: withResult(rsp, Res.NEW_NODE_VER), data: EMPTY };
-        }
-      }
-    }
-    if (this.opts.gateway) return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
-    try {
-      switch (req.opcode) {
-        case Op.READ_PEER: {
-          if (req.flags & Flag.CMD_RECOVERY) {
-            if (this.store.exists(req.oid, ec)) {
-              return {
-                hdr: rsp,
-                data: await this.store.read(req.oid, req.offset, req.dataLength, ec),
-              };
-            }
-            return {
-              hdr: rsp,
-              data: await this.store.readStale(
-                req.oid,
-                req.tgtEpoch,
-                req.offset,
-                req.dataLength,
-                ec,
-              ),
-            };
-          }
-          if (!this.store.exists(req.oid, ec)) await this.recovery.ensure(req.oid, ec);
-          const d = await this.store.read(req.oid, req.offset, req.dataLength, ec);
-          return { hdr: rsp, data: d };
-        }
-        case Op.CREATE_AND_WRITE_PEER: {
-          await this.store.createAndWrite(
-            req.oid,
-            req.offset,
-            data,
-            this.storedSize(req.oid, req.objCopyPolicy),
-            ec,
-          );
-          const ih = inodeHeaderOf(req.oid, req.offset, data);
-          if (ih) registerInode(this.vdis, ih);
-          return { hdr: rsp, data: EMPTY };
-        }
-        case Op.WRITE_PEER:
-          if (!this.store.exists(req.oid, ec)) await this.recovery.ensure(req.oid, ec);
-          await this.store.write(req.oid, req.offset, data, ec);
-          return { hdr: rsp, data: EMPTY };
-        case Op.REMOVE_PEER:
-          await this.store.remove(req.oid, ec);
-          return { hdr: rsp, data: EMPTY };
-        case Op.GET_HASH: {
-          if (!this.store.verify(req.oid, ec)) {
-            return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
-          }
-          const { createHash } = await import("node:crypto");
-          const size = this.storedSize(req.oid, req.objCopyPolicy);
-          const d = await this.store.read(req.oid, 0, size, ec);
-          const digest = createHash("sha1").update(d).digest();
-          digest.copy(rsp.b, 24);
-          return { hdr: rsp, data: EMPTY };
-        }
-        case Op.DECREF_PEER:
-          await this.decrefPeer(req.oid, req.b.readUInt32LE(24), req.b.readUInt32LE(28));
-          return { hdr: rsp, data: EMPTY };
-        default:
-          return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
-      }
-    } catch (e) {
-      return { hdr: withResult(rsp, e instanceof SdError ? e.code : errnoToRes(e)), data: EMPTY };
-    }
-  }
-
-  private readonly ledgerLocks = new Map<bigint, Promise<void>>();
-
-  /**
-   * One replica's share of a DECREF (protocol.md §9.4): update the ledger; when no generation
-   * references the data object any more, drop the ledger, and the first holder of the ledger
-   * removes the data object from the cluster.
-   */
-  private decrefPeer(ledger: bigint, gen: number, count: number): Promise<void> {
-    const prev = this.ledgerLocks.get(ledger) ?? Promise.resolve();
-    const next = prev.catch(() => {}).then(async () => {
-      const size = 4 * 1024 * 1024;
-      const cur = this.store.exists(ledger)
-        ? ledgerFromBuffer(await this.store.read(ledger, 0, size))
-        : null;
-      const r = applyLedgerDecref(cur, gen, count);
-      if (!r.empty) {
-        await this.store.createAndWrite(ledger, 0, ledgerToBuffer(r.ledger), size);
-        return;
-      }
-      if (cur) await this.store.remove(ledger).catch(() => {});
-      const first = this.ring.placeObject(ledger, this.copiesFor(ledger, 0))[0];
-      if (first && nodeEqual(first, this.me)) {
-        const h = Header.req(Op.REMOVE_OBJ);
-        h.oid = ledger & ~LEDGER_BIT;
-        void this.gateway.writeAll(h, EMPTY).catch((e) =>
-          this.log.warn(`reclaim ${h.oid.toString(16)}: ${(e as Error).message}`)
-        );
-      }
-    });
-    this.ledgerLocks.set(ledger, next);
-    void next.finally(() => {
-      if (this.ledgerLocks.get(ledger) === next) this.ledgerLocks.delete(ledger);
-    });
-    return next;
+  /** Peer opcodes on this node's store (sheep/ops/peer.ts). */
+  handlePeer(req: Header, data: Buffer): Promise<Reply> {
+    return this.peerOps.handle(req, data);
   }
 
   /** Size of the file holding `oid` here: a strip file of an EC object is 1/d of the object. */

@@ -1,0 +1,146 @@
+// Gateway ops: object requests from clients (dog, QEMU, this sheep's NBD server), turned into
+// peer requests on every replica by sheep/gateway.ts. Writes to snapshots are refused; a
+// copy-on-write create seeds the object from its base; inode slot writes drop the references
+// of the objects they replace (generational reference counting, protocol.md §9.4).
+import { Buffer } from "node:buffer";
+import { EMPTY, Flag, Header, Op, Res } from "../../core/proto.ts";
+import { SdError } from "../../core/errors.ts";
+import {
+  dataOidToIdx,
+  isDataObj,
+  isVdiObj,
+  ledgerOid,
+  oidToVid,
+  SD_INODE_DATA_INDEX_OFFSET,
+  SD_INODE_GREF_OFFSET,
+  vidToVdiOid,
+} from "../../core/oid.ts";
+import { decrefPlan, type MetaIO, type VdiTable } from "../../core/vdi.ts";
+import type { Gateway } from "../gateway.ts";
+import type { Logger } from "../log.ts";
+import type { Reply } from "./reply.ts";
+
+/** What gateway ops see of the daemon. */
+export interface GatewayContext {
+  readonly vdis: VdiTable;
+  readonly gateway: Gateway;
+  readonly metaIO: MetaIO;
+  readonly log: Logger;
+  objectSize(oid: bigint): number;
+}
+
+export class GatewayOps {
+  constructor(private readonly s: GatewayContext) {}
+
+  read(req: Header): Promise<Reply> {
+    return this.s.gateway.read(req);
+  }
+
+  remove(req: Header): Promise<Reply> {
+    return this.s.gateway.writeAll(req, EMPTY);
+  }
+
+  /** Dropping a data object = writing 0 into its inode slot; the inode write path reclaims it. */
+  async discard(req: Header): Promise<Reply> {
+    const h = Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: 4 });
+    h.oid = vidToVdiOid(oidToVid(req.oid));
+    h.offset = SD_INODE_DATA_INDEX_OFFSET + 4 * dataOidToIdx(req.oid);
+    await this.write(h, Buffer.alloc(4)).catch((e) =>
+      this.s.log.warn(`discard ${req.oid.toString(16)}: ${(e as Error).message}`)
+    );
+    return { hdr: new Header(), data: EMPTY };
+  }
+
+  /** Data objects of snapshots are read-only. */
+  private checkWritable(oid: bigint): void {
+    if (!isDataObj(oid)) return;
+    const st = this.s.vdis.states.get(oidToVid(oid));
+    if (st?.snapshot) throw new SdError(Res.READONLY);
+  }
+
+  async create(req: Header, data: Buffer): Promise<Reply> {
+    this.checkWritable(req.oid);
+    if (req.flags & Flag.CMD_COW) {
+      // Copy-on-write: seed the new object from cow_oid, overlay the payload, create it whole.
+      const objSize = this.s.objectSize(req.oid);
+      let full: Buffer;
+      if (req.offset === 0 && data.length === objSize) full = data;
+      else {
+        const rh = Header.req(Op.READ_OBJ, { dataLength: objSize });
+        rh.oid = req.cowOid;
+        const base = await this.s.gateway.read(rh);
+        full = Buffer.alloc(objSize);
+        base.data.copy(full, 0, 0, Math.min(objSize, base.data.length));
+        data.copy(full, req.offset);
+      }
+      const h = req.clone();
+      h.flags = (h.flags & ~Flag.CMD_COW) | Flag.CMD_WRITE;
+      h.offset = 0;
+      h.dataLength = full.length;
+      h.cowOid = 0n;
+      return await this.s.gateway.writeAll(h, full);
+    }
+    return await this.s.gateway.writeAll(req, data);
+  }
+
+  /**
+   * Writes to an inode's data_vdi_id range drop references to the objects they replace
+   * (protocol.md §9.4): an object referenced by nobody else (gref {0,0}) is removed at once.
+   */
+  async write(req: Header, data: Buffer): Promise<Reply> {
+    this.checkWritable(req.oid);
+    const oid = req.oid;
+    const start = req.offset;
+    const end = start + data.length;
+    if (!isVdiObj(oid) || end <= SD_INODE_DATA_INDEX_OFFSET || start >= SD_INODE_GREF_OFFSET) {
+      return await this.s.gateway.writeAll(req, data);
+    }
+    // Hyper volumes keep a B-tree root there, not flat slots: no reference counting (upstream).
+    const storePolicy = (await this.s.metaIO.read(oid, 553, 1))[0];
+    if (storePolicy !== 0) return await this.s.gateway.writeAll(req, data);
+    const s = Math.max(start, SD_INODE_DATA_INDEX_OFFSET);
+    const e = Math.min(end, SD_INODE_GREF_OFFSET);
+    const firstIdx = Math.floor((s - SD_INODE_DATA_INDEX_OFFSET) / 4);
+    const lastIdx = Math.ceil((e - SD_INODE_DATA_INDEX_OFFSET) / 4);
+    const n = lastIdx - firstIdx;
+    const old = await this.s.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
+    // Filling empty slots (every new object) replaces nothing: no counts to read or drop.
+    if (old.every((b) => b === 0)) return await this.s.gateway.writeAll(req, data);
+    const gref = await this.s.metaIO.read(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, n * 8);
+    const r = await this.s.gateway.writeAll(req, data);
+    // Slot-aligned writes carry the new slots; anything else is read back.
+    const aligned = start >= SD_INODE_DATA_INDEX_OFFSET && end <= SD_INODE_GREF_OFFSET &&
+      (start - SD_INODE_DATA_INDEX_OFFSET) % 4 === 0 && data.length % 4 === 0;
+    const now = aligned
+      ? data
+      : await this.s.metaIO.read(oid, SD_INODE_DATA_INDEX_OFFSET + firstIdx * 4, n * 4);
+    const plan = decrefPlan(firstIdx, old, gref, now);
+    if (plan.decrefs.length && !plan.gref.equals(gref)) {
+      await this.s.metaIO.write(oid, SD_INODE_GREF_OFFSET + firstIdx * 8, plan.gref);
+    }
+    const drops = plan.decrefs.map((d) =>
+      this.decref(d.oid, d.generation, d.count).catch((err) =>
+        this.s.log.warn(`decref ${d.oid.toString(16)}: ${err.message}`)
+      )
+    );
+    await Promise.all(drops);
+    return r;
+  }
+
+  /** Drops one reference to a data object (generational reference counting, §9.4). */
+  private async decref(dataOid: bigint, gen: number, count: number): Promise<void> {
+    if (gen === 0 && count === 0) {
+      const h = Header.req(Op.REMOVE_OBJ);
+      h.oid = dataOid;
+      await this.s.gateway.writeAll(h, EMPTY).catch((e) => {
+        if (!(e instanceof SdError && e.code === Res.NO_OBJ)) throw e;
+      });
+      return;
+    }
+    const h = Header.req(Op.DECREF_OBJ);
+    h.oid = ledgerOid(dataOid);
+    h.b.writeUInt32LE(gen, 24);
+    h.b.writeUInt32LE(count, 28);
+    await this.s.gateway.writeAll(h, EMPTY);
+  }
+}
