@@ -2,7 +2,6 @@
 // (upstream dog/vdi.c).
 import { toJson, vdiJson } from "./json.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo } from "../core/payloads.ts";
-import { ecPolicyCopies } from "../core/vdi.ts";
 import { Buffer } from "node:buffer";
 import { errnoText, NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
@@ -78,7 +77,8 @@ export async function vdiCreate(c: Ctx): Promise<number> {
     return EXIT_USAGE;
   }
   // The ring places at most one copy per zone: more copies than zones are never all written.
-  const wanted = d.copyPolicy ? ecPolicyCopies(d.copyPolicy) : d.nrCopies;
+  // (Erasure-coded VDIs follow upstream: created, and written degraded or refused by the sheep.)
+  const wanted = d.copyPolicy ? 0 : d.nrCopies;
   if (wanted > c.zones) {
     err(
       `Failed to create VDI ${name}: number of copies (${wanted}) is larger than number of zones (${c.zones})`,

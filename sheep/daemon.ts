@@ -4,15 +4,11 @@ import {
   decodeVdiStates,
   encodeClusterInfo,
   encodeEpochLog,
-  encodeMdInfo,
-  encodeRecoveryState,
-  encodeVdiStates as encodeVdiStateRecords,
   epochLogRecordSize,
   LockState,
-  MD_INFO_SIZE,
   VDI_STATE_SIZE,
 } from "../core/payloads.ts";
-import { emptyNodeStats, encodeNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
+import { emptyNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
 import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
 import { Buffer } from "node:buffer";
@@ -28,18 +24,15 @@ import {
   Header,
   Op,
   ProtocolError,
-  readFixedString,
   Res,
   SD_SHEEP_PROTO_VER,
   Status,
 } from "../core/proto.ts";
-import { errnoToRes, SdError } from "../core/errors.ts";
+import { SdError } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
 import {
-  decodeNode,
   decodeNodes,
   encodeNode,
-  encodeNodes,
   makeNode,
   nodeEqual,
   nodeHostPort,
@@ -54,19 +47,16 @@ import {
   SD_ATTR_OBJ_SIZE,
   SD_INODE_HEADER_SIZE,
   SD_INODE_SIZE,
-  vidToVdiOid,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
 import {
   decodeEpochFile,
-  epochFileBytes,
   latestEpoch,
   listEpochs,
   missingEpochs,
   readConfig,
   readEpoch,
-  removeEpochs,
   writeConfig,
   writeEpoch,
 } from "../io/config-file.ts";
@@ -74,7 +64,6 @@ import type { SheepConfig } from "../io/config-file.ts";
 import type { ClusterState } from "../core/cluster.ts";
 import {
   applyAccept,
-  applyFormat,
   applyLeave,
   applyUpdateNode,
   decideJoin,
@@ -82,24 +71,30 @@ import {
   encodeState,
   initialState,
 } from "../core/cluster.ts";
-import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
+import { decodeInodeHeader } from "../core/inode.ts";
 import {
   applyVdiAdded,
   applyVdiDeleted,
-  deleteVdi,
   forgetVdis,
-  getVdiAttr,
-  lookupVdi,
-  newVdi,
-  recyclableAfterDelete,
   registerInode,
   VdiTable,
 } from "../core/vdi.ts";
-import type { MetaIO, VdiState } from "../core/vdi.ts";
+import type { MetaIO } from "../core/vdi.ts";
 import { ClientPool } from "../io/client.ts";
-import { ctimeNow } from "../io/clock.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
 import { createDriver } from "../drivers/driver.ts";
+import { LocalOps } from "./ops/local.ts";
+import { ClusterOps } from "./ops/cluster.ts";
+import { OP_TABLE, type OpFamilies } from "./ops/table.ts";
+import {
+  announcedSpace,
+  type Apply,
+  errorReply,
+  inodeHeaderOf,
+  type Reply,
+  withResult,
+  type WorkResult,
+} from "./ops/reply.ts";
 import { GatewayOps } from "./ops/gateway.ts";
 import { PeerOps } from "./ops/peer.ts";
 import { Gateway } from "./gateway.ts";
@@ -108,50 +103,6 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
-
-type Reply = { hdr: Header; data: Buffer };
-/** What a work phase tells every node to apply in its main phase. */
-type Apply =
-  | { type: "vdi-added"; state: VdiState & { oldVid?: number } }
-  | { type: "vdi-deleted"; vid: number; recycled?: number[] }
-  | { type: "lock"; vid: number; owner: string }
-  | { type: "unlock"; vid: number };
-type WorkResult = Reply & { apply?: Apply };
-
-/** Opcodes that run while the cluster is not OK (protocol.md §5.2). */
-const FORCE_OPS = new Set<number>([
-  Op.MAKE_FS,
-  Op.SHUTDOWN,
-  Op.FORCE_RECOVER,
-  Op.CLEANUP,
-  Op.NOTIFY_VDI_DEL,
-  Op.NOTIFY_VDI_ADD,
-  Op.COMPLETE_RECOVERY,
-  Op.GET_STORE_LIST,
-  Op.READ_VDIS,
-  Op.READ_DEL_VDIS,
-  Op.GET_VDI_COPIES,
-  Op.GET_NODE_LIST,
-  Op.STAT_CLUSTER,
-  Op.KILL_NODE,
-  Op.GET_LOGLEVEL,
-  Op.SET_LOGLEVEL,
-  Op.EXIST,
-  Op.OIDS_EXIST,
-  Op.CLUSTER_INFO,
-  Op.GET_CLUSTER_DEFAULT,
-  Op.GET_RECOVERY,
-  Op.SET_RECOVERY,
-  Op.GET_EPOCH,
-  Op.GET_OBJ_LIST,
-]);
-const PEER_OPS = new Set<number>([
-  Op.CREATE_AND_WRITE_PEER,
-  Op.READ_PEER,
-  Op.WRITE_PEER,
-  Op.REMOVE_PEER,
-  Op.DECREF_PEER,
-]);
 
 interface ClusterOpMsg {
   kind: "op";
@@ -174,7 +125,7 @@ export class Sheep {
   vdis = new VdiTable();
   readonly pool = new ClientPool();
   gateway!: Gateway;
-  private config!: SheepConfig;
+  config!: SheepConfig;
   private server: net.Server | null = null;
   private unixServer: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
@@ -184,17 +135,23 @@ export class Sheep {
   private joined = false;
   private joinWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
   private stopping = false;
-  private recoveryThrottle = { max: 0, interval: 0 };
+  recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
   /** Set by sheep/http.ts (--http): each request handle() served, and each NBD command. */
   requestHook: ((opcode: number, ms: number, result: number) => void) | null = null;
   nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
   private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
-  private ecRecovery!: EcRecovery;
+  ecRecovery!: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
-  private readonly gatewayOps = new GatewayOps(this);
+  /** The op families the op table (ops/table.ts) dispatches to. */
+  readonly ops: OpFamilies = {
+    gateway: new GatewayOps(this),
+    peer: this.peerOps,
+    local: new LocalOps(this),
+    cluster: new ClusterOps(this),
+  };
   onExit: (code: number) => void = (code) => process.exit(code);
 
   constructor(readonly opts: SheepOptions) {
@@ -328,7 +285,7 @@ export class Sheep {
   }
 
   /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
-  private objectDirs(): string[] {
+  objectDirs(): string[] {
     return this.opts.objDirs.length
       ? this.opts.objDirs.map((d) => path.resolve(d))
       : [path.join(this.baseDir, "obj")];
@@ -543,7 +500,7 @@ export class Sheep {
   }
 
   /** Installs a new cluster state; writes the epoch log when a new epoch begins. */
-  private async setState(s: ClusterState, newEpoch: boolean): Promise<void> {
+  async setState(s: ClusterState, newEpoch: boolean): Promise<void> {
     const prevEpoch = this.state.epoch;
     this.state = s;
     if (newEpoch || (s.epoch > 0 && !readEpoch(this.baseDir, s.epoch) && s.ctime !== 0n)) {
@@ -561,7 +518,7 @@ export class Sheep {
     }
   }
 
-  private startRecovery(movedFrom: number | null): void {
+  startRecovery(movedFrom: number | null): void {
     if (this.opts.gateway || !this.recovery) return;
     this.recovery.start(movedFrom);
   }
@@ -623,7 +580,7 @@ export class Sheep {
   }
 
   /** One request to a peer (or to ourselves). */
-  private async sendTo(node: SdNode, hdr: Header, data?: Buffer): Promise<Reply> {
+  async sendTo(node: SdNode, hdr: Header, data?: Buffer): Promise<Reply> {
     if (nodeEqual(node, this.me)) return await this.handle(hdr, data ?? EMPTY);
     const c = await this.pool.get(nodeIp(node), node.port);
     return await c.request(hdr, data);
@@ -633,7 +590,7 @@ export class Sheep {
     return this.state.flags & ClusterFlag.AUTO_VNODES ? autoVnodes(nodes) : nodes;
   }
 
-  private persistConfig(): void {
+  persistConfig(): void {
     this.config = {
       ...this.config,
       ctime: this.state.ctime,
@@ -694,7 +651,7 @@ export class Sheep {
   // ---------------------------------------------------------------- cluster operations
 
   /** A cluster op with a work phase: serialized cluster-wide with block/unblock. */
-  private clusterWork(run: () => Promise<WorkResult>): Promise<Reply> {
+  clusterWork(run: () => Promise<WorkResult>): Promise<Reply> {
     const opId = randomBytes(8).toString("hex");
     return new Promise((resolve) => {
       this.pendingOps.set(opId, resolve);
@@ -704,7 +661,7 @@ export class Sheep {
   }
 
   /** A cluster op without work phase: broadcast; every node applies it in order. */
-  private clusterNotify(req: Header, data: Buffer): Promise<Reply> {
+  clusterNotify(req: Header, data: Buffer): Promise<Reply> {
     const opId = randomBytes(8).toString("hex");
     return new Promise((resolve) => {
       this.pendingOps.set(opId, resolve);
@@ -757,105 +714,11 @@ export class Sheep {
     else this.vdis.locks.delete(a.vid);
   }
 
+  /** The main phase of a broadcast cluster op, on every sheep in the total order. */
   private async mainPhase(req: Header, data: Buffer, _sender: SdNode): Promise<Reply> {
-    const rsp = new Header();
-    switch (req.opcode) {
-      case Op.MAKE_FS: {
-        const storeName = readFixedString(data, 0, data.length).trim() || "plain";
-        if (storeName !== "plain" && storeName !== "tree") {
-          return { hdr: withResult(rsp, Res.NO_STORE), data: EMPTY };
-        }
-        await this.store.format();
-        if (this.store.kind !== storeName) {
-          this.store = openStore(storeName, this.objectDirs(), { nosync: this.opts.nosync });
-          await this.store.init();
-        }
-        this.vdis = new VdiTable();
-        removeEpochs(this.baseDir);
-        const s = applyFormat(this.state, this.members, {
-          ctime: req.clusterCtime,
-          copies: req.clusterCopies,
-          copyPolicy: req.clusterCopyPolicy,
-          flags: req.clusterFlags,
-          blockSizeShift: req.clusterBlockSizeShift,
-          store: storeName,
-        });
-        this.state = { ...s, epoch: 0 };
-        await this.setState(s, true);
-        this.config.shutdown = false;
-        this.persistConfig();
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.SHUTDOWN: {
-        this.state = { ...this.state, status: Status.SHUTDOWN };
-        this.config.shutdown = true;
-        this.persistConfig();
-        setTimeout(() => this.shutdown(0), 200);
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.ENABLE_RECOVER:
-      case Op.DISABLE_RECOVER:
-        this.state = { ...this.state, disableRecovery: req.opcode === Op.DISABLE_RECOVER };
-        this.recovery?.poke();
-        return { hdr: rsp, data: EMPTY };
-      case Op.COMPLETE_RECOVERY:
-        if (data.length >= 80) await this.recovery?.onComplete(decodeNode(data), req.tgtEpoch);
-        return { hdr: rsp, data: EMPTY };
-      case Op.REWEIGHT: {
-        // Every node re-measures its capacity; a change of 1 % or more is announced (new epoch).
-        if (this.opts.gateway) return { hdr: rsp, data: EMPTY };
-        const space = announcedSpace(this.store.statfs().free + this.store.objectBytes());
-        const old = this.me.space;
-        const diff = space > old ? space - old : old - space;
-        if (old === 0n || diff * 100n >= old) {
-          this.config.space = space;
-          writeConfig(this.baseDir, this.config);
-          void this.driver.updateNode({ ...this.me, space });
-        }
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.ALTER_VDI_COPY: {
-        if (req.b[26] !== 0) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
-        const vid = req.b.readUInt32LE(20);
-        const st = this.vdis.states.get(vid);
-        if (st) st.nrCopies = req.b[24];
-        // Same epoch, more (or fewer) owners: fetch what is now missing here.
-        this.startRecovery(null);
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.NOTIFY_VDI_ADD: {
-        // vdi_state view (dog's farm load): old_vid 16, new_vid 20, copies 24, set_bitmap 25,
-        // copy_policy 26, block_size_shift 27. A stored inode adds snapshot/deleted/parent.
-        const vid = req.b.readUInt32LE(20);
-        applyVdiAdded(this.vdis, {
-          vid,
-          oldVid: req.b.readUInt32LE(16),
-          nrCopies: req.b[24],
-          setBitmap: req.b[25] !== 0,
-          copyPolicy: req.b[26],
-          blockSizeShift: req.b[27],
-          snapshot: false,
-          deleted: false,
-          parentVid: 0,
-        });
-        try {
-          const ih = decodeInodeHeader(
-            await this.metaIO.read(vidToVdiOid(vid), 0, SD_INODE_HEADER_SIZE),
-          );
-          if (ih.vdiId === vid) registerInode(this.vdis, ih);
-        } catch { /* no inode yet: the header fields above are all there is */ }
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.ALTER_CLUSTER_COPY:
-        if (req.clusterCopyPolicy !== 0) {
-          return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
-        }
-        this.state = { ...this.state, copies: req.clusterCopies };
-        this.persistConfig();
-        return { hdr: rsp, data: EMPTY };
-      default:
-        return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
-    }
+    const main = OP_TABLE.get(req.opcode)?.main;
+    if (!main) return { hdr: withResult(new Header(), Res.INVALID_PARMS), data: EMPTY };
+    return await main(this.ops, req, data);
   }
 
   /** Object I/O for VDI metadata work, through the gateway (replicated). */
@@ -902,62 +765,6 @@ export class Sheep {
     },
   };
 
-  private newVdiWork(req: Header, data: Buffer): Promise<Reply> {
-    return this.clusterWork(async () => {
-      const rsp = new Header();
-      rsp.opcode = req.opcode;
-      const name = readFixedString(data, 0, 256);
-      const r = await newVdi(this.metaIO, this.vdis, {
-        name,
-        size: req.vdiSize,
-        baseVid: req.baseVdiId,
-        snapshot: req.snapid !== 0,
-        copies: req.vdiCopies,
-        copyPolicy: req.vdiCopyPolicy,
-        storePolicy: req.storePolicy,
-        blockSizeShift: req.vdiBlockSizeShift,
-        now: ctimeNow(),
-      }, {
-        copies: this.state.copies,
-        copyPolicy: this.state.copyPolicy,
-        blockSizeShift: this.state.blockSizeShift,
-      });
-      rsp.rspVdiId = r.vid;
-      rsp.rspVdiCopies = r.nrCopies;
-      rsp.rspVdiBlockSizeShift = r.blockSizeShift;
-      return { hdr: rsp, data: EMPTY, apply: { type: "vdi-added", state: r.added } };
-    });
-  }
-
-  private delVdiWork(req: Header, data: Buffer): Promise<Reply> {
-    return this.clusterWork(async () => {
-      const rsp = new Header();
-      rsp.opcode = req.opcode;
-      const { name, opts } = vdiNameArgs(req, data);
-      // A VDI attached for writing is not deleted under its user.
-      const found = await lookupVdi(this.metaIO, this.vdis, name, opts);
-      if (this.vdis.locks.has(found.vid)) {
-        return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
-      }
-      const vid = await deleteVdi(this.metaIO, this.vdis, name, opts);
-      rsp.rspVdiId = vid;
-      const recycled = await this.recycleWork(vid);
-      return { hdr: rsp, data: EMPTY, apply: { type: "vdi-deleted", vid, recycled } };
-    });
-  }
-
-  /**
-   * RECYCLE_VID, in the DEL_VDI work phase: when the deleted VDI was the last live member of its
-   * family, the family's inodes are removed on every replica while the cluster is still blocked,
-   * so no create can be handed one of these VIDs before its old inode is gone.
-   */
-  private async recycleWork(vid: number): Promise<number[]> {
-    if (!this.vdis.recycle) return [];
-    const vids = recyclableAfterDelete(this.vdis, vid);
-    for (const v of vids) await this.metaIO.remove!(vidToVdiOid(v));
-    return vids;
-  }
-
   /** Every node forgets recycled VIDs and drops what it still stores of them (leftovers). */
   private applyRecycled(vids: number[]): void {
     forgetVdis(this.vdis, vids);
@@ -974,30 +781,13 @@ export class Sheep {
     this.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
   }
 
-  /**
-   * Takes the cluster-wide lock of a VDI for this sheep (exclusive attach). Serialized with every
-   * other cluster operation, so two sheep can never both win.
-   */
+  /** Takes the cluster-wide lock of a VDI for this sheep (the NBD export's exclusive attach). */
   lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply> {
-    return this.clusterWork(async () => {
-      const r = await lookupVdi(this.metaIO, this.vdis, name, opts);
-      const rsp = vdiFound(new Header(), r);
-      if (this.vdis.locks.has(r.vid)) return { hdr: withResult(rsp, Res.VDI_LOCKED), data: EMPTY };
-      return {
-        hdr: rsp,
-        data: EMPTY,
-        apply: { type: "lock", vid: r.vid, owner: nodeHostPort(this.me) },
-      };
-    });
+    return this.ops.cluster.lockVdi(name, opts);
   }
 
   releaseVdi(vid: number): Promise<Reply> {
-    return this.clusterWork(() => {
-      const rsp = new Header();
-      rsp.rspVdiId = vid;
-      if (!this.vdis.locks.has(vid)) return Promise.resolve({ hdr: rsp, data: EMPTY });
-      return Promise.resolve({ hdr: rsp, data: EMPTY, apply: { type: "unlock", vid } as Apply });
-    });
+    return this.ops.cluster.releaseVdi(vid);
   }
 
   // ---------------------------------------------------------------- request dispatch
@@ -1087,7 +877,9 @@ export class Sheep {
     if (op < 0x80 && req.protoVer > 0x02) return errorReply(req, new SdError(Res.VER_MISMATCH));
     if (this.state.status === Status.KILLED) return errorReply(req, new SdError(Res.KILLED));
     if (this.state.status === Status.SHUTDOWN) return errorReply(req, new SdError(Res.SHUTDOWN));
-    if (!FORCE_OPS.has(op) && !(PEER_OPS.has(op) && req.flags & Flag.CMD_RECOVERY)) {
+    const row = OP_TABLE.get(op);
+    const forced = row?.force || (row?.kind === "peer" && req.flags & Flag.CMD_RECOVERY);
+    if (!forced) {
       if (this.state.status !== Status.OK || !this.joined) {
         return errorReply(
           req,
@@ -1095,251 +887,11 @@ export class Sheep {
         );
       }
     }
-    if (PEER_OPS.has(op) || op === Op.GET_HASH) return this.handlePeer(req, data);
-    return this.handleGatewayOrLocal(req, data);
+    if (!row?.run) return errorReply(req, new SdError(Res.INVALID_PARMS));
+    return await row.run(this.ops, req, data);
   }
 
-  private async handleGatewayOrLocal(req: Header, data: Buffer): Promise<Reply> {
-    const rsp = new Header();
-    switch (req.opcode) {
-      case Op.READ_OBJ:
-        return await this.gatewayOps.read(req);
-      case Op.CREATE_AND_WRITE_OBJ:
-        return await this.gatewayOps.create(req, data);
-      case Op.WRITE_OBJ:
-        return await this.gatewayOps.write(req, data);
-      case Op.REMOVE_OBJ:
-        return await this.gatewayOps.remove(req);
-      case Op.DISCARD_OBJ:
-        return await this.gatewayOps.discard(req);
-      case Op.NEW_VDI:
-        if (data.length !== 256) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        return await this.newVdiWork(req, data);
-      case Op.DEL_VDI:
-        if (data.length !== 256 && data.length !== 512) {
-          return errorReply(req, new SdError(Res.INVALID_PARMS));
-        }
-        return await this.delVdiWork(req, data);
-      case Op.LOCK_VDI:
-      case Op.GET_VDI_INFO: {
-        if (data.length !== 256 && data.length !== 512) {
-          return errorReply(req, new SdError(Res.INVALID_PARMS));
-        }
-        const { name, opts } = vdiNameArgs(req, data);
-        // Without the cluster flag USE_LOCK a LOCK_VDI is only a lookup (upstream).
-        if (req.opcode === Op.LOCK_VDI && this.state.flags & ClusterFlag.USE_LOCK) {
-          return await this.lockVdi(name, opts);
-        }
-        return {
-          hdr: vdiFound(rsp, await lookupVdi(this.metaIO, this.vdis, name, opts)),
-          data: EMPTY,
-        };
-      }
-      case Op.RELEASE_VDI:
-        if (this.vdis.locks.has(req.baseVdiId)) await this.releaseVdi(req.baseVdiId);
-        return { hdr: rsp, data: EMPTY };
-      case Op.GET_VDI_ATTR: {
-        if (data.length < 784) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        return await this.clusterWork(async () => {
-          const h = new Header();
-          // The VDI must exist; its create_time goes into the attribute (upstream).
-          const name = readFixedString(data, 0, 256);
-          const tag = readFixedString(data, 256, 256);
-          const snapid = data.readUInt32LE(520) || req.snapid;
-          const v = await lookupVdi(this.metaIO, this.vdis, name, {
-            tag: tag || undefined,
-            snapid: snapid || undefined,
-          });
-          const a = await getVdiAttr(this.metaIO, this.vdis, data, {
-            creat: !!(req.flags & Flag.CMD_CREAT),
-            excl: !!(req.flags & Flag.CMD_EXCL),
-            del: !!(req.flags & Flag.CMD_DEL),
-          }, v.header.createTime);
-          h.rspVdiId = a.vid;
-          h.rspAttrId = a.attrId;
-          return { hdr: h, data: EMPTY };
-        });
-      }
-      case Op.READ_VDIS:
-        if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        return { hdr: rsp, data: this.vdis.inuse.toBuffer() };
-      case Op.READ_DEL_VDIS:
-        if (req.dataLength !== 2097152) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        return { hdr: rsp, data: this.vdis.deleted.toBuffer() };
-      case Op.GET_VDI_COPIES: {
-        if (this.vdis.states.size * VDI_STATE_SIZE > req.dataLength) {
-          return errorReply(req, new SdError(Res.BUFFER_SMALL));
-        }
-        return { hdr: rsp, data: encodeVdiStates(this.vdis, this.members) };
-      }
-      case Op.FLUSH_VDI:
-        return errorReply(req, new SdError(Res.INVALID_PARMS));
-      case Op.GET_CLUSTER_DEFAULT:
-        rsp.defNrCopies = this.state.copies;
-        rsp.defCopyPolicy = this.state.copyPolicy;
-        rsp.defBlockSizeShift = this.state.blockSizeShift;
-        return { hdr: rsp, data: EMPTY };
-      case Op.GET_NODE_LIST: {
-        const nodes = this.nodeList();
-        rsp.rspNrNodes = nodes.length;
-        const buf = encodeNodes(nodes);
-        return {
-          hdr: rsp,
-          data: buf.subarray(0, Math.min(buf.length, req.dataLength || buf.length)),
-        };
-      }
-      case Op.MAKE_FS:
-      case Op.SHUTDOWN:
-      case Op.REWEIGHT:
-      case Op.ALTER_VDI_COPY:
-      case Op.ENABLE_RECOVER:
-      case Op.DISABLE_RECOVER:
-      case Op.ALTER_CLUSTER_COPY:
-      case Op.NOTIFY_VDI_ADD:
-        return await this.clusterNotify(req, data);
-      case Op.STAT_SHEEP: {
-        if (this.opts.gateway) return { hdr: rsp, data: EMPTY };
-        const st = this.store.statfs();
-        rsp.storeSize = st.size;
-        rsp.storeFree = st.free;
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.STAT_CLUSTER:
-        return this.statCluster(req);
-      case Op.CLUSTER_INFO:
-        return { hdr: rsp, data: this.clusterInfoBytes().subarray(0, req.dataLength || undefined) };
-      case Op.GET_STORE_LIST:
-        return { hdr: rsp, data: Buffer.from("plain tree ") };
-      case Op.STAT_RECOVERY: {
-        const st = this.recovery.status();
-        const data = encodeRecoveryState({
-          inRecovery: st.inRecovery,
-          state: st.state,
-          nrFinished: BigInt(st.finished),
-          nrTotal: BigInt(st.total),
-        });
-        return { hdr: rsp, data };
-      }
-      case Op.FLUSH_DEL_CACHE:
-      case Op.DELETE_CACHE:
-      case Op.CLEANUP:
-      case Op.NOTIFY_VDI_DEL:
-        return { hdr: rsp, data: EMPTY };
-      case Op.KILL_NODE:
-        setTimeout(() => this.shutdown(0, true), 10);
-        return { hdr: rsp, data: EMPTY };
-      case Op.GET_EPOCH: {
-        const rec = readEpoch(this.baseDir, req.tgtEpoch);
-        if (!rec) return errorReply(req, new SdError(Res.NO_TAG));
-        const b = epochFileBytes(rec.nodes, rec.time);
-        if (req.dataLength && b.length > req.dataLength) {
-          return errorReply(req, new SdError(Res.BUFFER_SMALL));
-        }
-        return { hdr: rsp, data: b };
-      }
-      case Op.GET_OBJ_LIST: {
-        // Stale copies count: they are what a new owner recovers from.
-        const b = encodeOids(
-          new Set([...this.store.list(), ...this.store.listStale().map((x) => x.oid)]),
-        );
-        if (b.length > req.dataLength) return errorReply(req, new SdError(Res.BUFFER_SMALL));
-        return { hdr: rsp, data: b };
-      }
-      case Op.REPAIR_REPLICA: {
-        // Fetch the object from the named node and store it here (dog vdi check).
-        const addr = req.b.subarray(24, 40);
-        const port = req.b.readUInt16LE(40);
-        const src = makeNode("127.0.0.1", port);
-        addr.copy(src.addr);
-        const size = this.storedSize(req.oid);
-        const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
-        rq.oid = req.oid;
-        rq.epoch = this.state.epoch;
-        rq.tgtEpoch = this.state.epoch;
-        const r = await this.sendTo(src, rq);
-        if (r.hdr.result !== Res.SUCCESS) return errorReply(req, new SdError(r.hdr.result));
-        await this.store.createAndWrite(req.oid, 0, r.data, size);
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.EXIST:
-        return {
-          hdr: withResult(
-            rsp,
-            this.store.verify(req.oid, this.ecRecovery.localIndex(req.oid))
-              ? Res.SUCCESS
-              : Res.NO_OBJ,
-          ),
-          data: EMPTY,
-        };
-      case Op.OIDS_EXIST: {
-        const missing: bigint[] = [];
-        for (let i = 0; i + 8 <= data.length; i += 8) {
-          const oid = data.readBigUInt64LE(i);
-          if (!this.store.verify(oid, this.ecRecovery.localIndex(oid))) missing.push(oid);
-        }
-        return {
-          hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS),
-          data: encodeOids(missing),
-        };
-      }
-      case Op.GET_LOGLEVEL: {
-        const b = Buffer.alloc(4);
-        b.writeInt32LE(this.log.level);
-        return { hdr: rsp, data: b };
-      }
-      case Op.SET_LOGLEVEL: {
-        const lv = data.length >= 4 ? data.readInt32LE(0) : -1;
-        if (lv < 0 || lv > 7) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        this.log.level = lv;
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.GET_RECOVERY: {
-        const b = Buffer.alloc(24);
-        b.writeUInt32LE(this.recoveryThrottle.max, 0);
-        b.writeBigUInt64LE(BigInt(this.recoveryThrottle.interval), 8);
-        b[16] = this.recoveryThrottle.max > 0 && this.recoveryThrottle.interval > 0 ? 1 : 0;
-        return { hdr: rsp, data: b };
-      }
-      case Op.SET_RECOVERY: {
-        if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        this.recoveryThrottle = {
-          max: data.readUInt32LE(0),
-          interval: Number(data.readBigUInt64LE(8)),
-        };
-        this.recovery.poke();
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.MD_INFO: {
-        if (req.dataLength !== MD_INFO_SIZE) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        const disks = this.opts.gateway ? [] : this.store.diskInfo();
-        const data = encodeMdInfo(
-          disks.map((d, idx) => ({ idx, free: d.free, used: d.used, path: d.path })),
-        );
-        return { hdr: rsp, data };
-      }
-      case Op.SET_VNODES: {
-        if (this.opts.gateway) return errorReply(req, new SdError(Res.GATEWAY_MODE));
-        if (this.state.flags & ClusterFlag.AUTO_VNODES) {
-          return errorReply(req, new SdError(Res.INVALID_VNODES_STRATEGY));
-        }
-        const v = data.length >= 4 ? data.readInt32LE(0) : 0;
-        if (v < 1 || v > 65535) return errorReply(req, new SdError(Res.INVALID_PARMS));
-        await this.driver.updateNode({ ...this.me, nrVnodes: v });
-        return { hdr: rsp, data: EMPTY };
-      }
-      case Op.GET_VNODES: {
-        const b = Buffer.alloc(4);
-        b.writeInt32LE(this.me.nrVnodes);
-        return { hdr: rsp, data: b };
-      }
-      case Op.STAT:
-        return { hdr: rsp, data: encodeNodeStats(this.stats) };
-      default:
-        return errorReply(req, new SdError(Res.INVALID_PARMS));
-    }
-  }
-
-  private nodeList(): SdNode[] {
+  nodeList(): SdNode[] {
     return this.state.status === Status.OK
       ? this.ringNodes(this.state.nodes)
       : this.ringNodes(this.members);
@@ -1464,20 +1016,6 @@ export class Sheep {
   }
 }
 
-/** GET_VDI_COPIES payload: what this sheep knows of every VDI, with its lock. */
-function encodeVdiStates(t: VdiTable, nodes: SdNode[]): Buffer {
-  return encodeVdiStateRecords([...t.states.values()].map((s) => {
-    const lock = t.locks.get(s.vid);
-    const owner = lock ? nodes.find((n) => nodeHostPort(n) === lock.owner) ?? null : null;
-    return {
-      ...s,
-      lockState: lock ? LockState.LOCKED : LockState.UNLOCKED,
-      lockOwner: owner,
-      participants: [],
-    };
-  }));
-}
-
 /** A joining node merges what a member knows about VDIs into its own table. */
 function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buffer): void {
   t.inuse.merge(inuse);
@@ -1496,59 +1034,6 @@ function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buff
       t.locks.set(r.vid, { owner: nodeHostPort(r.lockOwner) });
     }
   }
-}
-
-/** Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a moment
- * apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129). */
-function announcedSpace(bytes: bigint): bigint {
-  const gib = 1n << 30n;
-  return bytes >= gib ? (bytes / gib) * gib : bytes;
-}
-
-/** The inode header carried by a write that starts an inode object, else null. */
-function inodeHeaderOf(oid: bigint, offset: number, data: Buffer): InodeHeader | null {
-  return isVdiObj(oid) && offset === 0 && data.length >= SD_INODE_HEADER_SIZE
-    ? decodeInodeHeader(data)
-    : null;
-}
-
-/** name[256] or name[256] + tag[256] payload plus the header's snapid (VDI lookups). */
-function vdiNameArgs(
-  req: Header,
-  data: Buffer,
-): { name: string; opts: { tag?: string; snapid?: number } } {
-  const tag = data.length >= 512 ? readFixedString(data, 256, 256) : "";
-  return {
-    name: readFixedString(data, 0, 256),
-    opts: { tag: tag || undefined, snapid: req.snapid || undefined },
-  };
-}
-
-/** Reply fields of a VDI lookup (GET_VDI_INFO, LOCK_VDI). */
-function vdiFound(h: Header, r: { vid: number; nrCopies: number; blockSizeShift: number }): Header {
-  h.rspVdiId = r.vid;
-  h.rspVdiCopies = r.nrCopies;
-  h.rspVdiBlockSizeShift = r.blockSizeShift;
-  return h;
-}
-
-/** u64 LE oid array (GET_OBJ_LIST, OIDS_EXIST replies). */
-function encodeOids(oids: Iterable<bigint>): Buffer {
-  const list = [...oids];
-  const b = Buffer.alloc(list.length * 8);
-  list.forEach((o, i) => b.writeBigUInt64LE(o, i * 8));
-  return b;
-}
-
-function withResult(h: Header, code: number): Header {
-  h.result = code;
-  return h;
-}
-
-export function errorReply(_req: Header, e: unknown): Reply {
-  const h = new Header();
-  h.result = e instanceof SdError ? e.code : errnoToRes(e);
-  return { hdr: h, data: EMPTY };
 }
 
 function processAlive(pid: number): boolean {

@@ -4,8 +4,24 @@ import { EMPTY, Header, readFixedString } from "../../core/proto.ts";
 import { errnoToRes, SdError } from "../../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../../core/inode.ts";
 import { isVdiObj, SD_INODE_HEADER_SIZE } from "../../core/oid.ts";
+import type { VdiState } from "../../core/vdi.ts";
 
 export type Reply = { hdr: Header; data: Buffer };
+
+/** What a work phase tells every node to apply in its main phase. */
+export type Apply =
+  | { type: "vdi-added"; state: VdiState & { oldVid?: number } }
+  | { type: "vdi-deleted"; vid: number; recycled?: number[] }
+  | { type: "lock"; vid: number; owner: string }
+  | { type: "unlock"; vid: number };
+export type WorkResult = Reply & { apply?: Apply };
+
+/** Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a moment
+ * apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129). */
+export function announcedSpace(bytes: bigint): bigint {
+  const gib = 1n << 30n;
+  return bytes >= gib ? (bytes / gib) * gib : bytes;
+}
 
 /** The inode header carried by a write that starts an inode object, else null. */
 export function inodeHeaderOf(oid: bigint, offset: number, data: Buffer): InodeHeader | null {
