@@ -177,7 +177,7 @@ export class Sheep {
   private recoveryThrottle = { max: 0, interval: 0 };
   private nbdServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
-  private ecRecovery!: EcRecovery;
+  private ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   onExit: (code: number) => void = (code) => process.exit(code);
 
@@ -1145,7 +1145,7 @@ export class Sheep {
         return {
           hdr: withResult(
             rsp,
-            this.store.verify(req.oid, this.ecRecovery.localIndex(req.oid))
+            this.store.verify(req.oid, this.ecRecovery?.localIndex(req.oid))
               ? Res.SUCCESS
               : Res.NO_OBJ,
           ),
@@ -1155,7 +1155,7 @@ export class Sheep {
         const missing: bigint[] = [];
         for (let i = 0; i + 8 <= data.length; i += 8) {
           const oid = data.readBigUInt64LE(i);
-          if (!this.store.verify(oid, this.ecRecovery.localIndex(oid))) missing.push(oid);
+          if (!this.store.verify(oid, this.ecRecovery?.localIndex(oid))) missing.push(oid);
         }
         return {
           hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS),
