@@ -142,7 +142,7 @@ export class Sheep {
   nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
   private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
-  ecRecovery!: EcRecovery;
+  ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
   /** The op families the op table (ops/table.ts) dispatches to. */

@@ -88,9 +88,10 @@ export class EcGateway {
       const off = req.offset;
       const len = data.length;
       const r = stripeRange(off, len, code.d);
-      const buf = Buffer.alloc(r.stripes * STRIPE);
+      const whole = off % STRIPE === 0 && len % STRIPE === 0;
+      const buf = whole ? data : Buffer.alloc(r.stripes * STRIPE);
       // A partial stripe keeps its other bytes: read it first (a create starts from zeros).
-      if (req.opcode === Op.WRITE_OBJ) {
+      if (!whole && req.opcode === Op.WRITE_OBJ) {
         const headCut = off % STRIPE !== 0;
         const tailCut = (off + len) % STRIPE !== 0;
         if (headCut) {
@@ -101,7 +102,7 @@ export class EcGateway {
           (await this.readRange(req, policy, epoch, at, STRIPE)).copy(buf, at - r.start * STRIPE);
         }
       }
-      data.copy(buf, off % STRIPE);
+      if (!whole) data.copy(buf, off % STRIPE);
       const strips = code.encodeObject(buf);
       // Fewer zones than d+p: only the data strips are written (upstream); parity comes back
       // through recovery once there are enough zones.

@@ -85,13 +85,19 @@ export class EcRecovery {
     if (!data) {
       const strips: (Uint8Array | null)[] = new Array(code.n).fill(null);
       let have = 0;
-      for (let j = 0; j < code.n && have < code.d; j++) {
-        if (j === idx) continue;
-        const s = await this.findStrip(oid, j, size, history, alive, superseded, why);
-        if (s) {
-          strips[j] = s;
-          have++;
-        }
+      // As many strips at once as are still needed; the next ones only if some are not found.
+      const others = [...Array(code.n).keys()].filter((j) => j !== idx);
+      while (have < code.d && others.length) {
+        const batch = others.splice(0, code.d - have);
+        const got = await Promise.all(
+          batch.map((j) => this.findStrip(oid, j, size, history, alive, superseded, why)),
+        );
+        batch.forEach((j, k) => {
+          if (got[k]) {
+            strips[j] = got[k];
+            have++;
+          }
+        });
       }
       if (have < code.d) {
         throw new SdError(

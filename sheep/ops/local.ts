@@ -210,7 +210,7 @@ export class LocalOps {
     return {
       hdr: withResult(
         rsp,
-        this.s.store.verify(req.oid, this.s.ecRecovery.localIndex(req.oid))
+        this.s.store.verify(req.oid, this.s.ecRecovery?.localIndex(req.oid))
           ? Res.SUCCESS
           : Res.NO_OBJ,
       ),
@@ -224,7 +224,7 @@ export class LocalOps {
     const missing: bigint[] = [];
     for (let i = 0; i + 8 <= data.length; i += 8) {
       const oid = data.readBigUInt64LE(i);
-      if (!this.s.store.verify(oid, this.s.ecRecovery.localIndex(oid))) missing.push(oid);
+      if (!this.s.store.verify(oid, this.s.ecRecovery?.localIndex(oid))) missing.push(oid);
     }
     return {
       hdr: withResult(rsp, missing.length ? Res.NO_OBJ : Res.SUCCESS),
