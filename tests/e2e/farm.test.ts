@@ -231,6 +231,15 @@ describe("dog cluster snapshot", () => {
     r = await c.dog(["cluster", "snapshot", "save", "zz"]);
     expect(r.code).toBe(64);
     expect(r.stderr).toContain("Please specify the path to save snapshot.");
+    // A save running into the same farm (its pid is alive: ours) is not disturbed.
+    fs.writeFileSync(path.join(farm, "lock"), `${process.pid}\n`);
+    fs.writeFileSync(path.join(farm, "tmp", "theirs"), "x");
+    r = await c.dog(["cluster", "snapshot", "save", "zz", farm]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`Another save into ${farm} is running (pid ${process.pid})`);
+    expect(fs.readdirSync(path.join(farm, "tmp"))).toEqual(["theirs"]);
+    fs.rmSync(path.join(farm, "lock"));
+    fs.rmSync(path.join(farm, "tmp", "theirs"));
     const f = path.join(c.root, "afile");
     fs.writeFileSync(f, "");
     r = await c.dog(["cluster", "snapshot", "save", "zz", f]);
