@@ -108,6 +108,7 @@ export class Farm {
   private pendingBytes = 0;
   private flushing: Promise<void> | null = null;
   private tmpSeq = 0;
+  private locked: string | null = null;
   private readonly tmpDir: string;
   /** fsync each file before it is renamed into place (off only in benches of the page cache). */
   sync = true;
@@ -274,8 +275,41 @@ export class Farm {
     while (this.flushing || this.pending.length) await this.flush();
   }
 
+  /**
+   * One save at a time per farm (a second one would empty the first one's tmp/). The lock of a
+   * save that was killed is taken over when its pid is gone.
+   */
+  lock(): void {
+    const file = path.join(this.dir, "lock");
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        fs.writeFileSync(file, `${process.pid}\n`, { flag: "wx", mode: 0o644 });
+        this.locked = file;
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") {
+          throw new FarmError(`Cannot create ${file}: ${errText(e)}`);
+        }
+      }
+      const pid = Number(fs.readFileSync(file, "utf8").trim());
+      if (pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new FarmError(
+          `Another save into ${this.dir} is running (pid ${pid}); if not, remove ${file}`,
+        );
+      }
+      fs.rmSync(file, { force: true });
+    }
+    throw new FarmError(`Cannot lock ${this.dir}`);
+  }
+
+  unlock(): void {
+    if (this.locked) fs.rmSync(this.locked, { force: true });
+    this.locked = null;
+  }
+
   /** After a failed save: what was not renamed yet is of no use (and may fill the disk). */
   dropTmp(): void {
+    if (!this.locked) return; // tmp/ may be another save's
     this.pending = [];
     this.pendingBytes = 0;
     try {
@@ -451,5 +485,20 @@ async function fsyncDirAsync(d: string): Promise<void> {
     /* some file systems cannot fsync a directory */
   } finally {
     await fh?.close();
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+  // A killed save its parent has not reaped yet is a zombie: it holds nothing any more.
+  try {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return st.slice(st.lastIndexOf(")") + 2, st.lastIndexOf(")") + 3) !== "Z";
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== "ENOENT"; // no /proc: trust kill()
   }
 }

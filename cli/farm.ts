@@ -168,6 +168,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
   let farm: Farm | null = null;
   try {
     farm = Farm.open(dir, true);
+    farm.lock();
     farm.cleanTmp();
     const { records } = farm.readLog();
     if (records.some((r) => r.tag === tag)) {
@@ -269,6 +270,8 @@ async function saveSnapshot(c: Ctx): Promise<number> {
       return EXIT_SYSFAIL;
     }
     throw e;
+  } finally {
+    farm?.unlock();
   }
 }
 

@@ -231,6 +231,15 @@ describe("dog cluster snapshot", () => {
     r = await c.dog(["cluster", "snapshot", "save", "zz"]);
     expect(r.code).toBe(64);
     expect(r.stderr).toContain("Please specify the path to save snapshot.");
+    // A save running into the same farm (its pid is alive: ours) is not disturbed.
+    fs.writeFileSync(path.join(farm, "lock"), `${process.pid}\n`);
+    fs.writeFileSync(path.join(farm, "tmp", "theirs"), "x");
+    r = await c.dog(["cluster", "snapshot", "save", "zz", farm]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`Another save into ${farm} is running (pid ${process.pid})`);
+    expect(fs.readdirSync(path.join(farm, "tmp"))).toEqual(["theirs"]);
+    fs.rmSync(path.join(farm, "lock"));
+    fs.rmSync(path.join(farm, "tmp", "theirs"));
     const f = path.join(c.root, "afile");
     fs.writeFileSync(f, "");
     r = await c.dog(["cluster", "snapshot", "save", "zz", f]);
@@ -301,6 +310,24 @@ describe("dog cluster snapshot", () => {
     },
     300_000,
   );
+
+  test("save and load of named VDIs only", async () => {
+    const b = sha(await read("b")), b1 = sha(await read("b", "b1"));
+    await c.dogOk(["cluster", "snapshot", "save", "onlyb", farm, "b"]);
+    const s = await c.dog(["cluster", "snapshot", "show", "onlyb", farm]);
+    expect(s.stderr.split("\n").filter(Boolean).map((l) => l.replace(/VDI id: \w+, /, "")))
+      .toEqual(["1. name: b, tag: b1", "2. name: b, tag: "]);
+    await c.dogOk(["cluster", "snapshot", "load", "-f", "onlyb", farm, "b"]);
+    const names = (await c.dogOk(["vdi", "list", "-r"])).trim().split("\n").map((l) =>
+      l.split(" ").slice(0, 2).join(" ")
+    );
+    expect(names.sort()).toEqual(["= b", "s b"]);
+    expect(sha(await read("b"))).toBe(b);
+    expect(sha(await read("b", "b1"))).toBe(b1);
+    const none = await c.dog(["cluster", "snapshot", "load", "-f", "onlyb", farm, "nosuch"]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain("Objects of specified VDIs are not found");
+  }, 300_000);
 
   test("progress bar on a terminal only", async () => {
     const [cmd, ...pre] = sheepCommand();
