@@ -179,6 +179,7 @@ export class Sheep {
   private joinWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
   private stopping = false;
   private recoveryThrottle = { max: 0, interval: 0 };
+  private recoveryIntervalSet: bigint | null = null;
   private nbdServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
   private ringCache = new Map<number, Ring>();
@@ -1155,7 +1156,7 @@ export class Sheep {
       case Op.CLUSTER_INFO:
         return { hdr: rsp, data: this.clusterInfoBytes().subarray(0, req.dataLength || undefined) };
       case Op.GET_STORE_LIST:
-        return { hdr: rsp, data: Buffer.from("plain tree ") };
+        return { hdr: rsp, data: Buffer.from("tree plain ") }; // upstream's registration order
       case Op.STAT_RECOVERY: {
         const st = this.recovery.status();
         const b = Buffer.alloc(24);
@@ -1236,15 +1237,19 @@ export class Sheep {
       case Op.GET_RECOVERY: {
         const b = Buffer.alloc(24);
         b.writeUInt32LE(this.recoveryThrottle.max, 0);
-        b.writeBigUInt64LE(BigInt(this.recoveryThrottle.interval), 8);
+        b.writeBigUInt64LE(this.recoveryIntervalSet ?? BigInt(this.recoveryThrottle.interval), 8);
         b[16] = this.recoveryThrottle.max > 0 && this.recoveryThrottle.interval > 0 ? 1 : 0;
         return { hdr: rsp, data: b };
       }
       case Op.SET_RECOVERY: {
         if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
+        // Reported back exactly as set (a u64); waited for at most what a timer can hold.
+        this.recoveryIntervalSet = data.readBigUInt64LE(8);
         this.recoveryThrottle = {
           max: data.readUInt32LE(0),
-          interval: Number(data.readBigUInt64LE(8)),
+          interval: Number(
+            this.recoveryIntervalSet > 0x7fffffffn ? 0x7fffffffn : this.recoveryIntervalSet,
+          ),
         };
         this.recovery.poke();
         return { hdr: rsp, data: EMPTY };
