@@ -265,6 +265,7 @@ export class Sheep {
       ring: () => this.ring,
       waitEpoch: (e, ms) => this.waitEpoch(e, ms),
       copiesFor: (oid, hint) => this.copiesFor(oid, hint),
+      strict: () => (this.state.flags & ClusterFlag.STRICT) !== 0,
       pool: this.pool,
       local: { handlePeer: (h, d) => this.handlePeer(h, d) },
     });

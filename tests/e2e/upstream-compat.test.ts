@@ -232,3 +232,63 @@ test("dog output details: %016x oids, store list order, set-throttle ranges and 
     await c.stop();
   }
 });
+
+test("vdi write with less input than the length writes what was given; strict mode halts I/O", async () => {
+  const c = await TestCluster.start(3);
+  try {
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 3
+    );
+    await c.dogOk(["cluster", "format", "-c", "2", "-t"]);
+    await c.waitRunning();
+    await c.dogOk(["vdi", "create", "a", "12M"]);
+    const read = async (off: number, len: number) =>
+      (await c.dog(["vdi", "read", "a", String(off), String(len)])).stdout;
+    // As upstream: exit 0, the given bytes written, the rest of the range left as it was.
+    const w1 = await c.dog(["vdi", "write", "a", "0", "100"], { input: "hello" });
+    expect([w1.code, w1.stderr]).toEqual([0, ""]);
+    expect(await read(0, 8)).toEqual(Buffer.from("hello\0\0\0"));
+    const w2 = await c.dog(["vdi", "write", "a", "4194300", "10"], { input: "abc" });
+    expect([w2.code, w2.stderr]).toEqual([0, ""]);
+    expect(await read(4194300, 10)).toEqual(Buffer.from("abc\0\0\0\0\0\0\0"));
+    const w3 = await c.dog(["vdi", "write", "a", "0", "10"], { input: "" });
+    expect([w3.code, w3.stderr]).toEqual([0, ""]);
+    const big = Buffer.alloc(5_000_000, "q");
+    expect((await c.dog(["vdi", "write", "a", "0", "8388608"], { input: big })).code).toBe(0);
+    expect(await read(4999998, 4)).toEqual(Buffer.from("qq\0\0"));
+
+    // Strict (-t), copies 2: two zones alive still serve; one does not.
+    await c.kill(2);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 2
+    );
+    expect((await c.dog(["vdi", "write", "a", "0", "3"], { input: "hi\n" })).code).toBe(0);
+    await c.kill(1);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 1
+    );
+    const halted = await c.dog(["vdi", "write", "a", "0", "3"], { input: "no\n" });
+    expect(halted.code).toBe(1);
+    const vid = parseInt((await c.dogOk(["vdi", "list", "-r"])).split(" ")[7], 16);
+    const oid = (BigInt(vid) << 32n).toString(16).padStart(16, "0");
+    expect(halted.stderr).toBe(
+      `Failed to write object ${oid}: IO has halted as there are not enough living nodes\nFailed to write VDI\n`,
+    );
+    expect(await read(0, 3)).toEqual(Buffer.from("hi\n")); // reads go on
+    const cr = await c.dog(["vdi", "create", "c", "4M"]);
+    expect([cr.code, cr.stderr]).toEqual([
+      1,
+      "Failed to create VDI c: Failed to write to requested VDI\n",
+    ]);
+    await c.startNode(1);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 2
+    );
+    await c.waitFor(async () =>
+      (await c.dog(["vdi", "write", "a", "0", "3"], { input: "ok\n" })).code === 0
+    );
+    expect(await read(0, 3)).toEqual(Buffer.from("ok\n"));
+  } finally {
+    await c.stop();
+  }
+});
