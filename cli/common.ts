@@ -344,8 +344,11 @@ export class Ctx {
     return this.args[this.optind + i];
   }
 
+  /** The nested subcommand being run (`node recovery set-throttle`): its usage is shown. */
+  subsub?: string;
+
   usage(code: number): never {
-    out(subcommandUsage(this.cmd, this.sub));
+    out(subcommandUsage(this.cmd, this.sub, this.subsub));
     throw new Exit(code);
   }
 
@@ -424,6 +427,7 @@ export async function genericSubcommand(
   const name = c.arg();
   const s = subs.find((x) => x.name === name);
   if (!s || !handlers[s.name]) c.usage(EXIT_FAILURE);
+  c.subsub = s.name;
   if (s.needNodeList) await updateNodeList(c);
   c.optind++;
   if (s.needArg && (c.args.length === c.optind || c.args[c.optind] === "")) c.usage(EXIT_USAGE);

@@ -161,7 +161,8 @@ function vdiParser(c: Ctx, ch: string, opt: string): void {
         throw new Exit(EXIT_FAILURE);
       }
       d.index = opt.startsWith("0x") ? parseInt(m[1], 16) : Number(m[1]);
-      if (d.index < 0) d.index = 2 ** 64 + d.index; // uint64_t
+      // uint64_t: -1 wraps to ~0, upstream's "no index" (the inode object)
+      if (d.index < -1) d.index = 2 ** 64 + d.index;
       break;
     }
     case "s": {

@@ -9,6 +9,7 @@ import {
 } from "../core/payloads.ts";
 import { decodeNodeStats, NODE_STAT_SIZE } from "../core/node-stat.ts";
 import { Buffer } from "node:buffer";
+import { strtolWhole } from "../core/getopt.ts";
 import { NetworkError } from "../io/client.ts";
 import { nodeHostPort, type SdNode } from "../core/node.ts";
 import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
@@ -186,15 +187,17 @@ async function nodeRecoverySet(c: Ctx): Promise<number> {
     err(`Invalid interval max (${a ?? "(null)"}), interval (${b ?? "(null)"})`);
     throw new Exit(EXIT_USAGE);
   }
-  if (!/^[0-9]+$/.test(a) || BigInt(a) >= 0xffffffffn) {
+  // strtol semantics as upstream: blanks and '+' allowed; max is a u32, interval a long long.
+  const am = strtolWhole(a), bm = strtolWhole(b);
+  if (am === null || am < 0n || am > 0xffffffffn) {
     err(`Invalid max (${a})`);
     throw new Exit(EXIT_USAGE);
   }
-  if (!/^[0-9]+$/.test(b) || BigInt(b) >= 0xffffffffffffffffn) {
+  if (bm === null || bm < 0n || bm > 0x7fffffffffffffffn) {
     err(`Invalid interval (${b})`);
     throw new Exit(EXIT_USAGE);
   }
-  const max = Number(a), interval = BigInt(b);
+  const max = Number(am), interval = bm;
   if ((max === 0) !== (interval === 0n)) {
     err(`Invalid interval max (${max}), interval (${interval})`);
     throw new Exit(EXIT_USAGE);

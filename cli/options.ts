@@ -1,5 +1,5 @@
 // dog command/option tables and GNU-style option parsing (dog-cli.md §1, §3).
-import { parseArgs } from "node:util";
+import { getoptLong, type LongOption } from "../core/getopt.ts";
 
 export interface OptDef {
   ch: string;
@@ -417,10 +417,11 @@ export function mainUsage(version: string): string {
 }
 
 /** subcommand_usage(): `Usage: dog <cmd> <sub> ...` + options (stdout). */
-export function subcommandUsage(cmd: CmdDef, sub: SubDef): string {
+export function subcommandUsage(cmd: CmdDef, sub: SubDef, chosen?: string): string {
   let s = `Usage: dog ${cmd.name} ${sub.name}`;
-  const subsub = sub.sub;
-  if (subsub && subsub.length === 1) s += ` ${subsub[0].name}`;
+  const subsub = chosen === undefined ? sub.sub : undefined;
+  if (chosen !== undefined) s += ` ${chosen}`;
+  else if (subsub && subsub.length === 1) s += ` ${subsub[0].name}`;
   else if (subsub && subsub.length > 1) s += ` {${subsub.map((x) => x.name).join("|")}}`;
   const opts = subOptions(cmd, sub);
   for (const d of opts) s += d.hasArg ? ` [-${d.ch} ${d.long}]` : ` [-${d.ch}]`;
@@ -455,59 +456,22 @@ export type ParseResult =
   | { ok: true; opts: ParsedOpt[]; positionals: string[] }
   | { ok: false; message: string };
 
-/** GNU getopt_long diagnostics for the first bad option, or null when all are acceptable. */
-function getoptError(defs: OptDef[], args: string[]): string | null {
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a === "--") break;
-    if (a.startsWith("--")) {
-      const eq = a.indexOf("=");
-      const name = a.slice(2, eq < 0 ? undefined : eq);
-      const d = defs.find((x) => x.long === name);
-      if (!d) return `dog: unrecognized option '${a}'`;
-      if (d.hasArg && eq < 0) {
-        if (i + 1 >= args.length) return `dog: option '--${name}' requires an argument`;
-        i++;
-      } else if (!d.hasArg && eq >= 0) return `dog: option '--${name}' doesn't allow an argument`;
-      continue;
-    }
-    if (a.length > 1 && a[0] === "-") {
-      for (let k = 1; k < a.length; k++) {
-        const d = defs.find((x) => x.ch === a[k]);
-        if (!d) return `dog: invalid option -- '${a[k]}'`;
-        if (d.hasArg) {
-          if (k === a.length - 1) {
-            if (i + 1 >= args.length) return `dog: option requires an argument -- '${a[k]}'`;
-            i++;
-          }
-          break;
-        }
-      }
-    }
-  }
-  return null;
-}
-
 /** Parses the arguments after `<cmd> <sub>` with the subcommand's option letters. */
 export function parseSubArgs(cmd: CmdDef, sub: SubDef, args: string[]): ParseResult {
   const defs = subOptions(cmd, sub);
-  const err = getoptError(defs, args);
-  if (err) return { ok: false, message: err };
-  const options: Record<string, { type: "string" | "boolean"; short: string; multiple: true }> = {};
-  for (const d of defs) {
-    options[d.long] = { type: d.hasArg ? "string" : "boolean", short: d.ch, multiple: true };
-  }
-  let parsed;
-  try {
-    parsed = parseArgs({ args, options, allowPositionals: true, strict: true, tokens: true });
-  } catch (e) {
-    return { ok: false, message: `dog: ${(e as Error).message}` };
-  }
+  // Upstream's dog parses with getopt_long: `-i -1` is -i with argument "-1", prefixes of long
+  // names work, and its diagnostics are glibc's.
+  const shorts = defs.map((d) => d.ch + (d.hasArg ? ":" : "")).join("");
+  const longs: LongOption[] = defs.map((d) => ({
+    name: d.long,
+    hasArg: d.hasArg ? 1 : 0,
+    val: d.ch,
+  }));
+  const r = getoptLong(args, shorts, longs, "dog");
   const opts: ParsedOpt[] = [];
-  for (const t of parsed.tokens ?? []) {
-    if (t.kind !== "option") continue;
-    const d = defs.find((x) => x.long === t.name)!;
-    opts.push({ ch: d.ch, value: d.hasArg ? (t.value ?? "") : true });
+  for (const it of r.items) {
+    if ("error" in it) return { ok: false, message: it.error };
+    opts.push({ ch: it.opt, value: it.arg ?? true });
   }
-  return { ok: true, opts, positionals: parsed.positionals };
+  return { ok: true, opts, positionals: r.positionals };
 }

@@ -246,7 +246,7 @@ async function vdiObjectLocation(c: Ctx): Promise<number> {
   if (vdiId) {
     const oid = vidToDataOid(vdiId, idx);
     out(
-      `Looking for the object 0x${hex(oid)} (vid 0x${
+      `Looking for the object ${hex(oid).padStart(16, "0")} (vid 0x${
         hex(vid)
       } idx ${idx}, ${v.header.nrCopies} copies) with ${c.nodes.length} nodes\n\n`,
     );

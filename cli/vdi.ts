@@ -4,7 +4,7 @@ import { toJson, vdiJson } from "./json.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo } from "../core/payloads.ts";
 import { Buffer } from "node:buffer";
 import { errnoText, NetworkError } from "../io/client.ts";
-import { SdError } from "../core/errors.ts";
+import { ObjectError, SdError } from "../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../core/inode.ts";
 import {
   dataOidToIdx,
@@ -448,7 +448,10 @@ export async function vdiWrite(c: Ctx): Promise<number> {
   } catch (e) {
     progress.end();
     if (e instanceof NetworkError || !(e instanceof SdError)) throw e;
-    err(`Failed to write VDI: ${strerror(e.code)}`);
+    if (e instanceof ObjectError) {
+      err(`Failed to write object ${hex(e.oid).padStart(16, "0")}: ${strerror(e.code)}`);
+      err("Failed to write VDI");
+    } else err(`Failed to write VDI: ${strerror(e.code)}`);
     return EXIT_FAILURE;
   }
   return EXIT_SUCCESS;

@@ -7,6 +7,13 @@ export class SdError extends Error {
   }
 }
 
+/** A failed request on one object: dog names the object as upstream's does. */
+export class ObjectError extends SdError {
+  constructor(code: number, readonly oid: bigint) {
+    super(code);
+  }
+}
+
 /** Maps filesystem errno codes to result codes the way upstream's store does. */
 export function errnoToRes(e: unknown): number {
   const code = (e as { code?: string })?.code;

@@ -1,7 +1,7 @@
 // Client side VDI I/O (protocol.md §10), shared by dog and the NBD gateway. Works over any
 // request function, so it can talk to a remote sheep or to the local gateway directly.
 import { Buffer } from "node:buffer";
-import { SdError } from "./errors.ts";
+import { ObjectError, SdError } from "./errors.ts";
 import { decodeInodeHeader, Inode, type InodeHeader, InodeOff } from "./inode.ts";
 import {
   MAX_DATA_OBJS,
@@ -125,7 +125,8 @@ export async function writeObject(
   h.objCopies = o.copies ?? 0;
   h.objCopyPolicy = o.copyPolicy ?? 0;
   h.offset = offset;
-  checkResult(await req(h, data));
+  const rsp = await req(h, data);
+  if (rsp.hdr.result !== Res.SUCCESS) throw new ObjectError(rsp.hdr.result, oid);
 }
 
 export async function readInodeHeader(req: Requester, vid: number): Promise<InodeHeader> {

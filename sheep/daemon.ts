@@ -136,6 +136,8 @@ export class Sheep {
   private joinWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
   private stopping = false;
   recoveryThrottle = { max: 0, interval: 0 };
+  /** SET_RECOVERY's interval as set (a u64), reported back exactly by GET_RECOVERY. */
+  recoveryIntervalSet: bigint | null = null;
   private nbdServer: { close(): Promise<void> } | null = null;
   /** Set by sheep/http.ts (--http): each request handle() served, and each NBD command. */
   requestHook: ((opcode: number, ms: number, result: number) => void) | null = null;
@@ -236,6 +238,7 @@ export class Sheep {
       ring: () => this.ring,
       waitEpoch: (e, ms) => this.waitEpoch(e, ms),
       copiesFor: (oid, hint) => this.copiesFor(oid, hint),
+      strict: () => (this.state.flags & ClusterFlag.STRICT) !== 0,
       pool: this.pool,
       local: { handlePeer: (h, d) => this.handlePeer(h, d) },
       ecPolicy: (oid, hint) => this.ecPolicyOf(oid, hint),

@@ -23,6 +23,8 @@ export interface GatewayContext {
   /** Resolves when the epoch is > `epoch` or after `ms`. */
   waitEpoch(epoch: number, ms: number): Promise<void>;
   copiesFor(oid: bigint, hint: number): number;
+  /** Cluster flag STRICT (`dog cluster format -t`). */
+  strict(): boolean;
   pool: ClientPool;
   local: PeerHandler;
   /** EC policy byte when `oid` is striped (0: replicated); `hint` is the request's copy_policy. */
@@ -153,8 +155,14 @@ export class Gateway {
     if (policy && req.opcode === Op.REMOVE_OBJ) return this.ec.remove(req, policy);
     if (policy && peerOp !== Op.DECREF_PEER) return this.ec.write(req, data, policy);
     return this.withRetry(async (epoch) => {
-      const targets = this.targets(req.oid, req.objCopies);
+      const copies = this.ctx.copiesFor(req.oid, req.objCopies);
+      const targets = this.ctx.ring().placeObject(req.oid, copies);
       if (targets.length === 0) throw new SdError(Res.HALT);
+      // Strict mode: no write or create with fewer live zones than copies (upstream's HALT),
+      // rather than a silently under-replicated object.
+      if (req.opcode !== Op.REMOVE_OBJ && targets.length < copies && this.ctx.strict()) {
+        throw new SdError(Res.HALT);
+      }
       const results = await Promise.allSettled(
         targets.map((n) => this.sendPeer(n, this.peerHeader(req, peerOp, epoch), data)),
       );

@@ -47,6 +47,7 @@ export type LocalContext = Pick<
   | "nodeList"
   | "opts"
   | "recovery"
+  | "recoveryIntervalSet"
   | "recoveryThrottle"
   | "sendTo"
   | "shutdown"
@@ -133,7 +134,7 @@ export class LocalOps {
   /** GET_STORE_LIST */
   async getStoreList(_req: Header, _data: Buffer): Promise<Reply> {
     const rsp = new Header();
-    return { hdr: rsp, data: Buffer.from("plain tree ") };
+    return { hdr: rsp, data: Buffer.from("tree plain ") /* upstream's registration order */ };
   }
 
   /** STAT_RECOVERY */
@@ -254,7 +255,7 @@ export class LocalOps {
     const rsp = new Header();
     const b = Buffer.alloc(24);
     b.writeUInt32LE(this.s.recoveryThrottle.max, 0);
-    b.writeBigUInt64LE(BigInt(this.s.recoveryThrottle.interval), 8);
+    b.writeBigUInt64LE(this.s.recoveryIntervalSet ?? BigInt(this.s.recoveryThrottle.interval), 8);
     b[16] = this.s.recoveryThrottle.max > 0 && this.s.recoveryThrottle.interval > 0 ? 1 : 0;
     return { hdr: rsp, data: b };
   }
@@ -263,9 +264,13 @@ export class LocalOps {
   async setRecovery(req: Header, data: Buffer): Promise<Reply> {
     const rsp = new Header();
     if (data.length < 16) return errorReply(req, new SdError(Res.INVALID_PARMS));
+    // Reported back exactly as set (a u64); waited for at most what a timer can hold.
+    this.s.recoveryIntervalSet = data.readBigUInt64LE(8);
     this.s.recoveryThrottle = {
       max: data.readUInt32LE(0),
-      interval: Number(data.readBigUInt64LE(8)),
+      interval: Number(
+        this.s.recoveryIntervalSet > 0x7fffffffn ? 0x7fffffffn : this.s.recoveryIntervalSet,
+      ),
     };
     this.s.recovery.poke();
     return { hdr: rsp, data: EMPTY };

@@ -122,7 +122,7 @@ async function vdiRows(c: TestCluster): Promise<Array<[string, number, boolean]>
   const out = await c.dogOk(["vdi", "list", "-r"]);
   return out.trim().split("\n").filter((l) => l).map((l) => {
     const f = l.split(" ");
-    return [f[1], Number(f[7]), f[0] === "s"];
+    return [f[1], parseInt(f[7], 16), f[0] === "s"]; // the VID is %x
   });
 }
 
@@ -161,6 +161,133 @@ test("VID recycling (format -R): deleting a whole family frees its ids, lowest f
     expect(await vdiRows(c)).toEqual([["b", 1, false], ["a", 2, false], ["b", 3, true]]);
     await c.dogOk(["vdi", "write", "b", "0", "3"], { input: "hi\n" });
     expect(await c.dogOk(["vdi", "read", "b", "0", "3"])).toBe("hi\n");
+  } finally {
+    await c.stop();
+  }
+});
+
+test("dog output details: %016x oids, store list order, set-throttle ranges and usage", async () => {
+  const c = await TestCluster.start(3);
+  try {
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 3
+    );
+    const bad = await c.dog(["cluster", "format", "-b", "bogus"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stdout.toString()).toBe(
+      "using backend bogus store\nAvailable stores:\n---------------------------------------\ntree plain \n",
+    );
+    expect(bad.stderr).toBe("Format failed: Targeted backend store is not found\n");
+    await c.dogOk(["cluster", "format", "-c", "2"]);
+    await c.waitRunning();
+    await c.dogOk(["vdi", "create", "a", "12M"]);
+    await c.dogOk(["vdi", "write", "a", "4194304", "2"], { input: "x\n" });
+    const vid = parseInt((await c.dogOk(["vdi", "list", "-r"])).split(" ")[7], 16); // %x
+    const loc = await c.dogOk(["vdi", "object", "location", "-i", "1", "a"]);
+    const oid = (BigInt(vid) << 32n | 1n).toString(16).padStart(16, "0");
+    expect(loc).toStartWith(
+      `Looking for the object ${oid} (vid 0x${
+        Number(vid).toString(16)
+      } idx 1, 2 copies) with 3 nodes\n`,
+    );
+    // `-i -1` is -i with "-1" (getopt), i.e. ~0: the inode object.
+    const ino = await c.dogOk(["vdi", "object", "location", "-i", "-1", "a"]);
+    expect(ino).toStartWith(
+      `Looking for the inode object 0x${vid.toString(16)} with 3 nodes\n`,
+    );
+
+    const throttle = async (...args: string[]) => {
+      const r = await c.dog(["node", "recovery", "set-throttle", ...args]);
+      const g = await c.dog(["node", "recovery", "get-throttle"]); // upstream prints it on stderr
+      return [r.code, r.stderr, g.stderr];
+    };
+    expect(await throttle("4294967295", "9223372036854775807")).toEqual([
+      0,
+      "",
+      "max (4294967295), interval (9223372036854775807)\n",
+    ]);
+    expect(await throttle("4294967296", "1")).toEqual([
+      64,
+      "Invalid max (4294967296)\n",
+      "max (4294967295), interval (9223372036854775807)\n",
+    ]);
+    expect((await throttle("1", "9223372036854775808")).slice(0, 2)).toEqual([
+      64,
+      "Invalid interval (9223372036854775808)\n",
+    ]);
+    expect(await throttle(" +7", " 8")).toEqual([0, "", "max (7), interval (8)\n"]);
+    expect((await throttle("5x", "5")).slice(0, 2)).toEqual([64, "Invalid max (5x)\n"]);
+    expect((await throttle("1", "0")).slice(0, 2)).toEqual([
+      64,
+      "Invalid interval max (1), interval (0)\n",
+    ]);
+    expect(await throttle("0", "0")).toEqual([0, "", "max (0), interval (0)\n"]);
+    // Missing arguments: the nested subcommand's own usage, as upstream.
+    const u = await c.dog(["node", "recovery", "set-throttle"]);
+    expect(u.code).toBe(64);
+    expect(u.stdout.toString()).toStartWith(
+      "Usage: dog node recovery set-throttle [-a address] [-p port] [-h] [-P] [-r] [-T] <max> <interval>\nOptions:\n",
+    );
+  } finally {
+    await c.stop();
+  }
+});
+
+test("vdi write with less input than the length writes what was given; strict mode halts I/O", async () => {
+  const c = await TestCluster.start(3);
+  try {
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 3
+    );
+    await c.dogOk(["cluster", "format", "-c", "2", "-t"]);
+    await c.waitRunning();
+    await c.dogOk(["vdi", "create", "a", "12M"]);
+    const read = async (off: number, len: number) =>
+      (await c.dog(["vdi", "read", "a", String(off), String(len)])).stdout;
+    // As upstream: exit 0, the given bytes written, the rest of the range left as it was.
+    const w1 = await c.dog(["vdi", "write", "a", "0", "100"], { input: "hello" });
+    expect([w1.code, w1.stderr]).toEqual([0, ""]);
+    expect(await read(0, 8)).toEqual(Buffer.from("hello\0\0\0"));
+    const w2 = await c.dog(["vdi", "write", "a", "4194300", "10"], { input: "abc" });
+    expect([w2.code, w2.stderr]).toEqual([0, ""]);
+    expect(await read(4194300, 10)).toEqual(Buffer.from("abc\0\0\0\0\0\0\0"));
+    const w3 = await c.dog(["vdi", "write", "a", "0", "10"], { input: "" });
+    expect([w3.code, w3.stderr]).toEqual([0, ""]);
+    const big = Buffer.alloc(5_000_000, "q");
+    expect((await c.dog(["vdi", "write", "a", "0", "8388608"], { input: big })).code).toBe(0);
+    expect(await read(4999998, 4)).toEqual(Buffer.from("qq\0\0"));
+
+    // Strict (-t), copies 2: two zones alive still serve; one does not.
+    await c.kill(2);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 2
+    );
+    expect((await c.dog(["vdi", "write", "a", "0", "3"], { input: "hi\n" })).code).toBe(0);
+    await c.kill(1);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 1
+    );
+    const halted = await c.dog(["vdi", "write", "a", "0", "3"], { input: "no\n" });
+    expect(halted.code).toBe(1);
+    const vid = parseInt((await c.dogOk(["vdi", "list", "-r"])).split(" ")[7], 16);
+    const oid = (BigInt(vid) << 32n).toString(16).padStart(16, "0");
+    expect(halted.stderr).toBe(
+      `Failed to write object ${oid}: IO has halted as there are not enough living nodes\nFailed to write VDI\n`,
+    );
+    expect(await read(0, 3)).toEqual(Buffer.from("hi\n")); // reads go on
+    const cr = await c.dog(["vdi", "create", "c", "4M"]);
+    expect([cr.code, cr.stderr]).toEqual([
+      1,
+      "Failed to create VDI c: Failed to write to requested VDI\n",
+    ]);
+    await c.startNode(1);
+    await c.waitFor(async () =>
+      (await c.dogOk(["node", "list", "-r"])).trim().split("\n").length === 2
+    );
+    await c.waitFor(async () =>
+      (await c.dog(["vdi", "write", "a", "0", "3"], { input: "ok\n" })).code === 0
+    );
+    expect(await read(0, 3)).toEqual(Buffer.from("ok\n"));
   } finally {
     await c.stop();
   }
