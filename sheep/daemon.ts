@@ -1,13 +1,6 @@
 // The sheep daemon: listens for the Sheepdog protocol, runs the cluster state machine on the
 // membership driver's totally ordered events, and serves object I/O as gateway and as peer.
-import {
-  decodeVdiStates,
-  encodeClusterInfo,
-  encodeEpochLog,
-  epochLogRecordSize,
-  LockState,
-  VDI_STATE_SIZE,
-} from "../core/payloads.ts";
+import { decodeVdiStates, LockState, VDI_STATE_SIZE } from "../core/payloads.ts";
 import { emptyNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
 import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
@@ -15,7 +8,6 @@ import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { randomBytes } from "node:crypto";
 import {
   ClusterFlag,
   EMPTY,
@@ -53,7 +45,6 @@ import { openStore } from "../io/store.ts";
 import {
   decodeEpochFile,
   latestEpoch,
-  listEpochs,
   missingEpochs,
   readConfig,
   readEpoch,
@@ -96,6 +87,7 @@ import {
   type WorkResult,
 } from "./ops/reply.ts";
 import { GatewayOps } from "./ops/gateway.ts";
+import { ClusterOpQueue } from "./cluster-queue.ts";
 import { PeerOps } from "./ops/peer.ts";
 import { Gateway } from "./gateway.ts";
 import { ecPolicyToDp, isErasureOid } from "../core/ec.ts";
@@ -103,15 +95,6 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
-
-interface ClusterOpMsg {
-  kind: "op";
-  opId: string;
-  req: Buffer;
-  rsp: Buffer;
-  data: Buffer;
-  apply?: Apply;
-}
 
 export class Sheep {
   readonly log: Logger;
@@ -129,8 +112,12 @@ export class Sheep {
   private server: net.Server | null = null;
   private unixServer: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
-  private readonly pendingOps = new Map<string, (r: Reply) => void>();
-  private readonly workQueue: Array<{ opId: string; run: () => Promise<WorkResult> }> = [];
+  private readonly clusterQueue = new ClusterOpQueue({
+    driver: () => this.driver,
+    log: () => this.log,
+    mainPhase: (req, data, sender) => this.mainPhase(req, data, sender),
+    applyWorkResult: (a) => this.applyWorkResult(a),
+  });
   private epochWaiters: Array<() => void> = [];
   private joined = false;
   private joinWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
@@ -414,7 +401,9 @@ export class Sheep {
           // Not in the cluster's last epoch: everything here may be outdated; keep it only as
           // stale copies of the epoch it belonged to (upstream's purge_obj).
           for (const oid of this.store.list()) {
-            await this.store.moveToStale(oid, myOldEpoch).catch(() => {});
+            await this.store.moveToStale(oid, myOldEpoch).catch((e) =>
+              this.log.warn(`keeping ${oid.toString(16)} as stale: ${(e as Error).message}`)
+            );
           }
         }
         const wasOk = this.state.status === Status.OK && this.joined;
@@ -454,35 +443,8 @@ export class Sheep {
         await this.setState(state, newEpoch);
         this.log.info(`${nodeHostPort(left)} left; epoch ${this.state.epoch}`);
       },
-      notify: (sender: SdNode, msg: Buffer) => this.onNotify(sender, msg),
-      block: (sender: SdNode) => {
-        if (!nodeEqual(sender, this.me)) return false;
-        const w = this.workQueue.shift();
-        if (!w) {
-          this.driver.unblock(Buffer.from(cbor.encode({ kind: "noop" })));
-          return true;
-        }
-        w.run()
-          .catch((e): WorkResult => {
-            this.log.warn(`cluster operation failed: ${(e as Error).message}`);
-            return errorReply(new Header(), e);
-          })
-          .then((r) =>
-            this.driver.unblock(
-              Buffer.from(
-                cbor.encode({
-                  kind: "op",
-                  opId: w.opId,
-                  req: EMPTY,
-                  rsp: r.hdr.b,
-                  data: r.data,
-                  apply: r.apply,
-                }),
-              ),
-            )
-          );
-        return true;
-      },
+      notify: (sender: SdNode, msg: Buffer) => this.clusterQueue.onNotify(sender, msg),
+      block: (sender: SdNode) => nodeEqual(sender, this.me) && this.clusterQueue.runNext(),
       updateNode: async (node: SdNode, members: SdNode[]) => {
         this.members = sortNodes(members.map((m) => (nodeEqual(m, node) ? node : m)));
         if (nodeEqual(node, this.me)) this.me = node;
@@ -653,56 +615,14 @@ export class Sheep {
 
   // ---------------------------------------------------------------- cluster operations
 
-  /** A cluster op with a work phase: serialized cluster-wide with block/unblock. */
+  /** A cluster op with a work phase, serialized cluster-wide (cluster-queue.ts). */
   clusterWork(run: () => Promise<WorkResult>): Promise<Reply> {
-    const opId = randomBytes(8).toString("hex");
-    return new Promise((resolve) => {
-      this.pendingOps.set(opId, resolve);
-      this.workQueue.push({ opId, run });
-      this.driver.block();
-    });
+    return this.clusterQueue.work(run);
   }
 
-  /** A cluster op without work phase: broadcast; every node applies it in order. */
+  /** A cluster op without work phase: broadcast; every node runs its main phase in order. */
   clusterNotify(req: Header, data: Buffer): Promise<Reply> {
-    const opId = randomBytes(8).toString("hex");
-    return new Promise((resolve) => {
-      this.pendingOps.set(opId, resolve);
-      const rsp = new Header();
-      this.driver.notify(
-        Buffer.from(cbor.encode({ kind: "op", opId, req: req.b, rsp: rsp.b, data })),
-      );
-    });
-  }
-
-  private async onNotify(sender: SdNode, msg: Buffer): Promise<void> {
-    let m: ClusterOpMsg | { kind: string };
-    try {
-      m = cbor.decode(msg);
-    } catch {
-      return;
-    }
-    if (m.kind !== "op") return;
-    const op = m as ClusterOpMsg;
-    let rsp = new Header(Buffer.from(op.rsp));
-    let data: Buffer = Buffer.from(op.data ?? EMPTY);
-    if (op.req && op.req.length === 48) {
-      // notify-type op: main phase on every node
-      try {
-        const r = await this.mainPhase(new Header(Buffer.from(op.req)), data, sender);
-        rsp = r.hdr;
-        data = r.data;
-      } catch (e) {
-        rsp = errorReply(new Header(Buffer.from(op.req)), e).hdr;
-      }
-    } else if (op.apply) {
-      this.applyWorkResult(op.apply);
-    }
-    const done = this.pendingOps.get(op.opId);
-    if (done) {
-      this.pendingOps.delete(op.opId);
-      done({ hdr: rsp, data });
-    }
+    return this.clusterQueue.notify(req, data);
   }
 
   /** Every node learns what a work phase did (NEW_VDI / DEL_VDI) in the same order. */
@@ -775,9 +695,11 @@ export class Sheep {
     const oids = this.store.list().filter((oid) => gone.has(oidToVid(oid)));
     void (async () => {
       for (const oid of oids) {
-        await this.store.remove(oid).catch(() => {});
+        await this.store.remove(oid).catch((e) => this.logDrop("remove", oid, e));
         for (let k = 0; k < 16; k++) {
-          if (this.store.exists(oid, k)) await this.store.remove(oid, k).catch(() => {});
+          if (this.store.exists(oid, k)) {
+            await this.store.remove(oid, k).catch((e) => this.logDrop("remove", oid, e));
+          }
         }
       }
     })();
@@ -927,73 +849,9 @@ export class Sheep {
     return this.objectSize(oid);
   }
 
-  // ---------------------------------------------------------------- cluster info replies
-
-  private statCluster(req: Header): Reply {
-    const rsp = new Header();
-    const nodesNr = req.nodesNr;
-    const recSize = epochLogRecordSize(nodesNr);
-    const epochs = listEpochs(this.baseDir).sort((a, b) => b - a);
-    const out: Buffer[] = [];
-    let result: number = Res.SUCCESS;
-    if (this.state.ctime === 0n) result = Res.WAIT_FOR_FORMAT;
-    else if (this.state.status === Status.WAIT) result = Res.WAIT_FOR_JOIN;
-    else if (this.state.status === Status.SHUTDOWN) result = Res.SHUTDOWN;
-    for (let i = 0; i < epochs.length; i++) {
-      if ((out.length + 1) * recSize > req.dataLength) break;
-      const e = epochs[i];
-      const rec = readEpoch(this.baseDir, e);
-      if (!rec) continue;
-      if (rec.nodes.length > nodesNr) {
-        return { hdr: withResult(rsp, Res.BUFFER_SMALL), data: EMPTY };
-      }
-      // Only the newest record carries the cluster's current settings (upstream).
-      const cur = i === 0;
-      out.push(encodeEpochLog({
-        ctime: cur ? this.state.ctime : 0n,
-        time: rec.time,
-        epoch: e,
-        nrNodes: rec.nodes.length,
-        disableRecovery: cur && this.state.disableRecovery ? 1 : 0,
-        nrCopies: cur ? this.state.copies : 0,
-        copyPolicy: cur ? this.state.copyPolicy : 0,
-        flags: cur ? this.state.flags : 0,
-        drvName: cur ? this.state.store : "",
-        nodes: rec.nodes,
-      }, nodesNr));
-    }
-    if (out.length === 0 && this.state.ctime !== 0n) {
-      out.push(encodeEpochLog({
-        ctime: this.state.ctime,
-        time: 0n,
-        epoch: 0,
-        nrNodes: 0,
-        disableRecovery: 0,
-        nrCopies: 0,
-        copyPolicy: 0,
-        flags: 0,
-        drvName: "",
-        nodes: [],
-      }, nodesNr));
-    }
-    return { hdr: withResult(rsp, result), data: Buffer.concat(out) };
-  }
-
-  private clusterInfoBytes(): Buffer {
-    const st = this.state;
-    return encodeClusterInfo({
-      protoVer: SD_SHEEP_PROTO_VER,
-      disableRecovery: st.disableRecovery,
-      epoch: st.epoch,
-      ctime: st.ctime,
-      flags: st.flags,
-      copies: st.copies,
-      copyPolicy: st.copyPolicy,
-      status: st.status,
-      blockSizeShift: st.blockSizeShift,
-      store: st.store,
-      nodes: st.nodes,
-    });
+  /** A best-effort cleanup that failed: worth a line in the log, not a failure. */
+  private logDrop(what: string, oid: bigint, e: unknown): void {
+    this.log.warn(`${what} ${oid.toString(16)}: ${(e as Error)?.message ?? e}`);
   }
 
   // ---------------------------------------------------------------- shutdown
@@ -1009,8 +867,8 @@ export class Sheep {
     } catch { /* exiting anyway */ }
     this.server?.close();
     this.unixServer?.close();
-    await this.nbdServer?.close().catch(() => {});
-    await this.httpServer?.close().catch(() => {});
+    await this.nbdServer?.close().catch((e) => this.log.warn(`closing NBD: ${e}`));
+    await this.httpServer?.close().catch((e) => this.log.warn(`closing HTTP: ${e}`));
     for (const s of this.sockets) s.destroy();
     this.pool.close();
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });

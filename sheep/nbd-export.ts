@@ -102,7 +102,11 @@ export class SheepExportProvider implements ExportProvider {
     if (r.hdr.result !== Res.SUCCESS) {
       throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
     }
-    return new VdiExport(name, h, false, () => this.sheep.releaseVdi(h.vid).then(() => {}));
+    return new VdiExport(name, h, false, () =>
+      this.sheep.releaseVdi(h.vid).then(
+        () => {},
+        (e) => this.sheep.log.warn(`releasing the lock of ${name}: ${(e as Error).message}`),
+      ));
   }
 }
 
@@ -216,6 +220,6 @@ class VdiExport implements BlockExport {
 
   async close(): Promise<void> {
     const rel = this.release;
-    if (rel) await rel().catch(() => {});
+    if (rel) await rel(); // logs its own failure
   }
 }

@@ -140,7 +140,11 @@ export class PeerOps {
         await this.s.store.createAndWrite(ledger, 0, ledgerToBuffer(r.ledger), size);
         return;
       }
-      if (cur) await this.s.store.remove(ledger).catch(() => {});
+      if (cur) {
+        await this.s.store.remove(ledger).catch((e) =>
+          this.s.log.warn(`dropping ledger ${ledger.toString(16)}: ${(e as Error).message}`)
+        );
+      }
       const first = this.s.ring.placeObject(ledger, this.s.copiesFor(ledger, 0))[0];
       if (first && nodeEqual(first, this.s.me)) {
         const h = Header.req(Op.REMOVE_OBJ);
