@@ -12,7 +12,20 @@ import { decodeInodeHeader } from "../core/inode.ts";
 import { vidToVdiOid } from "../core/oid.ts";
 import { EMPTY, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
-import type { Sheep } from "./daemon.ts";
+import type { Header } from "../core/proto.ts";
+import type { MetaIO, VdiTable } from "../core/vdi.ts";
+import type { Logger } from "./log.ts";
+import type { Reply } from "./ops/reply.ts";
+
+/** The port the NBD exports use: VDI lookups, the cluster-wide VDI lock and object I/O. */
+export interface VdiService {
+  handle(hdr: Header, data: Buffer): Promise<Reply>;
+  readonly vdis: VdiTable;
+  readonly metaIO: MetaIO;
+  readonly log: Logger;
+  lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply>;
+  releaseVdi(vid: number): Promise<Reply>;
+}
 
 const MAX_BLOCK = 32 * 1024 * 1024;
 
@@ -34,7 +47,7 @@ function toBlockError(e: unknown): Error {
 
 export class SheepExportProvider implements ExportProvider {
   private readonly req: Requester;
-  constructor(private readonly sheep: Sheep) {
+  constructor(private readonly sheep: VdiService) {
     this.req = (hdr, data) => sheep.handle(hdr, data ?? EMPTY);
   }
 
