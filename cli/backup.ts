@@ -19,7 +19,7 @@ import { errnoText, NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
 import { SD_INODE_HEADER_SIZE, vidToDataOid, vidToVdiOid } from "../core/oid.ts";
 import { strerror } from "../core/proto.ts";
-import { countDataObjs, Limiter, readObject, writeObject } from "../core/vdi-io.ts";
+import { countDataObjs, Limiter, readObject, writeObject } from "../core/object-io.ts";
 import {
   Ctx,
   err,

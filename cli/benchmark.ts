@@ -5,7 +5,7 @@
 // latency percentiles.
 import { Buffer } from "node:buffer";
 import { vidToDataOid } from "../core/oid.ts";
-import { writeObject } from "../core/vdi-io.ts";
+import { writeObject } from "../core/object-io.ts";
 import { NetworkError } from "../io/client.ts";
 import { SdError } from "../core/errors.ts";
 import { strerror } from "../core/proto.ts";

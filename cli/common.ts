@@ -9,7 +9,7 @@ import { decodeNodes, nodeIp, type SdNode, sortNodes } from "../core/node.ts";
 import { SD_NR_VDIS } from "../core/oid.ts";
 import { ClusterFlag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { Ring } from "../core/ring.ts";
-import { type Requester } from "../core/vdi-io.ts";
+import { type Requester } from "../core/object-io.ts";
 import { progressLine } from "./format.ts";
 import { type CmdDef, subcommandUsage, type SubDef } from "./options.ts";
 

@@ -4,7 +4,7 @@ import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
-import { Limiter } from "../core/vdi-io.ts";
+import { Limiter } from "../core/object-io.ts";
 
 export const SLICE_SIZE = 128 * 1024;
 export const SHA1_SIZE = 20;

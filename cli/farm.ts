@@ -20,13 +20,9 @@ import {
   vidToVmstateOid,
 } from "../core/oid.ts";
 import { fixedString, Flag, Header, Op, readFixedString, Res, strerror } from "../core/proto.ts";
-import {
-  BTREE_NODE_SIZE,
-  Limiter,
-  readInodeWithSlots,
-  readObject,
-  writeObject,
-} from "../core/vdi-io.ts";
+import { BTREE_NODE_SIZE } from "../core/btree.ts";
+import { Limiter, readObject, writeObject } from "../core/object-io.ts";
+import { readInodeWithSlots } from "../core/vdi-io.ts";
 import type { Ctx } from "./common.ts";
 import { ctimeString, progressLine } from "./format.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo, EPOCH_LOG_SIZE } from "../core/payloads.ts";

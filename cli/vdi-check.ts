@@ -7,7 +7,7 @@ import { type InodeHeader } from "../core/inode.ts";
 import { nodeHostPort, nodeString, type SdNode } from "../core/node.ts";
 import { oidHex, vidToDataOid, vidToVdiOid } from "../core/oid.ts";
 import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
-import { Limiter, type SlotMap } from "../core/vdi-io.ts";
+import { Limiter, type SlotMap } from "../core/object-io.ts";
 import {
   Ctx,
   err,

@@ -18,11 +18,11 @@ import {
   countDataObjs,
   getVdiInfo,
   Limiter,
-  readInodeWithSlots,
   readObject,
   type SlotMap,
   writeObject,
-} from "../core/vdi-io.ts";
+} from "../core/object-io.ts";
+import { readInodeWithSlots } from "../core/vdi-io.ts";
 import { countSlots, invalidSizeMessage, parseSize } from "./format.ts";
 import {
   Ctx,

@@ -18,7 +18,7 @@ import {
 } from "../core/oid.ts";
 import { fixedString, Flag, Header, Op, Res, strerror } from "../core/proto.ts";
 import { Ring } from "../core/ring.ts";
-import { readObject } from "../core/vdi-io.ts";
+import { readObject } from "../core/object-io.ts";
 import { ctimeSeconds, padLeft, strftime, strnumber } from "./format.ts";
 import {
   Ctx,

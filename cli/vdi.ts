@@ -19,12 +19,11 @@ import { fixedString, Header, Op, Res, strerror } from "../core/proto.ts";
 import {
   countDataObjs,
   Limiter,
-  readInodeWithSlots,
   readObject,
   type SlotMap,
-  VdiHandle,
   writeObject,
-} from "../core/vdi-io.ts";
+} from "../core/object-io.ts";
+import { readInodeWithSlots, VdiHandle } from "../core/vdi-io.ts";
 import { banner, strnumber, VDI_LIST_HEADER, vdiListRow } from "./format.ts";
 import {
   Ctx,

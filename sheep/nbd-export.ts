@@ -7,7 +7,7 @@ import { Buffer } from "node:buffer";
 import type { BlockExport, ExportProvider } from "../core/blockdev.ts";
 import { BlockError, NbdErrno, NbdOpenError } from "../core/blockdev.ts";
 import { VdiHandle } from "../core/vdi-io.ts";
-import type { Requester } from "../core/vdi-io.ts";
+import type { Requester } from "../core/object-io.ts";
 import { decodeInodeHeader } from "../core/inode.ts";
 import { vidToVdiOid } from "../core/oid.ts";
 import { EMPTY, Res } from "../core/proto.ts";

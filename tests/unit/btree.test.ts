@@ -6,7 +6,7 @@ import {
   BTREE_MAX_INDIRECT,
   BtreeIndex,
   type BtreeWrite,
-} from "../../core/vdi-io.ts";
+} from "../../core/btree.ts";
 import { SD_INODE_HEADER_SIZE, vidToBtreeOid, vidToVdiOid } from "../../core/oid.ts";
 
 const VID = 0xabcdef;

@@ -15,7 +15,8 @@ import {
   vidToVdiOid,
 } from "../../core/oid.ts";
 import { Flag, FrameParser, Header, Op, readFixedString, Res } from "../../core/proto.ts";
-import { type Requester, VdiHandle } from "../../core/vdi-io.ts";
+import { type Requester } from "../../core/object-io.ts";
+import { VdiHandle } from "../../core/vdi-io.ts";
 
 // ---------------------------------------------------------------------------------------------
 // fake server
