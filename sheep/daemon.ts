@@ -147,6 +147,8 @@ export class Sheep {
     this.baseDir = path.resolve(opts.baseDir);
     const logFile = path.join(opts.logDir ? path.resolve(opts.logDir) : this.baseDir, "sheep.log");
     this.log = new Logger(opts.logDst, logFile);
+    this.log.format = opts.logFormat;
+    this.log.port = opts.port;
     this.log.level = opts.logLevel;
     if (opts.recovery) this.recoveryThrottle = { ...opts.recovery };
   }

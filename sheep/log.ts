@@ -1,4 +1,7 @@
-// Daemon logging in upstream's "server" format: `%b %2d %H:%M:%S  LEVEL [main] message`.
+// Daemon logging in upstream's formats (-l format=): "server" (the default,
+// `%b %2d %H:%M:%S  LEVEL [main] message`), "default" (the message only) and "json" (one object
+// per line: user_info {program_name, port}, body {second, usecond, worker_name, worker_idx,
+// func, line, msg}).
 // SIGHUP reopens the file (sheep/main.ts), for logrotate (packaging/logrotate/sheepdog).
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -16,9 +19,14 @@ export const LOG_LEVELS = [
 const LEVEL_TAG = ["EMERG", "ALERT", "CRIT", "ERROR", "WARN", "NOTICE", "INFO", "DEBUG"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
+export type LogFormat = "default" | "server" | "json";
+
 export class Logger {
   level = 6;
   private fd: number | null = null;
+  format: LogFormat = "server";
+  /** The sheep's port, for json lines' user_info. */
+  port = 0;
   constructor(private readonly dst: "file" | "stdout" | "stderr", private readonly file?: string) {
     if (dst === "file" && file) {
       fs.mkdirSync(path.dirname(file), { recursive: true });
@@ -49,11 +57,7 @@ export class Logger {
 
   private write(lvl: number, msg: string): void {
     if (lvl > this.level) return;
-    const d = new Date();
-    const p2 = (n: number) => String(n).padStart(2, "0");
-    const line = `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2)} ${p2(d.getHours())}:${
-      p2(d.getMinutes())
-    }:${p2(d.getSeconds())} ${LEVEL_TAG[lvl].padStart(6)} [main] ${msg}\n`;
+    const line = this.line(lvl, msg, new Date());
     try {
       if (this.fd !== null) fs.writeSync(this.fd, line);
       else fs.writeSync(this.dst === "stdout" ? 1 : 2, line);
@@ -61,6 +65,31 @@ export class Logger {
       // logging must never take the daemon down (full disk, closed stdout)
     }
   }
+  /** One log line in the configured format (exported for the unit test). */
+  line(lvl: number, msg: string, d: Date): string {
+    if (this.format === "default") return msg + "\n";
+    if (this.format === "json") {
+      const ms = d.getTime();
+      return JSON.stringify({
+        user_info: { program_name: "sheep", port: this.port },
+        body: {
+          second: Math.floor(ms / 1000),
+          usecond: (ms % 1000) * 1000,
+          worker_name: "main",
+          worker_idx: 0,
+          func: "",
+          line: 0,
+          level: LOG_LEVELS[lvl],
+          msg,
+        },
+      }) + "\n";
+    }
+    const p2 = (n: number) => String(n).padStart(2, "0");
+    return `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2)} ${p2(d.getHours())}:${
+      p2(d.getMinutes())
+    }:${p2(d.getSeconds())} ${LEVEL_TAG[lvl].padStart(6)} [main] ${msg}\n`;
+  }
+
   emerg(m: string) {
     this.write(0, m);
   }

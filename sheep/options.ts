@@ -1,4 +1,5 @@
 // `sheep` command-line options (sheep-daemon.md §1.1), parsed as upstream's getopt_long loop.
+import type { LogFormat } from "./log.ts";
 import { isIP } from "node:net";
 import { getoptLong, type LongOption, strtolWhole } from "../core/getopt.ts";
 import { LOG_LEVEL_HELP, OPTION_HELP, SUPPORTED_FEATURES } from "./options-help.ts";
@@ -14,6 +15,8 @@ export interface SheepOptions {
   logDir: string | null;
   logLevel: number;
   logDst: "file" | "stdout" | "stderr";
+  /** -l format=: upstream's line formats (sheep/log.ts). */
+  logFormat: LogFormat;
   nosync: boolean;
   foreground: boolean;
   pidfile: string | null;
@@ -148,6 +151,7 @@ function parseLog(o: SheepOptions, arg: string): void {
         `invalid log format: ${f}\nvalid options are:\n\tdefault\n\tserver\n\tjson`,
       );
     }
+    o.logFormat = f as LogFormat;
   }
   if (m.has("dst")) {
     const d = m.get("dst")!;
@@ -183,6 +187,7 @@ function defaults(): SheepOptions {
     logDir: null,
     logLevel: 6,
     logDst: "file",
+    logFormat: "server",
     nosync: false,
     foreground: false,
     pidfile: null,

@@ -1,7 +1,9 @@
 // Machine-readable output (`-j`/`--json`) of the list and info commands, and `dog benchmark io`,
 // against a real 3-node cluster.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { TestCluster } from "../lib/cluster.ts";
+import { spawnSync } from "node:child_process";
+import { sheepCommand, TestCluster } from "../lib/cluster.ts";
+import { testWith } from "../lib/components.ts";
 
 let c: TestCluster;
 
@@ -36,6 +38,18 @@ test("vdi list --json: every VDI with stable fields", async () => {
   expect(typeof gamma.createTime).toBe("number");
   // -j is the short form; a name filter works as for the text output
   expect((await json(["vdi", "list", "-j", "gamma"])).length).toBe(1);
+});
+
+testWith("jq")("dog vdi list --json | jq works", () => {
+  const dog = [...sheepCommand(), "dog"].map((a) => `'${a}'`).join(" ");
+  const r = spawnSync("sh", [
+    "-c",
+    `${dog} vdi list --json -a 127.0.0.1 -p ${
+      c.nodes[0].port
+    } | jq -r '.[] | select(.snapshot | not) | .name'`,
+  ], { encoding: "utf8" });
+  expect(r.status).toBe(0);
+  expect(r.stdout.trim().split("\n").sort()).toEqual(["alpha", "beta", "delta", "gamma"]);
 });
 
 test("vdi tree --json: the clone hangs under the snapshot it came from", async () => {

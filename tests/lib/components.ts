@@ -75,6 +75,8 @@ const COMPONENTS = {
   chromium: [command("chromium", "chromium")],
   // `systemd-analyze verify` of the units in packaging/ (tests/unit/packaging.test.ts).
   systemd: [command("systemd-analyze", "systemd")],
+  // `dog ... --json | jq` (tests/e2e/dog-json.test.ts).
+  jq: [command("jq", "jq")],
 } satisfies Record<string, Requirement[]>;
 
 export type Component = keyof typeof COMPONENTS;
