@@ -30,36 +30,55 @@ function rate(fn: () => void): number {
 const obj = Buffer.alloc(OBJ);
 for (let i = 0; i < OBJ; i += 4) obj.writeUInt32LE(Math.imul(i + 1, 2654435761) >>> 0, i);
 
-const rows: string[] = [];
-for (const [d, p] of [[4, 2], [8, 3]]) {
-  const code = new ErasureCode(d, p);
-  const data = code.split(obj);
-  const len = data[0].length;
-  const parity = Array.from({ length: p }, () => new Uint8Array(len));
-  const par = rate(() => code.encode(data, parity, len));
-  const enc = rate(() => code.encodeObject(obj));
-  const full = code.encodeObject(obj);
-  const dec = rate(() => {
-    const strips: (Uint8Array | null)[] = full.map((s, i) => (i < p ? null : s));
-    code.reconstruct(strips, len);
-    code.join(strips.slice(0, d) as Uint8Array[]);
-  });
-  rows.push(
-    `| ${d}:${p} | ${par.toFixed(0)} | ${enc.toFixed(0)} | ${dec.toFixed(0)} |`,
-  );
+/** MB/s per core of parity, whole-object encode and decode with p strips lost. */
+export function codecRates(): { code: string; parity: number; encode: number; decode: number }[] {
+  const out = [];
+  for (const [d, p] of [[4, 2], [8, 3]]) {
+    const code = new ErasureCode(d, p);
+    const data = code.split(obj);
+    const len = data[0].length;
+    const parity = Array.from({ length: p }, () => new Uint8Array(len));
+    const par = rate(() => code.encode(data, parity, len));
+    const enc = rate(() => code.encodeObject(obj));
+    const full = code.encodeObject(obj);
+    const dec = rate(() => {
+      const strips: (Uint8Array | null)[] = full.map((s, i) => (i < p ? null : s));
+      code.reconstruct(strips, len);
+      code.join(strips.slice(0, d) as Uint8Array[]);
+    });
+    out.push({ code: `${d}:${p}`, parity: par, encode: enc, decode: dec });
+  }
+  return out;
 }
-const rt = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined" ? "bun" : "deno";
-console.log(`erasure code, one core, ${rt}, MB/s of object data`);
-console.log("| code | parity | encode (split+parity) | decode (p lost) |");
-console.log("|---|---|---|---|");
-for (const r of rows) console.log(r);
 
-if (process.argv.includes("--nbd")) await nbdBench();
+if (import.meta.main) {
+  const rt = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined" ? "bun" : "deno";
+  console.log(`erasure code, one core, ${rt}, MB/s of object data`);
+  console.log("| code | parity | encode (split+parity) | decode (p lost) |");
+  console.log("|---|---|---|---|");
+  for (const r of codecRates()) {
+    console.log(
+      `| ${r.code} | ${r.parity.toFixed(0)} | ${r.encode.toFixed(0)} | ${r.decode.toFixed(0)} |`,
+    );
+  }
+  if (process.argv.includes("--nbd")) {
+    const mb = Number(process.env.BENCH_EC_NBD_MB ?? 512);
+    console.log(`\nNBD sequential, ${mb} MiB, 6 nodes, nbdcopy (MB/s)`);
+    console.log("| VDI | write | read |");
+    console.log("|---|---|---|");
+    for (const r of await nbdBench(mb)) {
+      console.log(`| ${r.name} (${r.copies}) | ${r.write.toFixed(0)} | ${r.read.toFixed(0)} |`);
+    }
+  }
+}
 
-async function nbdBench(): Promise<void> {
+/** nbdcopy write and read MB/s of an EC 4:2 VDI and a copies=3 VDI on one 6-node cluster. */
+export async function nbdBench(
+  mb: number,
+): Promise<{ name: string; copies: string; write: number; read: number }[]> {
   const { TestCluster } = await import("../tests/lib/cluster.ts");
   const { fail, nbdcopy } = await import("./lib.ts");
-  const mb = Number(process.env.BENCH_EC_NBD_MB ?? 512);
+  const rows = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ec-bench-"));
   const src = path.join(tmp, "src");
   const out = path.join(tmp, "out");
@@ -74,9 +93,6 @@ async function nbdBench(): Promise<void> {
   fs.closeSync(fd);
   const c = await TestCluster.start(6, { nbd: true, format: { copies: 3 } });
   try {
-    console.log(`\nNBD sequential, ${mb} MiB, 6 nodes, nbdcopy (MB/s)`);
-    console.log("| VDI | write | read |");
-    console.log("|---|---|---|");
     for (const [name, copies] of [["ec42", "4:2"], ["rep3", "3"]]) {
       await c.dogOk(["vdi", "create", "-c", copies, name, `${mb}M`]);
       const uri = `nbd://127.0.0.1:${c.nodes[0].nbdPort}/${name}`;
@@ -87,9 +103,10 @@ async function nbdBench(): Promise<void> {
       if (!fs.readFileSync(out).equals(fs.readFileSync(src))) {
         throw new Error(`${name}: data differs`);
       }
-      const rate = (ms: number) => ((mb * MiB_) / 1e6 / (ms / 1000)).toFixed(0);
-      console.log(`| ${name} (${copies}) | ${rate(w.ms)} | ${rate(r.ms)} |`);
+      const rate = (ms: number) => (mb * MiB_) / 1e6 / (ms / 1000);
+      rows.push({ name, copies, write: rate(w.ms), read: rate(r.ms) });
     }
+    return rows;
   } finally {
     await c.stop();
     fs.rmSync(tmp, { recursive: true, force: true });

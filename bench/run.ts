@@ -1,6 +1,6 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -41,6 +41,7 @@ import {
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
+import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -49,7 +50,7 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm"];
+const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -988,6 +989,47 @@ async function metrics(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 7. erasure coding: codec MB/s per core (goal >= 1 GB/s encode) and NBD on an EC 4:2 VDI
+//    against copies=3 on the same 6 nodes (bench/ec.ts)
+
+async function ec(): Promise<void> {
+  const row = { section: "ec" };
+  for (const r of codecRates()) {
+    results.add({
+      ...row,
+      refName: "goal 1000 MB/s",
+      metric: `${r.code} encode (split + parity), one core`,
+      unit: "MB/s",
+      ours: r.encode,
+      ref: 1000,
+      better: "higher",
+    });
+    results.add({
+      ...row,
+      refName: "goal 1000 MB/s",
+      metric: `${r.code} decode (p strips lost), one core`,
+      unit: "MB/s",
+      ours: r.decode,
+      ref: 1000,
+      better: "higher",
+    });
+  }
+  const rows = await ecNbdBench(FULL ? 1024 : 256);
+  const e = rows.find((r) => r.copies === "4:2")!, rep = rows.find((r) => r.copies === "3")!;
+  for (const k of ["write", "read"] as const) {
+    results.add({
+      ...row,
+      refName: "copies=3 VDI, same cluster",
+      metric: `NBD sequential ${k} (nbdcopy), EC 4:2 VDI, 6 nodes`,
+      unit: "MB/s",
+      ours: e[k],
+      ref: rep[k],
+      better: "higher",
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function machineInfo(): string {
   const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" })
@@ -1041,6 +1083,7 @@ async function main(): Promise<void> {
       recovery,
       metrics,
       farm,
+      ec,
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;
