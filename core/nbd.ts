@@ -434,6 +434,8 @@ export class RequestParser {
   private pending: NbdRequest | null = null;
   private payload: Buffer | null = null;
   private payloadFill = 0;
+  private held: Buffer[] = [];
+  private heldBytes = 0;
   private failed: NbdProtocolError | null = null;
   private readonly alloc: (n: number) => Buffer;
 
@@ -448,7 +450,7 @@ export class RequestParser {
 
   /** Bytes held for an incomplete request (header or write payload). */
   get buffered(): number {
-    return this.hdrFill + (this.payload ? this.payload.length : 0);
+    return this.hdrFill + (this.payload ? this.payload.length : this.heldBytes);
   }
 
   push(chunk: Buffer): NbdRequest[] {
@@ -457,6 +459,21 @@ export class RequestParser {
     const len = chunk.length;
     let pos = 0;
     while (pos < len) {
+      if (this.pending && !this.payload) {
+        // A declared length is only a claim: hold the chunks (no copy) until half of it is here.
+        const n = Math.min(this.pending.length - this.heldBytes, len - pos);
+        this.held.push(chunk.subarray(pos, pos + n));
+        this.heldBytes += n;
+        pos += n;
+        if (2 * this.heldBytes < this.pending.length) continue;
+        this.payload = this.alloc(this.pending.length);
+        this.pending.allocated = true;
+        for (const b of this.held) {
+          b.copy(this.payload, this.payloadFill), this.payloadFill += b.length;
+        }
+        this.held = [];
+        this.heldBytes = 0;
+      }
       if (this.payload) {
         const n = Math.min(this.payload.length - this.payloadFill, len - pos);
         chunk.copy(this.payload, this.payloadFill, pos, pos + n);
@@ -515,8 +532,6 @@ export class RequestParser {
         out.push(req);
       } else {
         this.pending = req;
-        this.payload = this.alloc(req.length);
-        req.allocated = true;
         this.payloadFill = 0;
       }
     }
@@ -527,6 +542,8 @@ export class RequestParser {
     this.failed = new NbdProtocolError(msg);
     this.pending = null;
     this.payload = null;
+    this.held = [];
+    this.heldBytes = 0;
     return this.failed;
   }
 }
