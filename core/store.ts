@@ -40,6 +40,13 @@ export interface ObjectStore {
   /** Per-disk usage for MD_INFO, in path order: free bytes and bytes held by objects. */
   diskInfo(): Array<{ path: string; free: bigint; used: bigint }>;
   path(oid: bigint, ecIndex?: number): string;
+  /**
+   * Reads the whole file and checks it against its stored checksums (io/checksum.ts): `ok` false
+   * on a mismatch; an object without stored checksums (written before them) counts as ok.
+   */
+  scrubObject(oid: bigint, ecIndex?: number): Promise<{ ok: boolean; bytes: number }>;
+  /** Every object file: oid and EC strip index. */
+  listFiles(): Array<{ oid: bigint; ecIndex?: number }>;
 }
 
 /** Shared/exclusive lock per object name, FIFO-fair. Writes share, create/remove/move are exclusive. */
@@ -182,6 +189,10 @@ export class ObjectIndex<E extends IndexedObject> {
     this.oidCount.clear();
     this.sortedCache = null;
     this.used = 0n;
+  }
+
+  values(): E[] {
+    return [...this.entries.values()];
   }
 
   /** Oids with at least one file, ascending. */

@@ -20,6 +20,18 @@ import {
   VMSTATE_BIT,
 } from "../core/oid.ts";
 import { DiskRing } from "../core/ring.ts";
+import {
+  blockLen,
+  checksumsEnabled,
+  crcOf,
+  CSUM_BLOCK,
+  CSUM_SUFFIX,
+  entryMatches,
+  entryOffset,
+  firstBadBlock,
+  tableForCreate,
+  tableForWrite,
+} from "./checksum.ts";
 import { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 
 // Everything of the store in one import for the daemon and the tests.
@@ -28,9 +40,13 @@ export { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/s
 export function openStore(
   kind: "plain" | "tree",
   disks: string[],
-  opts?: { nosync?: boolean },
+  opts?: { nosync?: boolean; checksums?: boolean },
 ): ObjectStore {
-  return new FileStore(kind, disks, opts?.nosync ?? false);
+  return new FileStore(kind, disks, opts?.nosync ?? false, opts?.checksums ?? checksumsEnabled());
+}
+
+function checksumError(path: string, block: number): SdError {
+  return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${CSUM_BLOCK} bytes)`);
 }
 
 const META_BITS = VDI_BIT | VMSTATE_BIT | VDI_ATTR_BIT;
@@ -131,6 +147,53 @@ function pwriteFull(fd: number, data: Buffer, offset: number) {
   }
 }
 
+/** Renames a side file along with its object; a missing one is fine, another disk is copied. */
+function moveQuiet(from: string, to: string): void {
+  try {
+    fs.renameSync(from, to);
+  } catch (e) {
+    const code = (e as { code?: string })?.code;
+    if (code === "ENOENT") return;
+    if (code !== "EXDEV") throw e;
+    fs.copyFileSync(from, to);
+    fs.unlinkSync(from);
+  }
+}
+
+function unlinkQuiet(path: string): void {
+  try {
+    fs.unlinkSync(path);
+  } catch { /* absent */ }
+}
+
+/**
+ * Reads [offset, offset+length) of the open object file `fd` of `size` bytes and checks every
+ * block it touches against the side file `cfd` (the whole blocks are read, then trimmed).
+ */
+function verifiedRead(
+  fd: number,
+  cfd: number,
+  size: number,
+  offset: number,
+  length: number,
+  path: string,
+): Buffer {
+  const end = Math.min(offset + length, size);
+  if (end <= offset) return preadFull(fd, length, offset);
+  const first = Math.floor(offset / CSUM_BLOCK);
+  const last = Math.floor((end - 1) / CSUM_BLOCK);
+  const start = first * CSUM_BLOCK;
+  const span = Math.min((last + 1) * CSUM_BLOCK, size) - start;
+  const buf = preadFull(fd, span, start);
+  const table = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+  const bad = firstBadBlock(buf, first, size, table);
+  if (bad >= 0) throw checksumError(path, bad);
+  if (start === offset && span === length) return buf;
+  const out = Buffer.alloc(length);
+  buf.copy(out, 0, offset - start, Math.min(span, offset - start + length));
+  return out;
+}
+
 function sdErr(e: unknown): SdError {
   if (e instanceof SdError) return e;
   const code = (e as { code?: string })?.code;
@@ -164,7 +227,12 @@ class FileStore implements ObjectStore {
   private locks = new KeyedRwLock();
   private fds = new FdCache(256);
 
-  constructor(readonly kind: "plain" | "tree", disks: string[], private nosync: boolean) {
+  constructor(
+    readonly kind: "plain" | "tree",
+    disks: string[],
+    private nosync: boolean,
+    private checksums = true,
+  ) {
     if (disks.length === 0) throw new SdError(Res.INVALID_PARMS, "no object directory");
     const norm = disks.map((d) => (d.length > 1 ? d.replace(/\/+$/, "") : d));
     if (new Set(norm).size !== norm.length) {
@@ -229,6 +297,10 @@ class FileStore implements ObjectStore {
     const from = this.pathOn(e.disk, e.oid, e.ecIndex);
     const to = this.pathOn(want, e.oid, e.ecIndex);
     this.fds.invalidate(from);
+    this.fds.invalidate(from + CSUM_SUFFIX);
+    // The side file first: a crash in between leaves the object where it was, with no side file
+    // (unverified) rather than with a side file of another object.
+    moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
     try {
       fs.renameSync(from, to);
     } catch (err) {
@@ -314,6 +386,16 @@ class FileStore implements ObjectStore {
           } catch { /* raced */ }
           continue;
         }
+        if (name.endsWith(CSUM_SUFFIX)) {
+          // A side file whose object is gone (crash between the two unlinks) must not be taken
+          // for the table of an object placed here later.
+          if (parseName(name.slice(0, -CSUM_SUFFIX.length)) && !fs.existsSync(full.slice(0, -5))) {
+            try {
+              fs.unlinkSync(full);
+            } catch { /* raced */ }
+          }
+          continue;
+        }
         const p = parseName(name);
         if (!p) continue;
         let st: fs.Stats;
@@ -344,9 +426,8 @@ class FileStore implements ObjectStore {
             throw e;
           }
           for (const name of names) {
-            if (!parseName(name) && !(name.endsWith(".tmp") && parseName(name.slice(0, -4)))) {
-              continue;
-            }
+            const base = name.replace(/\.tmp$/, "").replace(/\.csum$/, "");
+            if (!parseName(base)) continue;
             try {
               fs.unlinkSync(`${dir}/${name}`);
             } catch (e) {
@@ -383,6 +464,17 @@ class FileStore implements ObjectStore {
     });
   }
 
+  /** Cached descriptor of the side file of `path`, or null (checksums off, or a legacy object). */
+  private openCsum(path: string): CachedFd | null {
+    if (!this.checksums) return null;
+    try {
+      return this.fds.acquire(path + CSUM_SUFFIX);
+    } catch (err) {
+      if (isEnoent(err)) return null;
+      throw err;
+    }
+  }
+
   /** The object's entry and a cached descriptor of its file; NO_OBJ (and forgotten) if missing. */
   private openExisting(
     name: string,
@@ -404,15 +496,50 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, () => {
-      const { c } = this.openExisting(name, oid, ecIndex);
+      const { c, path } = this.openExisting(name, oid, ecIndex);
+      let cc: CachedFd | null = null;
       try {
-        return preadFull(c.fd, length, offset);
+        cc = this.openCsum(path);
+        if (!cc) return preadFull(c.fd, length, offset);
+        return verifiedRead(c.fd, cc.fd, fs.fstatSync(c.fd).size, offset, length, path);
       } catch (err) {
         throw sdErr(err);
       } finally {
         this.fds.release(c);
+        if (cc) this.fds.release(cc);
       }
     });
+  }
+
+  async scrubObject(oid: bigint, ecIndex?: number): Promise<{ ok: boolean; bytes: number }> {
+    const name = fileName(oid, ecIndex);
+    return await this.locks.run(name, false, () => {
+      const e = this.lookup(oid, ecIndex);
+      if (!e) return { ok: true, bytes: 0 };
+      const { c, path } = this.openExisting(name, oid, ecIndex);
+      let cc: CachedFd | null = null;
+      try {
+        cc = this.openCsum(path);
+        if (!cc) return { ok: true, bytes: 0 };
+        const size = fs.fstatSync(c.fd).size;
+        try {
+          verifiedRead(c.fd, cc.fd, size, 0, size, path);
+          return { ok: true, bytes: size };
+        } catch (err) {
+          if (err instanceof SdError && err.code === Res.EIO) return { ok: false, bytes: size };
+          throw err;
+        }
+      } catch (err) {
+        throw sdErr(err);
+      } finally {
+        this.fds.release(c);
+        if (cc) this.fds.release(cc);
+      }
+    });
+  }
+
+  listFiles(): Array<{ oid: bigint; ecIndex?: number }> {
+    return this.index.values().map((e) => ({ oid: e.oid, ecIndex: e.ecIndex }));
   }
 
   createAndWrite(
@@ -427,33 +554,50 @@ class FileStore implements ObjectStore {
       const disk = this.pick(oid);
       const final = this.pathOn(disk, oid, ecIndex);
       const tmp = final + ".tmp";
+      const ctmp = final + CSUM_SUFFIX + ".tmp";
       let fd = -1;
+      let cfd = -1;
       try {
+        const size = Math.max(objSize, offset + data.length);
         fd = fs.openSync(tmp, "w");
-        fs.ftruncateSync(fd, Math.max(objSize, offset + data.length));
+        fs.ftruncateSync(fd, size);
         if (data.length > 0) pwriteFull(fd, data, offset);
-        if (!this.nosync) await fdatasync(fd);
+        if (this.checksums) {
+          cfd = fs.openSync(ctmp, "w");
+          pwriteFull(cfd, tableForCreate(size, offset, data), 0);
+        }
+        if (!this.nosync) {
+          await Promise.all([fdatasync(fd), cfd >= 0 ? fdatasync(cfd) : undefined]);
+        }
         const bytes = allocatedBytes(fs.fstatSync(fd));
         closeQuiet(fd);
         fd = -1;
+        if (cfd >= 0) closeQuiet(cfd);
+        cfd = -1;
         // An older copy may sit on another disk (misplaced); it must not shadow the new one.
         const old = this.index.get(name);
         this.fds.invalidate(final);
+        this.fds.invalidate(final + CSUM_SUFFIX);
+        // Side file first, then the data, one directory sync for both: a crash between the two
+        // renames leaves an old object with the new table, which reads as a mismatch (repaired
+        // from a replica) and never as unverified data.
+        if (this.checksums) fs.renameSync(ctmp, final + CSUM_SUFFIX);
+        else unlinkQuiet(final + CSUM_SUFFIX);
         fs.renameSync(tmp, final);
         if (!this.nosync) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
         if (old && old.disk !== disk) {
           const oldPath = this.pathOn(old.disk, oid, ecIndex);
           this.fds.invalidate(oldPath);
-          try {
-            fs.unlinkSync(oldPath);
-          } catch { /* already gone */ }
+          this.fds.invalidate(oldPath + CSUM_SUFFIX);
+          unlinkQuiet(oldPath);
+          unlinkQuiet(oldPath + CSUM_SUFFIX);
         }
         this.addEntry(name, { oid, ecIndex, disk, bytes });
       } catch (err) {
         if (fd >= 0) closeQuiet(fd);
-        try {
-          fs.unlinkSync(tmp);
-        } catch { /* never created or already renamed */ }
+        if (cfd >= 0) closeQuiet(cfd);
+        unlinkQuiet(tmp);
+        unlinkQuiet(ctmp);
         throw sdErr(err);
       }
     });
@@ -463,18 +607,52 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, async () => {
-      const { c } = this.openExisting(name, oid, ecIndex);
+      const { c, path } = this.openExisting(name, oid, ecIndex);
+      let cc: CachedFd | null = null;
       try {
+        cc = this.openCsum(path);
+        // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
+        // interleave their read-modify-write of a block's checksum.
+        if (cc) this.updateTable(c.fd, cc.fd, offset, data, path);
+        else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
         pwriteFull(c.fd, data, offset);
         const bytes = allocatedBytes(fs.fstatSync(c.fd));
         this.index.resize(name, bytes);
-        if (!this.nosync) await fdatasync(c.fd);
+        if (!this.nosync) {
+          await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
+        }
       } catch (err) {
         throw sdErr(err);
       } finally {
         this.fds.release(c);
+        if (cc) this.fds.release(cc);
       }
     });
+  }
+
+  /**
+   * Writes the entries of the blocks a write of `data` at `offset` changes. Blocks the write only
+   * partly covers are read back and verified first: a checksum over a corrupt block would make the
+   * corruption look valid.
+   */
+  private updateTable(fd: number, cfd: number, offset: number, data: Buffer, path: string): void {
+    if (data.length === 0) return;
+    const oldSize = fs.fstatSync(fd).size;
+    const end = offset + data.length;
+    const newSize = Math.max(oldSize, end);
+    const first = Math.floor(Math.min(offset, oldSize) / CSUM_BLOCK);
+    const last = Math.floor((end - 1) / CSUM_BLOCK);
+    const prev = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+    const old = (i: number): Buffer => {
+      const b = preadFull(fd, CSUM_BLOCK, i * CSUM_BLOCK);
+      const len = blockLen(i, oldSize);
+      if (len > 0 && !entryMatches(prev, i - first, crcOf(b.subarray(0, len)))) {
+        throw checksumError(path, i);
+      }
+      return b;
+    };
+    const t = tableForWrite(first, last, offset, data, newSize, old, prev);
+    pwriteFull(cfd, t, entryOffset(first));
   }
 
   remove(oid: bigint, ecIndex?: number): Promise<void> {
@@ -484,12 +662,14 @@ class FileStore implements ObjectStore {
       if (!e) throw new SdError(Res.NO_OBJ);
       const path = this.pathOn(e.disk, oid, ecIndex);
       this.fds.invalidate(path);
+      this.fds.invalidate(path + CSUM_SUFFIX);
       try {
         fs.unlinkSync(path);
       } catch (err) {
         this.dropEntry(name);
         throw sdErr(err);
       }
+      unlinkQuiet(path + CSUM_SUFFIX);
       this.dropEntry(name);
     });
   }
@@ -522,7 +702,9 @@ class FileStore implements ObjectStore {
       if (!e) throw new SdError(Res.NO_OBJ);
       const path = this.pathOn(e.disk, oid, ecIndex);
       this.fds.invalidate(path);
+      this.fds.invalidate(path + CSUM_SUFFIX);
       try {
+        moveQuiet(path + CSUM_SUFFIX, this.stalePath(e.disk, name, epoch) + CSUM_SUFFIX);
         fs.renameSync(path, this.stalePath(e.disk, name, epoch));
       } catch (err) {
         if (isEnoent(err)) this.dropEntry(name);
@@ -544,18 +726,32 @@ class FileStore implements ObjectStore {
     const order = [first, ...this.disks.map((_, i) => i).filter((i) => i !== first)];
     for (const d of order) {
       let fd: number;
+      const sp = this.stalePath(d, name, epoch);
       try {
-        fd = fs.openSync(this.stalePath(d, name, epoch), "r");
+        fd = fs.openSync(sp, "r");
       } catch (err) {
         if (isEnoent(err)) continue;
         return Promise.reject(sdErr(err));
       }
+      let cfd = -1;
       try {
-        return Promise.resolve(preadFull(fd, length, offset));
+        // A stale copy is a recovery source: a corrupt one must not be installed elsewhere.
+        if (this.checksums) {
+          try {
+            cfd = fs.openSync(sp + CSUM_SUFFIX, "r");
+          } catch (err) {
+            if (!isEnoent(err)) throw err;
+          }
+        }
+        if (cfd < 0) return Promise.resolve(preadFull(fd, length, offset));
+        return Promise.resolve(
+          verifiedRead(fd, cfd, fs.fstatSync(fd).size, offset, length, sp),
+        );
       } catch (err) {
         return Promise.reject(sdErr(err));
       } finally {
         closeQuiet(fd);
+        if (cfd >= 0) closeQuiet(cfd);
       }
     }
     return Promise.reject(new SdError(Res.NO_OBJ));

@@ -231,6 +231,8 @@ export class Sheep {
       pool: this.pool,
       local: { handlePeer: (h, d) => this.handlePeer(h, d) },
       ecPolicy: (oid, hint) => this.ecPolicyOf(oid, hint),
+      storedSize: (oid, hint) => this.storedSize(oid, hint),
+      log: (m) => this.log.warn(m),
     });
     this.recovery = new RecoveryManager({
       me: this.me,

@@ -29,6 +29,10 @@ export interface GatewayContext {
   local: PeerHandler;
   /** EC policy byte when `oid` is striped (0: replicated); `hint` is the request's copy_policy. */
   ecPolicy?(oid: bigint, hint: number): number;
+  /** Size of the file holding `oid` (a whole replica), for repairing a corrupt copy. */
+  storedSize?(oid: bigint, hint: number): number;
+  /** Where repairs of corrupt replicas are reported. */
+  log?(msg: string): void;
 }
 
 const RETRYABLE = new Set<number>([
@@ -121,6 +125,7 @@ export class Gateway {
         : rotate(targets);
       let last: unknown = new SdError(Res.NO_OBJ);
       let netErrors = 0;
+      const corrupt: SdNode[] = [];
       for (const node of order) {
         try {
           const r = await this.sendPeer(
@@ -128,7 +133,12 @@ export class Gateway {
             this.peerHeader(req, Op.READ_PEER, epoch),
             Buffer.alloc(0),
           );
-          if (r.hdr.result === Res.SUCCESS) return r;
+          if (r.hdr.result === Res.SUCCESS) {
+            if (corrupt.length > 0) await this.repair(req, node, corrupt, epoch);
+            return r;
+          }
+          // EIO is a replica that failed its stored checksums (io/checksum.ts) or its disk.
+          if (r.hdr.result === Res.EIO) corrupt.push(node);
           last = new SdError(r.hdr.result);
           if (RETRYABLE.has(r.hdr.result)) netErrors++;
         } catch (e) {
@@ -146,6 +156,16 @@ export class Gateway {
       }
       throw last;
     });
+  }
+
+  header(req: Header, peerOp: number, epoch: number): Header {
+    return this.peerHeader(req, peerOp, epoch);
+  }
+  peer(node: SdNode, hdr: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
+    return this.sendPeer(node, hdr, data);
+  }
+  private repair(req: Header, good: SdNode, bad: SdNode[], epoch: number): Promise<void> {
+    return repairCopies(this, this.ctx, req, good, bad, epoch);
   }
 
   /** Gateway write/create/remove: every replica, in parallel; all must succeed. */
@@ -188,6 +208,44 @@ export class Gateway {
       if (firstErr) throw firstErr;
       return ok!;
     });
+  }
+}
+
+/**
+ * Writes the good copy on `good` over the corrupt copies on `bad` (the peer create path replaces
+ * the file atomically, side file included). A failed repair is logged, never the client's error:
+ * the next read or scrub tries again.
+ */
+async function repairCopies(
+  g: Gateway,
+  ctx: GatewayContext,
+  req: Header,
+  good: SdNode,
+  bad: SdNode[],
+  epoch: number,
+): Promise<void> {
+  const oid = req.oid.toString(16).padStart(16, "0");
+  try {
+    const size = ctx.storedSize?.(req.oid, req.objCopyPolicy) ?? 0;
+    if (size <= 0) return;
+    const rh = g.header(req, Op.READ_PEER, epoch);
+    rh.offset = 0;
+    rh.dataLength = size;
+    const r = await g.peer(good, rh, Buffer.alloc(0));
+    if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
+    for (const n of bad) {
+      const wh = g.header(req, Op.CREATE_AND_WRITE_PEER, epoch);
+      wh.flags |= Flag.CMD_WRITE;
+      wh.offset = 0;
+      wh.dataLength = r.data.length;
+      const w = await g.peer(n, wh, r.data);
+      if (w.hdr.result !== Res.SUCCESS) throw new SdError(w.hdr.result);
+      ctx.log?.(
+        `repaired corrupt replica of ${oid} on ${nodeHostPort(n)} from ${nodeHostPort(good)}`,
+      );
+    }
+  } catch (e) {
+    ctx.log?.(`repair of ${oid} failed: ${(e as Error).message}`);
   }
 }
 

@@ -1,0 +1,141 @@
+// Stored checksums (issue 15; upstream stores none): one CRC-32 per 64 KiB block of an object
+// file, kept in a side file `<object file>.csum` beside it, so the object files keep upstream's
+// names and bytes.
+//
+// Why CRC-32 from node:zlib: it is native (hardware CLMUL) on Bun and Deno, synchronous, and
+// measured here at ~45-50 GB/s per core, against ~1.9 GB/s for hash-wasm's crc32c and ~7-9 GB/s
+// for its xxhash64: the check must cost next to nothing beside a page-cache read. A CRC detects
+// every burst error up to 32 bits and random corruption with probability 1 - 2^-32, which is what
+// bit rot needs (it is not a defence against an adversary). Why 64 KiB: a 4 MiB object gets a
+// 512-byte side file (one page), and a small unaligned write reads back at most two blocks.
+//
+// Side-file layout: per block 8 bytes, little-endian u32 `cur` and u32 `prev`. A block is good
+// when its CRC equals either: a write stores {new, old} so a crash that persisted the side file
+// but not the data still verifies (the old data matches `prev`). A crash that persisted the data
+// but not the side file shows as a mismatch, i.e. the replica is repaired like a flipped bit;
+// that only concerns a write that was never acknowledged.
+import zlib from "node:zlib";
+import process from "node:process";
+import { Buffer } from "node:buffer";
+
+export const CSUM_BLOCK = 64 * 1024;
+export const CSUM_SUFFIX = ".csum";
+const ENTRY = 8;
+
+const crc32 = (zlib as unknown as { crc32(d: Uint8Array, v?: number): number }).crc32;
+
+export function crcOf(data: Uint8Array, initial = 0): number {
+  return crc32(data, initial) >>> 0;
+}
+
+const zeroCrcs = new Map<number, number>();
+const ZERO_BLOCK = Buffer.alloc(CSUM_BLOCK);
+/** CRC of `len` zero bytes (blocks of a fresh object that no write touched). */
+export function zeroCrc(len: number): number {
+  let v = zeroCrcs.get(len);
+  if (v === undefined) zeroCrcs.set(len, v = crcOf(ZERO_BLOCK.subarray(0, len)));
+  return v;
+}
+
+export function blockCount(size: number): number {
+  return Math.ceil(size / CSUM_BLOCK);
+}
+
+/** Length of block `i` of a file of `size` bytes. */
+export function blockLen(i: number, size: number): number {
+  return Math.max(0, Math.min(CSUM_BLOCK, size - i * CSUM_BLOCK));
+}
+
+/** Side file of a freshly created object of `size` bytes whose only non-zero bytes are `data` at `offset`. */
+export function tableForCreate(size: number, offset: number, data: Buffer): Buffer {
+  const n = blockCount(size);
+  const t = Buffer.alloc(n * ENTRY);
+  const end = offset + data.length;
+  for (let i = 0; i < n; i++) {
+    const bs = i * CSUM_BLOCK;
+    const len = blockLen(i, size);
+    const be = bs + len;
+    let c: number;
+    if (end <= bs || offset >= be || data.length === 0) c = zeroCrc(len);
+    else {
+      const s = Math.max(bs, offset);
+      const e = Math.min(be, end);
+      c = 0;
+      if (s > bs) c = crcOf(ZERO_BLOCK.subarray(0, s - bs), c);
+      c = crcOf(data.subarray(s - offset, e - offset), c);
+      if (e < be) c = crcOf(ZERO_BLOCK.subarray(0, be - e), c);
+    }
+    t.writeUInt32LE(c, i * ENTRY);
+    t.writeUInt32LE(c, i * ENTRY + 4);
+  }
+  return t;
+}
+
+export function entryMatches(table: Buffer, k: number, crc: number): boolean {
+  const at = k * ENTRY;
+  if (at + ENTRY > table.length) return false;
+  return table.readUInt32LE(at) === crc || table.readUInt32LE(at + 4) === crc;
+}
+
+export function entryCur(table: Buffer, k: number): number {
+  const at = k * ENTRY;
+  return at + ENTRY > table.length ? 0 : table.readUInt32LE(at);
+}
+
+export function entryOffset(block: number): number {
+  return block * ENTRY;
+}
+
+/**
+ * Checks the blocks `first..` held in `buf` (buf starts at block `first`, holds the file's bytes
+ * up to `size`) against `table` (entries from block `first`). Returns the first bad block or -1.
+ */
+export function firstBadBlock(buf: Buffer, first: number, size: number, table: Buffer): number {
+  const n = Math.ceil(Math.min(buf.length, size - first * CSUM_BLOCK) / CSUM_BLOCK);
+  for (let k = 0; k < n; k++) {
+    const len = blockLen(first + k, size);
+    const c = crcOf(buf.subarray(k * CSUM_BLOCK, k * CSUM_BLOCK + len));
+    if (!entryMatches(table, k, c)) return first + k;
+  }
+  return -1;
+}
+
+/**
+ * New entries for blocks first..last after a write of `data` at `offset` into a file growing to
+ * `newSize`; `old(i)` gives block i's current bytes (only asked for blocks the write does not
+ * cover fully), `prevTable` the current entries from block `first`.
+ */
+export function tableForWrite(
+  first: number,
+  last: number,
+  offset: number,
+  data: Buffer,
+  newSize: number,
+  old: (i: number) => Buffer,
+  prevTable: Buffer,
+): Buffer {
+  const t = Buffer.alloc((last - first + 1) * ENTRY);
+  const end = offset + data.length;
+  for (let i = first; i <= last; i++) {
+    const bs = i * CSUM_BLOCK;
+    const be = bs + blockLen(i, newSize);
+    const s = Math.max(bs, offset);
+    const e = Math.min(be, end);
+    let c = 0;
+    if (s > bs || e < be) {
+      const ob = old(i);
+      if (s > bs) c = crcOf(ob.subarray(0, Math.min(s, be) - bs), c);
+      if (e > s) c = crcOf(data.subarray(s - offset, e - offset), c);
+      if (e < be) c = crcOf(ob.subarray(Math.max(e, bs) - bs, be - bs), c);
+    } else c = crcOf(data.subarray(s - offset, e - offset));
+    const k = i - first;
+    t.writeUInt32LE(c, k * ENTRY);
+    t.writeUInt32LE(entryCur(prevTable, k), k * ENTRY + 4);
+  }
+  return t;
+}
+
+/** Checksums are on unless SHEEPDOG_CHECKSUMS=off (an A/B benchmark switch, see README). */
+export function checksumsEnabled(): boolean {
+  return process.env.SHEEPDOG_CHECKSUMS !== "off";
+}

@@ -1,0 +1,142 @@
+// Stored checksums of the file store (io/checksum.ts): writes keep the side file in step, reads
+// and scrubs detect a flipped byte as EIO for that copy only.
+import { afterAll, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import { Buffer } from "node:buffer";
+import { openStore } from "../../io/store.ts";
+import { CSUM_BLOCK, CSUM_SUFFIX } from "../../io/checksum.ts";
+import { SdError } from "../../core/errors.ts";
+import { Res } from "../../core/proto.ts";
+
+const roots: string[] = [];
+function tmp(): string {
+  const d = fs.mkdtempSync(`${os.tmpdir()}/sd-csum-`);
+  roots.push(d);
+  return d;
+}
+afterAll(() => {
+  for (const r of roots) fs.rmSync(r, { recursive: true, force: true });
+});
+
+const DATA0 = 0x007c2b2500000000n;
+const MiB = 1 << 20;
+
+function pattern(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+async function code(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+    return Res.SUCCESS;
+  } catch (e) {
+    return e instanceof SdError ? e.code : -1;
+  }
+}
+
+function flip(path: string, at: number) {
+  const fd = fs.openSync(path, "r+");
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, at);
+  b[0] ^= 0x40;
+  fs.writeSync(fd, b, 0, 1, at);
+  fs.closeSync(fd);
+}
+
+for (const kind of ["plain", "tree"] as const) {
+  test(`${kind}: create, partial writes, reads verify; a flipped byte is EIO`, async () => {
+    const s = openStore(kind, [tmp()], { nosync: true, checksums: true });
+    await s.init();
+    const model = Buffer.alloc(4 * MiB);
+    const d0 = pattern(100_000, 1);
+    await s.createAndWrite(DATA0, 5000, d0, 4 * MiB);
+    d0.copy(model, 5000);
+    const path = s.path(DATA0);
+    expect(fs.statSync(path + CSUM_SUFFIX).size).toBe(64 * 8);
+    // Unaligned writes across block boundaries, and a whole-block one.
+    for (
+      const [off, len, seed] of [[70_000, 3, 2], [CSUM_BLOCK - 10, 20, 3], [
+        3 * CSUM_BLOCK,
+        CSUM_BLOCK,
+        4,
+      ], [4 * MiB - 7, 7, 5]]
+    ) {
+      const d = pattern(len, seed);
+      await s.write(DATA0, off, d);
+      d.copy(model, off);
+    }
+    expect((await s.read(DATA0, 0, 4 * MiB)).equals(model)).toBe(true);
+    expect((await s.read(DATA0, 4999, 17)).equals(model.subarray(4999, 5016))).toBe(true);
+    expect(await s.scrubObject(DATA0)).toEqual({ ok: true, bytes: 4 * MiB });
+
+    flip(path, 2 * CSUM_BLOCK + 123);
+    expect(await code(s.read(DATA0, 2 * CSUM_BLOCK, 4096))).toBe(Res.EIO);
+    expect(await code(s.read(DATA0, 0, 4 * MiB))).toBe(Res.EIO);
+    // Other blocks still read fine: the error is for the bad block only.
+    expect((await s.read(DATA0, 0, CSUM_BLOCK)).equals(model.subarray(0, CSUM_BLOCK))).toBe(true);
+    expect((await s.scrubObject(DATA0)).ok).toBe(false);
+    // A partial write into the bad block refuses to bless it; a full overwrite heals it.
+    expect(await code(s.write(DATA0, 2 * CSUM_BLOCK + 5, Buffer.from("x")))).toBe(Res.EIO);
+    await s.write(DATA0, 2 * CSUM_BLOCK, model.subarray(2 * CSUM_BLOCK, 3 * CSUM_BLOCK));
+    expect((await s.read(DATA0, 0, 4 * MiB)).equals(model)).toBe(true);
+
+    // Repair by re-create, as the gateway and scrub do.
+    flip(path, 10);
+    expect(await code(s.read(DATA0, 0, 100))).toBe(Res.EIO);
+    await s.createAndWrite(DATA0, 0, model, 4 * MiB);
+    expect((await s.read(DATA0, 0, 4 * MiB)).equals(model)).toBe(true);
+
+    // The side file survives a restart and follows the object to .stale and back out.
+    await s.init();
+    flip(path, 4 * MiB - 1);
+    expect(await code(s.read(DATA0, 4 * MiB - 1, 1))).toBe(Res.EIO);
+    await s.moveToStale(DATA0, 3);
+    expect(fs.existsSync(path + CSUM_SUFFIX)).toBe(false);
+    expect(await code(s.readStale(DATA0, 3, 0, 4 * MiB))).toBe(Res.EIO);
+    expect((await s.readStale(DATA0, 3, 0, 4096)).equals(model.subarray(0, 4096))).toBe(true);
+  });
+}
+
+test("objects without a side file (upstream's) are served unverified; remove drops it", async () => {
+  const dir = tmp();
+  const s = openStore("plain", [dir], { nosync: true, checksums: true });
+  await s.init();
+  await s.createAndWrite(DATA0, 0, pattern(1000, 9), MiB);
+  const path = s.path(DATA0);
+  fs.unlinkSync(path + CSUM_SUFFIX);
+  flip(path, 0);
+  expect((await s.read(DATA0, 1, 999)).equals(pattern(1000, 9).subarray(1))).toBe(true);
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: true, bytes: 0 });
+  await s.createAndWrite(DATA0, 0, pattern(1000, 9), MiB);
+  expect(fs.existsSync(path + CSUM_SUFFIX)).toBe(true);
+  await s.remove(DATA0);
+  expect(fs.readdirSync(dir).filter((n) => n.startsWith("007c"))).toEqual([]);
+});
+
+test("checksums off: no side files, and a write drops a now-outdated one", async () => {
+  const dir = tmp();
+  const on = openStore("plain", [dir], { nosync: true, checksums: true });
+  await on.init();
+  await on.createAndWrite(DATA0, 0, pattern(1000, 1), MiB);
+  const off = openStore("plain", [dir], { nosync: true, checksums: false });
+  await off.init();
+  await off.write(DATA0, 0, pattern(10, 2));
+  expect(fs.existsSync(off.path(DATA0) + CSUM_SUFFIX)).toBe(false);
+  await on.init();
+  expect((await on.read(DATA0, 0, 10)).equals(pattern(10, 2))).toBe(true);
+});
+
+test("a file that grows by a write past its end keeps valid checksums", async () => {
+  const s = openStore("plain", [tmp()], { nosync: true, checksums: true });
+  await s.init();
+  await s.createAndWrite(DATA0, 0, pattern(100, 1), 1000);
+  await s.write(DATA0, 3 * CSUM_BLOCK + 50, pattern(10, 2));
+  const want = Buffer.alloc(3 * CSUM_BLOCK + 60);
+  pattern(100, 1).copy(want, 0);
+  pattern(10, 2).copy(want, 3 * CSUM_BLOCK + 50);
+  expect((await s.read(DATA0, 0, want.length)).equals(want)).toBe(true);
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: true, bytes: want.length });
+});
