@@ -42,7 +42,10 @@ export async function checkErasureObject(
       h.tgtEpoch = io.epoch;
       const r = await io.exec(h, undefined, node);
       if (r.hdr.result === Res.SUCCESS && r.data.length === len) strips[i] = r.data;
-      else if (r.hdr.result !== Res.NO_OBJ) {
+      else if (r.hdr.result === Res.EIO) {
+        // A stored checksum caught a corrupt strip there: rebuilt below like a missing one.
+        io.err(`object ${oidHex(oid)} is inconsistent (strip ${i} on ${nodeHostPort(node)})`);
+      } else if (r.hdr.result !== Res.NO_OBJ) {
         io.err(
           `failed to read ${oidHex(oid)} from ${nodeHostPort(node)}, ${strerror(r.hdr.result)}`,
         );
