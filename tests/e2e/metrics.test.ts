@@ -368,3 +368,48 @@ test("--http on a port in use: the sheep says so and exits before joining", asyn
   expect(value(m, "sheep_cluster_members")).toBe(2);
   expect(value(m, "sheep_epoch")).toBe(epoch); // never joined: no epoch for it coming and going
 }, 60_000);
+
+test(
+  "request counters rise during an fio run over NBD (4k random writes, ioengine=nbd)",
+  async () => {
+    // last in the file: the object counts of the tests before do not see this VDI
+    const n = c.nodes.findIndex((_, i) => c.isRunning(i));
+    await c.dogOk(["vdi", "create", "fiodisk", String(64 * MiB)], { node: n });
+    const writes = (m: Map<string, ParsedFamily>) =>
+      m.get("sheep_nbd_command_duration_seconds")!.samples.length
+        ? value(
+          m,
+          "sheep_nbd_command_duration_seconds",
+          { command: "write" },
+          "sheep_nbd_command_duration_seconds_count",
+        )
+        : 0;
+    const before = writes(await scrape(n));
+    const fio = run("fio", [
+      "--name=metrics",
+      "--ioengine=nbd",
+      `--uri=nbd://127.0.0.1:${c.nodes[n].nbdPort}/fiodisk`,
+      "--rw=randwrite",
+      "--bs=4k",
+      "--iodepth=4",
+      "--size=16m",
+      "--runtime=4",
+      "--time_based",
+    ]);
+    let exited = false;
+    void fio.done.then(() => (exited = true));
+    const seen: number[] = [];
+    while (!exited) {
+      seen.push(writes(await scrape(n)));
+      await sleep(250);
+    }
+    const r = await fio.done;
+    expect(r.code, r.out + r.err).toBe(0);
+    const after = writes(await scrape(n));
+    // counted while fio ran, never going down, and more at the end
+    expect(seen.some((x) => x > before && x < after), JSON.stringify(seen)).toBe(true);
+    for (let i = 1; i < seen.length; i++) expect(seen[i]).toBeGreaterThanOrEqual(seen[i - 1]);
+    expect(after - before).toBeGreaterThan(100);
+  },
+  60_000,
+);
