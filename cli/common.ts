@@ -98,6 +98,13 @@ export function showProgress(done: bigint, total: bigint, raw: boolean): void {
   if (done === total) out("\n");
 }
 
+/** Upstream's bar on stderr, when stderr is a terminal (vdi check: stdout may be a log). */
+export function showProgressStderr(done: bigint, total: bigint, raw: boolean): void {
+  if (!process.stderr.isTTY) return;
+  const w = process.stderr.columns || 80;
+  process.stderr.write("\r" + progressLine(done, total, raw, w) + (done === total ? "\n" : ""));
+}
+
 /** Transfers at least this long get a progress bar (when stderr is a terminal). */
 const PROGRESS_MIN_BYTES = 8n * 1024n * 1024n;
 

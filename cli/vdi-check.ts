@@ -18,7 +18,7 @@ import {
   genericSubcommand,
   out,
   ring,
-  showProgress,
+  showProgressStderr,
 } from "./common.ts";
 import {
   checkVdiName,
@@ -183,10 +183,10 @@ export async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promis
         }
       } else await checkObject(c, oid, h.nrCopies);
       done += os;
-      showProgress(done > total ? total : done, total, false);
+      showProgressStderr(done > total ? total : done, total, false);
     })
   ));
-  showProgress(total, total, false);
+  showProgressStderr(total, total, false);
   out(`finish check&repair ${h.name}\n`);
   return EXIT_SUCCESS;
 }
