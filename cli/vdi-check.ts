@@ -104,6 +104,9 @@ export function vdiLock(c: Ctx): Promise<number> {
 
 // vdi check (replicated VDIs: SHA-1 majority vote via GET_HASH, repair with REPAIR_REPLICA)
 
+/** The hash slot of a replica that answered EIO (a stored checksum did not match). */
+const CORRUPT = "corrupt";
+
 async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void> {
   const copies = Math.min(nrCopies, c.zones);
   const targets = ring(c).placeObject(oid, copies);
@@ -117,13 +120,18 @@ async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void>
     if (rsp.hdr.result === Res.SUCCESS) {
       found.push({ node: n, hash: rsp.hdr.digest.toString("hex") });
     } else if (rsp.hdr.result === Res.NO_OBJ) found.push({ node: n, hash: null });
-    else {
+    else if (rsp.hdr.result === Res.EIO) {
+      // its stored checksums caught a corrupt copy: no vote, repaired from the majority below
+      found.push({ node: n, hash: CORRUPT });
+    } else {
       err(`failed to read ${hex(oid)}, ${strerror(rsp.hdr.result)}`);
       throw new Exit(EXIT_FAILURE);
     }
   }
   const votes = new Map<string, number>();
-  for (const f of found) if (f.hash) votes.set(f.hash, (votes.get(f.hash) ?? 0) + 1);
+  for (const f of found) {
+    if (f.hash && f.hash !== CORRUPT) votes.set(f.hash, (votes.get(f.hash) ?? 0) + 1);
+  }
   if (votes.size === 0) {
     err(`no node has ${hex(oid)}`);
     return;
@@ -135,7 +143,7 @@ async function checkObject(c: Ctx, oid: bigint, nrCopies: number): Promise<void>
       bestN = n;
     }
   }
-  const present = found.filter((f) => f.hash).length;
+  const present = found.filter((f) => f.hash && f.hash !== CORRUPT).length;
   if (bestN * 2 <= present && votes.size > 1) {
     err(`no majority of ${hex(oid)}`);
     return;

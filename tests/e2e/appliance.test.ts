@@ -127,7 +127,10 @@ describe("3 nodes, copies=3, ports 7000-7002", () => {
 
   test("vdi object location reports the holders", async () => {
     const out = await c.dogOk(["vdi", "object", "location", "-i", "1", "alpha"]);
-    expect(out).toContain(`Looking for the object 0x${vidToDataOid(vid, 1).toString(16)}`);
+    // upstream prints the oid as %016x here
+    expect(out).toContain(
+      `Looking for the object ${vidToDataOid(vid, 1).toString(16).padStart(16, "0")}`,
+    );
     expect(out.match(/has the object/g)?.length).toBe(3);
   });
 
