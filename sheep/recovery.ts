@@ -197,21 +197,29 @@ export class RecoveryManager {
       const batch = queue.splice(0, batchSize);
       const started = this.clock.now();
       const results = await Promise.allSettled(batch.map((oid) => this.recoverOne(oid, gen)));
+      let slow = false;
       results.forEach((r, i) => {
         const oid = batch[i];
         if (r.status === "fulfilled") return;
         if (r.reason instanceof AssertionError) throw r.reason;
         const n = (attempts.get(oid) ?? 0) + 1;
         attempts.set(oid, n);
+        // Never given up: completing the epoch with an object missing here would let the
+        // holders purge the stale copies that may be its only ones. It is retried (more slowly
+        // past MAX_ATTEMPTS) and the epoch stays unreported until it lands.
         if (r.reason instanceof RetryLater) {
           if (n % 10 === 1) h.log.warn(`recovery: ${oid.toString(16)}: ${r.reason.message}`);
-          queue.push(oid);
-        } else if (n < MAX_ATTEMPTS) queue.push(oid);
-        else {h.log.err(
-            `recovery: giving up on ${oid.toString(16)}: ${(r.reason as Error).message}`,
-          );}
+        } else if (n === MAX_ATTEMPTS || (n > MAX_ATTEMPTS && n % 100 === 0)) {
+          h.log.err(
+            `recovery: ${oid.toString(16)} still failing after ${n} attempts: ${
+              (r.reason as Error).message
+            }; epoch ${epoch} stays incomplete until it is recovered`,
+          );
+        }
+        queue.push(oid);
+        if (n >= MAX_ATTEMPTS) slow = true;
       });
-      if (results.some((r) => r.status === "rejected")) await this.sleep(100);
+      if (results.some((r) => r.status === "rejected")) await this.sleep(slow ? 1000 : 100);
       if (max > 0 && interval > 0) {
         const left = interval - (this.clock.now() - started);
         if (left > 0) await this.sleep(left);
