@@ -98,30 +98,25 @@ export function showProgress(done: bigint, total: bigint, raw: boolean): void {
   if (done === total) out("\n");
 }
 
-/** Upstream's bar on stderr, when stderr is a terminal (vdi check: stdout may be a log). */
-export function showProgressStderr(done: bigint, total: bigint, raw: boolean): void {
-  if (!process.stderr.isTTY) return;
-  const w = process.stderr.columns || 80;
-  process.stderr.write("\r" + progressLine(done, total, raw, w) + (done === total ? "\n" : ""));
-}
-
 /** Transfers at least this long get a progress bar (when stderr is a terminal). */
 const PROGRESS_MIN_BYTES = 8n * 1024n * 1024n;
 
 /**
- * Progress of `vdi read|write|backup|restore` on stderr (stdout may carry the data), only when
- * stderr is a terminal, so scripts and CI logs stay quiet. Upstream's bar text; redrawn at most
- * ten times a second. Hand-written: it is one line of upstream's format (format.ts progressLine).
+ * Progress of `vdi read|write|backup|restore|check` and the farm on stderr (stdout may carry
+ * the data), only when stderr is a terminal, so scripts and CI logs stay quiet. Upstream's bar
+ * text; redrawn at most ten times a second; drawn once more at completion, then quiet.
+ * Hand-written: it is one line of upstream's format (format.ts progressLine).
  */
 export class StderrProgress {
   private last = 0;
   private shown = false;
+  private complete = false;
   private readonly on: boolean;
-  constructor(private total: bigint, private readonly raw: boolean) {
-    this.on = !!process.stderr.isTTY && total >= PROGRESS_MIN_BYTES;
+  constructor(private total: bigint, private readonly raw: boolean, minBytes = PROGRESS_MIN_BYTES) {
+    this.on = !!process.stderr.isTTY && total >= minBytes;
   }
   update(done: bigint): void {
-    if (!this.on) return;
+    if (!this.on || this.complete) return;
     const now = performance.now();
     if (done < this.total && now - this.last < 100) return;
     this.last = now;
@@ -130,7 +125,10 @@ export class StderrProgress {
     process.stderr.write(
       "\r" + progressLine(done > this.total ? this.total : done, this.total, this.raw, w),
     );
-    if (done >= this.total) this.end();
+    if (done >= this.total) {
+      this.complete = true;
+      this.end();
+    }
   }
   /** Ends the line (also after a failure, so the error message starts on its own line). */
   end(): void {

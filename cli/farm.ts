@@ -23,8 +23,8 @@ import { fixedString, Flag, Header, Op, readFixedString, Res, strerror } from ".
 import { BTREE_NODE_SIZE } from "../core/btree.ts";
 import { Limiter, readObject, writeObject } from "../core/object-io.ts";
 import { readInodeWithSlots } from "../core/vdi-io.ts";
-import type { Ctx } from "./common.ts";
-import { ctimeString, progressLine } from "./format.ts";
+import { type Ctx, err, StderrProgress } from "./common.ts";
+import { ctimeString } from "./format.ts";
 import { CLUSTER_INFO_SIZE, decodeClusterInfo, EPOCH_LOG_SIZE } from "../core/payloads.ts";
 import {
   decodeTrunk,
@@ -45,26 +45,6 @@ export interface FarmHost {
   updateNodeList(c: Ctx): Promise<void>;
   /** `dog cluster format` with c.cluster as set up by the caller. */
   format(c: Ctx): Promise<number>;
-}
-
-function err(line: string): void {
-  process.stderr.write(line.endsWith("\n") ? line : line + "\n");
-}
-
-/** Progress on stderr, only when it is a terminal (scripts and CI stay quiet). */
-class Progress {
-  private readonly on = !!process.stderr.isTTY;
-  private last = 0;
-  constructor(private readonly total: bigint, private readonly raw: boolean) {}
-  update(done: bigint): void {
-    if (!this.on) return;
-    const now = Date.now();
-    if (done !== this.total && now - this.last < 100) return;
-    this.last = now;
-    const w = process.stderr.columns || 80;
-    process.stderr.write("\r" + progressLine(done, this.total, this.raw, w));
-    if (done === this.total) process.stderr.write("\n");
-  }
 }
 
 function fail(e: unknown): never {
@@ -222,7 +202,7 @@ async function saveSnapshot(c: Ctx): Promise<number> {
     const oids = [...want.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     const reuse = await unchangedSnapshotObjects(farm, records, snaps);
     const total = oids.reduce((s, o) => s + objectLength(o, want.get(o)!.blockSizeShift), 0);
-    const bar = new Progress(BigInt(total), c.raw);
+    const bar = new StderrProgress(BigInt(total), c.raw, 0n);
     let done = 0;
     bar.update(0n);
     const entries = new Map<bigint, TrunkEntry>();
@@ -468,7 +448,7 @@ async function loadSnapshot(c: Ctx, host: FarmHost): Promise<number> {
     const seen = new Set<string>();
     let verified = 0n;
     const total = BigInt(entries.reduce((a, e) => a + objectLength(e.oid, e.blockSizeShift), 0));
-    const bar = new Progress(total * 2n, c.raw);
+    const bar = new StderrProgress(total * 2n, c.raw, 0n);
     const checks = await Promise.allSettled([...unique.values()].map((sha) =>
       vlim.run(async () => {
         for (const sl of await s.farm.getIndex(sha)) {

@@ -18,7 +18,7 @@ import {
   genericSubcommand,
   out,
   ring,
-  showProgressStderr,
+  StderrProgress,
 } from "./common.ts";
 import {
   checkVdiName,
@@ -179,6 +179,7 @@ export async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promis
   const os = BigInt(2 ** h.blockSizeShift);
   const total = h.vdiSize;
   let done = 0n;
+  const bar = new StderrProgress(total, false, 0n);
   const lim = new Limiter(8);
   await Promise.all(oids.map((oid) =>
     lim.run(async () => {
@@ -191,10 +192,10 @@ export async function doVdiCheck(c: Ctx, h: InodeHeader, slots: SlotMap): Promis
         }
       } else await checkObject(c, oid, h.nrCopies);
       done += os;
-      showProgressStderr(done > total ? total : done, total, false);
+      bar.update(done);
     })
   ));
-  showProgressStderr(total, total, false);
+  bar.update(total);
   out(`finish check&repair ${h.name}\n`);
   return EXIT_SUCCESS;
 }
