@@ -1,6 +1,5 @@
 // The sheep daemon: listens for the Sheepdog protocol, runs the cluster state machine on the
 // membership driver's totally ordered events, and serves object I/O as gateway and as peer.
-import { decodeVdiStates, LockState, VDI_STATE_SIZE } from "../core/payloads.ts";
 import { emptyNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
 import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
@@ -12,25 +11,15 @@ import {
   ClusterFlag,
   EMPTY,
   Flag,
-  FrameParser,
   Header,
   Op,
-  ProtocolError,
   Res,
   SD_SHEEP_PROTO_VER,
   Status,
 } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import {
-  decodeNodes,
-  encodeNode,
-  makeNode,
-  nodeEqual,
-  nodeHostPort,
-  nodeIp,
-  sortNodes,
-} from "../core/node.ts";
+import { encodeNode, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
 import { autoVnodes, Ring } from "../core/ring.ts";
 import {
   isAttrObj,
@@ -95,6 +84,9 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
+import { lockBaseDir } from "./base-dir-lock.ts";
+import { listenProtocol } from "./protocol-server.ts";
+import { fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
 
 export class Sheep {
   readonly log: Logger;
@@ -158,7 +150,7 @@ export class Sheep {
   async start(): Promise<void> {
     fs.mkdirSync(this.baseDir, { recursive: true });
     fs.mkdirSync(path.join(this.baseDir, "epoch"), { recursive: true });
-    this.lockBaseDir();
+    lockBaseDir(this.baseDir);
     const disks = this.objectDirs();
     for (const d of this.opts.objDirs) {
       if (fs.existsSync(path.join(d, "config")) && fs.existsSync(path.join(d, "epoch"))) {
@@ -205,7 +197,19 @@ export class Sheep {
       process.stderr.write("sheep: warning: -D (direct I/O) is not implemented; using fsync\n");
     }
     await this.loadLocalState();
-    await this.listen();
+    const servers = await listenProtocol(
+      this.opts.bindAddr ?? "0.0.0.0",
+      this.opts.port,
+      this.baseDir,
+      {
+        handle: (h, d) => this.handle(h, d),
+        epoch: () => this.state.epoch,
+        log: this.log,
+        sockets: this.sockets,
+      },
+    );
+    this.server = servers.tcp;
+    this.unixServer = servers.unix;
     // Before joining: a port in use fails the start before we join, and /healthz says "joining".
     if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
 
@@ -285,27 +289,6 @@ export class Sheep {
       : [path.join(this.baseDir, "obj")];
   }
 
-  /** One daemon per store directory: an exclusive lock file holding our pid. */
-  private lockBaseDir(): void {
-    const lock = path.join(this.baseDir, "lock");
-    for (let i = 0; i < 2; i++) {
-      try {
-        const fd = fs.openSync(lock, "wx");
-        fs.writeSync(fd, `${process.pid}\n`);
-        fs.closeSync(fd);
-        return;
-      } catch (e) {
-        if ((e as { code?: string }).code !== "EEXIST") throw e;
-        const pid = Number(fs.readFileSync(lock, "utf8").trim());
-        if (pid && pid !== process.pid && processAlive(pid)) {
-          throw new Error(`another sheep daemon is using ${this.baseDir}`);
-        }
-        fs.rmSync(lock, { force: true });
-      }
-    }
-    throw new Error(`cannot lock ${this.baseDir}`);
-  }
-
   /** Rebuilds state from the local store: last epoch, VDI bitmaps and states from local inodes. */
   private async loadLocalState(): Promise<void> {
     const s = initialState();
@@ -338,30 +321,6 @@ export class Sheep {
         this.log.warn(`cannot read inode ${oid.toString(16)}: ${(err as Error).message}`);
       }
     }
-  }
-
-  private listen(): Promise<void> {
-    const onConn = (sock: net.Socket) => this.serveConnection(sock);
-    const tcp = net.createServer({ noDelay: true } as net.ServerOpts, onConn);
-    const host = this.opts.bindAddr ?? "0.0.0.0";
-    const unixPath = path.join(this.baseDir, "sock");
-    fs.rmSync(unixPath, { force: true });
-    const unix = net.createServer(onConn);
-    return new Promise((resolve, reject) => {
-      tcp.once(
-        "error",
-        (e) =>
-          reject(new Error(`cannot listen on ${host}:${this.opts.port}: ${(e as Error).message}`)),
-      );
-      tcp.listen(this.opts.port, host, () => {
-        this.server = tcp;
-        unix.on("error", (e) => this.log.warn(`unix socket: ${e.message}`));
-        unix.listen(unixPath, () => {
-          this.unixServer = unix;
-          resolve();
-        });
-      });
-    });
   }
 
   private async startNbd(): Promise<void> {
@@ -418,11 +377,11 @@ export class Sheep {
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
-          if (members.length > 1) await this.fetchVdiState(members);
+          if (members.length > 1) await fetchVdiState(this.vdiStatePort(), members);
           await filled;
           this.joinWaiter?.resolve();
         } else {
-          void this.fetchVdiState([joined]);
+          void fetchVdiState(this.vdiStatePort(), [joined]);
         }
         this.log.info(
           `${
@@ -505,22 +464,31 @@ export class Sheep {
       for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
         for (const n of this.members) {
           if (nodeEqual(n, this.me)) continue;
-          try {
-            const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-            h.tgtEpoch = e;
-            const r = await this.sendTo(n, h);
-            if (r.hdr.result !== Res.SUCCESS) continue;
-            const rec = decodeEpochFile(r.data);
-            if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
-            break;
-          } catch (err) {
-            this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${(err as Error).message}`);
-          }
+          const rec = await this.epochFrom(n, e);
+          if (!rec) continue;
+          if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
+          break;
         }
       }
     });
     this.epochFill = run.catch(() => {});
     return this.epochFill;
+  }
+
+  /** A member's epoch log entry (GET_EPOCH); null when it has none or does not answer. */
+  private async epochFrom(
+    n: SdNode,
+    epoch: number,
+  ): Promise<{ nodes: SdNode[]; time: bigint } | null> {
+    try {
+      const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
+      h.tgtEpoch = epoch;
+      const r = await this.sendTo(n, h);
+      return r.hdr.result === Res.SUCCESS ? decodeEpochFile(r.data) : null;
+    } catch (err) {
+      this.log.debug(`epoch ${epoch} from ${nodeHostPort(n)}: ${(err as Error).message}`);
+      return null;
+    }
   }
 
   /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
@@ -531,15 +499,11 @@ export class Sheep {
     if (!nodes) {
       for (const n of this.state.nodes) {
         if (nodeEqual(n, this.me)) continue;
-        try {
-          const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-          h.tgtEpoch = epoch;
-          const r = await this.sendTo(n, h);
-          if (r.hdr.result !== Res.SUCCESS) continue;
-          nodes = decodeNodes(r.data.subarray(0, r.data.length - 8));
-          writeEpoch(this.baseDir, epoch, nodes, r.data.readBigInt64LE(r.data.length - 8));
-          break;
-        } catch { /* try the next member */ }
+        const rec = await this.epochFrom(n, epoch);
+        if (!rec) continue;
+        nodes = rec.nodes;
+        writeEpoch(this.baseDir, epoch, rec.nodes, rec.time);
+        break;
       }
     }
     if (!nodes) return null;
@@ -593,28 +557,8 @@ export class Sheep {
     return this.pendingCopies.get(vid) || hint || this.state.copies || 3;
   }
 
-  /**
-   * VDI bitmaps and states are merged from other members (upstream: GET_VDI_COPIES): a joiner asks
-   * every member, and members ask the joiner, so after a full restart everyone knows every VDI
-   * even when its inode is not stored locally.
-   */
-  private async fetchVdiState(from: SdNode[]): Promise<void> {
-    await Promise.all(
-      from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
-        try {
-          const c = await this.pool.get(nodeIp(n), n.port);
-          const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
-          const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
-          const st = await c.request(
-            Header.req(Op.GET_VDI_COPIES, { dataLength: VDI_STATE_SIZE * 65536 }),
-          );
-          if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
-          mergeVdiState(this.vdis, inuse.data, del.data, st.data);
-        } catch (e) {
-          this.log.debug(`vdi state from ${nodeHostPort(n)}: ${(e as Error).message}`);
-        }
-      }),
-    );
+  private vdiStatePort(): VdiStatePort {
+    return { me: this.me, vdis: this.vdis, pool: this.pool, log: this.log };
   }
 
   // ---------------------------------------------------------------- cluster operations
@@ -720,54 +664,6 @@ export class Sheep {
   }
 
   // ---------------------------------------------------------------- request dispatch
-
-  private serveConnection(sock: net.Socket): void {
-    this.sockets.add(sock);
-    sock.setNoDelay(true);
-    const parser = new FrameParser("request");
-    let inflight = 0;
-    const send = (r: Reply) => {
-      if (sock.destroyed) return;
-      r.hdr.dataLength = r.data.length;
-      if (r.data.length) {
-        sock.cork();
-        sock.write(r.hdr.b);
-        sock.write(r.data);
-        sock.uncork();
-      } else sock.write(r.hdr.b);
-    };
-    sock.on("data", (chunk: Buffer) => {
-      let frames;
-      try {
-        frames = parser.push(chunk);
-      } catch (e) {
-        this.log.warn(
-          `bad request stream from ${sock.remoteAddress ?? "unix"}: ${
-            (e as ProtocolError).message
-          }`,
-        );
-        sock.destroy();
-        return;
-      }
-      for (const f of frames) {
-        inflight++;
-        // Bounded memory: stop reading while many requests are being served.
-        if (inflight > 64) sock.pause();
-        this.handle(f.hdr, f.data)
-          .catch((e) => errorReply(f.hdr, e))
-          .then((r) => {
-            r.hdr.opcode = f.hdr.opcode;
-            r.hdr.id = f.hdr.id;
-            r.hdr.epoch = this.state.epoch;
-            send(r);
-            inflight--;
-            if (inflight <= 32 && sock.isPaused()) sock.resume();
-          });
-      }
-    });
-    sock.on("error", () => {});
-    sock.on("close", () => this.sockets.delete(sock));
-  }
 
   /** Requests in progress other than recovery's own (recovery yields to them). */
   private clientRequests = 0;
@@ -878,36 +774,5 @@ export class Sheep {
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });
     if (this.opts.pidfile) fs.rmSync(this.opts.pidfile, { force: true });
     this.onExit(code);
-  }
-}
-
-/** A joining node merges what a member knows about VDIs into its own table. */
-function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buffer): void {
-  t.inuse.merge(inuse);
-  t.deleted.merge(deleted);
-  for (const r of decodeVdiStates(states)) {
-    t.states.set(r.vid, {
-      vid: r.vid,
-      nrCopies: r.nrCopies,
-      snapshot: r.snapshot,
-      deleted: r.deleted,
-      copyPolicy: r.copyPolicy,
-      blockSizeShift: r.blockSizeShift,
-      parentVid: r.parentVid,
-    });
-    if (r.lockState === LockState.LOCKED && r.lockOwner) {
-      t.locks.set(r.vid, { owner: nodeHostPort(r.lockOwner) });
-    }
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A zombie still answers kill(0); /proc tells the truth.
-    const st = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !/^\d+ \(.*\) Z/.test(st);
-  } catch {
-    return false;
   }
 }
