@@ -1,10 +1,11 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec,c]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
-// BENCH_ITERS=<n>,
+// BENCH_ITERS=<n>, BENCH_C_MB / BENCH_C_ITERS / BENCH_C_CREATES (section c: against C Sheepdog,
+// SHEEPDOG_C_REF=<dir>),
 // BENCH_THROTTLE="<max> <interval ms>", BENCH_NBDKIT=0 (skip nbdkit, the second NBD reference).
 // Every figure is printed beside its reference and as ours/ref; the table also goes to
 // bench/last-results.md. Everything runs one at a time on 127.0.0.1, in temp dirs under /tmp.
@@ -41,6 +42,7 @@ import {
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
+import { cRefBench } from "./c-ref.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec"];
+const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec", "c"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -1084,6 +1086,16 @@ async function main(): Promise<void> {
       metrics,
       farm,
       ec,
+      c: () =>
+        cRefBench({
+          results,
+          work,
+          src: SRC,
+          size: mib("BENCH_C_MB", 1 * GiB),
+          iters: Number(env.BENCH_C_ITERS ?? (FULL ? 3 : 1)),
+          creates: Number(env.BENCH_C_CREATES ?? (FULL ? 1000 : 100)),
+          full: FULL,
+        }),
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;
