@@ -9,8 +9,13 @@ import { FrameParser, type Header, type ProtocolError } from "../core/proto.ts";
 import { errorReply, type Reply } from "./ops/reply.ts";
 import type { Logger } from "./log.ts";
 
-/** Requests of one connection served at once before reading pauses (resumes at half). */
+/**
+ * Requests of one connection served at once, and their payload bytes, before reading pauses
+ * (it resumes at half): a client pipelining 4 MiB writes cannot make the sheep hold more than
+ * this much of its data.
+ */
 const MAX_INFLIGHT = 64;
+const MAX_INFLIGHT_BYTES = 32 * 1024 * 1024;
 
 export interface ProtocolPort {
   handle(req: Header, data: Buffer): Promise<Reply>;
@@ -49,6 +54,7 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   sock.setNoDelay(true);
   const parser = new FrameParser("request");
   let inflight = 0;
+  let inflightBytes = 0;
   const send = (r: Reply) => {
     if (sock.destroyed) return;
     r.hdr.dataLength = r.data.length;
@@ -72,8 +78,9 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
     }
     for (const f of frames) {
       inflight++;
-      // Bounded memory: stop reading while many requests are being served.
-      if (inflight > MAX_INFLIGHT) sock.pause();
+      inflightBytes += f.data.length;
+      // Bounded memory: stop reading while many requests (or many bytes) are being served.
+      if (inflight > MAX_INFLIGHT || inflightBytes > MAX_INFLIGHT_BYTES) sock.pause();
       p.handle(f.hdr, f.data)
         .catch((e) => errorReply(f.hdr, e))
         .then((r) => {
@@ -82,7 +89,11 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
           r.hdr.epoch = p.epoch();
           send(r);
           inflight--;
-          if (inflight <= MAX_INFLIGHT / 2 && sock.isPaused()) sock.resume();
+          inflightBytes -= f.data.length;
+          if (
+            sock.isPaused() && inflight <= MAX_INFLIGHT / 2 &&
+            inflightBytes <= MAX_INFLIGHT_BYTES / 2
+          ) sock.resume();
         });
     }
   });
