@@ -13,7 +13,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
-import { runDog, TestCluster } from "../lib/cluster.ts";
+import { freePort, runDog, TestCluster } from "../lib/cluster.ts";
 import { DATA_START, RecordReader } from "../../core/journal-record.ts";
 import { JOURNAL_FILE } from "../../io/journal.ts";
 
@@ -29,8 +29,8 @@ afterEach(async () => {
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "journal-e2e-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
-async function oneSheep(journal: string): Promise<TestCluster> {
-  const c = await TestCluster.start(1, { extra: ["-j", journal], format: { copies: 1 } });
+async function oneSheep(journal: string, more: string[] = []): Promise<TestCluster> {
+  const c = await TestCluster.start(1, { extra: ["-j", journal, ...more], format: { copies: 1 } });
   clusters.push(c);
   return c;
 }
