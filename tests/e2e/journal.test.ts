@@ -133,7 +133,8 @@ test(
 test(
   "a torn last record (journal truncated while down) replays the rest and reports the tail",
   async () => {
-    const c = await oneSheep("size=128M");
+    const http = await freePort();
+    const c = await oneSheep("size=128M", ["--http", String(http)]);
     await c.dogOk(["vdi", "create", "v", "64M"]);
     const parts = [0, 1, 2].map(() => crypto.randomBytes(OBJ));
     for (let i = 0; i < 3; i++) {
@@ -161,6 +162,11 @@ test(
     // The journal file is whole again and takes new writes.
     expect(fs.statSync(file).size).toBe(128 * MiB);
     await c.dogOk(["vdi", "write", "v", "0", "4096"], { input: parts[2].subarray(0, 4096) });
+    // Its use shows on /metrics.
+    const metrics = await (await fetch(`http://127.0.0.1:${http}/metrics`)).text();
+    expect(metrics).toContain(`sheep_journal_bytes{kind="size"} ${128 * MiB}`);
+    expect(Number(/^sheep_journal_records_total (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThan(0);
+    expect(metrics).toContain("sheep_journal_failed 0");
   },
   120_000,
 );
