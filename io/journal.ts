@@ -338,21 +338,22 @@ export class Journal {
       await this.syncObjects();
       return r;
     }
-    let seq: bigint;
+    let seq = -1n;
     try {
       const placed = this.waiters === 0 ? this.place(len) : null;
       const p = placed ?? await this.waitForSpace(len);
       seq = p.seq;
-      const buf = encodeRecord({ ...rec, gen: this.gen, seq });
-      this.inflight.add(seq);
-      this.live.push({ seq, pos: p.pos });
-      pwriteFull(this.fd, buf, p.pos);
+      pwriteFull(this.fd, encodeRecord({ ...rec, gen: this.gen, seq }), p.pos);
       await this.gsync.sync();
     } catch (e) {
       await this.fail(e);
-      const r = await apply();
-      await this.syncObjects();
-      return r;
+      try {
+        const r = await apply();
+        await this.syncObjects();
+        return r;
+      } finally {
+        this.inflight.delete(seq);
+      }
     }
     this.st.records++;
     this.st.bytes += BigInt(len);
@@ -384,7 +385,12 @@ export class Journal {
     } else if (this.head + len < this.tail) pos = this.head;
     else return null;
     this.head = pos + len;
-    return { pos, seq: this.nextSeq++ };
+    // Registered at once: a checkpoint must neither pass an unapplied record nor move the tail
+    // over one, however late its writer resumes.
+    const seq = this.nextSeq++;
+    this.inflight.add(seq);
+    this.live.push({ seq, pos });
+    return { pos, seq };
   }
 
   /** Journal full: wait (in arrival order) for checkpoints to free space; never fail. */
