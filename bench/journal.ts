@@ -37,10 +37,6 @@ async function measure(
         f.fio.QD1.p50us.toFixed(0)
       } us), QD32 ${f.fio.QD32.iops.toFixed(0)} IOPS`,
     );
-    if (journal) {
-      const text = await c.dogOk(["node", "info"]);
-      log(`journal bench: dog node info\n${text}`);
-    }
     return f;
   } finally {
     await c.stop();
