@@ -139,7 +139,8 @@ export class Journal {
   /** Records written but not yet applied: the checkpoint may not pass them. */
   private inflight = new Set<bigint>();
   private dirty = new Map<string, { oid: bigint; ec?: number }>();
-  private dirtyStale = false;
+  /** Stale copies made since the last sync (`<name>.<epoch>`); "" for a purge (directories only). */
+  private dirtyStale = new Set<string>();
   private failed = false;
   private waiters = 0;
   private spaceTurn: Promise<unknown> = Promise.resolve();
@@ -419,8 +420,11 @@ export class Journal {
       : this.opts.size - this.tail + this.head - DATA_START;
   }
 
-  private markDirty(rec: { type: RecType; oid: bigint; ecIndex?: number }): void {
-    if (rec.type === RecType.STALE || rec.type === RecType.PURGE_STALE) this.dirtyStale = true;
+  private markDirty(rec: { type: RecType; oid: bigint; ecIndex?: number; arg: number }): void {
+    if (rec.type === RecType.STALE) {
+      this.dirtyStale.add(`${objectFileName(rec.oid, rec.ecIndex)}.${rec.arg >>> 0}`);
+    }
+    if (rec.type === RecType.PURGE_STALE) this.dirtyStale.add("");
     if (rec.type === RecType.FORMAT || rec.type === RecType.PURGE_STALE) {
       this.dirty.set("*", { oid: 0n });
       return;
@@ -433,7 +437,7 @@ export class Journal {
     const dirty = this.dirty;
     const stale = this.dirtyStale;
     this.dirty = new Map();
-    this.dirtyStale = false;
+    this.dirtyStale = new Set();
     try {
       const dirs = new Set<string>();
       const files: string[] = [];
@@ -446,12 +450,13 @@ export class Journal {
         files.push(p, p + CSUM_SUFFIX);
         dirs.add(path.dirname(p));
       }
-      if (stale) {
+      if (stale.size > 0) {
+        // The stale copy holds data an earlier record wrote: sync it where the move put it.
         for (const d of this.disks) {
           dirs.add(path.join(d, ".stale"));
           dirs.add(d);
-          for (const f of safeReaddir(path.join(d, ".stale"))) {
-            files.push(path.join(d, ".stale", f));
+          for (const n of stale) {
+            if (n) files.push(path.join(d, ".stale", n), path.join(d, ".stale", n + CSUM_SUFFIX));
           }
         }
       }
@@ -459,7 +464,7 @@ export class Journal {
       await inBatches([...dirs], 32, fsyncPath);
     } catch (e) {
       for (const [k, v] of dirty) this.dirty.set(k, v);
-      this.dirtyStale ||= stale;
+      for (const n of stale) this.dirtyStale.add(n);
       throw e;
     }
   }

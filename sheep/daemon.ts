@@ -184,7 +184,9 @@ export class Sheep {
     const raw = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await raw.init();
     this.store = raw;
-    if (this.opts.journal) {
+    if (this.opts.journal && this.opts.gateway) {
+      this.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
+    } else if (this.opts.journal) {
       // Replayed before the sheep listens or joins: nothing reads the store before it is right.
       const j = this.opts.journal;
       this.journal = new Journal(

@@ -184,3 +184,27 @@ test("a journal I/O error turns it off for good; writes keep working, synced", a
   // The journal file is gone, so a restart replays nothing stale over the synced writes.
   expect(fs.existsSync(`${c.jdir}/${JOURNAL_FILE}`)).toBe(false);
 });
+
+test("moves to .stale and purges replay in order: no object comes back to life (upstream's bug)", async () => {
+  const c = setup();
+  const a = await start(c);
+  await a.store.createAndWrite(oid(2), 0, pattern(3, 100), OBJ / 4, 2); // an EC strip
+  await a.store.moveToStale(oid(2), 2, 2);
+  await a.store.purgeStale();
+  await a.store.createAndWrite(oid(1), 0, pattern(1, 1000), OBJ);
+  await a.store.write(oid(1), 500, pattern(2, 100));
+  const want = await a.store.read(oid(1), 0, OBJ);
+  await a.store.moveToStale(oid(1), 3);
+  await a.store.createAndWrite(oid(2), 0, pattern(4, 100), OBJ / 4, 2);
+  // Crash, and the object files and stale copies are lost.
+  wipeObjects(c.disk);
+  fs.rmSync(`${c.disk}/.stale`, { recursive: true, force: true });
+  fs.mkdirSync(`${c.disk}/.stale`);
+  const b = await start(c);
+  expect(b.report.records).toBe(7);
+  expect(b.store.exists(oid(1))).toBe(false);
+  expect(b.store.listStale()).toEqual([{ oid: oid(1), epoch: 3, ecIndex: undefined }]);
+  expect((await b.store.readStale(oid(1), 3, 0, OBJ)).equals(want)).toBe(true);
+  expect(b.store.exists(oid(2), 2)).toBe(true);
+  expect((await b.store.read(oid(2), 0, 100, 2)).equals(pattern(4, 100))).toBe(true);
+});
