@@ -477,7 +477,10 @@ export class Journal {
       for (const s of this.inflight) if (s - 1n < wm) wm = s - 1n;
       if (wm <= this.cpSeq || this.failed) return;
       await this.syncObjects();
-      while (this.live.length > 0 && this.live[0].seq <= wm) this.live.shift();
+      // Sequence numbers are consecutive in `live`: one splice, not a shift per record.
+      if (this.live.length > 0 && this.live[0].seq <= wm) {
+        this.live.splice(0, Math.min(this.live.length, Number(wm - this.live[0].seq) + 1));
+      }
       const tail = this.live.length > 0 ? this.live[0].pos : this.head;
       try {
         await this.writeHeader(wm, tail);

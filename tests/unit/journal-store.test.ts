@@ -208,3 +208,26 @@ test("moves to .stale and purges replay in order: no object comes back to life (
   expect(b.store.exists(oid(2), 2)).toBe(true);
   expect((await b.store.read(oid(2), 0, 100, 2)).equals(pattern(4, 100))).toBe(true);
 });
+
+test("replay reseals a block whose data reached the disk but whose side-file entry did not", async () => {
+  const c = setup();
+  const a = await start(c);
+  await a.store.createAndWrite(oid(1), 0, pattern(1, 1000), OBJ);
+  await a.j.checkpoint(); // the create is durable and out of the journal
+  const side = `${a.store.path(oid(1))}.csum`;
+  const before = fs.readFileSync(side);
+  await a.store.write(oid(1), 500, pattern(2, 100));
+  const want = await a.store.read(oid(1), 0, OBJ);
+  // Crash: the data block is on disk, the side file still has the entry from before the write.
+  fs.writeFileSync(side, before);
+  await expect(openStoreAndRead(c.disk)).rejects.toThrow("checksum mismatch");
+  const b = await start(c);
+  expect(b.report.records).toBe(1);
+  expect((await b.store.read(oid(1), 0, OBJ)).equals(want)).toBe(true);
+});
+
+async function openStoreAndRead(disk: string): Promise<Buffer> {
+  const s = openStore("plain", [disk]);
+  await s.init();
+  return await s.read(oid(1), 0, OBJ);
+}
