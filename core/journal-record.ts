@@ -201,6 +201,8 @@ export interface JournalHeader {
   tail: number;
   /** File size the journal was laid out for. */
   size: number;
+  /** The base directory of the sheep it belongs to: two sheep must never share a journal. */
+  owner: string;
 }
 
 export function encodeHeader(h: JournalHeader): Buffer {
@@ -212,19 +214,28 @@ export function encodeHeader(h: JournalHeader): Buffer {
   b.writeBigUInt64LE(h.checkpointSeq, 24);
   b.writeBigUInt64LE(BigInt(h.tail), 32);
   b.writeBigUInt64LE(BigInt(h.size), 40);
-  b.writeUInt32LE(crc(b.subarray(0, 60)), 60);
+  const owner = Buffer.from(h.owner, "utf8").subarray(0, HEADER_SLOT - 64);
+  b.writeUInt16LE(owner.length, 48);
+  owner.copy(b, 64);
+  b.writeUInt32LE(headerCrc(b, owner.length), 60);
   return b;
+}
+
+function headerCrc(b: Buffer, ownerLen: number): number {
+  return crc32(b.subarray(64, 64 + ownerLen), crc(b.subarray(0, 60))) >>> 0;
 }
 
 export function decodeHeader(b: Buffer): JournalHeader | null {
   if (b.length < 64 || b.readUInt32LE(0) !== JOURNAL_MAGIC || b.readUInt32LE(4) !== 1) return null;
-  if (crc(b.subarray(0, 60)) !== b.readUInt32LE(60)) return null;
+  const ownerLen = b.readUInt16LE(48);
+  if (64 + ownerLen > b.length || headerCrc(b, ownerLen) !== b.readUInt32LE(60)) return null;
   return {
     counter: b.readBigUInt64LE(8),
     gen: b.readUInt32LE(16),
     checkpointSeq: b.readBigUInt64LE(24),
     tail: Number(b.readBigUInt64LE(32)),
     size: Number(b.readBigUInt64LE(40)),
+    owner: b.subarray(64, 64 + ownerLen).toString("utf8"),
   };
 }
 

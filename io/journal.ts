@@ -157,6 +157,8 @@ export class Journal {
     readonly dir: string,
     private readonly disks: string[],
     private readonly log: JournalLog,
+    /** Recorded in the header (the sheep's base directory): a journal is never shared. */
+    private readonly owner: string,
   ) {
     this.file = path.join(dir, JOURNAL_FILE);
   }
@@ -176,6 +178,12 @@ export class Journal {
     const hdr = n === slots.length
       ? pickHeader(slots.subarray(0, HEADER_SLOT), slots.subarray(HEADER_SLOT))
       : null;
+    if (hdr && hdr.owner !== this.owner) {
+      fs.closeSync(this.fd);
+      throw new Error(
+        `journal: ${this.file} belongs to the sheep of ${hdr.owner}, not ${this.owner}: give each sheep its own dir=`,
+      );
+    }
     const report: ReplayReport = { records: 0, skipped: false, torn: null };
     let last = hdr?.checkpointSeq ?? 0n;
     if (hdr && this.opts.skip) {
@@ -241,6 +249,7 @@ export class Journal {
       checkpointSeq,
       tail,
       size: this.opts.size,
+      owner: this.owner,
     });
     // Alternate slots: a torn header write leaves the previous one valid.
     pwriteFull(this.fd, h, Number(this.counter % 2n) * HEADER_SLOT);

@@ -194,6 +194,7 @@ export class Sheep {
         path.resolve(j.dir ?? path.join(this.baseDir, "journal")),
         disks,
         this.log,
+        fs.realpathSync(this.baseDir),
       );
       await this.journal.open(raw);
       this.store = this.journal.wrap(raw);

@@ -236,7 +236,7 @@ test(
     const cut = spawn("nbdcopy", ["--flush", path.join(scratch, "b"), uri("b")], {
       stdio: "ignore",
     });
-    await new Promise((r) => setTimeout(r, 1500));
+    await new Promise((r) => setTimeout(r, 700));
     await Promise.all([0, 1, 2].map((i) => c.kill(i, "SIGKILL")));
     await new Promise((r) => cut.once("exit", r).exitCode !== null && r(null));
     for (const i of [0, 1, 2]) wipeNode(c, i);
@@ -274,3 +274,27 @@ function wipeNode(c: TestCluster, i: number): void {
   };
   walk(path.join(c.nodes[i].dir, "obj"));
 }
+
+test("two sheep never share a journal: the second one exits 1 naming the owner", async () => {
+  const shared = path.join(scratch, "shared-journal");
+  const c = await oneSheep(`size=64M,dir=${shared}`);
+  const other = path.join(scratch, "other");
+  const r = await runDog(
+    [
+      "sheep",
+      "-f",
+      "-c",
+      `local:${path.join(scratch, "cl2")}`,
+      "-j",
+      `size=64M,dir=${shared}`,
+      other,
+    ],
+    { timeoutMs: 20_000 },
+  );
+  expect(r.code).toBe(1);
+  expect(r.stderr).toContain(
+    `belongs to the sheep of ${fs.realpathSync(c.nodes[0].dir)}, not ${fs.realpathSync(other)}`,
+  );
+  // The owner is unharmed.
+  await c.dogOk(["vdi", "create", "v", "4M"]);
+}, 60_000);

@@ -128,15 +128,25 @@ describe("journal records", () => {
 });
 
 describe("journal header slots", () => {
-  const h = { counter: 5n, gen: 2, checkpointSeq: 77n, tail: DATA_START + 64, size: 64 << 20 };
+  const h = {
+    counter: 5n,
+    gen: 2,
+    checkpointSeq: 77n,
+    tail: DATA_START + 64,
+    size: 64 << 20,
+    owner: "/var/lib/sheepdog",
+  };
   test("the newer valid slot wins; a torn slot leaves the other", () => {
     const a = encodeHeader(h);
     const b = encodeHeader({ ...h, counter: 6n, checkpointSeq: 80n });
-    expect(pickHeader(a, b)?.checkpointSeq).toBe(80n);
+    expect(pickHeader(a, b)).toEqual({ ...h, counter: 6n, checkpointSeq: 80n });
     expect(pickHeader(b, a)?.checkpointSeq).toBe(80n);
     const torn = Buffer.from(b);
     torn[30] ^= 1;
     expect(pickHeader(a, torn)?.checkpointSeq).toBe(77n);
+    const ownerFlip = Buffer.from(b);
+    ownerFlip[70] ^= 1; // the owner is covered by the checksum too
+    expect(pickHeader(a, ownerFlip)?.checkpointSeq).toBe(77n);
     expect(pickHeader(Buffer.alloc(HEADER_SLOT), Buffer.alloc(HEADER_SLOT))).toBeNull();
   });
 });

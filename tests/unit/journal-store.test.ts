@@ -42,7 +42,7 @@ const log = {
   err: (m: string) => logs.push(`E ${m}`),
 };
 
-async function start(c: ReturnType<typeof setup>, opts: { skip?: boolean } = {}) {
+async function start(c: ReturnType<typeof setup>, opts: { skip?: boolean; owner?: string } = {}) {
   const raw = openStore("plain", [c.disk]);
   await raw.init();
   const j = new Journal(
@@ -50,6 +50,7 @@ async function start(c: ReturnType<typeof setup>, opts: { skip?: boolean } = {})
     c.jdir,
     [c.disk],
     log,
+    opts.owner ?? c.root,
   );
   const report = await j.open(raw);
   return { store: j.wrap(raw), j, report, raw };
@@ -231,3 +232,15 @@ async function openStoreAndRead(disk: string): Promise<Buffer> {
   await s.init();
   return await s.read(oid(1), 0, OBJ);
 }
+
+test("a journal belongs to one sheep: another base directory is refused", async () => {
+  const c = setup();
+  const a = await start(c);
+  await a.store.createAndWrite(oid(1), 0, pattern(1, 100), OBJ);
+  await expect(start(c, { owner: "/elsewhere" })).rejects.toThrow(
+    `belongs to the sheep of ${c.root}, not /elsewhere: give each sheep its own dir=`,
+  );
+  // The owner still replays it.
+  wipeObjects(c.disk);
+  expect((await start(c)).report.records).toBe(1);
+});
