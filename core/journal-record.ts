@@ -257,6 +257,7 @@ export interface JournalOptions {
 /** Parses the -j argument: size=SIZE[,dir=PATH][,skip]. Throws Error with the message to print. */
 export function parseJournalArg(arg: string): JournalOptions {
   let size: bigint | null = null;
+  let sizeArg = "";
   let dir: string | null = null;
   let skip = false;
   for (const item of arg.split(",")) {
@@ -266,25 +267,29 @@ export function parseJournalArg(arg: string): JournalOptions {
     const val = eq < 0 ? null : item.slice(eq + 1);
     if (key === "size" && val !== null) {
       size = parseJournalSize(val);
+      sizeArg = val;
       if (size === null) throw new Error(`invalid size ${val}, must be bigger than 64(M)`);
     } else if (key === "dir" && val) dir = val;
     else if (key === "skip" && val === null) skip = true;
-    else throw new Error(`invalid journal option '${item}' (expected size=SIZE[,dir=PATH][,skip])`);
+    else throw new Error(`invalid option ${item}`);
   }
   if (size === null) throw new Error("you must specify size for journal");
   if (size < 64n * 1024n * 1024n) {
-    throw new Error(`invalid size ${size}, must be bigger than 64(M)`);
+    throw new Error(`invalid size ${sizeArg}, must be bigger than 64(M)`);
   }
   if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new Error(`invalid size ${size}`);
   return { size: Number(size), dir, skip };
 }
 
-/** `-j size=`: a bare number is MiB (upstream's help), or a number with K, M, G or T (binary). */
+/**
+ * `-j size=`: bytes, or a number with K, M, G or T (binary). Upstream's help says megabytes, but
+ * its parser takes a bare number as bytes (`size=64` is refused, `size=67108864` accepted).
+ */
 export function parseJournalSize(s: string): bigint | null {
   const m = /^(\d+)([kKmMgGtT]?)$/.exec(s);
   if (!m) return null;
   const unit: Record<string, bigint> = {
-    "": 1n << 20n,
+    "": 1n,
     k: 1n << 10n,
     m: 1n << 20n,
     g: 1n << 30n,

@@ -152,8 +152,9 @@ describe("journal header slots", () => {
 });
 
 describe("-j argument", () => {
-  test("sizes: bare MiB and binary units", () => {
-    expect(parseJournalSize("64")).toBe(64n << 20n);
+  test("sizes: bare bytes (as upstream's parser) and binary units", () => {
+    expect(parseJournalSize("64")).toBe(64n);
+    expect(parseJournalSize("67108864")).toBe(64n << 20n);
     expect(parseJournalSize("1G")).toBe(1n << 30n);
     expect(parseJournalSize("65536k")).toBe(64n << 20n);
     expect(parseJournalSize("1.5G")).toBeNull();
@@ -167,11 +168,17 @@ describe("-j argument", () => {
     });
   });
   test("bad forms name the problem", () => {
-    expect(() => parseJournalArg("size=63M")).toThrow("must be bigger than 64(M)");
-    expect(() => parseJournalArg("size=10")).toThrow("must be bigger than 64(M)");
+    // Upstream's messages, word for word (checked against its sheep binary).
+    expect(() => parseJournalArg("size=63M")).toThrow(
+      "invalid size 63M, must be bigger than 64(M)",
+    );
+    expect(() => parseJournalArg("size=67108863")).toThrow(
+      "invalid size 67108863, must be bigger than 64(M)",
+    );
+    expect(parseJournalArg("size=67108864").size).toBe(64 << 20);
     expect(() => parseJournalArg("dir=/x")).toThrow("you must specify size for journal");
-    expect(() => parseJournalArg("size=1G,foo=1")).toThrow("invalid journal option 'foo=1'");
-    expect(() => parseJournalArg("size=1G,skip=1")).toThrow("invalid journal option");
+    expect(() => parseJournalArg("size=1G,foo=1")).toThrow("invalid option foo=1");
+    expect(() => parseJournalArg("size=1G,skip=1")).toThrow("invalid option skip=1");
     expect(() => parseJournalArg("size=lots")).toThrow("invalid size lots");
   });
 });
