@@ -244,3 +244,37 @@ test("a journal belongs to one sheep: another base directory is refused", async 
   wipeObjects(c.disk);
   expect((await start(c)).report.records).toBe(1);
 });
+
+test("tree layout over two disks: replay puts every object where the store looks for it", async () => {
+  const c = setup();
+  const disks = [`${c.root}/d0`, `${c.root}/d1`];
+  const open = async () => {
+    const raw = openStore("tree", disks);
+    await raw.init();
+    const j = new Journal({ size: c.size, dir: c.jdir, skip: false }, c.jdir, disks, log, c.root);
+    const report = await j.open(raw);
+    return { store: j.wrap(raw), report };
+  };
+  const a = await open();
+  const inode = 0x80c0ffee00000000n;
+  await a.store.createAndWrite(inode, 0, pattern(9, 4096), OBJ);
+  for (let i = 0; i < 16; i++) await a.store.createAndWrite(oid(i), 0, pattern(i, 8192), OBJ);
+  for (let i = 0; i < 16; i += 3) await a.store.write(oid(i), 4096, pattern(100 + i, 4096));
+  const want = await Promise.all([...Array(16).keys()].map((i) => a.store.read(oid(i), 0, 16384)));
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory() && e.name !== ".stale") walk(`${d}/${e.name}`);
+      else if (/^[0-9a-f]{16}/.test(e.name)) fs.unlinkSync(`${d}/${e.name}`);
+    }
+  };
+  for (const d of disks) walk(d);
+  const b = await open();
+  expect(b.report.records).toBe(1 + 16 + 6);
+  expect(b.store.path(inode)).toContain("/meta/");
+  expect((await b.store.read(inode, 0, 4096)).equals(pattern(9, 4096))).toBe(true);
+  for (let i = 0; i < 16; i++) {
+    expect((await b.store.read(oid(i), 0, 16384)).equals(want[i])).toBe(true);
+  }
+  const used = disks.map((d) => fs.readdirSync(`${d}/ee`).length);
+  expect(used.every((n) => n > 0)).toBe(true); // spread over both disks, as before the crash
+});
