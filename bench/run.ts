@@ -1,6 +1,7 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec,c]
+//   node_modules/.bin/bun bench/run.ts [--full]
+//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,journal,c]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -44,6 +45,7 @@ import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
 import { cRefBench } from "./c-ref.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
+import { journalBench } from "./journal.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -52,7 +54,17 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec", "c"];
+const SECTIONS = [
+  "appliance",
+  "nbd",
+  "membership",
+  "recovery",
+  "metrics",
+  "farm",
+  "ec",
+  "journal",
+  "c",
+];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -1086,6 +1098,7 @@ async function main(): Promise<void> {
       metrics,
       farm,
       ec,
+      journal: () => journalBench({ results, src: SRC, size: NBD_SIZE, fioRuntime: FIO_RUNTIME }),
       c: () =>
         cRefBench({
           results,

@@ -41,7 +41,7 @@ export function openStore(
   kind: "plain" | "tree",
   disks: string[],
   opts?: { nosync?: boolean; checksums?: boolean },
-): ObjectStore {
+): ObjectStore & { deferSync: boolean } {
   return new FileStore(kind, disks, opts?.nosync ?? false, opts?.checksums ?? checksumsEnabled());
 }
 
@@ -226,6 +226,8 @@ class FileStore implements ObjectStore {
   private index = new ObjectIndex<Entry>();
   private locks = new KeyedRwLock();
   private fds = new FdCache(256);
+  /** Set by the journal (io/journal.ts): it made writes and creates durable, they skip their syncs. */
+  deferSync = false;
 
   constructor(
     readonly kind: "plain" | "tree",
@@ -566,7 +568,7 @@ class FileStore implements ObjectStore {
           cfd = fs.openSync(ctmp, "w");
           pwriteFull(cfd, tableForCreate(size, offset, data), 0);
         }
-        if (!this.nosync) {
+        if (!this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(fd), cfd >= 0 ? fdatasync(cfd) : undefined]);
         }
         const bytes = allocatedBytes(fs.fstatSync(fd));
@@ -584,7 +586,7 @@ class FileStore implements ObjectStore {
         if (this.checksums) fs.renameSync(ctmp, final + CSUM_SUFFIX);
         else unlinkQuiet(final + CSUM_SUFFIX);
         fs.renameSync(tmp, final);
-        if (!this.nosync) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
+        if (!this.nosync && !this.deferSync) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
         if (old && old.disk !== disk) {
           const oldPath = this.pathOn(old.disk, oid, ecIndex);
           this.fds.invalidate(oldPath);
@@ -618,7 +620,7 @@ class FileStore implements ObjectStore {
         pwriteFull(c.fd, data, offset);
         const bytes = allocatedBytes(fs.fstatSync(c.fd));
         this.index.resize(name, bytes);
-        if (!this.nosync) {
+        if (!this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {

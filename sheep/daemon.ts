@@ -31,6 +31,7 @@ import {
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
+import { Journal } from "../io/journal.ts";
 import {
   decodeEpochFile,
   latestEpoch,
@@ -96,6 +97,8 @@ export class Sheep {
   members: SdNode[] = [];
   ring: Ring = new Ring([]);
   store!: ObjectStore;
+  /** -j: the write journal (io/journal.ts), null without it. */
+  journal: Journal | null = null;
   driver!: ClusterDriver;
   vdis = new VdiTable();
   readonly pool = new ClientPool();
@@ -170,22 +173,30 @@ export class Sheep {
       space: 0n,
     };
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
-    this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
-    await this.store.init();
+    const raw = openStore(storeKind, disks, { nosync: this.opts.nosync });
+    await raw.init();
+    this.store = raw;
+    if (this.opts.journal && this.opts.gateway) {
+      this.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
+    } else if (this.opts.journal) {
+      // Replayed before the sheep listens or joins: nothing reads the store before it is right.
+      const j = this.opts.journal;
+      this.journal = new Journal(
+        j,
+        path.resolve(j.dir ?? path.join(this.baseDir, "journal")),
+        disks,
+        this.log,
+        fs.realpathSync(this.baseDir),
+      );
+      await this.journal.open(raw);
+      this.store = this.journal.wrap(raw);
+    }
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = announcedSpace(this.store.statfs().free);
     }
     writeConfig(this.baseDir, this.config);
 
     // Accepted so existing command lines keep working, but said out loud: neither exists here.
-    if (this.opts.journal !== null) {
-      this.log.warn(
-        "-j (journal) is not implemented: every write is synced to its object file before it is acknowledged",
-      );
-      process.stderr.write(
-        "sheep: warning: -j (journal) is not implemented; writes are synced directly\n",
-      );
-    }
     if (this.opts.cache !== null) {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
       process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
@@ -280,6 +291,12 @@ export class Sheep {
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
+  }
+
+  /** A (re)opened store of `kind`, behind the journal when -j is on (format may change the kind). */
+  openObjectStore(kind: "plain" | "tree"): ObjectStore {
+    const s = openStore(kind, this.objectDirs(), { nosync: this.opts.nosync });
+    return this.journal ? this.journal.wrap(s) : s;
   }
 
   /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
@@ -771,6 +788,8 @@ export class Sheep {
     await this.httpServer?.close().catch((e) => this.log.warn(`closing HTTP: ${e}`));
     for (const s of this.sockets) s.destroy();
     this.pool.close();
+    // Everything applied made durable, so the next start has nothing to replay.
+    await this.journal?.close().catch((e) => this.log.warn(`closing the journal: ${e}`));
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });
     if (this.opts.pidfile) fs.rmSync(this.opts.pidfile, { force: true });
     this.onExit(code);

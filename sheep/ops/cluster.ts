@@ -17,7 +17,6 @@ import {
 import { SdError } from "../../core/errors.ts";
 import { decodeNode, nodeHostPort } from "../../core/node.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "../../core/oid.ts";
-import { openStore } from "../../io/store.ts";
 import { removeEpochs, writeConfig } from "../../io/config-file.ts";
 import { applyFormat } from "../../core/cluster.ts";
 import { decodeInodeHeader } from "../../core/inode.ts";
@@ -49,6 +48,7 @@ export type ClusterContext = Pick<
   | "members"
   | "metaIO"
   | "objectDirs"
+  | "openObjectStore"
   | "opts"
   | "persistConfig"
   | "recovery"
@@ -139,7 +139,7 @@ export class ClusterOps {
     }
     await this.s.store.format();
     if (this.s.store.kind !== storeName) {
-      this.s.store = openStore(storeName, this.s.objectDirs(), { nosync: this.s.opts.nosync });
+      this.s.store = this.s.openObjectStore(storeName);
       await this.s.store.init();
     }
     this.s.vdis = new VdiTable();
