@@ -47,10 +47,8 @@ export interface NbdServer {
 /** Context id of base:allocation on a connection (the only context we offer). */
 /** proto.md: write payloads under 32 MiB must not be treated as a denial of service. */
 const MIN_WRITE_PAYLOAD_LIMIT = 32 * 1024 * 1024;
-/** Replies up to this size are sent as one buffer (one copy, one syscall). */
+/** Replies below this size wait for the end of the turn and go out merged (one copy, one syscall). */
 const COALESCE_LIMIT = 64 * 1024;
-/** Replies up to this size wait for the end of the current turn to be merged with others. */
-const SMALL_REPLY = 512;
 /** Beyond this many extents a structured read is sent as plain data. */
 const MAX_READ_SEGMENTS = 64;
 /** Bound on descriptors in one block status reply; clients ask again for the rest. */
@@ -247,8 +245,9 @@ class Connection {
    */
   private send(b: Buffer): void {
     if (this.closed || this.socket.destroyed) return;
-    if (b.length <= SMALL_REPLY && !this.needDrain) {
-      // Small replies (write acks, errors) finishing in the same turn go out in one write.
+    if (b.length < COALESCE_LIMIT && !this.needDrain) {
+      // Replies finishing in the same turn (write acks, errors, 4 KiB reads at a queue depth)
+      // go out in one write: one syscall for many replies instead of one each.
       this.outQ.push(b);
       this.outBytes += b.length;
       if (!this.flushScheduled) {
@@ -659,19 +658,10 @@ class Connection {
     return segs;
   }
 
-  /** Sends a header and payload, as one buffer when small. */
+  /** Sends a header and payload; small ones are merged with the turn's other replies. */
   private sendWithHeader(header: Buffer, data: Buffer): void {
-    if (data.length === 0) {
-      this.send(header);
-    } else if (data.length + header.length <= COALESCE_LIMIT) {
-      const b = Buffer.allocUnsafe(header.length + data.length);
-      header.copy(b, 0);
-      data.copy(b, header.length);
-      this.send(b);
-    } else {
-      this.send(header);
-      this.send(data);
-    }
+    this.send(header);
+    if (data.length) this.send(data);
   }
 
   private async doBlockStatus(r: NbdRequest): Promise<void> {
