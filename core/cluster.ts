@@ -77,26 +77,25 @@ export function decideJoin(
     else s.status = statusWith(s, all);
     return { accept: true, state: s };
   }
-  if (master.ctime === 0n) {
-    // Unformatted master: a formatted joiner brings the cluster's identity (restart in any order).
-    if (joiner.ctime !== 0n && joiner.epoch > master.epoch) {
-      const s = { ...joiner };
-      s.status = statusWith(s, all);
-      return { accept: true, state: s };
+  // Upstream compares creation times only when both sides have an epoch (cluster_ctime_check).
+  const foreign = joiner.epoch > 0 && master.epoch > 0 && joiner.ctime !== master.ctime;
+  if (master.status === Status.WAIT) {
+    // Upstream's waiting master panics on such a joiner; refusing it keeps the cluster waiting.
+    if (foreign) {
+      return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
     }
-    return { accept: true, state: { ...master } };
+    // The larger epoch's view wins (restart in any order, an unformatted master included).
+    const s = joiner.epoch > master.epoch ? { ...joiner } : { ...master };
+    s.status = s.epoch > 0 && s.ctime !== 0n ? statusWith(s, all) : Status.WAIT;
+    return { accept: true, state: s };
   }
-  if (joiner.ctime !== 0n && joiner.ctime !== master.ctime) {
+  if (foreign) {
+    // Upstream lets it in for one epoch and then the joiner exits; refusing it is the same end
+    // without the two epochs and recoveries.
     return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
   }
   if (master.status === Status.OK) return { accept: true, state: { ...master } };
-  if (master.status !== Status.WAIT) {
-    return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
-  }
-  let s = { ...master };
-  if (joiner.ctime === master.ctime && joiner.epoch > master.epoch) s = { ...joiner };
-  s.status = statusWith(s, all);
-  return { accept: true, state: s };
+  return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
 }
 
 /**

@@ -78,7 +78,6 @@ import { LocalOps } from "./ops/local.ts";
 import { ClusterOps } from "./ops/cluster.ts";
 import { OP_TABLE, type OpFamilies } from "./ops/table.ts";
 import {
-  announcedSpace,
   type Apply,
   errorReply,
   inodeHeaderOf,
@@ -95,6 +94,9 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
+import { adoptIdentity, vnodesDesignationError } from "./cluster-identity.ts";
+
+const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
 export class Sheep {
   readonly log: Logger;
@@ -177,11 +179,16 @@ export class Sheep {
       version: 6,
       space: 0n,
     };
+    const designation = vnodesDesignationError(this.config, this.opts);
+    if (designation) {
+      this.log.err(designation);
+      throw new Error(designation);
+    }
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await this.store.init();
     if (this.config.space === 0n && !this.opts.gateway) {
-      this.config.space = announcedSpace(this.store.statfs().free);
+      this.config.space = this.store.statfs().free; // measured once, as upstream
     }
     writeConfig(this.baseDir, this.config);
 
@@ -394,7 +401,6 @@ export class Sheep {
         const decided = decodeState(opaque);
         // Also true for a rejoin after a lost session: everything a joiner does is redone.
         const wasMe = nodeEqual(joined, this.me);
-        const prevCtime = this.state.ctime;
         const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
         this.members = sortNodes(members);
@@ -417,7 +423,6 @@ export class Sheep {
         if (state.status === Status.OK && !newEpoch && (wasMe || !wasOk)) this.startRecovery(null);
         if (wasMe) {
           this.joined = true;
-          if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
           if (members.length > 1) await this.fetchVdiState(members);
           await filled;
           this.joinWaiter?.resolve();
@@ -472,9 +477,11 @@ export class Sheep {
   async setState(s: ClusterState, newEpoch: boolean): Promise<void> {
     const prevEpoch = this.state.epoch;
     this.state = s;
-    if (newEpoch || (s.epoch > 0 && !readEpoch(this.baseDir, s.epoch) && s.ctime !== 0n)) {
-      writeEpoch(this.baseDir, s.epoch, s.nodes, BigInt(Math.floor(Date.now() / 1000)));
-    }
+    // An epoch seen only while waiting is not logged (as upstream); fillEpochLog copies the ones
+    // this sheep missed, with their own times, once it serves. Logged with the vnodes each node
+    // has in the ring (auto: from its capacity), as upstream.
+    if (newEpoch) writeEpoch(this.baseDir, s.epoch, this.ringNodes(s.nodes), nowSeconds());
+    await adoptIdentity(this, s);
     this.vdis.recycle = (s.flags & ClusterFlag.RECYCLE_VID) !== 0;
     this.ring = new Ring(this.ringNodes(s.nodes));
     if (newEpoch && s.status === Status.OK && s.epoch > 1) {
@@ -517,6 +524,11 @@ export class Sheep {
             this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${(err as Error).message}`);
           }
         }
+      }
+      // No member had the current epoch's log (all joined while waiting): log it ourselves.
+      const s = this.state;
+      if (s.status === Status.OK && s.epoch > 0 && !readEpoch(this.baseDir, s.epoch)) {
+        writeEpoch(this.baseDir, s.epoch, this.ringNodes(s.nodes), nowSeconds());
       }
     });
     this.epochFill = run.catch(() => {});

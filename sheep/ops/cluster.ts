@@ -35,7 +35,6 @@ import { ctimeNow } from "../../io/clock.ts";
 
 import { errorReply, vdiFound, vdiNameArgs, withResult } from "./reply.ts";
 import type { Apply, Reply } from "./reply.ts";
-import { announcedSpace } from "./reply.ts";
 
 /** What cluster ops see of the daemon. */
 export type ClusterContext = Pick<
@@ -189,7 +188,8 @@ export class ClusterOps {
     const rsp = new Header();
     // Every node re-measures its capacity; a change of 1 % or more is announced (new epoch).
     if (this.s.opts.gateway) return { hdr: rsp, data: EMPTY };
-    const space = announcedSpace(this.s.store.statfs().free + this.s.store.objectBytes());
+    // Exact bytes, as upstream: auto vnodes are proportional to what each sheep announces.
+    const space = this.s.store.statfs().free + this.s.store.objectBytes();
     const old = this.s.me.space;
     const diff = space > old ? space - old : old - space;
     if (old === 0n || diff * 100n >= old) {
