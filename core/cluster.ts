@@ -168,3 +168,15 @@ export function applyUpdateNode(
   }
   return { state: { ...cur, nodes, epoch: cur.epoch + 1 }, newEpoch: true };
 }
+
+/**
+ * `dog cluster recover force` (upstream cluster_force_recover): a cluster waiting for members
+ * that will not come back serves with those present, in a new epoch; null when not waiting.
+ */
+export function applyForceRecover(
+  cur: ClusterState,
+  members: readonly SdNode[],
+): ClusterState | null {
+  if (cur.status !== Status.WAIT || cur.ctime === 0n || cur.epoch === 0) return null;
+  return { ...cur, status: Status.OK, epoch: cur.epoch + 1, nodes: sortNodes(members) };
+}

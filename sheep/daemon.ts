@@ -508,7 +508,7 @@ export class Sheep {
    */
   private fillEpochLog(): Promise<void> {
     const run = this.epochFill.then(async () => {
-      if (this.state.ctime === 0n) return;
+      if (this.state.ctime === 0n || this.state.status !== Status.OK) return; // as upstream
       for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
         for (const n of this.members) {
           if (nodeEqual(n, this.me)) continue;

@@ -18,8 +18,8 @@ import { SdError } from "../../core/errors.ts";
 import { decodeNode, nodeHostPort } from "../../core/node.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "../../core/oid.ts";
 import { openStore } from "../../io/store.ts";
-import { removeEpochs, writeConfig } from "../../io/config-file.ts";
-import { applyFormat } from "../../core/cluster.ts";
+import { readEpoch, removeEpochs, writeConfig } from "../../io/config-file.ts";
+import { applyForceRecover, applyFormat } from "../../core/cluster.ts";
 import { decodeInodeHeader } from "../../core/inode.ts";
 import {
   applyVdiAdded,
@@ -127,6 +127,24 @@ export class ClusterOps {
   /** MAKE_FS, SHUTDOWN, REWEIGHT, ALTER_VDI_COPY, ENABLE_RECOVER, DISABLE_RECOVER, ALTER_CLUSTER_COPY, NOTIFY_VDI_ADD */
   async broadcast(req: Header, data: Buffer): Promise<Reply> {
     return await this.s.clusterNotify(req, data);
+  }
+
+  /** FORCE_RECOVER: refused here unless waiting, then applied by every sheep in order. */
+  async forceRecover(req: Header, data: Buffer): Promise<Reply> {
+    // Nor when the waiting epoch came from a joiner (not in our own log): its history differs
+    // from ours, and upstream refuses that case too.
+    const logged = readEpoch(this.s.baseDir, this.s.state.epoch) !== null;
+    if (!logged || !applyForceRecover(this.s.state, this.s.members)) {
+      return { hdr: withResult(new Header(), Res.FORCE_RECOVER), data: EMPTY };
+    }
+    return await this.s.clusterNotify(req, data);
+  }
+
+  async mainForceRecover(_req: Header, _data: Buffer): Promise<Reply> {
+    const s = applyForceRecover(this.s.state, this.s.members);
+    if (!s) return { hdr: withResult(new Header(), Res.FORCE_RECOVER), data: EMPTY };
+    await this.s.setState(s, true); // logs the epoch, recovers from the one it was waiting in
+    return { hdr: new Header(), data: EMPTY };
   }
 
   /** MAKE_FS */

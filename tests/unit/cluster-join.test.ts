@@ -2,7 +2,7 @@
 // when both sides have an epoch, the larger epoch's view wins while waiting, and the cluster
 // serves once every node of that view's last epoch is present.
 import { expect, test } from "bun:test";
-import { decideJoin, initialState } from "../../core/cluster.ts";
+import { applyForceRecover, decideJoin, initialState } from "../../core/cluster.ts";
 import { makeNode } from "../../core/node.ts";
 import { Res, Status } from "../../core/proto.ts";
 
@@ -44,4 +44,11 @@ test("a running cluster accepts an older or unformatted sheep with its own view"
     const r = decideJoin(master, [a, b], c, j);
     expect(r.accept && r.state).toEqual(master);
   }
+});
+
+test("force recover: only a formatted waiting cluster, into a new epoch with those present", () => {
+  const r = applyForceRecover(formatted(3, [a, b, c]), [b, a]);
+  expect(r && [r.status, r.epoch, r.nodes]).toEqual([Status.OK, 4, [a, b]]);
+  expect(applyForceRecover(formatted(3, [a, b], 5n, Status.OK), [a])).toBeNull();
+  expect(applyForceRecover(initialState(), [a])).toBeNull();
 });
