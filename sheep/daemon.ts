@@ -22,15 +22,7 @@ import {
 } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import {
-  decodeNodes,
-  encodeNode,
-  makeNode,
-  nodeEqual,
-  nodeHostPort,
-  nodeIp,
-  sortNodes,
-} from "../core/node.ts";
+import { encodeNode, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
 import { autoVnodes, Ring } from "../core/ring.ts";
 import {
   isAttrObj,
@@ -43,7 +35,6 @@ import {
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
 import {
-  decodeEpochFile,
   latestEpoch,
   missingEpochs,
   readConfig,
@@ -95,6 +86,7 @@ import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
 import { adoptIdentity, vnodesDesignationError } from "./cluster-identity.ts";
+import { fetchEpoch } from "./epoch-log.ts";
 
 const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
@@ -510,20 +502,14 @@ export class Sheep {
     const run = this.epochFill.then(async () => {
       if (this.state.ctime === 0n || this.state.status !== Status.OK) return; // as upstream
       for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
-        for (const n of this.members) {
-          if (nodeEqual(n, this.me)) continue;
-          try {
-            const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-            h.tgtEpoch = e;
-            const r = await this.sendTo(n, h);
-            if (r.hdr.result !== Res.SUCCESS) continue;
-            const rec = decodeEpochFile(r.data);
-            if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
-            break;
-          } catch (err) {
-            this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${(err as Error).message}`);
-          }
-        }
+        const rec = await fetchEpoch(
+          e,
+          this.members,
+          this.me,
+          (n, h) => this.sendTo(n, h),
+          (n, err) => this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${err.message}`),
+        );
+        if (rec && !readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
       }
       // No member had the current epoch's log (all joined while waiting): log it ourselves.
       const s = this.state;
@@ -541,18 +527,9 @@ export class Sheep {
     if (cached) return cached;
     let nodes = readEpoch(this.baseDir, epoch)?.nodes ?? null;
     if (!nodes) {
-      for (const n of this.state.nodes) {
-        if (nodeEqual(n, this.me)) continue;
-        try {
-          const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-          h.tgtEpoch = epoch;
-          const r = await this.sendTo(n, h);
-          if (r.hdr.result !== Res.SUCCESS) continue;
-          nodes = decodeNodes(r.data.subarray(0, r.data.length - 8));
-          writeEpoch(this.baseDir, epoch, nodes, r.data.readBigInt64LE(r.data.length - 8));
-          break;
-        } catch { /* try the next member */ }
-      }
+      const rec = await fetchEpoch(epoch, this.state.nodes, this.me, (n, h) => this.sendTo(n, h));
+      if (rec) writeEpoch(this.baseDir, epoch, rec.nodes, rec.time);
+      nodes = rec?.nodes ?? null;
     }
     if (!nodes) return null;
     const ring = new Ring(this.ringNodes(nodes));
