@@ -4,7 +4,7 @@ import { cbor } from "./cbor.ts";
 import { Buffer } from "node:buffer";
 import type { SdNode } from "./node.ts";
 import { decodeNodes, encodeNodes, nodeEqual, sortNodes } from "./node.ts";
-import { Res, Status } from "./proto.ts";
+import { ClusterFlag, Res, Status } from "./proto.ts";
 
 export interface ClusterState {
   status: number; // Status.*
@@ -76,6 +76,21 @@ export function decideJoin(
     if (s.ctime === 0n) s.status = Status.WAIT;
     else s.status = statusWith(s, all);
     return { accept: true, state: s };
+  }
+  // A storage sheep whose vnode strategy (-V or not) is not the formatted cluster's: upstream
+  // admits it for an epoch and then it exits; refused here before any epoch changes.
+  if (
+    master.ctime !== 0n && joining.nrVnodes > 0 &&
+    ((master.flags ^ joiner.flags) & ClusterFlag.AUTO_VNODES) !== 0
+  ) {
+    const strategy = (f: number) => (f & ClusterFlag.AUTO_VNODES ? "auto" : "fixed");
+    return {
+      accept: false,
+      code: Res.INVALID_VNODES_STRATEGY,
+      reason: `vnodes strategy unmatch. cluster:${strategy(master.flags)}, joined:${
+        strategy(joiner.flags)
+      }`,
+    };
   }
   // Upstream compares creation times only when both sides have an epoch (cluster_ctime_check).
   const foreign = joiner.epoch > 0 && master.epoch > 0 && joiner.ctime !== master.ctime;

@@ -164,6 +164,14 @@ test("auto vnodes follow each sheep's exact capacity (not whole GiB)", async () 
     // Fixed vnodes cannot be set on an auto cluster: upstream's message and exit status 255.
     const set = await c.dog(["node", "vnodes", "set", "100"]);
     expect([set.code, set.stderr]).toEqual([255, "Failed to execute request\n"]);
+    // A new sheep with -V cannot join the auto cluster.
+    const fixed = await c.addNode({ port: await freePort(), zone: 3, extra: ["-V", "50"] })
+      .catch(() => c.nodes.length - 1);
+    await c.waitFor(async () => !c.isRunning(fixed), 30_000, "the fixed sheep to be refused");
+    expect((await c.exitStatus(fixed))?.code).toBe(1);
+    expect(fs.readFileSync(c.nodes[fixed].logFile, "utf8")).toContain(
+      "sheep: failed to join the cluster: vnodes strategy unmatch. cluster:auto, joined:fixed\n",
+    );
     // Restarted with -V, a sheep of an auto cluster refuses to start.
     await c.kill(1);
     c.nodes[1].extra = ["-V", "32"];
@@ -241,6 +249,16 @@ test(
       await c.startNode(1).catch(() => {});
       await c.waitFor(async () => !c.isRunning(1), 30_000, "the sheep to refuse");
       expect((await c.exitStatus(1))?.code).toBe(1);
+      // A new sheep without -V cannot join the fixed cluster (upstream: admitted, then it exits).
+      const auto = await c.addNode({ port: await freePort(), zone: 3 }).catch(() =>
+        c.nodes.length - 1
+      );
+      await c.waitFor(async () => !c.isRunning(auto), 30_000, "the auto sheep to be refused");
+      expect((await c.exitStatus(auto))?.code).toBe(1);
+      expect(fs.readFileSync(c.nodes[auto].logFile, "utf8")).toContain(
+        "sheep: failed to join the cluster: vnodes strategy unmatch. cluster:fixed, joined:auto\n",
+      );
+      expect(await epochLines(c, 0)).toEqual(["3 [0:100]", "2 [0:100, 1:64]", "1 [0:200, 1:64]"]);
       // A gateway has no vnodes to set.
       const gw = await c.addNode({ port: await freePort(), zone: 2, extra: ["-g"] });
       await c.waitFor(async () =>

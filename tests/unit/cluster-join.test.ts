@@ -4,7 +4,7 @@
 import { expect, test } from "bun:test";
 import { applyForceRecover, decideJoin, initialState } from "../../core/cluster.ts";
 import { makeNode } from "../../core/node.ts";
-import { Res, Status } from "../../core/proto.ts";
+import { ClusterFlag, Res, Status } from "../../core/proto.ts";
 
 const [a, b, c] = [7000, 7001, 7002].map((p) => makeNode("127.0.0.1", p));
 const formatted = (epoch: number, nodes = [a, b], ctime = 5n, status: number = Status.WAIT) => ({
@@ -51,4 +51,17 @@ test("force recover: only a formatted waiting cluster, into a new epoch with tho
   expect(r && [r.status, r.epoch, r.nodes]).toEqual([Status.OK, 4, [a, b]]);
   expect(applyForceRecover(formatted(3, [a, b], 5n, Status.OK), [a])).toBeNull();
   expect(applyForceRecover(initialState(), [a])).toBeNull();
+});
+
+test("a storage sheep with the other vnode strategy is refused; a gateway is not", () => {
+  const auto = { ...formatted(2, [a, b], 5n, Status.OK), flags: ClusterFlag.AUTO_VNODES };
+  const fixedJoiner = { ...initialState(), flags: 0 };
+  const r = decideJoin(auto, [a, b], c, fixedJoiner);
+  expect(r.accept === false && [r.code, r.reason]).toEqual([
+    Res.INVALID_VNODES_STRATEGY,
+    "vnodes strategy unmatch. cluster:auto, joined:fixed",
+  ]);
+  expect(decideJoin(auto, [a, b], { ...c, nrVnodes: 0 }, fixedJoiner).accept).toBe(true);
+  const same = decideJoin(auto, [a, b], c, { ...initialState(), flags: ClusterFlag.AUTO_VNODES });
+  expect(same.accept).toBe(true);
 });
