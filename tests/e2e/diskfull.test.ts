@@ -133,3 +133,37 @@ describe("recovery onto a full node", () => {
     expect(Buffer.compare(r.stdout, data)).toBe(0);
   }, 180_000);
 });
+
+describe("disk full under an erasure-coded VDI", () => {
+  let c: TestCluster;
+  beforeAll(async () => {
+    c = await cluster(3, [2], 12);
+  }, 120_000);
+  afterAll(async () => {
+    unmountAll();
+    await c?.stop();
+  });
+
+  test(
+    "a strip that does not fit: upstream's words, exit 1, what was written reads back",
+    async () => {
+      await c.dogOk(["vdi", "create", "-c", "2:1", "e", "256M"]);
+      const data = randomBytes(64 * MiB);
+      const r = await c.dog(["vdi", "write", "e", "0", String(data.length)], { input: data });
+      expect(r.code).toBe(1);
+      const m = /^Failed to write object ([0-9a-f]{16}): Server has no space for new objects\n/
+        .exec(r.stderr);
+      expect(m).not.toBeNull();
+      expect(r.stderr.slice(m![0].length)).toBe("Failed to write VDI\n");
+      const failed = Number(BigInt("0x" + m![1]) & 0xffffffffn);
+      expect(failed).toBeGreaterThan(0);
+      for (let i = 0; i < 3; i++) expect(c.isRunning(i)).toBe(true);
+      // Every object before the one that failed is whole.
+      const n = failed * 4 * MiB;
+      const back = await c.dog(["vdi", "read", "e", "0", String(n)], { node: 2 });
+      expect(back.code).toBe(0);
+      expect(Buffer.compare(back.stdout, data.subarray(0, n))).toBe(0);
+    },
+    120_000,
+  );
+});
