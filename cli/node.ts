@@ -426,7 +426,7 @@ async function vnodesSet(c: Ctx): Promise<number> {
   const rsp = await c.exec(Header.req(Op.SET_VNODES, { flags: Flag.CMD_WRITE }), payload);
   if (rsp.hdr.result !== Res.SUCCESS) {
     err("Failed to execute request");
-    return EXIT_FAILURE;
+    return 255; // upstream's node_vnodes_set returns -1 here
   }
   return EXIT_SUCCESS;
 }

@@ -307,6 +307,7 @@ export const COMMANDS: CmdDef[] = [
       },
       {
         name: "vnodes",
+        arg: "<num of vnodes>",
         opts: "aph",
         desc: "set new vnodes",
         needArg: true,

@@ -371,11 +371,6 @@ export async function vdiWrite(c: Ctx): Promise<number> {
     err("Write offset is beyond the end of the VDI");
     return EXIT_FAILURE;
   }
-  // upstream silently clips an explicit length; refusing up front writes nothing partial
-  if (ol.total !== null && ol.offset + ol.total > size) {
-    err("Write length is beyond the end of the VDI");
-    return EXIT_FAILURE;
-  }
   let handle: VdiHandle;
   try {
     handle = await VdiHandle.openVid(c.req, name, v.vid);
@@ -384,6 +379,7 @@ export async function vdiWrite(c: Ctx): Promise<number> {
     err(`Failed to read a vdi ${name}`);
     return EXIT_FAILURE;
   }
+  // As upstream, a length past the end of the VDI is cut at the end (offset == size: nothing).
   const remain = size - ol.offset;
   const lenGiven = ol.total !== null;
   const total = Number(ol.total === null || ol.total > remain ? remain : ol.total);
@@ -426,8 +422,11 @@ export async function vdiWrite(c: Ctx): Promise<number> {
             data.copy(buf, 0);
           }
         } else {
-          // a length was given: the rest of it is zero-filled
-          buf = Buffer.alloc(want);
+          // a length was given (upstream): the object where stdin ended is zero-filled to its end
+          // (the next whole one when it ended on a boundary), within the length; then stop
+          last = true;
+          const objEnd = (Math.floor((abs + data.length) / os) + 1) * os;
+          buf = Buffer.alloc(Math.min(base + total, objEnd) - abs);
           data.copy(buf, 0);
         }
       }

@@ -4,7 +4,7 @@ import { cbor } from "./cbor.ts";
 import { Buffer } from "node:buffer";
 import type { SdNode } from "./node.ts";
 import { decodeNodes, encodeNodes, nodeEqual, sortNodes } from "./node.ts";
-import { Res, Status } from "./proto.ts";
+import { ClusterFlag, Res, Status } from "./proto.ts";
 
 export interface ClusterState {
   status: number; // Status.*
@@ -77,26 +77,40 @@ export function decideJoin(
     else s.status = statusWith(s, all);
     return { accept: true, state: s };
   }
-  if (master.ctime === 0n) {
-    // Unformatted master: a formatted joiner brings the cluster's identity (restart in any order).
-    if (joiner.ctime !== 0n && joiner.epoch > master.epoch) {
-      const s = { ...joiner };
-      s.status = statusWith(s, all);
-      return { accept: true, state: s };
-    }
-    return { accept: true, state: { ...master } };
+  // A storage sheep whose vnode strategy (-V or not) is not the formatted cluster's: upstream
+  // admits it for an epoch and then it exits; refused here before any epoch changes.
+  if (
+    master.ctime !== 0n && joining.nrVnodes > 0 &&
+    ((master.flags ^ joiner.flags) & ClusterFlag.AUTO_VNODES) !== 0
+  ) {
+    const strategy = (f: number) => (f & ClusterFlag.AUTO_VNODES ? "auto" : "fixed");
+    return {
+      accept: false,
+      code: Res.INVALID_VNODES_STRATEGY,
+      reason: `vnodes strategy unmatch. cluster:${strategy(master.flags)}, joined:${
+        strategy(joiner.flags)
+      }`,
+    };
   }
-  if (joiner.ctime !== 0n && joiner.ctime !== master.ctime) {
+  // Upstream compares creation times only when both sides have an epoch (cluster_ctime_check).
+  const foreign = joiner.epoch > 0 && master.epoch > 0 && joiner.ctime !== master.ctime;
+  if (master.status === Status.WAIT) {
+    // Upstream's waiting master panics on such a joiner; refusing it keeps the cluster waiting.
+    if (foreign) {
+      return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
+    }
+    // The larger epoch's view wins (restart in any order, an unformatted master included).
+    const s = joiner.epoch > master.epoch ? { ...joiner } : { ...master };
+    s.status = s.epoch > 0 && s.ctime !== 0n ? statusWith(s, all) : Status.WAIT;
+    return { accept: true, state: s };
+  }
+  if (foreign) {
+    // Upstream lets it in for one epoch and then the joiner exits; refusing it is the same end
+    // without the two epochs and recoveries.
     return { accept: false, code: Res.INVALID_CTIME, reason: "Creation times differ" };
   }
   if (master.status === Status.OK) return { accept: true, state: { ...master } };
-  if (master.status !== Status.WAIT) {
-    return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
-  }
-  let s = { ...master };
-  if (joiner.ctime === master.ctime && joiner.epoch > master.epoch) s = { ...joiner };
-  s.status = statusWith(s, all);
-  return { accept: true, state: s };
+  return { accept: false, code: Res.SHUTDOWN, reason: "cluster is shutting down" };
 }
 
 /**
@@ -168,4 +182,16 @@ export function applyUpdateNode(
     return { state: { ...cur, nodes }, newEpoch: false };
   }
   return { state: { ...cur, nodes, epoch: cur.epoch + 1 }, newEpoch: true };
+}
+
+/**
+ * `dog cluster recover force` (upstream cluster_force_recover): a cluster waiting for members
+ * that will not come back serves with those present, in a new epoch; null when not waiting.
+ */
+export function applyForceRecover(
+  cur: ClusterState,
+  members: readonly SdNode[],
+): ClusterState | null {
+  if (cur.status !== Status.WAIT || cur.ctime === 0n || cur.epoch === 0) return null;
+  return { ...cur, status: Status.OK, epoch: cur.epoch + 1, nodes: sortNodes(members) };
 }

@@ -33,7 +33,6 @@ import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
 import { Journal } from "../io/journal.ts";
 import {
-  decodeEpochFile,
   latestEpoch,
   missingEpochs,
   readConfig,
@@ -68,7 +67,6 @@ import { LocalOps } from "./ops/local.ts";
 import { ClusterOps } from "./ops/cluster.ts";
 import { OP_TABLE, type OpFamilies } from "./ops/table.ts";
 import {
-  announcedSpace,
   type Apply,
   errorReply,
   inodeHeaderOf,
@@ -88,6 +86,10 @@ import { Logger } from "./log.ts";
 import { lockBaseDir } from "./base-dir-lock.ts";
 import { listenProtocol } from "./protocol-server.ts";
 import { fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
+import { adoptIdentity, vnodesDesignationError } from "./cluster-identity.ts";
+import { fetchEpoch } from "./epoch-log.ts";
+
+const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 
 export class Sheep {
   readonly log: Logger;
@@ -172,6 +174,11 @@ export class Sheep {
       version: 6,
       space: 0n,
     };
+    const designation = vnodesDesignationError(this.config, this.opts);
+    if (designation) {
+      this.log.err(designation);
+      throw new Error(designation);
+    }
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     const raw = openStore(storeKind, disks, { nosync: this.opts.nosync });
     await raw.init();
@@ -192,7 +199,7 @@ export class Sheep {
       this.store = this.journal.wrap(raw);
     }
     if (this.config.space === 0n && !this.opts.gateway) {
-      this.config.space = announcedSpace(this.store.statfs().free);
+      this.config.space = this.store.statfs().free; // measured once, as upstream
     }
     writeConfig(this.baseDir, this.config);
 
@@ -370,7 +377,6 @@ export class Sheep {
         const decided = decodeState(opaque);
         // Also true for a rejoin after a lost session: everything a joiner does is redone.
         const wasMe = nodeEqual(joined, this.me);
-        const prevCtime = this.state.ctime;
         const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
         this.members = sortNodes(members);
@@ -393,7 +399,6 @@ export class Sheep {
         if (state.status === Status.OK && !newEpoch && (wasMe || !wasOk)) this.startRecovery(null);
         if (wasMe) {
           this.joined = true;
-          if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
           if (members.length > 1) await fetchVdiState(this.vdiStatePort(), members);
           await filled;
           this.joinWaiter?.resolve();
@@ -448,9 +453,11 @@ export class Sheep {
   async setState(s: ClusterState, newEpoch: boolean): Promise<void> {
     const prevEpoch = this.state.epoch;
     this.state = s;
-    if (newEpoch || (s.epoch > 0 && !readEpoch(this.baseDir, s.epoch) && s.ctime !== 0n)) {
-      writeEpoch(this.baseDir, s.epoch, s.nodes, BigInt(Math.floor(Date.now() / 1000)));
-    }
+    // An epoch seen only while waiting is not logged (as upstream); fillEpochLog copies the ones
+    // this sheep missed, with their own times, once it serves. Logged with the vnodes each node
+    // has in the ring (auto: from its capacity), as upstream.
+    if (newEpoch) writeEpoch(this.baseDir, s.epoch, this.ringNodes(s.nodes), nowSeconds());
+    await adoptIdentity(this, s);
     this.vdis.recycle = (s.flags & ClusterFlag.RECYCLE_VID) !== 0;
     this.ring = new Ring(this.ringNodes(s.nodes));
     if (newEpoch && s.status === Status.OK && s.epoch > 1) {
@@ -477,35 +484,25 @@ export class Sheep {
    */
   private fillEpochLog(): Promise<void> {
     const run = this.epochFill.then(async () => {
-      if (this.state.ctime === 0n) return;
+      if (this.state.ctime === 0n || this.state.status !== Status.OK) return; // as upstream
       for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
-        for (const n of this.members) {
-          if (nodeEqual(n, this.me)) continue;
-          const rec = await this.epochFrom(n, e);
-          if (!rec) continue;
-          if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
-          break;
-        }
+        const rec = await fetchEpoch(
+          e,
+          this.members,
+          this.me,
+          (n, h) => this.sendTo(n, h),
+          (n, err) => this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${err.message}`),
+        );
+        if (rec && !readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
+      }
+      // No member had the current epoch's log (all joined while waiting): log it ourselves.
+      const s = this.state;
+      if (s.status === Status.OK && s.epoch > 0 && !readEpoch(this.baseDir, s.epoch)) {
+        writeEpoch(this.baseDir, s.epoch, this.ringNodes(s.nodes), nowSeconds());
       }
     });
     this.epochFill = run.catch(() => {});
     return this.epochFill;
-  }
-
-  /** A member's epoch log entry (GET_EPOCH); null when it has none or does not answer. */
-  private async epochFrom(
-    n: SdNode,
-    epoch: number,
-  ): Promise<{ nodes: SdNode[]; time: bigint } | null> {
-    try {
-      const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-      h.tgtEpoch = epoch;
-      const r = await this.sendTo(n, h);
-      return r.hdr.result === Res.SUCCESS ? decodeEpochFile(r.data) : null;
-    } catch (err) {
-      this.log.debug(`epoch ${epoch} from ${nodeHostPort(n)}: ${(err as Error).message}`);
-      return null;
-    }
   }
 
   /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
@@ -514,14 +511,9 @@ export class Sheep {
     if (cached) return cached;
     let nodes = readEpoch(this.baseDir, epoch)?.nodes ?? null;
     if (!nodes) {
-      for (const n of this.state.nodes) {
-        if (nodeEqual(n, this.me)) continue;
-        const rec = await this.epochFrom(n, epoch);
-        if (!rec) continue;
-        nodes = rec.nodes;
-        writeEpoch(this.baseDir, epoch, rec.nodes, rec.time);
-        break;
-      }
+      const rec = await fetchEpoch(epoch, this.state.nodes, this.me, (n, h) => this.sendTo(n, h));
+      if (rec) writeEpoch(this.baseDir, epoch, rec.nodes, rec.time);
+      nodes = rec?.nodes ?? null;
     }
     if (!nodes) return null;
     const ring = new Ring(this.ringNodes(nodes));

@@ -17,8 +17,8 @@ import {
 import { SdError } from "../../core/errors.ts";
 import { decodeNode, nodeHostPort } from "../../core/node.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "../../core/oid.ts";
-import { removeEpochs, writeConfig } from "../../io/config-file.ts";
-import { applyFormat } from "../../core/cluster.ts";
+import { readEpoch, removeEpochs, writeConfig } from "../../io/config-file.ts";
+import { applyForceRecover, applyFormat } from "../../core/cluster.ts";
 import { decodeInodeHeader } from "../../core/inode.ts";
 import {
   applyVdiAdded,
@@ -34,7 +34,6 @@ import { ctimeNow } from "../../io/clock.ts";
 
 import { errorReply, vdiFound, vdiNameArgs, withResult } from "./reply.ts";
 import type { Apply, Reply } from "./reply.ts";
-import { announcedSpace } from "./reply.ts";
 
 /** What cluster ops see of the daemon. */
 export type ClusterContext = Pick<
@@ -130,6 +129,24 @@ export class ClusterOps {
     return await this.s.clusterNotify(req, data);
   }
 
+  /** FORCE_RECOVER: refused here unless waiting, then applied by every sheep in order. */
+  async forceRecover(req: Header, data: Buffer): Promise<Reply> {
+    // Nor when the waiting epoch came from a joiner (not in our own log): its history differs
+    // from ours, and upstream refuses that case too.
+    const logged = readEpoch(this.s.baseDir, this.s.state.epoch) !== null;
+    if (!logged || !applyForceRecover(this.s.state, this.s.members)) {
+      return { hdr: withResult(new Header(), Res.FORCE_RECOVER), data: EMPTY };
+    }
+    return await this.s.clusterNotify(req, data);
+  }
+
+  async mainForceRecover(_req: Header, _data: Buffer): Promise<Reply> {
+    const s = applyForceRecover(this.s.state, this.s.members);
+    if (!s) return { hdr: withResult(new Header(), Res.FORCE_RECOVER), data: EMPTY };
+    await this.s.setState(s, true); // logs the epoch, recovers from the one it was waiting in
+    return { hdr: new Header(), data: EMPTY };
+  }
+
   /** MAKE_FS */
   async mainMakeFs(req: Header, data: Buffer): Promise<Reply> {
     const rsp = new Header();
@@ -189,7 +206,8 @@ export class ClusterOps {
     const rsp = new Header();
     // Every node re-measures its capacity; a change of 1 % or more is announced (new epoch).
     if (this.s.opts.gateway) return { hdr: rsp, data: EMPTY };
-    const space = announcedSpace(this.s.store.statfs().free + this.s.store.objectBytes());
+    // Exact bytes, as upstream: auto vnodes are proportional to what each sheep announces.
+    const space = this.s.store.statfs().free + this.s.store.objectBytes();
     const old = this.s.me.space;
     const diff = space > old ? space - old : old - space;
     if (old === 0n || diff * 100n >= old) {

@@ -371,7 +371,11 @@ export class LocalOps {
       disableRecovery: st.disableRecovery,
       epoch: st.epoch,
       ctime: st.ctime,
-      flags: st.flags,
+      // Unformatted, each sheep shows its own vnode strategy (-V), which dog cluster format checks.
+      flags: st.ctime === 0n
+        ? (st.flags & ~ClusterFlag.AUTO_VNODES) |
+          (this.s.opts.vnodes === null ? ClusterFlag.AUTO_VNODES : 0)
+        : st.flags,
       copies: st.copies,
       copyPolicy: st.copyPolicy,
       status: st.status,

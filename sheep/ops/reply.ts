@@ -16,13 +16,6 @@ export type Apply =
   | { type: "unlock"; vid: number };
 export type WorkResult = Reply & { apply?: Apply };
 
-/** Capacity is announced in whole GiB: sheep sharing a filesystem measure its free space a moment
- * apart, and auto vnodes (128 x space / average) would otherwise differ (127, 129). */
-export function announcedSpace(bytes: bigint): bigint {
-  const gib = 1n << 30n;
-  return bytes >= gib ? (bytes / gib) * gib : bytes;
-}
-
 /** The inode header carried by a write that starts an inode object, else null. */
 export function inodeHeaderOf(oid: bigint, offset: number, data: Buffer): InodeHeader | null {
   return isVdiObj(oid) && offset === 0 && data.length >= SD_INODE_HEADER_SIZE

@@ -331,5 +331,11 @@ export const OP_TABLE: ReadonlyMap<number, OpRow> = new Map<number, OpRow>([
     force: true,
     main: (o, req, data) => o.cluster.mainCompleteRecovery(req, data),
   }],
-  [Op.FORCE_RECOVER, { name: "FORCE_RECOVER", kind: "cluster", force: true }],
+  [Op.FORCE_RECOVER, {
+    name: "FORCE_RECOVER",
+    kind: "cluster",
+    force: true,
+    run: (o, req, data) => o.cluster.forceRecover(req, data),
+    main: (o, req, data) => o.cluster.mainForceRecover(req, data),
+  }],
 ]);

@@ -292,3 +292,47 @@ test("vdi write with less input than the length writes what was given; strict mo
     await c.stop();
   }
 });
+
+test("vdi write past the VDI's end or with short input, replicated and erasure-coded", async () => {
+  const c = await TestCluster.start(3, { format: { copies: 2 } });
+  try {
+    const M4 = 4194304;
+    for (const [name, extra] of [["r", []], ["e", ["-c", "2:1"]]] as const) {
+      await c.dogOk(["vdi", "create", name, "12M", ...extra]);
+      const end = 3 * M4;
+      const write = async (off: number, len: number | null, input: Buffer | string) => {
+        const args = ["vdi", "write", name, String(off), ...(len === null ? [] : [String(len)])];
+        const r = await c.dog(args, { input });
+        return [r.code, r.stderr];
+      };
+      const read = async (off: number, len: number) =>
+        (await c.dog(["vdi", "read", name, String(off), String(len)])).stdout.toString("latin1");
+      // A length past the end is cut at the end (at the end: nothing written), exit 0.
+      expect(await write(end - 2, 10, "abcdefghij")).toEqual([0, ""]);
+      expect(await write(end, 10, "abcdefghij")).toEqual([0, ""]);
+      expect(await write(end + 8, 10, "abcdefghij")).toEqual([
+        1,
+        "Write offset is beyond the end of the VDI\n",
+      ]);
+      expect(await read(end - 4, 20)).toBe("\0\0ab"); // a read past the end is cut too
+      // Short input with a length: the object where input ended is zero-filled to its end, and
+      // nothing after it is touched.
+      await write(M4, 6, "ZZZZZZ");
+      expect(await write(M4 - 4, 10, "abc")).toEqual([0, ""]);
+      expect(await read(M4 - 4, 10)).toBe("abc\0ZZZZZZ");
+      // Input ending on an object boundary: the next object's part of the length is zeros.
+      expect(await write(0, M4 + 10, Buffer.alloc(M4, "p"))).toEqual([0, ""]);
+      expect(await read(M4 - 4, 10)).toBe("pppp\0\0\0\0\0\0");
+      // No length: the last object is zero-filled to its end, the next one left alone.
+      await write(M4, 6, "YYYYYY");
+      expect(await write(M4 - 100, null, "xy")).toEqual([0, ""]);
+      expect(await read(M4 - 4, 10)).toBe("\0\0\0\0YYYYYY");
+      // ... and input ending on a boundary writes nothing more (upstream zeroes the next object).
+      await write(2 * M4, 4, "WWWW");
+      expect(await write(M4, null, Buffer.alloc(M4, "p"))).toEqual([0, ""]);
+      expect(await read(2 * M4, 4)).toBe("WWWW");
+    }
+  } finally {
+    await c.stop();
+  }
+}, 120_000);
