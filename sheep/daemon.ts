@@ -41,7 +41,8 @@ import {
   SD_INODE_SIZE,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
-import { openStore } from "../io/store.ts";
+import { DirectIo, openStore } from "../io/store.ts";
+import { probeDirectIo } from "../io/fd-cache.ts";
 import {
   decodeEpochFile,
   latestEpoch,
@@ -178,8 +179,7 @@ export class Sheep {
       space: 0n,
     };
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
-    this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
-    await this.store.init();
+    this.store = await this.openObjectStore(storeKind, disks);
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = announcedSpace(this.store.statfs().free);
     }
@@ -197,12 +197,6 @@ export class Sheep {
     if (this.opts.cache !== null) {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
       process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
-    }
-    if (this.opts.directio) {
-      this.log.warn(
-        "-D (direct I/O) is not implemented: object files use the page cache and fsync",
-      );
-      process.stderr.write("sheep: warning: -D (direct I/O) is not implemented; using fsync\n");
     }
     await this.loadLocalState();
     await this.listen();
@@ -279,6 +273,34 @@ export class Sheep {
   }
 
   /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
+  /**
+   * Opens and scans the object store over `disks` with the daemon's I/O options (-n, -D) and its
+   * reaction to disk events: a failed disk's objects are recovered from the other nodes, and a
+   * sheep whose last disk failed leaves the cluster (sheep-daemon.md §9).
+   */
+  async openObjectStore(kind: "plain" | "tree", disks = this.objectDirs()): Promise<ObjectStore> {
+    let io: DirectIo | undefined;
+    if (this.opts.directio) {
+      io = await DirectIo.create();
+      for (const d of disks) probeDirectIo(d, io);
+    }
+    const store: ObjectStore = openStore(kind, disks, {
+      nosync: this.opts.nosync,
+      io,
+      log: (level, msg) => this.log[level](msg),
+      onDisk: (ev) => {
+        if (ev.kind !== "failed" || store !== this.store) return;
+        if (ev.left === 0) {
+          this.log.emerg(`no disk left (${ev.path} failed): leaving the cluster`);
+          void this.shutdown(1);
+        } else if (ev.lost > 0 && this.state.status === Status.OK) this.startRecovery(null);
+      },
+    });
+    await store.init();
+    if (io) this.log.info(`direct I/O (O_DIRECT) on ${disks.join(", ")}`);
+    return store;
+  }
+
   objectDirs(): string[] {
     return this.opts.objDirs.length
       ? this.opts.objDirs.map((d) => path.resolve(d))

@@ -17,7 +17,6 @@ import {
 import { SdError } from "../../core/errors.ts";
 import { decodeNode, nodeHostPort } from "../../core/node.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "../../core/oid.ts";
-import { openStore } from "../../io/store.ts";
 import { removeEpochs, writeConfig } from "../../io/config-file.ts";
 import { applyFormat } from "../../core/cluster.ts";
 import { decodeInodeHeader } from "../../core/inode.ts";
@@ -49,6 +48,7 @@ export type ClusterContext = Pick<
   | "members"
   | "metaIO"
   | "objectDirs"
+  | "openObjectStore"
   | "opts"
   | "persistConfig"
   | "recovery"
@@ -139,8 +139,8 @@ export class ClusterOps {
     }
     await this.s.store.format();
     if (this.s.store.kind !== storeName) {
-      this.s.store = openStore(storeName, this.s.objectDirs(), { nosync: this.s.opts.nosync });
-      await this.s.store.init();
+      this.s.store.close();
+      this.s.store = await this.s.openObjectStore(storeName);
     }
     this.s.vdis = new VdiTable();
     removeEpochs(this.s.baseDir);

@@ -16,6 +16,7 @@ import {
 } from "../../core/payloads.ts";
 import { encodeNodeStats } from "../../core/node-stat.ts";
 import { Buffer } from "node:buffer";
+import fs from "node:fs";
 import {
   ClusterFlag,
   EMPTY,
@@ -285,6 +286,25 @@ export class LocalOps {
       disks.map((d, idx) => ({ idx, free: d.free, used: d.used, path: d.path })),
     );
     return { hdr: rsp, data };
+  }
+
+  /**
+   * MD_PLUG / MD_UNPLUG: comma-separated paths, NUL-terminated. UNKNOWN when no disk was added or
+   * removed (duplicates, non-directories, unknown paths and the last disk are logged), as upstream.
+   */
+  async mdPlug(_req: Header, data: Buffer, plug: boolean): Promise<Reply> {
+    const rsp = new Header();
+    const nul = data.indexOf(0);
+    const paths = data.subarray(0, nul < 0 ? data.length : nul).toString("utf8").split(",")
+      .filter((p) => p.length > 0);
+    const usable = paths.filter((p) => {
+      // The base directory holds config and epochs: purging it would destroy the node.
+      const meta = fs.existsSync(`${p}/config`) && fs.existsSync(`${p}/epoch`);
+      if (plug && meta) this.s.log.err(`${p} is meta-store, not plugged`);
+      return !(plug && meta);
+    });
+    const n = plug ? this.s.store.plug(usable) : this.s.store.unplug(usable);
+    return { hdr: n > 0 ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
   }
 
   /** SET_VNODES */

@@ -1,0 +1,81 @@
+// Verified object-file I/O of the store (io/store.ts) against the stored checksums of
+// io/checksum.ts: a read checks every block it touches, a write updates the blocks' entries.
+import fs from "node:fs";
+import { Buffer } from "node:buffer";
+import { SdError } from "../core/errors.ts";
+import { Res } from "../core/proto.ts";
+import {
+  blockLen,
+  crcOf,
+  CSUM_BLOCK,
+  entryMatches,
+  entryOffset,
+  firstBadBlock,
+  tableForWrite,
+} from "./checksum.ts";
+import { type DataIo, preadFull, pwriteFull } from "./fd-cache.ts";
+
+export function checksumError(path: string, block: number): SdError {
+  return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${CSUM_BLOCK} bytes)`);
+}
+
+/**
+ * Reads [offset, offset+length) of the open object file `fd` of `size` bytes and checks every
+ * block it touches against the side file `cfd` (the whole blocks are read, then trimmed).
+ */
+export function verifiedRead(
+  io: DataIo,
+  fd: number,
+  cfd: number,
+  size: number,
+  offset: number,
+  length: number,
+  path: string,
+): Buffer {
+  const end = Math.min(offset + length, size);
+  if (end <= offset) return io.pread(fd, length, offset);
+  const first = Math.floor(offset / CSUM_BLOCK);
+  const last = Math.floor((end - 1) / CSUM_BLOCK);
+  const start = first * CSUM_BLOCK;
+  const span = Math.min((last + 1) * CSUM_BLOCK, size) - start;
+  const buf = io.pread(fd, span, start);
+  const table = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+  const bad = firstBadBlock(buf, first, size, table);
+  if (bad >= 0) throw checksumError(path, bad);
+  if (start === offset && span === length) return buf;
+  const out = Buffer.alloc(length);
+  buf.copy(out, 0, offset - start, Math.min(span, offset - start + length));
+  return out;
+}
+
+/**
+ * Writes the entries of the blocks a write of `data` at `offset` changes. Blocks the write only
+ * partly covers are read back and verified first: a checksum over a corrupt block would make the
+ * corruption look valid.
+ */
+export function updateTable(
+  io: DataIo,
+  fd: number,
+  cfd: number,
+  offset: number,
+  data: Buffer,
+  path: string,
+): void {
+  if (data.length === 0) return;
+  const oldSize = fs.fstatSync(fd).size;
+  const end = offset + data.length;
+  const newSize = Math.max(oldSize, end);
+  const first = Math.floor(Math.min(offset, oldSize) / CSUM_BLOCK);
+  const last = Math.floor((end - 1) / CSUM_BLOCK);
+  const prev = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+  const old = (i: number): Buffer => {
+    const b = io.pread(fd, CSUM_BLOCK, i * CSUM_BLOCK);
+    const len = blockLen(i, oldSize);
+    if (len > 0 && !entryMatches(prev, i - first, crcOf(b.subarray(0, len)))) {
+      throw checksumError(path, i);
+    }
+    return b;
+  };
+  const t = tableForWrite(first, last, offset, data, newSize, old, prev);
+  pwriteFull(cfd, t, entryOffset(first));
+}
