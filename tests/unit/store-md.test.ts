@@ -5,6 +5,8 @@ import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import process from "node:process";
 import { DirectIo, type DiskEvent, openStore } from "../../io/store.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
@@ -124,4 +126,36 @@ test("O_DIRECT data I/O: unaligned writes and reads round-trip, sizes are kept",
   expect(fs.statSync(s.path(odd)).size).toBe(5000);
   expect((await s.read(odd, 4990, 10)).toString()).toBe("0123456789");
   s.close();
+});
+
+test("a disk remounted read-only (a real EROFS) is failed out on the first write", async () => {
+  if (process.getuid?.() !== 0) return; // mounting needs root (the test machines run as root)
+  // Two tmpfs of one size: equal weights, so both get objects.
+  const [a, t] = [tmp(), tmp()];
+  for (const d of [a, t]) execFileSync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", d]);
+  try {
+    const events: DiskEvent[] = [];
+    const s = openStore("plain", [a, t], {
+      nosync: true,
+      healthMs: 0,
+      onDisk: (e) => events.push(e),
+    });
+    await s.init();
+    // Creates close their descriptors: nothing holds the tmpfs open for writing, so the kernel
+    // accepts the remount.
+    for (const o of oids) await s.createAndWrite(o, 0, Buffer.from("x"), 64 * 1024);
+    const onT = filesIn(t).map((n) => BigInt("0x" + n));
+    expect(onT.length).toBeGreaterThan(0);
+    execFileSync("mount", ["-o", "remount,ro", t]);
+    const err = await s.write(onT[0], 0, Buffer.from("y")).catch((e) => e as SdError);
+    expect((err as SdError).code).toBe(Res.NETWORK_ERROR);
+    expect(events.length).toBe(1);
+    expect(events[0].kind).toBe("failed");
+    expect(events[0].reason).toContain("EROFS");
+    expect(events[0].lost).toBe(onT.length);
+    expect(s.diskPaths()).toEqual([a]);
+    s.close();
+  } finally {
+    for (const d of [a, t]) execFileSync("umount", ["-l", d]);
+  }
 });
