@@ -43,6 +43,7 @@ import {
 import type { ObjectStore } from "../io/store.ts";
 import { DirectIo, openStore } from "../io/store.ts";
 import { probeDirectIo } from "../io/fd-cache.ts";
+import { Scrubber } from "./scrub.ts";
 import {
   decodeEpochFile,
   latestEpoch,
@@ -132,6 +133,7 @@ export class Sheep {
   nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
   private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
+  scrub!: Scrubber;
   ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
@@ -264,15 +266,32 @@ export class Sheep {
         epoch: () => this.state.epoch,
       }),
     });
+    this.scrub = new Scrubber({
+      log: this.log,
+      store: () => this.store,
+      me: () => this.me,
+      epoch: () => this.state.epoch,
+      ring: () => this.ring,
+      quiet: () => this.state.status === Status.OK && !this.recovery.status().inRecovery,
+      copiesFor: (oid) => this.copiesFor(oid, 0),
+      storedSize: (oid) => this.storedSize(oid),
+      isEc: (oid) => this.ecPolicyOf(oid) !== 0,
+      gatewayRead: (oid, size) => {
+        const h = Header.req(Op.READ_OBJ, { dataLength: size });
+        h.oid = oid;
+        return this.gateway.read(h);
+      },
+      sendTo: (n, h) => this.sendTo(n, h),
+    }, this.opts.gateway ? null : this.opts.scrub);
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
+    this.scrub.schedule();
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
   }
 
-  /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
   /**
    * Opens and scans the object store over `disks` with the daemon's I/O options (-n, -D) and its
    * reaction to disk events: a failed disk's objects are recovered from the other nodes, and a
@@ -301,6 +320,7 @@ export class Sheep {
     return store;
   }
 
+  /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
   objectDirs(): string[] {
     return this.opts.objDirs.length
       ? this.opts.objDirs.map((d) => path.resolve(d))
@@ -887,6 +907,7 @@ export class Sheep {
     this.stopping = true;
     if (killed) this.state = { ...this.state, status: Status.KILLED };
     this.log.info(`shutting down (${killed ? "killed" : "exit"})`);
+    this.scrub?.stop();
     try {
       await Promise.race([this.driver?.leave(), new Promise((r) => setTimeout(r, 1500))]);
       await this.driver?.close();

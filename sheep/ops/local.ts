@@ -8,10 +8,12 @@ import {
   encodeEpochLog,
   encodeMdInfo,
   encodeRecoveryState,
+  encodeScrubStatus,
   encodeVdiStates as encodeVdiStateRecords,
   epochLogRecordSize,
   LockState,
   MD_INFO_SIZE,
+  SCRUB_STATUS_SIZE,
   VDI_STATE_SIZE,
 } from "../../core/payloads.ts";
 import { encodeNodeStats } from "../../core/node-stat.ts";
@@ -51,6 +53,7 @@ export type LocalContext = Pick<
   | "recoveryIntervalSet"
   | "recoveryThrottle"
   | "sendTo"
+  | "scrub"
   | "shutdown"
   | "state"
   | "stats"
@@ -305,6 +308,24 @@ export class LocalOps {
     });
     const n = plug ? this.s.store.plug(usable) : this.s.store.unplug(usable);
     return { hdr: n > 0 ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
+  }
+
+  /** SCRUB_START (our extension): a background scrub pass now; BUSY-like UNKNOWN if running. */
+  async scrubStart(req: Header, _data: Buffer): Promise<Reply> {
+    const rsp = new Header();
+    if (this.s.state.status !== Status.OK) {
+      return errorReply(req, new SdError(Res.WAIT_FOR_FORMAT));
+    }
+    return { hdr: this.s.scrub.start() ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
+  }
+
+  /** SCRUB_STATUS (our extension): this sheep's scrub figures. */
+  async scrubStatus(req: Header, _data: Buffer): Promise<Reply> {
+    const rsp = new Header();
+    if (req.dataLength < SCRUB_STATUS_SIZE) {
+      return errorReply(req, new SdError(Res.INVALID_PARMS));
+    }
+    return { hdr: rsp, data: encodeScrubStatus(this.s.scrub.status()) };
   }
 
   /** SET_VNODES */
