@@ -1,6 +1,6 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -42,6 +42,7 @@ import {
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
+import { checksumBench, CSUM_METRICS, type CsumKey } from "./checksum.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -50,7 +51,16 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec"];
+const SECTIONS = [
+  "appliance",
+  "nbd",
+  "membership",
+  "recovery",
+  "metrics",
+  "farm",
+  "ec",
+  "checksum",
+];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -1030,6 +1040,28 @@ async function ec(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. checksums: stored CRC-32 per 64 KiB against SHEEPDOG_CHECKSUMS=off (bench/checksum.ts)
+
+async function checksum(): Promise<void> {
+  const f = await checksumBench({
+    sizeBytes: 256 * MiB,
+    rounds: FULL ? 5 : 3,
+    runtimeS: FIO_RUNTIME,
+  });
+  for (const k of Object.keys(CSUM_METRICS) as CsumKey[]) {
+    results.add({
+      section: "checksum 1 node copies=1",
+      refName: "same, SHEEPDOG_CHECKSUMS=off (goal >= 0.95x)",
+      metric: CSUM_METRICS[k].metric,
+      unit: CSUM_METRICS[k].unit,
+      ours: median(f.on[k]),
+      ref: median(f.off[k]),
+      better: "higher",
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function machineInfo(): string {
   const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" })
@@ -1084,6 +1116,7 @@ async function main(): Promise<void> {
       metrics,
       farm,
       ec,
+      checksum,
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;
