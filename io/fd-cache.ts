@@ -89,14 +89,16 @@ export function fsyncDir(dir: string): Promise<void> {
 }
 
 export function preadFull(fd: number, length: number, offset: number): Buffer {
-  // Buffer.alloc zero-fills, so a short file reads back as zeros past EOF.
-  const buf = Buffer.alloc(length);
+  // Not zero-filled up front (that costs as much as the read): only what lies past EOF is
+  // zeroed, so a short file still reads back as zeros there.
+  const buf = Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
     const n = fs.readSync(fd, buf, done, length - done, offset + done);
     if (n <= 0) break;
     done += n;
   }
+  if (done < length) buf.fill(0, done);
   return buf;
 }
 

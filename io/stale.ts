@@ -157,3 +157,23 @@ export function publishCopy(to: string, files: Array<[string, Buffer]>, nosync: 
     throw err;
   }
 }
+
+/** Removes every object file of `dir` (temp and side files included): `cluster format`. */
+export function removeObjectFiles(dir: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch (e) {
+    if (isEnoent(e)) return;
+    throw e;
+  }
+  for (const name of names) {
+    const base = name.replace(/\.tmp$/, "").replace(/\.csum$/, "");
+    if (!parseName(base)) continue;
+    try {
+      fs.unlinkSync(`${dir}/${name}`);
+    } catch (e) {
+      if (!isEnoent(e)) throw e;
+    }
+  }
+}

@@ -31,6 +31,7 @@ import {
   publishCopy,
   readObjectFiles,
   readStaleFile,
+  removeObjectFiles,
 } from "./stale.ts";
 import { KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 import {
@@ -351,24 +352,7 @@ class FileStore implements ObjectStore {
     try {
       this.fds.clear();
       for (const d of [...this.set.disks, ...this.leaving]) {
-        for (const dir of this.objectDirs(d)) {
-          let names: string[];
-          try {
-            names = fs.readdirSync(dir);
-          } catch (e) {
-            if (isEnoent(e)) continue;
-            throw e;
-          }
-          for (const name of names) {
-            const base = name.replace(/\.tmp$/, "").replace(/\.csum$/, "");
-            if (!parseName(base)) continue;
-            try {
-              fs.unlinkSync(`${dir}/${name}`);
-            } catch (e) {
-              if (!isEnoent(e)) throw e;
-            }
-          }
-        }
+        for (const dir of this.objectDirs(d)) removeObjectFiles(dir);
         fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
       }

@@ -11,17 +11,20 @@ import { freePort, TestCluster } from "../lib/cluster.ts";
 const MiB = 1024 * 1024;
 let c: TestCluster | null = null;
 const mounts: string[] = [];
-afterEach(async () => {
-  await c?.stop();
-  c = null;
-});
-afterAll(() => {
-  for (const m of mounts) {
+function unmountAll() {
+  for (const m of mounts.splice(0)) {
     try {
       execFileSync("umount", ["-l", m], { stdio: "ignore" });
     } catch { /* already unmounted */ }
   }
+}
+afterEach(async () => {
+  // Before the cluster's temp dir is removed (a mount point in it cannot be).
+  unmountAll();
+  await c?.stop();
+  c = null;
 });
+afterAll(unmountAll);
 
 const objectsIn = (d: string) => fs.readdirSync(d).filter((f) => /^[0-9a-f]{16}$/.test(f));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -116,14 +119,15 @@ test(
   "a disk that disappears is unplugged and its objects recovered; a sheep with no disk left leaves",
   async () => {
     c = TestCluster.create();
-    const t0 = path.join(c.root, "tmpfs0");
+    // Node 0: two tmpfs disks of one size (equal weights: both get objects); node 3: one tmpfs.
+    const a0 = path.join(c.root, "tmpfs0a");
+    const t0 = path.join(c.root, "tmpfs0b");
     const t3 = path.join(c.root, "tmpfs3");
-    for (const t of [t0, t3]) {
+    for (const t of [a0, t0, t3]) {
       fs.mkdirSync(t);
       execFileSync("mount", ["-t", "tmpfs", "-o", "size=256m", "tmpfs", t]);
       mounts.push(t);
     }
-    const a0 = path.join(c.root, "n0-disk");
     await c.addNode({ zone: 0, dir: path.join(c.root, "n0"), objDirs: [a0, t0] });
     await c.addNode({ zone: 1 });
     await c.addNode({ zone: 2 });
