@@ -1040,7 +1040,7 @@ async function ec(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 8. checksums: stored CRC-32 per 64 KiB against SHEEPDOG_CHECKSUMS=off (bench/checksum.ts)
+// 8. checksums: stored CRC-32 per 4 KiB against SHEEPDOG_CHECKSUMS=off (bench/checksum.ts)
 
 async function checksum(): Promise<void> {
   const f = await checksumBench({

@@ -8,6 +8,8 @@ export interface CachedFd {
   fd: number;
   refs: number;
   closed: boolean;
+  /** Of a side file: its checksum block size (io/checksum.ts blockSizeOf), once known. */
+  bs?: number;
 }
 
 /** LRU of open O_RDWR descriptors; closing is deferred while an operation still uses the fd. */

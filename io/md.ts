@@ -3,6 +3,29 @@
 // The store (io/store.ts) decides which objects live where; this file knows only the disks.
 import fs from "node:fs";
 import { DiskRing } from "../core/ring.ts";
+import type { DataIo } from "./fd-cache.ts";
+
+/** A disk left the set (failed, or unplugged and emptied) or joined it: the daemon reacts. */
+export interface DiskEvent {
+  kind: "failed" | "plugged" | "unplugged" | "emptied";
+  path: string;
+  /** Active disks left. */
+  left: number;
+  /** Objects this store no longer has (a failed disk's): recovery must fetch them. */
+  lost: number;
+  reason?: string;
+}
+
+export interface StoreOptions {
+  nosync?: boolean;
+  checksums?: boolean;
+  /** Object data I/O (DirectIo under `sheep -D`). */
+  io?: DataIo;
+  onDisk?: (ev: DiskEvent) => void;
+  log?: (level: "info" | "warn" | "err", msg: string) => void;
+  /** Disk health check period (ms); 0 disables. */
+  healthMs?: number;
+}
 
 export interface Disk {
   path: string;

@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import type { Buffer } from "node:buffer";
 import { parseObjectFileName as parseName } from "../core/oid.ts";
-import { CSUM_SUFFIX } from "./checksum.ts";
+import { blockSizeOf, CSUM_SUFFIX } from "./checksum.ts";
 import {
   bufferedIo,
   closeQuiet,
@@ -119,7 +119,9 @@ export function readStaleFile(
       }
     }
     if (cfd < 0) return preadFull(fd, length, offset);
-    return verifiedRead(bufferedIo, fd, cfd, fs.fstatSync(fd).size, offset, length, sp);
+    const size = fs.fstatSync(fd).size;
+    const bs = blockSizeOf(fs.fstatSync(cfd).size, size);
+    return verifiedRead(bufferedIo, fd, cfd, size, offset, length, sp, bs);
   } finally {
     closeQuiet(fd);
     if (cfd >= 0) closeQuiet(cfd);

@@ -22,7 +22,7 @@ import {
   VDI_BIT,
   VMSTATE_BIT,
 } from "../core/oid.ts";
-import { checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
+import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
 import { updateTable, verifiedRead } from "./verified-io.ts";
 import {
   diskUsage,
@@ -54,6 +54,7 @@ import {
   DiskSet,
   isDiskErrno,
   setupDisk,
+  type StoreOptions,
   subdirNames,
   trimSlash,
 } from "./md.ts";
@@ -63,27 +64,7 @@ export { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/s
 
 export { DirectIo } from "./fd-cache.ts";
 
-/** A disk left the set (failed, or unplugged and emptied) or joined it: the daemon reacts. */
-export interface DiskEvent {
-  kind: "failed" | "plugged" | "unplugged" | "emptied";
-  path: string;
-  /** Active disks left. */
-  left: number;
-  /** Objects this store no longer has (a failed disk's): recovery must fetch them. */
-  lost: number;
-  reason?: string;
-}
-
-export interface StoreOptions {
-  nosync?: boolean;
-  checksums?: boolean;
-  /** Object data I/O (DirectIo under `sheep -D`). */
-  io?: DataIo;
-  onDisk?: (ev: DiskEvent) => void;
-  log?: (level: "info" | "warn" | "err", msg: string) => void;
-  /** Disk health check period (ms); 0 disables. */
-  healthMs?: number;
-}
+export type { DiskEvent, StoreOptions } from "./md.ts";
 
 export function openStore(
   kind: "plain" | "tree",
@@ -381,6 +362,11 @@ class FileStore implements ObjectStore {
     });
   }
 
+  /** Block size of side file `cc` of an object file of `size` bytes (known once per descriptor). */
+  private blockSize(cc: CachedFd, size: number): number {
+    return cc.bs ??= blockSizeOf(fs.fstatSync(cc.fd).size, size);
+  }
+
   /** Cached descriptor of the side file of `path`, or null (checksums off, or a legacy object). */
   private openCsum(path: string): CachedFd | null {
     if (!this.checksums) return null;
@@ -419,7 +405,9 @@ class FileStore implements ObjectStore {
       try {
         cc = this.openCsum(path);
         if (!cc) return this.io.pread(c.fd, length, offset);
-        return verifiedRead(this.io, c.fd, cc.fd, fs.fstatSync(c.fd).size, offset, length, path);
+        const size = fs.fstatSync(c.fd).size;
+        const bs = this.blockSize(cc, size);
+        return verifiedRead(this.io, c.fd, cc.fd, size, offset, length, path, bs);
       } catch (err) {
         throw this.guard(e.disk, err);
       } finally {
@@ -441,7 +429,7 @@ class FileStore implements ObjectStore {
         if (!cc) return { ok: true, bytes: 0 };
         const size = fs.fstatSync(c.fd).size;
         try {
-          verifiedRead(this.io, c.fd, cc.fd, size, 0, size, path);
+          verifiedRead(this.io, c.fd, cc.fd, size, 0, size, path, this.blockSize(cc, size));
           return { ok: true, bytes: size };
         } catch (err) {
           if (err instanceof SdError && err.code === Res.EIO) return { ok: false, bytes: size };
@@ -535,8 +523,10 @@ class FileStore implements ObjectStore {
         cc = this.openCsum(path);
         // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
         // interleave their read-modify-write of a block's checksum.
-        if (cc) updateTable(this.io, c.fd, cc.fd, offset, data, path);
-        else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
+        if (cc) {
+          const size = fs.fstatSync(c.fd).size;
+          updateTable(this.io, c.fd, cc.fd, offset, data, path, size, this.blockSize(cc, size));
+        } else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
         this.io.pwrite(c.fd, data, offset);
         const st = fs.fstatSync(c.fd);
         if (st.nlink === 0) {

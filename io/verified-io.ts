@@ -1,6 +1,5 @@
 // Verified object-file I/O of the store (io/store.ts) against the stored checksums of
 // io/checksum.ts: a read checks every block it touches, a write updates the blocks' entries.
-import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
@@ -15,8 +14,8 @@ import {
 } from "./checksum.ts";
 import { type DataIo, preadFull, pwriteFull } from "./fd-cache.ts";
 
-export function checksumError(path: string, block: number): SdError {
-  return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${CSUM_BLOCK} bytes)`);
+export function checksumError(path: string, block: number, bs = CSUM_BLOCK): SdError {
+  return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${bs} bytes)`);
 }
 
 /**
@@ -31,17 +30,18 @@ export function verifiedRead(
   offset: number,
   length: number,
   path: string,
+  bs = CSUM_BLOCK,
 ): Buffer {
   const end = Math.min(offset + length, size);
   if (end <= offset) return io.pread(fd, length, offset);
-  const first = Math.floor(offset / CSUM_BLOCK);
-  const last = Math.floor((end - 1) / CSUM_BLOCK);
-  const start = first * CSUM_BLOCK;
-  const span = Math.min((last + 1) * CSUM_BLOCK, size) - start;
+  const first = Math.floor(offset / bs);
+  const last = Math.floor((end - 1) / bs);
+  const start = first * bs;
+  const span = Math.min((last + 1) * bs, size) - start;
   const buf = io.pread(fd, span, start);
   const table = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
-  const bad = firstBadBlock(buf, first, size, table);
-  if (bad >= 0) throw checksumError(path, bad);
+  const bad = firstBadBlock(buf, first, size, table, bs);
+  if (bad >= 0) throw checksumError(path, bad, bs);
   if (start === offset && span === length) return buf;
   // Inside what was read: a view, no copy (a 4 KiB read of a 64 KiB block is the common case).
   if (offset - start + length <= span) return buf.subarray(offset - start, offset - start + length);
@@ -62,22 +62,23 @@ export function updateTable(
   offset: number,
   data: Buffer,
   path: string,
+  oldSize: number,
+  bs = CSUM_BLOCK,
 ): void {
   if (data.length === 0) return;
-  const oldSize = fs.fstatSync(fd).size;
   const end = offset + data.length;
   const newSize = Math.max(oldSize, end);
-  const first = Math.floor(Math.min(offset, oldSize) / CSUM_BLOCK);
-  const last = Math.floor((end - 1) / CSUM_BLOCK);
+  const first = Math.floor(Math.min(offset, oldSize) / bs);
+  const last = Math.floor((end - 1) / bs);
   const prev = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
   const old = (i: number): Buffer => {
-    const b = io.pread(fd, CSUM_BLOCK, i * CSUM_BLOCK);
-    const len = blockLen(i, oldSize);
+    const b = io.pread(fd, bs, i * bs);
+    const len = blockLen(i, oldSize, bs);
     if (len > 0 && !entryMatches(prev, i - first, crcOf(b.subarray(0, len)))) {
-      throw checksumError(path, i);
+      throw checksumError(path, i, bs);
     }
     return b;
   };
-  const t = tableForWrite(first, last, offset, data, newSize, old, prev);
+  const t = tableForWrite(first, last, offset, data, newSize, old, prev, bs);
   pwriteFull(cfd, t, entryOffset(first));
 }
