@@ -1059,6 +1059,17 @@ async function checksum(): Promise<void> {
       better: "higher",
     });
   }
+  for (const rw of ["randread", "randwrite"] as const) {
+    results.add({
+      section: "checksum 1 node copies=1",
+      refName: "same, SHEEPDOG_CHECKSUMS=off",
+      metric: `sheep CPU per NBD 4k ${rw} QD32`,
+      unit: "us",
+      ours: median(f.cpu.on[rw]),
+      ref: median(f.cpu.off[rw]),
+      better: "lower",
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

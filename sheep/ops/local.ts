@@ -306,6 +306,11 @@ export class LocalOps {
       if (plug && meta) this.s.log.err(`${p} is meta-store, not plugged`);
       return !(plug && meta);
     });
+    // MD_INFO has room for 64 disks (upstream's MD_MAX_DISK).
+    if (plug && this.s.store.diskPaths().length + usable.length > 64) {
+      this.s.log.err(`too many disks: at most 64`);
+      return { hdr: withResult(rsp, Res.UNKNOWN), data: EMPTY };
+    }
     const n = plug ? this.s.store.plug(usable) : this.s.store.unplug(usable);
     return { hdr: n > 0 ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
   }
