@@ -10,6 +10,10 @@ export interface CachedFd {
   closed: boolean;
   /** Of a side file: its checksum block size (io/checksum.ts blockSizeOf), once known. */
   bs?: number;
+  /** Of a side file: all its entries, kept with the descriptor (no syscall to verify a read). */
+  table?: Buffer;
+  /** Of an object file: its size, once known (only this store changes it, by writes). */
+  size?: number;
 }
 
 /** LRU of open O_RDWR descriptors; closing is deferred while an operation still uses the fd. */

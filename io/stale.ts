@@ -16,13 +16,19 @@ import {
 import { verifiedRead } from "./verified-io.ts";
 import type { Disk } from "./md.ts";
 
-/** MD_INFO figures of one disk: free bytes, and bytes held by its files (st_blocks). */
-export function diskUsage(d: Disk): { path: string; free: bigint; used: bigint } {
-  let free = 0n;
+/** Free bytes of a disk (a dead one has none). */
+export function diskFree(d: Disk): bigint {
   try {
     const st = fs.statfsSync(d.path);
-    free = BigInt(st.bavail) * BigInt(st.bsize);
-  } catch { /* a dead disk reports nothing free */ }
+    return BigInt(st.bavail) * BigInt(st.bsize);
+  } catch {
+    return 0n;
+  }
+}
+
+/** MD_INFO figures of one disk: free bytes, and bytes held by its files (st_blocks). */
+export function diskUsage(d: Disk): { path: string; free: bigint; used: bigint } {
+  const free = diskFree(d);
   let used = 0n;
   const walk = (dir: string) => {
     let ents: fs.Dirent[];
@@ -121,7 +127,7 @@ export function readStaleFile(
     if (cfd < 0) return preadFull(fd, length, offset);
     const size = fs.fstatSync(fd).size;
     const bs = blockSizeOf(fs.fstatSync(cfd).size, size);
-    return verifiedRead(bufferedIo, fd, cfd, size, offset, length, sp, bs);
+    return verifiedRead(bufferedIo, fd, { fd: cfd }, size, offset, length, sp, bs);
   } finally {
     closeQuiet(fd);
     if (cfd >= 0) closeQuiet(cfd);

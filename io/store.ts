@@ -25,6 +25,7 @@ import {
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
 import { updateTable, verifiedRead } from "./verified-io.ts";
 import {
+  diskFree,
   diskUsage,
   listStaleIn,
   moveStaleOff,
@@ -45,6 +46,7 @@ import {
   fsyncDir,
   isEnoent,
   moveQuiet,
+  preadFull,
   pwriteFull,
   unlinkQuiet,
 } from "./fd-cache.ts";
@@ -362,20 +364,33 @@ class FileStore implements ObjectStore {
     });
   }
 
-  /** Block size of side file `cc` of an object file of `size` bytes (known once per descriptor). */
+  /** Block size of side file `cc` of an object file of `size` bytes (once per descriptor). */
   private blockSize(cc: CachedFd, size: number): number {
-    return cc.bs ??= blockSizeOf(fs.fstatSync(cc.fd).size, size);
+    return cc.bs ??= blockSizeOf(cc.table?.length ?? fs.fstatSync(cc.fd).size, size);
   }
 
-  /** Cached descriptor of the side file of `path`, or null (checksums off, or a legacy object). */
+  /** Side file of `path`, entries in memory (KiB per cached object); null: off or none. */
   private openCsum(path: string): CachedFd | null {
     if (!this.checksums) return null;
+    let cc: CachedFd;
     try {
-      return this.fds.acquire(path + CSUM_SUFFIX);
+      cc = this.fds.acquire(path + CSUM_SUFFIX);
     } catch (err) {
       if (isEnoent(err)) return null;
       throw err;
     }
+    try {
+      cc.table ??= preadFull(cc.fd, fs.fstatSync(cc.fd).size, 0);
+    } catch (err) {
+      this.fds.release(cc);
+      throw err;
+    }
+    return cc;
+  }
+
+  /** Size of the object file behind `c` (fstat once per descriptor; writes keep it current). */
+  private sizeOf(c: CachedFd): number {
+    return c.size ??= fs.fstatSync(c.fd).size;
   }
 
   /** The object's entry and a cached descriptor of its file; NO_OBJ (and forgotten) if missing. */
@@ -405,9 +420,9 @@ class FileStore implements ObjectStore {
       try {
         cc = this.openCsum(path);
         if (!cc) return this.io.pread(c.fd, length, offset);
-        const size = fs.fstatSync(c.fd).size;
+        const size = this.sizeOf(c);
         const bs = this.blockSize(cc, size);
-        return verifiedRead(this.io, c.fd, cc.fd, size, offset, length, path, bs);
+        return verifiedRead(this.io, c.fd, cc, size, offset, length, path, bs);
       } catch (err) {
         throw this.guard(e.disk, err);
       } finally {
@@ -429,7 +444,9 @@ class FileStore implements ObjectStore {
         if (!cc) return { ok: true, bytes: 0 };
         const size = fs.fstatSync(c.fd).size;
         try {
-          verifiedRead(this.io, c.fd, cc.fd, size, 0, size, path, this.blockSize(cc, size));
+          // Against the side file on disk, not the copy in memory: the scrub checks both.
+          const bs = this.blockSize(cc, size);
+          verifiedRead(this.io, c.fd, { fd: cc.fd }, size, 0, size, path, bs);
           return { ok: true, bytes: size };
         } catch (err) {
           if (err instanceof SdError && err.code === Res.EIO) return { ok: false, bytes: size };
@@ -524,11 +541,12 @@ class FileStore implements ObjectStore {
         // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
         // interleave their read-modify-write of a block's checksum.
         if (cc) {
-          const size = fs.fstatSync(c.fd).size;
-          updateTable(this.io, c.fd, cc.fd, offset, data, path, size, this.blockSize(cc, size));
+          const size = this.sizeOf(c);
+          updateTable(this.io, c.fd, cc, offset, data, path, size, this.blockSize(cc, size));
         } else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
         this.io.pwrite(c.fd, data, offset);
         const st = fs.fstatSync(c.fd);
+        c.size = st.size;
         if (st.nlink === 0) {
           // Written to a file nobody can open again: unlinked behind our back, or its disk was.
           this.fds.invalidate(path);
@@ -577,13 +595,7 @@ class FileStore implements ObjectStore {
   }
 
   statfs(): { size: bigint; free: bigint } {
-    let free = 0n;
-    for (const d of this.set.disks) {
-      try {
-        const s = fs.statfsSync(d.path);
-        free += BigInt(s.bavail) * BigInt(s.bsize);
-      } catch { /* a dead disk contributes nothing */ }
-    }
+    const free = this.set.disks.reduce((n, d) => n + diskFree(d), 0n);
     return { size: free + this.index.usedBytes, free };
   }
 

@@ -18,14 +18,39 @@ export function checksumError(path: string, block: number, bs = CSUM_BLOCK): SdE
   return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${bs} bytes)`);
 }
 
+/** A side file: its descriptor and, when the store keeps it in memory, all of its entries. */
+export interface SideFile {
+  fd: number;
+  table?: Buffer;
+}
+
+function entriesOf(sf: SideFile, first: number, n: number): Buffer {
+  // Past the end of the table, fewer entries: entryMatches then fails, as for a short file.
+  if (sf.table) return sf.table.subarray(entryOffset(first), entryOffset(first + n));
+  return preadFull(sf.fd, entryOffset(n), entryOffset(first));
+}
+
+/** Writes entries from block `first` to the file, then to the copy in memory (if any). */
+function storeEntries(sf: SideFile, t: Buffer, first: number): void {
+  const at = entryOffset(first);
+  pwriteFull(sf.fd, t, at);
+  if (!sf.table) return;
+  if (at + t.length > sf.table.length) {
+    const grown = Buffer.alloc(at + t.length);
+    sf.table.copy(grown);
+    sf.table = grown;
+  }
+  t.copy(sf.table, at);
+}
+
 /**
  * Reads [offset, offset+length) of the open object file `fd` of `size` bytes and checks every
- * block it touches against the side file `cfd` (the whole blocks are read, then trimmed).
+ * block it touches against the side file `sf` (the whole blocks are read, then trimmed).
  */
 export function verifiedRead(
   io: DataIo,
   fd: number,
-  cfd: number,
+  sf: SideFile,
   size: number,
   offset: number,
   length: number,
@@ -39,7 +64,7 @@ export function verifiedRead(
   const start = first * bs;
   const span = Math.min((last + 1) * bs, size) - start;
   const buf = io.pread(fd, span, start);
-  const table = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+  const table = entriesOf(sf, first, last - first + 1);
   const bad = firstBadBlock(buf, first, size, table, bs);
   if (bad >= 0) throw checksumError(path, bad, bs);
   if (start === offset && span === length) return buf;
@@ -58,7 +83,7 @@ export function verifiedRead(
 export function updateTable(
   io: DataIo,
   fd: number,
-  cfd: number,
+  sf: SideFile,
   offset: number,
   data: Buffer,
   path: string,
@@ -70,7 +95,7 @@ export function updateTable(
   const newSize = Math.max(oldSize, end);
   const first = Math.floor(Math.min(offset, oldSize) / bs);
   const last = Math.floor((end - 1) / bs);
-  const prev = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
+  const prev = entriesOf(sf, first, last - first + 1);
   const old = (i: number): Buffer => {
     const b = io.pread(fd, bs, i * bs);
     const len = blockLen(i, oldSize, bs);
@@ -80,5 +105,5 @@ export function updateTable(
     return b;
   };
   const t = tableForWrite(first, last, offset, data, newSize, old, prev, bs);
-  pwriteFull(cfd, t, entryOffset(first));
+  storeEntries(sf, t, first);
 }
