@@ -449,8 +449,10 @@ class FileStore implements ObjectStore {
           verifiedRead(this.io, c.fd, { fd: cc.fd }, size, 0, size, path, bs);
           return { ok: true, bytes: size };
         } catch (err) {
-          if (err instanceof SdError && err.code === Res.EIO) return { ok: false, bytes: size };
-          throw err;
+          if (!(err instanceof SdError && err.code === Res.EIO)) throw err;
+          // The next read must see what the scrub saw (a corrupt side file too): reload it.
+          this.fds.invalidate(path + CSUM_SUFFIX);
+          return { ok: false, bytes: size };
         }
       } catch (err) {
         throw this.guard(e.disk, err);

@@ -166,3 +166,19 @@ test("side files with 64 KiB blocks (written before the 4 KiB change) still veri
   expect(await code(s.read(DATA0, 196_608, 10))).toBe(Res.EIO);
   expect(await s.scrubObject(DATA0)).toEqual({ ok: false, bytes: size });
 });
+
+test("a side file corrupted on disk while its entries are in memory: the scrub finds it, reads then fail", async () => {
+  const s = openStore("plain", [tmp()], { nosync: true, checksums: true });
+  await s.init();
+  const model = pattern(64 * 1024, 7);
+  await s.createAndWrite(DATA0, 0, model, 64 * 1024);
+  expect((await s.read(DATA0, 0, 4096)).equals(model.subarray(0, 4096))).toBe(true); // cached
+  // Both slots of block 3's entry (either one matching is a good block).
+  flip(s.path(DATA0) + CSUM_SUFFIX, 8 * 3 + 1);
+  flip(s.path(DATA0) + CSUM_SUFFIX, 8 * 3 + 5);
+  expect((await s.read(DATA0, 3 * 4096, 4096)).equals(model.subarray(3 * 4096, 4 * 4096))).toBe(
+    true,
+  );
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: false, bytes: 64 * 1024 });
+  expect(await code(s.read(DATA0, 3 * 4096, 4096))).toBe(Res.EIO);
+});
