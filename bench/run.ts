@@ -1,10 +1,12 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum]
+//   node_modules/.bin/bun bench/run.ts [--full]
+//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,c]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
-// BENCH_ITERS=<n>,
+// BENCH_ITERS=<n>, BENCH_C_MB / BENCH_C_ITERS / BENCH_C_CREATES (section c: against C Sheepdog,
+// SHEEPDOG_C_REF=<dir>),
 // BENCH_THROTTLE="<max> <interval ms>", BENCH_NBDKIT=0 (skip nbdkit, the second NBD reference).
 // Every figure is printed beside its reference and as ours/ref; the table also goes to
 // bench/last-results.md. Everything runs one at a time on 127.0.0.1, in temp dirs under /tmp.
@@ -41,8 +43,10 @@ import {
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
+import { cRefBench } from "./c-ref.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
 import { checksumBench, CSUM_METRICS, type CsumKey } from "./checksum.ts";
+import { journalBench } from "./journal.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -60,6 +64,8 @@ const SECTIONS = [
   "farm",
   "ec",
   "checksum",
+  "journal",
+  "c",
 ];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
@@ -1128,6 +1134,17 @@ async function main(): Promise<void> {
       farm,
       ec,
       checksum,
+      journal: () => journalBench({ results, src: SRC, size: NBD_SIZE, fioRuntime: FIO_RUNTIME }),
+      c: () =>
+        cRefBench({
+          results,
+          work,
+          src: SRC,
+          size: mib("BENCH_C_MB", 1 * GiB),
+          iters: Number(env.BENCH_C_ITERS ?? (FULL ? 3 : 1)),
+          creates: Number(env.BENCH_C_CREATES ?? (FULL ? 1000 : 100)),
+          full: FULL,
+        }),
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;

@@ -389,12 +389,14 @@ export async function vdiWrite(c: Ctx): Promise<number> {
   const total = Number(ol.total === null || ol.total > remain ? remain : ol.total);
   const base = Number(ol.offset);
   const os = handle.objectSize;
-  const CHUNK = Math.max(os, 32 * 1024 * 1024);
+  // One object per request, a few in flight: enough to keep every replica busy, while the
+  // sheep never holds more than DEPTH objects of this client's data (memory stays bounded).
+  const CHUNK = os;
   let done = 0;
   let stdinDone = false;
   // Chunks end on object boundaries, so chunks in flight never share an object: several may
   // be written at once (one at a time left the cluster idle between chunks).
-  const DEPTH = 4;
+  const DEPTH = Math.max(2, Math.floor((32 * 1024 * 1024) / os));
   const pending: Promise<void>[] = [];
   const progress = new StderrProgress(BigInt(total), c.raw);
   let written = 0n;

@@ -318,3 +318,64 @@ export class Session {
     } catch { /* already closed */ }
   }
 }
+
+/** What a session tells its driver after it is up. */
+export interface SessionEvents {
+  /** Connected again, same session. */
+  reconnected(s: Session): void;
+  expired(s: Session): void;
+  disconnected(s: Session): void;
+}
+
+/** Opens a session; rejects when it is not connected within timeoutMs. */
+export function openSession(
+  opts: ZookeeperOptions,
+  timeoutMs: number,
+  on: SessionEvents,
+): Promise<Session> {
+  const client = zk.createClient(opts.connect, {
+    sessionTimeout: opts.timeout,
+    spinDelay: 500,
+    retries: 0,
+  });
+  const s = new Session(client);
+  // The client keeps a partial frame from a dropped connection and would parse the next
+  // connection's handshake reply behind it: start every connection attempt (state 1,
+  // CONNECTING) with an empty buffer.
+  const cm = client.connectionManager;
+  cm?.on?.("state", (st) => {
+    if (st === 1) cm.pendingBuffer = null;
+  });
+  s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(opts.timeout / 6))));
+  return new Promise((resolve, reject) => {
+    let up = false;
+    const timer = setTimeout(() => {
+      if (up) return;
+      s.kill();
+      reject(
+        new Error(
+          `zookeeper driver: cannot connect to ZooKeeper at ${opts.connect} within ${
+            timeoutMs / 1000
+          } s (is it running?)`,
+        ),
+      );
+    }, timeoutMs);
+    client.on("state", (st) => {
+      if (st.code === zk.State.SYNC_CONNECTED.code) {
+        s.setConnected(true);
+        if (!up) {
+          up = true;
+          clearTimeout(timer);
+          resolve(s);
+        } else on.reconnected(s);
+      } else if (st.code === zk.State.EXPIRED.code) {
+        s.setConnected(false);
+        on.expired(s);
+      } else if (st.code === zk.State.DISCONNECTED.code) {
+        s.setConnected(false);
+        on.disconnected(s);
+      }
+    });
+    client.connect();
+  });
+}

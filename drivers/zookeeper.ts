@@ -21,6 +21,7 @@
 // VDI state stays current, and its unfinished block requests are queued again.
 import {
   errCode,
+  openSession,
   parseZookeeperOption,
   Session,
   SessionLost,
@@ -38,78 +39,37 @@ import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import * as net from "node:net";
 import * as os from "node:os";
-import process from "node:process";
 import { cbor } from "../core/cbor.ts";
 import type { SdNode } from "../core/node.ts";
 import { decodeNode, encodeNode, nodeString } from "../core/node.ts";
 import type { ClusterDriver, DriverHandlers } from "./driver.ts";
+import {
+  asBuf,
+  CONNECT_TIMEOUT_MS,
+  decodeMeta,
+  EMPTY,
+  EventAppender,
+  type EventType,
+  keyOf,
+  log,
+  makeEvent,
+  masterKey,
+  membersOf,
+  nonceOf,
+  PURGE_EVERY_TICKS,
+  purgeProcessed,
+  seqOf,
+  sleep,
+  type Step,
+  TICK_MS,
+  type ZkEvent,
+} from "./zookeeper-queue.ts";
 
 export function createZookeeperDriver(opt: string): ClusterDriver {
   return new ZookeeperDriver(parseZookeeperOption(opt));
 }
 
 // ------------------------------------------------------------------------------ the driver
-
-type EventType = "join" | "accept" | "reject" | "leave" | "notify" | "block" | "unblock" | "update";
-
-interface WireMember {
-  node: Buffer;
-  nonce: string;
-}
-
-interface ZkEvent {
-  t: EventType;
-  /** Unique per push; also the znode name prefix, to find an event after a lost connection. */
-  id: string;
-  /** Sender (or subject for join/leave/update) and its incarnation. */
-  node: Buffer;
-  nonce: string;
-  /** join/accept/reject: the opaque join message. notify/unblock: the message. */
-  msg?: Buffer;
-  /** accept: the member list after the join, in join order. */
-  members?: WireMember[];
-  /** accept: pending block requests (member keys) at that point. */
-  blocks?: string[];
-  time: number;
-}
-
-type Step = "next" | "again" | "wait";
-
-const EMPTY = Buffer.alloc(0);
-const CONNECT_TIMEOUT_MS = 10_000;
-const TICK_MS = 1000;
-const PURGE_EVERY_TICKS = 5;
-/** The newest processed queue znodes are kept anyway (a little history for debugging). */
-const PURGE_KEEP = 16;
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-function asBuf(x: unknown): Buffer {
-  if (Buffer.isBuffer(x)) return x;
-  if (x instanceof Uint8Array) return Buffer.from(x.buffer, x.byteOffset, x.byteLength);
-  return EMPTY;
-}
-
-/** Sequence number of a sequential znode name ("<prefix>-%010d"). */
-function seqOf(name: string): number {
-  return Number(name.slice(-10));
-}
-
-function keyOf(m: { ns: string; nonce: string }): string {
-  return `${m.ns}#${m.nonce}`;
-}
-
-/** The incarnation nonce of a member key. */
-function nonceOf(key: string): string {
-  return key.slice(key.lastIndexOf("#") + 1);
-}
-
-function log(msg: string): void {
-  try {
-    process.stderr.write(`zookeeper: ${msg}\n`);
-  } catch { /* stderr gone */ }
-}
-
 export class ZookeeperDriver implements ClusterDriver {
   readonly name = "zookeeper";
   private handlers!: DriverHandlers;
@@ -140,7 +100,14 @@ export class ZookeeperDriver implements ClusterDriver {
   /** /member child name -> nonce read from it. */
   private memberNonces = new Map<string, string>();
   /** Ids of our pushes in flight -> seen in the queue. */
-  private pushing = new Map<string, boolean>();
+  private readonly appender = new EventAppender({
+    stopped: () => this.closed || this.failed,
+    ready: () => this.ready.p,
+    session: () => this.closed ? null : this.session,
+    queueDir: () => this.dir("queue"),
+    appended: () => this.pump(),
+    fail: (reason) => this.fail(reason),
+  });
   private ready!: { p: Promise<void>; resolve: () => void; done: boolean };
   private leaving: (() => void) | null = null;
   private restartReason: string | null = null;
@@ -189,56 +156,19 @@ export class ZookeeperDriver implements ClusterDriver {
   }
 
   private openSession(timeoutMs: number): Promise<Session> {
-    const client = zk.createClient(this.opts.connect, {
-      sessionTimeout: this.opts.timeout,
-      spinDelay: 500,
-      retries: 0,
-    });
-    const s = new Session(client);
-    // The client keeps a partial frame from a dropped connection and would parse the next
-    // connection's handshake reply behind it: start every connection attempt (state 1,
-    // CONNECTING) with an empty buffer.
-    const cm = client.connectionManager;
-    cm?.on?.("state", (st) => {
-      if (st === 1) cm.pendingBuffer = null;
-    });
-    s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(this.opts.timeout / 6))));
-    return new Promise((resolve, reject) => {
-      let up = false;
-      const timer = setTimeout(() => {
-        if (up) return;
-        s.kill();
-        reject(
-          new Error(
-            `zookeeper driver: cannot connect to ZooKeeper at ${this.opts.connect} within ${
-              timeoutMs / 1000
-            } s (is it running?)`,
-          ),
-        );
-      }, timeoutMs);
-      client.on("state", (st) => {
-        if (st.code === zk.State.SYNC_CONNECTED.code) {
-          s.setConnected(true);
-          if (!up) {
-            up = true;
-            clearTimeout(timer);
-            resolve(s);
-          } else if (s === this.session) {
-            // Same session after a reconnect: watches were re-armed by the client; look anyway.
-            this.pump();
-            void this.checkLiveness(s);
-          }
-        } else if (st.code === zk.State.EXPIRED.code) {
-          s.setConnected(false);
-          this.onExpired(s);
-        } else if (st.code === zk.State.DISCONNECTED.code) {
-          s.setConnected(false);
-          if (s === this.session && !this.closed) {
-            log(`disconnected from ${this.opts.connect}; reconnecting`);
-          }
+    return openSession(this.opts, timeoutMs, {
+      reconnected: (s) => {
+        if (s !== this.session) return;
+        // Same session after a reconnect: watches were re-armed by the client; look anyway.
+        this.pump();
+        void this.checkLiveness(s);
+      },
+      expired: (s) => this.onExpired(s),
+      disconnected: (s) => {
+        if (s === this.session && !this.closed) {
+          log(`disconnected from ${this.opts.connect}; reconnecting`);
         }
-      });
-      client.connect();
+      },
     });
   }
 
@@ -400,26 +330,17 @@ export class ZookeeperDriver implements ClusterDriver {
     for (const d of ["member", "queue_pos"]) {
       const p = `${this.dir(d)}/${this.ns}`;
       const r = await s.getData(p);
-      if (r && this.decodeMeta(r.data)?.nonce !== this.nonce) {
+      if (r && decodeMeta(r.data)?.nonce !== this.nonce) {
         if (await s.remove(p)) log(`removed stale ${p}`);
       }
     }
     for (const t of await s.getChildren(this.dir("master"))) {
       if (t.startsWith(`${this.nonce}-`)) continue;
       const r = await s.getData(`${this.dir("master")}/${t}`);
-      const meta = r && this.decodeMeta(r.data);
+      const meta = r && decodeMeta(r.data);
       if (meta && meta.node === this.ns) {
         if (await s.remove(`${this.dir("master")}/${t}`)) log(`removed stale master token ${t}`);
       }
-    }
-  }
-
-  private decodeMeta(b: Buffer): { node?: string; nonce?: string; pos?: number } | null {
-    try {
-      const v = cbor.decode(b);
-      return v && typeof v === "object" ? v : null;
-    } catch {
-      return null;
     }
   }
 
@@ -487,7 +408,7 @@ export class ZookeeperDriver implements ClusterDriver {
         this.pos = head.seq;
         continue;
       }
-      if (ev.id && this.pushing.has(ev.id)) this.pushing.set(ev.id, true);
+      if (ev.id) this.appender.seen(ev.id);
       const step = await this.process(s, head.seq, path, ev, r.version);
       if (s !== this.session) return;
       if (step === "next") {
@@ -515,13 +436,6 @@ export class ZookeeperDriver implements ClusterDriver {
       if (e.t === "offerBlock" && e.key === this.myKey() && this.blockOwed > 0) this.blockOwed--;
       await applyEffect(this.handlers, e);
     }
-  }
-
-  private static membersOf(ev: ZkEvent): Member[] {
-    return (ev.members ?? []).map((w) => {
-      const node = decodeNode(asBuf(w.node));
-      return { key: keyOf({ ns: nodeString(node), nonce: w.nonce }), node };
-    });
   }
 
   private myKey(): string {
@@ -580,7 +494,7 @@ export class ZookeeperDriver implements ClusterDriver {
           key,
           node,
           msg,
-          members: ZookeeperDriver.membersOf(ev),
+          members: membersOf(ev),
         });
         await this.run(effects);
         if (effects.length) void this.checkLiveness(s);
@@ -673,7 +587,7 @@ export class ZookeeperDriver implements ClusterDriver {
       key: this.myKey(),
       node,
       msg,
-      members: ZookeeperDriver.membersOf(ev),
+      members: membersOf(ev),
       blocks: ev.blocks ?? [],
     });
     this.everAccepted = true;
@@ -698,7 +612,7 @@ export class ZookeeperDriver implements ClusterDriver {
       for (let i = 0; i < 3; i++) {
         if (await s.createIfAbsent(p, data, zk.CreateMode.EPHEMERAL)) break;
         const r = await s.getData(p);
-        if (r && this.decodeMeta(r.data)?.nonce === this.nonce) break;
+        if (r && decodeMeta(r.data)?.nonce === this.nonce) break;
         await s.remove(p);
       }
     }
@@ -714,18 +628,8 @@ export class ZookeeperDriver implements ClusterDriver {
     );
   }
 
-  /** Master: the member with the lowest live token. */
   private isMaster(toks: string[]): boolean {
-    let best = Infinity;
-    let who = "";
-    for (const m of this.members) {
-      const t = toks.find((x) => x.startsWith(`${nonceOf(m.key)}-`));
-      if (t && seqOf(t) < best) {
-        best = seqOf(t);
-        who = m.key;
-      }
-    }
-    return who === this.myKey();
+    return masterKey(toks, this.members) === this.myKey();
   }
 
   /** Pushes a LEAVE for every member whose token or /member znode is gone. */
@@ -756,7 +660,7 @@ export class ZookeeperDriver implements ClusterDriver {
         for (const name of kids) {
           if (this.memberNonces.has(name)) continue;
           const r = await s.getData(`${this.dir("member")}/${name}`);
-          const nonce = r && this.decodeMeta(r.data)?.nonce;
+          const nonce = r && decodeMeta(r.data)?.nonce;
           if (typeof nonce === "string") this.memberNonces.set(name, nonce);
         }
         // Mastership or our founding may depend on the tokens that changed.
@@ -773,9 +677,7 @@ export class ZookeeperDriver implements ClusterDriver {
           this.leavePushed.add(key);
           const inc = this.incarnation;
           void this.push(
-            () => (inc === this.incarnation
-              ? this.event("leave", encodeNode(m.node), nonce)
-              : null),
+            () => (inc === this.incarnation ? makeEvent("leave", encodeNode(m.node), nonce) : null),
           );
         }
       } while (this.checkAgain);
@@ -819,38 +721,14 @@ export class ZookeeperDriver implements ClusterDriver {
     })();
   }
 
-  /** Master only: deletes queue znodes every member has processed (minus the newest PURGE_KEEP). */
+  /** Master only: deletes queue znodes every member has processed. */
   private async purge(s: Session): Promise<void> {
     const toks = await this.listTokens(s);
     if (!this.isMaster(toks)) return;
-    // A live token of a non-member is a joiner that may not have read its ACCEPT/REJECT yet.
-    if (!toks.every((t) => this.members.some((m) => t.startsWith(`${nonceOf(m.key)}-`)))) return;
-    let min = this.pos;
-    for (const m of [...this.members]) {
-      if (m.key === this.myKey()) continue;
-      const r = await s.getData(`${this.dir("queue_pos")}/${nodeString(m.node)}`);
-      const meta = r && this.decodeMeta(r.data);
-      if (!meta || meta.nonce !== nonceOf(m.key) || typeof meta.pos !== "number") return;
-      min = Math.min(min, meta.pos);
-    }
-    const kids = (await s.getChildren(this.dir("queue"))).map((name) => ({
-      name,
-      seq: seqOf(name),
-    }))
-      .filter((k) => Number.isFinite(k.seq)).sort((a, b) => a.seq - b.seq);
-    const victims = kids.slice(0, Math.max(0, kids.length - PURGE_KEEP)).filter((k) =>
-      k.seq <= min
-    );
-    await Promise.all(victims.map((k) => s.remove(`${this.dir("queue")}/${k.name}`)));
+    await purgeProcessed(s, (sub) => this.dir(sub), toks, this.members, this.myKey(), this.pos);
   }
 
   // -------------------------------------------------------------------- broadcasting
-
-  private event(t: EventType, node: Buffer, nonce: string, msg?: Buffer): ZkEvent {
-    const ev: ZkEvent = { t, id: "", node, nonce, time: Date.now() };
-    if (msg) ev.msg = msg;
-    return ev;
-  }
 
   /** Queues an event from this sheep, with the nonce of the incarnation that pushes it. */
   private pushOwn(t: EventType, msg?: Buffer): void {
@@ -859,61 +737,12 @@ export class ZookeeperDriver implements ClusterDriver {
     void this.push(
       () => (t === "block" && inc !== this.incarnation
         ? null
-        : this.event(t, encodeNode(this.myself), this.nonce, msg)),
+        : makeEvent(t, encodeNode(this.myself), this.nonce, msg)),
     );
   }
 
-  /**
-   * Appends an event to the queue, exactly once even across lost connections (the id in the
-   * znode name tells whether a create whose reply was lost happened). make() runs per attempt and
-   * may return null to drop the event (it belonged to an incarnation that is gone).
-   */
-  private async push(make: () => ZkEvent | null): Promise<void> {
-    const id = randomBytes(6).toString("hex");
-    this.pushing.set(id, false);
-    try {
-      let maybeCreated = false;
-      for (;;) {
-        if (this.closed || this.failed) return;
-        await this.ready.p;
-        const s = this.session;
-        if (this.closed || !s || s.dead) {
-          await sleep(100);
-          continue;
-        }
-        try {
-          if (maybeCreated) {
-            await s.waitConnected();
-            if (
-              this.pushing.get(id) ||
-              (await s.getChildren(this.dir("queue"))).some((n) => n.startsWith(`${id}-`))
-            ) return;
-          }
-          const ev = make();
-          if (!ev) return;
-          ev.id = id;
-          maybeCreated = true;
-          await s.create(
-            `${this.dir("queue")}/${id}-`,
-            Buffer.from(cbor.encode(ev)),
-            zk.CreateMode.PERSISTENT_SEQUENTIAL,
-          );
-          this.pump();
-          return;
-        } catch (e) {
-          if (this.closed) return;
-          if (e instanceof SessionLost || errCode(e) === zk.Exception.CONNECTION_LOSS) {
-            await sleep(50);
-            continue;
-          }
-          throw e;
-        }
-      }
-    } catch (e) {
-      this.fail(`zookeeper driver: cannot queue an event: ${(e as Error).message}`);
-    } finally {
-      this.pushing.delete(id);
-    }
+  private push(make: () => ZkEvent | null): Promise<void> {
+    return this.appender.append(make);
   }
 
   async leave(): Promise<void> {

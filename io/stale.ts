@@ -5,6 +5,7 @@ import type { Buffer } from "node:buffer";
 import { parseObjectFileName as parseName } from "../core/oid.ts";
 import { blockSizeOf, CSUM_SUFFIX } from "./checksum.ts";
 import {
+  allocatedBytes,
   bufferedIo,
   closeQuiet,
   isEnoent,
@@ -183,5 +184,37 @@ export function removeObjectFiles(dir: string): void {
     } catch (e) {
       if (!isEnoent(e)) throw e;
     }
+  }
+}
+
+/**
+ * Calls `found` for every object file of `dir` (at start): leftovers of interrupted creates are
+ * removed, and side files whose object is gone too (a crash between the two unlinks), so they are
+ * never taken for the table of an object placed there later.
+ */
+export function scanObjectDir(
+  dir: string,
+  found: (name: string, oid: bigint, ecIndex: number | undefined, bytes: bigint) => void,
+): void {
+  for (const name of fs.readdirSync(dir)) {
+    const full = `${dir}/${name}`;
+    if (name.endsWith(".tmp")) {
+      unlinkQuiet(full);
+      continue;
+    }
+    if (name.endsWith(CSUM_SUFFIX)) {
+      const base = full.slice(0, -CSUM_SUFFIX.length);
+      if (parseName(name.slice(0, -CSUM_SUFFIX.length)) && !fs.existsSync(base)) unlinkQuiet(full);
+      continue;
+    }
+    const p = parseName(name);
+    if (!p) continue;
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(full);
+    } catch {
+      continue;
+    }
+    if (st.isFile()) found(name, p.oid, p.ecIndex, allocatedBytes(st));
   }
 }

@@ -15,13 +15,7 @@ import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { errnoToRes, SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
-import {
-  objectFileName as fileName,
-  parseObjectFileName as parseName,
-  VDI_ATTR_BIT,
-  VDI_BIT,
-  VMSTATE_BIT,
-} from "../core/oid.ts";
+import { objectFileName as fileName, VDI_ATTR_BIT, VDI_BIT, VMSTATE_BIT } from "../core/oid.ts";
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
 import { updateTable, verifiedRead } from "./verified-io.ts";
 import {
@@ -33,6 +27,7 @@ import {
   readObjectFiles,
   readStaleFile,
   removeObjectFiles,
+  scanObjectDir,
 } from "./stale.ts";
 import { KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 import {
@@ -72,7 +67,7 @@ export function openStore(
   kind: "plain" | "tree",
   disks: string[],
   opts: StoreOptions = {},
-): ObjectStore {
+): ObjectStore & { deferSync: boolean } {
   return new FileStore(kind, disks, opts);
 }
 
@@ -93,7 +88,6 @@ interface Entry {
 
 const code = (e: unknown) => (e as { code?: string })?.code ?? "";
 const yieldLoop = () => new Promise<void>((r) => setTimeout(r, 0));
-
 class FileStore implements ObjectStore {
   private paths: string[];
   private set = new DiskSet([]);
@@ -108,6 +102,8 @@ class FileStore implements ObjectStore {
   private rebalancing: Promise<void> | null = null;
   private rebalanceAgain = false;
   private health: ReturnType<typeof setInterval> | null = null;
+  /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
+  deferSync = false;
 
   constructor(
     readonly kind: "plain" | "tree",
@@ -199,9 +195,11 @@ class FileStore implements ObjectStore {
 
   /** Finds disks that vanished (directory removed, filesystem unmounted) without any I/O. */
   checkDisks(): void {
-    for (const d of [...this.set.disks, ...this.leaving]) {
-      if (!diskHealthy(d)) this.fail(d, "directory gone");
-    }
+    for (const d of this.allDisks()) if (!diskHealthy(d)) this.fail(d, "directory gone");
+  }
+
+  private allDisks(): Disk[] {
+    return [...this.set.disks, ...this.leaving];
   }
 
   close(): void {
@@ -299,42 +297,19 @@ class FileStore implements ObjectStore {
 
   private scanDisk(disk: Disk) {
     for (const dir of this.objectDirs(disk)) {
-      for (const name of fs.readdirSync(dir)) {
-        const full = `${dir}/${name}`;
-        if (name.endsWith(".tmp")) {
-          // Leftover of an interrupted create: never visible under its final name.
-          unlinkQuiet(full);
-          continue;
-        }
-        if (name.endsWith(CSUM_SUFFIX)) {
-          // A side file whose object is gone (crash between the two unlinks) must not be taken
-          // for the table of an object placed here later.
-          if (parseName(name.slice(0, -CSUM_SUFFIX.length)) && !fs.existsSync(full.slice(0, -5))) {
-            unlinkQuiet(full);
-          }
-          continue;
-        }
-        const p = parseName(name);
-        if (!p) continue;
-        let st: fs.Stats;
-        try {
-          st = fs.statSync(full);
-        } catch {
-          continue;
-        }
-        if (!st.isFile()) continue;
+      scanObjectDir(dir, (name, oid, ecIndex, bytes) => {
         const prev = this.index.get(name);
         // Same object on two disks: keep the copy on the disk the ring picks.
-        if (prev && prev.disk === this.set.pick(p.oid)) continue;
-        this.index.add(name, { oid: p.oid, ecIndex: p.ecIndex, disk, bytes: allocatedBytes(st) });
-      }
+        if (prev && prev.disk === this.set.pick(oid)) return;
+        this.index.add(name, { oid, ecIndex, disk, bytes });
+      });
     }
   }
 
   async format(): Promise<void> {
     try {
       this.fds.clear();
-      for (const d of [...this.set.disks, ...this.leaving]) {
+      for (const d of this.allDisks()) {
         for (const dir of this.objectDirs(d)) removeObjectFiles(dir);
         fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
@@ -388,6 +363,11 @@ class FileStore implements ObjectStore {
     return cc;
   }
 
+  /** After a mismatch the side file may be fixed behind us (journal replay reseals it): reload. */
+  private forgetTable(path: string, err: unknown): void {
+    if (err instanceof SdError && err.code === Res.EIO) this.fds.invalidate(path + CSUM_SUFFIX);
+  }
+
   /** Size of the object file behind `c` (fstat once per descriptor; writes keep it current). */
   private sizeOf(c: CachedFd): number {
     return c.size ??= fs.fstatSync(c.fd).size;
@@ -424,6 +404,7 @@ class FileStore implements ObjectStore {
         const bs = this.blockSize(cc, size);
         return verifiedRead(this.io, c.fd, cc, size, offset, length, path, bs);
       } catch (err) {
+        this.forgetTable(path, err);
         throw this.guard(e.disk, err);
       } finally {
         this.fds.release(c);
@@ -450,8 +431,7 @@ class FileStore implements ObjectStore {
           return { ok: true, bytes: size };
         } catch (err) {
           if (!(err instanceof SdError && err.code === Res.EIO)) throw err;
-          // The next read must see what the scrub saw (a corrupt side file too): reload it.
-          this.fds.invalidate(path + CSUM_SUFFIX);
+          this.forgetTable(path, err); // the next read sees what the scrub saw
           return { ok: false, bytes: size };
         }
       } catch (err) {
@@ -495,7 +475,7 @@ class FileStore implements ObjectStore {
           cfd = fs.openSync(ctmp, "w");
           pwriteFull(cfd, tableForCreate(size, offset, data), 0);
         }
-        if (!this.nosync) {
+        if (!this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(fd), cfd >= 0 ? fdatasync(cfd) : undefined]);
         }
         const bytes = allocatedBytes(fs.fstatSync(fd));
@@ -513,7 +493,7 @@ class FileStore implements ObjectStore {
         if (this.checksums) fs.renameSync(ctmp, final + CSUM_SUFFIX);
         else unlinkQuiet(final + CSUM_SUFFIX);
         fs.renameSync(tmp, final);
-        if (!this.nosync) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
+        if (!this.nosync && !this.deferSync) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
         if (old && old.disk !== disk) {
           const oldPath = this.pathOn(old.disk, oid, ecIndex);
           this.fds.invalidate(oldPath);
@@ -557,10 +537,11 @@ class FileStore implements ObjectStore {
           throw new SdError(Res.NETWORK_ERROR, `${path} vanished during a write`);
         }
         this.index.resize(name, allocatedBytes(st));
-        if (!this.nosync) {
+        if (!this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {
+        this.forgetTable(path, err);
         throw this.guard(e.disk, err);
       } finally {
         this.fds.release(c);
@@ -644,7 +625,7 @@ class FileStore implements ObjectStore {
 
   purgeStale(): Promise<void> {
     try {
-      for (const d of [...this.set.disks, ...this.leaving]) {
+      for (const d of this.allDisks()) {
         const dir = `${d.path}/.stale`;
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
@@ -671,7 +652,7 @@ class FileStore implements ObjectStore {
   }
 
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {
-    return listStaleIn([...this.set.disks, ...this.leaving]);
+    return listStaleIn(this.allDisks());
   }
 
   path(oid: bigint, ecIndex?: number): string {

@@ -1,6 +1,5 @@
 // The sheep daemon: listens for the Sheepdog protocol, runs the cluster state machine on the
 // membership driver's totally ordered events, and serves object I/O as gateway and as peer.
-import { decodeVdiStates, LockState, VDI_STATE_SIZE } from "../core/payloads.ts";
 import { emptyNodeStats, requestDone, requestStarted } from "../core/node-stat.ts";
 import type { NodeStats } from "../core/node-stat.ts";
 import { cbor } from "../core/cbor.ts";
@@ -12,25 +11,15 @@ import {
   ClusterFlag,
   EMPTY,
   Flag,
-  FrameParser,
   Header,
   Op,
-  ProtocolError,
   Res,
   SD_SHEEP_PROTO_VER,
   Status,
 } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import {
-  decodeNodes,
-  encodeNode,
-  makeNode,
-  nodeEqual,
-  nodeHostPort,
-  nodeIp,
-  sortNodes,
-} from "../core/node.ts";
+import { encodeNode, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
 import { autoVnodes, Ring } from "../core/ring.ts";
 import {
   isAttrObj,
@@ -41,9 +30,9 @@ import {
   SD_INODE_SIZE,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
-import { DirectIo, openStore } from "../io/store.ts";
-import { probeDirectIo } from "../io/fd-cache.ts";
-import { Scrubber } from "./scrub.ts";
+import type { Scrubber } from "./scrub.ts";
+import { makeScrubber, openFileStore } from "./store-setup.ts";
+import { Journal } from "../io/journal.ts";
 import {
   decodeEpochFile,
   latestEpoch,
@@ -97,6 +86,9 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
+import { lockBaseDir } from "./base-dir-lock.ts";
+import { listenProtocol } from "./protocol-server.ts";
+import { fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
 
 export class Sheep {
   readonly log: Logger;
@@ -106,6 +98,10 @@ export class Sheep {
   members: SdNode[] = [];
   ring: Ring = new Ring([]);
   store!: ObjectStore;
+  /** The file store under the journal (the same as `store` without -j): disk events come from it. */
+  rawStore: ObjectStore | null = null;
+  /** -j: the write journal (io/journal.ts), null without it. */
+  journal: Journal | null = null;
   driver!: ClusterDriver;
   vdis = new VdiTable();
   readonly pool = new ClientPool();
@@ -161,7 +157,7 @@ export class Sheep {
   async start(): Promise<void> {
     fs.mkdirSync(this.baseDir, { recursive: true });
     fs.mkdirSync(path.join(this.baseDir, "epoch"), { recursive: true });
-    this.lockBaseDir();
+    lockBaseDir(this.baseDir);
     const disks = this.objectDirs();
     for (const d of this.opts.objDirs) {
       if (fs.existsSync(path.join(d, "config")) && fs.existsSync(path.join(d, "epoch"))) {
@@ -181,27 +177,47 @@ export class Sheep {
       space: 0n,
     };
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
-    this.store = await this.openObjectStore(storeKind, disks);
+    const raw = await openFileStore(this, storeKind, disks);
+    this.store = raw;
+    if (this.opts.journal && this.opts.gateway) {
+      this.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
+    } else if (this.opts.journal) {
+      // Replayed before the sheep listens or joins: nothing reads the store before it is right.
+      const j = this.opts.journal;
+      this.journal = new Journal(
+        j,
+        path.resolve(j.dir ?? path.join(this.baseDir, "journal")),
+        disks,
+        this.log,
+        fs.realpathSync(this.baseDir),
+      );
+      await this.journal.open(raw);
+      this.store = this.journal.wrap(raw);
+    }
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = announcedSpace(this.store.statfs().free);
     }
     writeConfig(this.baseDir, this.config);
 
     // Accepted so existing command lines keep working, but said out loud: neither exists here.
-    if (this.opts.journal !== null) {
-      this.log.warn(
-        "-j (journal) is not implemented: every write is synced to its object file before it is acknowledged",
-      );
-      process.stderr.write(
-        "sheep: warning: -j (journal) is not implemented; writes are synced directly\n",
-      );
-    }
     if (this.opts.cache !== null) {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
       process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
     }
     await this.loadLocalState();
-    await this.listen();
+    const servers = await listenProtocol(
+      this.opts.bindAddr ?? "0.0.0.0",
+      this.opts.port,
+      this.baseDir,
+      {
+        handle: (h, d) => this.handle(h, d),
+        epoch: () => this.state.epoch,
+        log: this.log,
+        sockets: this.sockets,
+      },
+    );
+    this.server = servers.tcp;
+    this.unixServer = servers.unix;
     // Before joining: a port in use fails the start before we join, and /healthz says "joining".
     if (this.opts.http) this.httpServer = await (await import("./http.ts")).startHttp(this);
 
@@ -266,23 +282,7 @@ export class Sheep {
         epoch: () => this.state.epoch,
       }),
     });
-    this.scrub = new Scrubber({
-      log: this.log,
-      store: () => this.store,
-      me: () => this.me,
-      epoch: () => this.state.epoch,
-      ring: () => this.ring,
-      quiet: () => this.state.status === Status.OK && !this.recovery.status().inRecovery,
-      copiesFor: (oid) => this.copiesFor(oid, 0),
-      storedSize: (oid) => this.storedSize(oid),
-      isEc: (oid) => this.ecPolicyOf(oid) !== 0,
-      gatewayRead: (oid, size) => {
-        const h = Header.req(Op.READ_OBJ, { dataLength: size });
-        h.oid = oid;
-        return this.gateway.read(h);
-      },
-      sendTo: (n, h) => this.sendTo(n, h),
-    }, this.opts.gateway ? null : this.opts.scrub);
+    this.scrub = makeScrubber(this);
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
@@ -292,32 +292,10 @@ export class Sheep {
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
   }
 
-  /**
-   * Opens and scans the object store over `disks` with the daemon's I/O options (-n, -D) and its
-   * reaction to disk events: a failed disk's objects are recovered from the other nodes, and a
-   * sheep whose last disk failed leaves the cluster (sheep-daemon.md §9).
-   */
-  async openObjectStore(kind: "plain" | "tree", disks = this.objectDirs()): Promise<ObjectStore> {
-    let io: DirectIo | undefined;
-    if (this.opts.directio) {
-      io = await DirectIo.create();
-      for (const d of disks) probeDirectIo(d, io);
-    }
-    const store: ObjectStore = openStore(kind, disks, {
-      nosync: this.opts.nosync,
-      io,
-      log: (level, msg) => this.log[level](msg),
-      onDisk: (ev) => {
-        if (ev.kind !== "failed" || store !== this.store) return;
-        if (ev.left === 0) {
-          this.log.emerg(`no disk left (${ev.path} failed): leaving the cluster`);
-          void this.shutdown(1);
-        } else if (ev.lost > 0 && this.state.status === Status.OK) this.startRecovery(null);
-      },
-    });
-    await store.init();
-    if (io) this.log.info(`direct I/O (O_DIRECT) on ${disks.join(", ")}`);
-    return store;
+  /** A (re)opened, scanned store of `kind`, behind the journal with -j (format may change kind). */
+  async openObjectStore(kind: "plain" | "tree"): Promise<ObjectStore> {
+    const s = await openFileStore(this, kind, this.objectDirs());
+    return this.journal ? this.journal.wrap(s) : s;
   }
 
   /** Object directories: the extra PATH entries (multi-disk), else `<base>/obj`. */
@@ -325,27 +303,6 @@ export class Sheep {
     return this.opts.objDirs.length
       ? this.opts.objDirs.map((d) => path.resolve(d))
       : [path.join(this.baseDir, "obj")];
-  }
-
-  /** One daemon per store directory: an exclusive lock file holding our pid. */
-  private lockBaseDir(): void {
-    const lock = path.join(this.baseDir, "lock");
-    for (let i = 0; i < 2; i++) {
-      try {
-        const fd = fs.openSync(lock, "wx");
-        fs.writeSync(fd, `${process.pid}\n`);
-        fs.closeSync(fd);
-        return;
-      } catch (e) {
-        if ((e as { code?: string }).code !== "EEXIST") throw e;
-        const pid = Number(fs.readFileSync(lock, "utf8").trim());
-        if (pid && pid !== process.pid && processAlive(pid)) {
-          throw new Error(`another sheep daemon is using ${this.baseDir}`);
-        }
-        fs.rmSync(lock, { force: true });
-      }
-    }
-    throw new Error(`cannot lock ${this.baseDir}`);
   }
 
   /** Rebuilds state from the local store: last epoch, VDI bitmaps and states from local inodes. */
@@ -380,30 +337,6 @@ export class Sheep {
         this.log.warn(`cannot read inode ${oid.toString(16)}: ${(err as Error).message}`);
       }
     }
-  }
-
-  private listen(): Promise<void> {
-    const onConn = (sock: net.Socket) => this.serveConnection(sock);
-    const tcp = net.createServer({ noDelay: true } as net.ServerOpts, onConn);
-    const host = this.opts.bindAddr ?? "0.0.0.0";
-    const unixPath = path.join(this.baseDir, "sock");
-    fs.rmSync(unixPath, { force: true });
-    const unix = net.createServer(onConn);
-    return new Promise((resolve, reject) => {
-      tcp.once(
-        "error",
-        (e) =>
-          reject(new Error(`cannot listen on ${host}:${this.opts.port}: ${(e as Error).message}`)),
-      );
-      tcp.listen(this.opts.port, host, () => {
-        this.server = tcp;
-        unix.on("error", (e) => this.log.warn(`unix socket: ${e.message}`));
-        unix.listen(unixPath, () => {
-          this.unixServer = unix;
-          resolve();
-        });
-      });
-    });
   }
 
   private async startNbd(): Promise<void> {
@@ -460,11 +393,11 @@ export class Sheep {
         if (wasMe) {
           this.joined = true;
           if (prevCtime !== state.ctime && state.ctime !== 0n) this.persistConfig();
-          if (members.length > 1) await this.fetchVdiState(members);
+          if (members.length > 1) await fetchVdiState(this.vdiStatePort(), members);
           await filled;
           this.joinWaiter?.resolve();
         } else {
-          void this.fetchVdiState([joined]);
+          void fetchVdiState(this.vdiStatePort(), [joined]);
         }
         this.log.info(
           `${
@@ -547,22 +480,31 @@ export class Sheep {
       for (const e of missingEpochs(this.baseDir, this.state.epoch)) {
         for (const n of this.members) {
           if (nodeEqual(n, this.me)) continue;
-          try {
-            const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-            h.tgtEpoch = e;
-            const r = await this.sendTo(n, h);
-            if (r.hdr.result !== Res.SUCCESS) continue;
-            const rec = decodeEpochFile(r.data);
-            if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
-            break;
-          } catch (err) {
-            this.log.debug(`epoch ${e} from ${nodeHostPort(n)}: ${(err as Error).message}`);
-          }
+          const rec = await this.epochFrom(n, e);
+          if (!rec) continue;
+          if (!readEpoch(this.baseDir, e)) writeEpoch(this.baseDir, e, rec.nodes, rec.time);
+          break;
         }
       }
     });
     this.epochFill = run.catch(() => {});
     return this.epochFill;
+  }
+
+  /** A member's epoch log entry (GET_EPOCH); null when it has none or does not answer. */
+  private async epochFrom(
+    n: SdNode,
+    epoch: number,
+  ): Promise<{ nodes: SdNode[]; time: bigint } | null> {
+    try {
+      const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
+      h.tgtEpoch = epoch;
+      const r = await this.sendTo(n, h);
+      return r.hdr.result === Res.SUCCESS ? decodeEpochFile(r.data) : null;
+    } catch (err) {
+      this.log.debug(`epoch ${epoch} from ${nodeHostPort(n)}: ${(err as Error).message}`);
+      return null;
+    }
   }
 
   /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
@@ -573,15 +515,11 @@ export class Sheep {
     if (!nodes) {
       for (const n of this.state.nodes) {
         if (nodeEqual(n, this.me)) continue;
-        try {
-          const h = Header.req(Op.GET_EPOCH, { dataLength: 6144 * 80 + 8 });
-          h.tgtEpoch = epoch;
-          const r = await this.sendTo(n, h);
-          if (r.hdr.result !== Res.SUCCESS) continue;
-          nodes = decodeNodes(r.data.subarray(0, r.data.length - 8));
-          writeEpoch(this.baseDir, epoch, nodes, r.data.readBigInt64LE(r.data.length - 8));
-          break;
-        } catch { /* try the next member */ }
+        const rec = await this.epochFrom(n, epoch);
+        if (!rec) continue;
+        nodes = rec.nodes;
+        writeEpoch(this.baseDir, epoch, rec.nodes, rec.time);
+        break;
       }
     }
     if (!nodes) return null;
@@ -635,28 +573,8 @@ export class Sheep {
     return this.pendingCopies.get(vid) || hint || this.state.copies || 3;
   }
 
-  /**
-   * VDI bitmaps and states are merged from other members (upstream: GET_VDI_COPIES): a joiner asks
-   * every member, and members ask the joiner, so after a full restart everyone knows every VDI
-   * even when its inode is not stored locally.
-   */
-  private async fetchVdiState(from: SdNode[]): Promise<void> {
-    await Promise.all(
-      from.filter((n) => !nodeEqual(n, this.me)).map(async (n) => {
-        try {
-          const c = await this.pool.get(nodeIp(n), n.port);
-          const inuse = await c.request(Header.req(Op.READ_VDIS, { dataLength: 2097152 }));
-          const del = await c.request(Header.req(Op.READ_DEL_VDIS, { dataLength: 2097152 }));
-          const st = await c.request(
-            Header.req(Op.GET_VDI_COPIES, { dataLength: VDI_STATE_SIZE * 65536 }),
-          );
-          if (inuse.hdr.result || del.hdr.result || st.hdr.result) return;
-          mergeVdiState(this.vdis, inuse.data, del.data, st.data);
-        } catch (e) {
-          this.log.debug(`vdi state from ${nodeHostPort(n)}: ${(e as Error).message}`);
-        }
-      }),
-    );
+  private vdiStatePort(): VdiStatePort {
+    return { me: this.me, vdis: this.vdis, pool: this.pool, log: this.log };
   }
 
   // ---------------------------------------------------------------- cluster operations
@@ -762,54 +680,6 @@ export class Sheep {
   }
 
   // ---------------------------------------------------------------- request dispatch
-
-  private serveConnection(sock: net.Socket): void {
-    this.sockets.add(sock);
-    sock.setNoDelay(true);
-    const parser = new FrameParser("request");
-    let inflight = 0;
-    const send = (r: Reply) => {
-      if (sock.destroyed) return;
-      r.hdr.dataLength = r.data.length;
-      if (r.data.length) {
-        sock.cork();
-        sock.write(r.hdr.b);
-        sock.write(r.data);
-        sock.uncork();
-      } else sock.write(r.hdr.b);
-    };
-    sock.on("data", (chunk: Buffer) => {
-      let frames;
-      try {
-        frames = parser.push(chunk);
-      } catch (e) {
-        this.log.warn(
-          `bad request stream from ${sock.remoteAddress ?? "unix"}: ${
-            (e as ProtocolError).message
-          }`,
-        );
-        sock.destroy();
-        return;
-      }
-      for (const f of frames) {
-        inflight++;
-        // Bounded memory: stop reading while many requests are being served.
-        if (inflight > 64) sock.pause();
-        this.handle(f.hdr, f.data)
-          .catch((e) => errorReply(f.hdr, e))
-          .then((r) => {
-            r.hdr.opcode = f.hdr.opcode;
-            r.hdr.id = f.hdr.id;
-            r.hdr.epoch = this.state.epoch;
-            send(r);
-            inflight--;
-            if (inflight <= 32 && sock.isPaused()) sock.resume();
-          });
-      }
-    });
-    sock.on("error", () => {});
-    sock.on("close", () => this.sockets.delete(sock));
-  }
 
   /** Requests in progress other than recovery's own (recovery yields to them). */
   private clientRequests = 0;
@@ -918,39 +788,10 @@ export class Sheep {
     await this.httpServer?.close().catch((e) => this.log.warn(`closing HTTP: ${e}`));
     for (const s of this.sockets) s.destroy();
     this.pool.close();
+    // Everything applied made durable, so the next start has nothing to replay.
+    await this.journal?.close().catch((e) => this.log.warn(`closing the journal: ${e}`));
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });
     if (this.opts.pidfile) fs.rmSync(this.opts.pidfile, { force: true });
     this.onExit(code);
-  }
-}
-
-/** A joining node merges what a member knows about VDIs into its own table. */
-function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buffer): void {
-  t.inuse.merge(inuse);
-  t.deleted.merge(deleted);
-  for (const r of decodeVdiStates(states)) {
-    t.states.set(r.vid, {
-      vid: r.vid,
-      nrCopies: r.nrCopies,
-      snapshot: r.snapshot,
-      deleted: r.deleted,
-      copyPolicy: r.copyPolicy,
-      blockSizeShift: r.blockSizeShift,
-      parentVid: r.parentVid,
-    });
-    if (r.lockState === LockState.LOCKED && r.lockOwner) {
-      t.locks.set(r.vid, { owner: nodeHostPort(r.lockOwner) });
-    }
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    // A zombie still answers kill(0); /proc tells the truth.
-    const st = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    return !/^\d+ \(.*\) Z/.test(st);
-  } catch {
-    return false;
   }
 }

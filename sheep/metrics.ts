@@ -290,6 +290,35 @@ export class SheepMetrics {
         ),
       ),
     ];
+    const j = s.journal?.stats();
+    if (j) {
+      families.push(
+        g(
+          "sheep_journal_bytes",
+          "Journal (-j) size and bytes held by records not yet checkpointed.",
+          [
+            { labels: { kind: "size" }, value: j.size },
+            { labels: { kind: "used" }, value: j.used },
+          ],
+        ),
+        c("sheep_journal_records_total", "Records written to the journal.", one(j.records)),
+        c(
+          "sheep_journal_checkpoints_total",
+          "Journal checkpoints (space freed).",
+          one(j.checkpoints),
+        ),
+        c(
+          "sheep_journal_full_waits_total",
+          "Writes that waited for journal space.",
+          one(j.fullWaits),
+        ),
+        g(
+          "sheep_journal_failed",
+          "1 once a journal I/O error turned the journal off.",
+          one(j.failed ? 1 : 0),
+        ),
+      );
+    }
     return render(families);
   }
 }

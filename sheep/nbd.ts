@@ -4,46 +4,25 @@ import { Buffer } from "node:buffer";
 import * as net from "node:net";
 import { clearTimeout, setTimeout } from "node:timers";
 import {
-  BASE_ALLOCATION,
-  ClientFlag,
   Cmd,
   CmdFlag,
   encodeBlockStatus,
-  encodeExportNameReply,
   encodeGreeting,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeInfoString,
   encodeOffsetDataHeader,
   encodeOffsetHole,
-  encodeOptionReply,
-  encodeRepMetaContext,
-  encodeRepServer,
   encodeSimpleReply,
   encodeStructuredError,
   encodeStructuredNone,
   Err,
-  type HandshakeEvent,
   HandshakeFlag,
   HandshakeParser,
-  Info,
-  MAX_STRING,
   type NbdRequest,
-  Opt,
-  parseInfoRequest,
-  parseMetaContextRequest,
-  Rep,
   ReplyFlag,
   RequestParser,
   StateFlag,
-  TxFlag,
 } from "../core/nbd.ts";
-import {
-  type BlockExport,
-  type ExportProvider,
-  nbdErrnoOf,
-  NbdOpenError,
-} from "../core/blockdev.ts";
+import { type BlockExport, type ExportProvider, nbdErrnoOf } from "../core/blockdev.ts";
+import { BASE_ALLOCATION_ID, Negotiation } from "./nbd-handshake.ts";
 
 export interface NbdServerOptions {
   host: string;
@@ -66,13 +45,10 @@ export interface NbdServer {
 }
 
 /** Context id of base:allocation on a connection (the only context we offer). */
-const BASE_ALLOCATION_ID = 1;
 /** proto.md: write payloads under 32 MiB must not be treated as a denial of service. */
 const MIN_WRITE_PAYLOAD_LIMIT = 32 * 1024 * 1024;
-/** Replies up to this size are sent as one buffer (one copy, one syscall). */
+/** Replies below this size wait for the end of the turn and go out merged (one copy, one syscall). */
 const COALESCE_LIMIT = 64 * 1024;
-/** Replies up to this size wait for the end of the current turn to be merged with others. */
-const SMALL_REPLY = 512;
 /** Beyond this many extents a structured read is sent as plain data. */
 const MAX_READ_SEGMENTS = 64;
 /** Bound on descriptors in one block status reply; clients ask again for the rest. */
@@ -185,10 +161,7 @@ class Connection {
   private hs: HandshakeParser | null = new HandshakeParser();
   private rq: RequestParser | null = null;
   private busy = false; // a handshake option is being handled
-  private noZeroes = false;
-  private structured = false;
-  private metaExport: string | null = null;
-  private metaBase = false;
+  private readonly nego: Negotiation;
 
   private exp: BlockExport | null = null;
   private readOnly = false;
@@ -220,6 +193,14 @@ class Connection {
   ) {
     this.finished = new Promise((r) => (this.resolveFinished = r));
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.nego = new Negotiation(opts, {
+      send: (b) => this.send(b),
+      hardClose: (why) => this.hardClose(why),
+      endInput: () => (this.inputEnded = true),
+      isClosed: () => this.closed,
+      enterTransmission: (exp, name) => this.enterTransmission(exp, name),
+      log: (m) => this.log(`nbd: ${this.peer}: ${m}`),
+    });
     this.cap = opts.maxInflightBytes ?? 64 * 1024 * 1024;
     this.timer = setTimeout(() => {
       if (this.phase === "handshake") this.hardClose("handshake timed out");
@@ -264,8 +245,9 @@ class Connection {
    */
   private send(b: Buffer): void {
     if (this.closed || this.socket.destroyed) return;
-    if (b.length <= SMALL_REPLY && !this.needDrain) {
-      // Small replies (write acks, errors) finishing in the same turn go out in one write.
+    if (b.length < COALESCE_LIMIT && !this.needDrain) {
+      // Replies finishing in the same turn (write acks, errors, 4 KiB reads at a queue depth)
+      // go out in one write: one syscall for many replies instead of one each.
       this.outQ.push(b);
       this.outBytes += b.length;
       if (!this.flushScheduled) {
@@ -450,7 +432,7 @@ class Connection {
       while (this.phase === "handshake" && !this.inputEnded) {
         const ev = this.hs!.next();
         if (!ev) break;
-        await this.handleHandshake(ev);
+        await this.nego.handle(ev);
       }
     } catch (e) {
       this.hardClose(`handshake: ${(e as Error).message}`);
@@ -465,191 +447,10 @@ class Connection {
     this.maybeFinish();
   }
 
-  private opt(option: number, type: number, data?: Buffer | string): void {
-    if (typeof data === "string") {
-      // Error texts are strings in proto.md's sense: at most 4096 bytes.
-      let b = Buffer.from(data, "utf8");
-      if (b.length > MAX_STRING) b = b.subarray(0, MAX_STRING);
-      data = b;
-    }
-    this.send(encodeOptionReply(option, type, data));
-  }
-
-  private txFlags(exp: BlockExport): number {
-    const ro = exp.readOnly || !!this.opts.readOnly;
-    // CAN_MULTI_CONN promises that connections to the export are interchangeable: flush() of an
-    // export covers the writes of every connection, and the export says whether every connection
-    // may write (an exclusive VDI admits one writer; nbdcopy then uses a single connection).
-    let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA;
-    if (ro || exp.multiConn !== false) f |= TxFlag.CAN_MULTI_CONN;
-    if (ro) f |= TxFlag.READ_ONLY;
-    else f |= TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES | TxFlag.SEND_FAST_ZERO;
-    if (this.structured) f |= TxFlag.SEND_DF;
-    return f;
-  }
-
-  /** `probe`: NBD_OPT_INFO only describes the export; it must not take it (no VDI lock). */
-  private async openExport(name: string, probe = false): Promise<BlockExport> {
-    return await this.opts.provider.open(name, { readOnlyRequested: !!this.opts.readOnly, probe });
-  }
-
-  private async handleHandshake(ev: HandshakeEvent): Promise<void> {
-    if (ev.kind === "clientFlags") {
-      if (ev.flags & ~(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES)) {
-        this.hardClose(`unknown client flags 0x${ev.flags.toString(16)}`);
-        return;
-      }
-      this.noZeroes = (ev.flags & ClientFlag.NO_ZEROES) !== 0;
-      return;
-    }
-    if (ev.kind === "oversizedOption") {
-      if (ev.option === Opt.EXPORT_NAME) this.hardClose("oversized NBD_OPT_EXPORT_NAME");
-      else this.opt(ev.option, Rep.ERR_TOO_BIG, `option data of ${ev.length} bytes is too large`);
-      return;
-    }
-    const { option, data } = ev;
-    switch (option) {
-      case Opt.EXPORT_NAME: {
-        const name = data.toString("utf8");
-        let exp: BlockExport;
-        try {
-          exp = await this.openExport(name);
-        } catch (e) {
-          // This option cannot return an error: the spec says to drop the connection.
-          this.hardClose(`export ${JSON.stringify(name)}: ${(e as Error).message}`);
-          return;
-        }
-        this.send(encodeExportNameReply(exp.size, this.txFlags(exp), this.noZeroes));
-        this.enterTransmission(exp, name);
-        return;
-      }
-      case Opt.ABORT:
-        this.opt(option, Rep.ACK);
-        this.inputEnded = true; // runHandshake stops and maybeFinish() ends the connection
-        return;
-      case Opt.LIST: {
-        if (data.length) return this.opt(option, Rep.ERR_INVALID, "NBD_OPT_LIST takes no data");
-        let list: Array<{ name: string; description?: string }>;
-        try {
-          list = await this.opts.provider.list();
-        } catch (e) {
-          return this.opt(option, Rep.ERR_POLICY, `cannot list exports: ${(e as Error).message}`);
-        }
-        for (const x of list) this.opt(option, Rep.SERVER, encodeRepServer(x.name, x.description));
-        return this.opt(option, Rep.ACK);
-      }
-      case Opt.STARTTLS:
-        return this.opt(option, Rep.ERR_UNSUP, "TLS is not supported by this server");
-      case Opt.INFO:
-      case Opt.GO:
-        return await this.infoOrGo(option, data);
-      case Opt.STRUCTURED_REPLY:
-        if (data.length) {
-          return this.opt(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
-        }
-        this.structured = true;
-        return this.opt(option, Rep.ACK);
-      case Opt.LIST_META_CONTEXT:
-      case Opt.SET_META_CONTEXT:
-        return this.metaContext(option, data);
-      default:
-        return this.opt(option, Rep.ERR_UNSUP, `option ${option} is not supported`);
-    }
-  }
-
-  private async infoOrGo(option: number, data: Buffer): Promise<void> {
-    const req = parseInfoRequest(data);
-    if (!req) return this.opt(option, Rep.ERR_INVALID, "malformed NBD_OPT_INFO/NBD_OPT_GO");
-    let exp: BlockExport;
-    try {
-      exp = await this.openExport(req.name, option === Opt.INFO);
-    } catch (e) {
-      const msg = (e as Error).message || String(e);
-      if (e instanceof NbdOpenError && e.kind === "unknown") {
-        return this.opt(
-          option,
-          Rep.ERR_UNKNOWN,
-          `unknown export ${JSON.stringify(req.name)}: ${msg}`,
-        );
-      }
-      if (e instanceof NbdOpenError && e.kind === "locked") {
-        return this.opt(
-          option,
-          Rep.ERR_POLICY,
-          `export ${JSON.stringify(req.name)} is locked: ${msg}`,
-        );
-      }
-      return this.opt(
-        option,
-        Rep.ERR_POLICY,
-        `cannot open export ${JSON.stringify(req.name)}: ${msg}`,
-      );
-    }
-    try {
-      if (this.closed) throw new Error("client went away");
-      this.opt(option, Rep.INFO, encodeInfoExport(exp.size, this.txFlags(exp)));
-      // Always advertised (allowed unrequested); clients that asked must honour it.
-      this.opt(option, Rep.INFO, encodeInfoBlockSize(exp.minBlock, exp.prefBlock, exp.maxBlock));
-      if (req.infos.includes(Info.NAME)) {
-        this.opt(option, Rep.INFO, encodeInfoString(Info.NAME, exp.name));
-      }
-      if (req.infos.includes(Info.DESCRIPTION)) {
-        let desc = exp.description;
-        if (desc === undefined) {
-          try {
-            desc = (await this.opts.provider.list()).find((x) => x.name === exp.name)?.description;
-          } catch { /* a description is optional */ }
-        }
-        if (desc) this.opt(option, Rep.INFO, encodeInfoString(Info.DESCRIPTION, desc));
-      }
-      this.opt(option, Rep.ACK);
-    } catch (e) {
-      await exp.close().catch(() => {});
-      if (!this.closed) this.hardClose(`NBD_OPT_INFO/GO: ${(e as Error).message}`);
-      return;
-    }
-    if (option === Opt.GO) this.enterTransmission(exp, req.name);
-    else {await exp.close().catch((e) =>
-        this.log(`nbd: ${this.peer}: close after INFO: ${(e as Error).message}`)
-      );}
-  }
-
-  private metaContext(option: number, data: Buffer): void {
-    const set = option === Opt.SET_META_CONTEXT;
-    // SET replaces earlier selections even when it fails.
-    if (set) {
-      this.metaBase = false;
-      this.metaExport = null;
-    }
-    if (!this.structured) {
-      return this.opt(option, Rep.ERR_INVALID, "negotiate structured replies first");
-    }
-    const req = parseMetaContextRequest(data);
-    if (!req) return this.opt(option, Rep.ERR_INVALID, "malformed meta context request");
-    if (set) {
-      this.metaExport = req.exportName;
-      for (const q of req.queries) {
-        if (q === BASE_ALLOCATION && !this.metaBase) {
-          this.metaBase = true;
-          this.opt(
-            option,
-            Rep.META_CONTEXT,
-            encodeRepMetaContext(BASE_ALLOCATION_ID, BASE_ALLOCATION),
-          );
-        }
-      }
-    } else {
-      const match = req.queries.length === 0 ||
-        req.queries.some((q) => q === "base:" || q === BASE_ALLOCATION);
-      if (match) this.opt(option, Rep.META_CONTEXT, encodeRepMetaContext(0, BASE_ALLOCATION));
-    }
-    this.opt(option, Rep.ACK);
-  }
-
   private enterTransmission(exp: BlockExport, requestedName: string): void {
     this.exp = exp;
     this.readOnly = exp.readOnly || !!this.opts.readOnly;
-    this.metaActive = this.structured && this.metaBase && this.metaExport === requestedName;
+    this.metaActive = this.nego.metaContextFor(requestedName);
     this.rq = new RequestParser({
       maxWritePayload: Math.max(exp.maxBlock, MIN_WRITE_PAYLOAD_LIMIT),
       alloc: this.pool.alloc,
@@ -698,8 +499,9 @@ class Connection {
   }
 
   private replyError(r: NbdRequest, errno: number, message: string): void {
-    if (this.structured) this.send(encodeStructuredError(ReplyFlag.DONE, r.handle, errno, message));
-    else this.send(encodeSimpleReply(r.handle, errno));
+    if (this.nego.structured) {
+      this.send(encodeStructuredError(ReplyFlag.DONE, r.handle, errno, message));
+    } else this.send(encodeSimpleReply(r.handle, errno));
   }
 
   /** Validates flags, bounds and alignment; throws ReplyError. */
@@ -781,12 +583,12 @@ class Connection {
   }
 
   private async doRead(r: NbdRequest): Promise<void> {
-    if ((r.flags & CmdFlag.DF) && !this.structured) {
+    if ((r.flags & CmdFlag.DF) && !this.nego.structured) {
       throw new ReplyError(Err.EINVAL, "DF without structured replies");
     }
     const exp = this.check(r, "read");
     const { handle, offset, length } = r;
-    if (!this.structured) {
+    if (!this.nego.structured) {
       const data = length > 0 ? await exp.read(offset, length) : Buffer.alloc(0);
       if (data.length !== length) throw new ReplyError(Err.EIO, "short read from export");
       this.sendWithHeader(encodeSimpleReply(handle, 0), data);
@@ -856,19 +658,10 @@ class Connection {
     return segs;
   }
 
-  /** Sends a header and payload, as one buffer when small. */
+  /** Sends a header and payload; small ones are merged with the turn's other replies. */
   private sendWithHeader(header: Buffer, data: Buffer): void {
-    if (data.length === 0) {
-      this.send(header);
-    } else if (data.length + header.length <= COALESCE_LIMIT) {
-      const b = Buffer.allocUnsafe(header.length + data.length);
-      header.copy(b, 0);
-      data.copy(b, header.length);
-      this.send(b);
-    } else {
-      this.send(header);
-      this.send(data);
-    }
+    this.send(header);
+    if (data.length) this.send(data);
   }
 
   private async doBlockStatus(r: NbdRequest): Promise<void> {

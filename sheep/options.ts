@@ -4,6 +4,7 @@ import { isIP } from "node:net";
 import { getoptLong, type LongOption, strtolWhole } from "../core/getopt.ts";
 import { LOG_LEVEL_HELP, OPTION_HELP, SUPPORTED_FEATURES } from "./options-help.ts";
 import { VERSION } from "../core/version.ts";
+import { type JournalOptions, parseJournalArg } from "../core/journal-record.ts";
 import { LOG_LEVELS } from "./log.ts";
 
 export interface SheepOptions {
@@ -26,7 +27,8 @@ export interface SheepOptions {
   /** --http: /metrics, /healthz and the dashboard (loopback unless an address is given). */
   http: { host: string; port: number } | null;
   recovery: { max: number; interval: number } | null;
-  journal: string | null;
+  /** -j: parsed and range-checked here; the directory is checked at start (io/journal.ts). */
+  journal: JournalOptions | null;
   cache: string | null;
   directio: boolean;
   /** --scrub: background checksum + replica-hash scrub (sheep/scrub.ts); null = off. */
@@ -312,7 +314,11 @@ export function parseSheepArgs(
         o.recovery = parseRecovery(arg);
         break;
       case "j":
-        o.journal = arg;
+        try {
+          o.journal = parseJournalArg(arg);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
         break;
       case "w":
         o.cache = arg;

@@ -1,11 +1,11 @@
 // The NBD server in-process with MemoryExport devices, driven by Debian's real NBD clients
 // (libnbd's nbdinfo/nbdcopy, qemu-img, qemu-io, fio's nbd engine) and by a raw-socket client
 // for hostile and ordering cases the real clients never produce.
+import { RawClient } from "../lib/nbd-raw-client.ts";
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import {
@@ -19,18 +19,13 @@ import {
   Cmd,
   CmdFlag,
   decodeChunkPayload,
-  decodeOptionReply,
-  encodeClientFlags,
   encodeInfoRequest,
   encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
   Info,
-  type NbdReply,
   Opt,
   Rep,
-  ReplyFlag,
-  ReplyParser,
   StateFlag,
   TxFlag,
 } from "../../core/nbd.ts";
@@ -353,7 +348,7 @@ clientTest("read-only export: reads work, writes are refused", async () => {
   const wr = await run("qemu-io", ["-f", "raw", "-c", "write -P 1 0 4096", uri("disk@snap")]);
   expect(wr.code).not.toBe(0);
   // The server itself refuses, too, even when a client ignores the READ_ONLY flag.
-  const c = await RawClient.open("disk@snap");
+  const c = await RawClient.open(port, "disk@snap");
   expect(c.txFlags & TxFlag.READ_ONLY).toBeTruthy();
   expect((await c.request(Cmd.WRITE, 0, 4096, 0, Buffer.alloc(4096, 1))).error).toBe(1); // EPERM
   expect((await c.request(Cmd.TRIM, 0, 4096)).error).toBe(1);
@@ -365,7 +360,7 @@ clientTest("read-only export: reads work, writes are refused", async () => {
 clientTest("a write past the end is refused", async () => {
   const q = await run("qemu-io", ["-f", "raw", "-c", `write -P 1 ${DISK_SIZE - 2048} 4096`, uri()]);
   expect(q.code).not.toBe(0);
-  const c = await RawClient.open("disk");
+  const c = await RawClient.open(port, "disk");
   expect((await c.request(Cmd.WRITE, DISK_SIZE - 2048, 4096, 0, Buffer.alloc(4096, 1))).error).toBe(
     28,
   ); // ENOSPC
@@ -378,186 +373,8 @@ clientTest("a write past the end is refused", async () => {
 
 // ------------------------------------------------------------------------------ raw protocol
 
-type Opened = { size: number; txFlags: number };
-
-/** Minimal NBD client over a raw socket, for the cases real clients never produce. */
-class RawClient {
-  private chunks: Buffer[] = [];
-  private waiters: Array<() => void> = [];
-  private parser: ReplyParser | null = null;
-  private readLens = new Map<bigint, number>();
-  private replies = new Map<bigint, NbdReply[]>();
-  private nextHandle = 1n;
-  size = 0;
-  txFlags = 0;
-  closed: Promise<void>;
-  isClosed = false;
-
-  private constructor(readonly sock: net.Socket) {
-    sock.on("data", (b: Buffer) => {
-      if (this.parser) {
-        for (const r of this.parser.push(b)) {
-          const list = this.replies.get(r.handle) ?? [];
-          list.push(r);
-          this.replies.set(r.handle, list);
-        }
-      } else this.chunks.push(b);
-      this.wake();
-    });
-    sock.on("error", () => {});
-    this.closed = new Promise((r) =>
-      sock.on("close", () => {
-        this.isClosed = true;
-        this.wake();
-        r();
-      })
-    );
-  }
-
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  private waitData(): Promise<void> {
-    return new Promise((r) => this.waiters.push(r));
-  }
-
-  static async connect(): Promise<RawClient> {
-    const sock = net.connect(port, "127.0.0.1");
-    await new Promise<void>((r, j) => sock.once("connect", r).once("error", j));
-    return new RawClient(sock);
-  }
-
-  /** Connects, negotiates structured replies + base:allocation (optional) and enters transmission. */
-  static async open(
-    name: string,
-    opts: { structured?: boolean; meta?: boolean } = {},
-  ): Promise<RawClient> {
-    const c = await RawClient.connect();
-    await c.greeting();
-    if (opts.structured) expect((await c.option(Opt.STRUCTURED_REPLY)).type).toBe(Rep.ACK);
-    if (opts.meta) {
-      const reps = await c.optionAll(
-        Opt.SET_META_CONTEXT,
-        encodeMetaContextRequest(name, ["base:allocation"]),
-      );
-      expect(reps.map((r) => r.type)).toEqual([Rep.META_CONTEXT, Rep.ACK]);
-    }
-    const reps = await c.optionAll(Opt.GO, encodeInfoRequest(name, [Info.BLOCK_SIZE]));
-    const last = reps[reps.length - 1];
-    if (last.type !== Rep.ACK) throw new Error(`GO failed: ${last.type.toString(16)} ${last.data}`);
-    const exp = reps.find((r) => r.type === Rep.INFO && r.data.readUInt16BE(0) === Info.EXPORT)!;
-    c.size = Number(exp.data.readBigUInt64BE(2));
-    c.txFlags = exp.data.readUInt16BE(10);
-    c.startTransmission();
-    return c;
-  }
-
-  async readExact(n: number): Promise<Buffer> {
-    for (;;) {
-      const have = this.chunks.reduce((a, b) => a + b.length, 0);
-      if (have >= n) {
-        const all = Buffer.concat(this.chunks);
-        this.chunks = [all.subarray(n)];
-        return all.subarray(0, n);
-      }
-      if (this.isClosed) throw new Error("connection closed");
-      await this.waitData();
-    }
-  }
-
-  async greeting(flags = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES): Promise<void> {
-    const g = await this.readExact(18);
-    expect(g.toString("latin1", 0, 16)).toBe("NBDMAGICIHAVEOPT");
-    this.sock.write(encodeClientFlags(flags));
-  }
-
-  async optReply(): Promise<{ option: number; type: number; data: Buffer }> {
-    const h = await this.readExact(20);
-    const len = h.readUInt32BE(16);
-    const data = await this.readExact(len);
-    return decodeOptionReply(Buffer.concat([h, data]))!;
-  }
-
-  async option(
-    opt: number,
-    data?: Buffer,
-  ): Promise<{ option: number; type: number; data: Buffer }> {
-    this.sock.write(encodeOption(opt, data));
-    return await this.optReply();
-  }
-
-  /** Sends an option and collects replies up to the final ACK or error. */
-  async optionAll(
-    opt: number,
-    data?: Buffer,
-  ): Promise<Array<{ option: number; type: number; data: Buffer }>> {
-    this.sock.write(encodeOption(opt, data));
-    const out = [];
-    for (;;) {
-      const r = await this.optReply();
-      out.push(r);
-      if (r.type === Rep.ACK || r.type & 0x80000000) return out;
-    }
-  }
-
-  startTransmission(): void {
-    this.parser = new ReplyParser((h) => this.readLens.get(h));
-    const rest = Buffer.concat(this.chunks);
-    this.chunks = [];
-    if (rest.length) this.sock.emit("data", rest);
-  }
-
-  send(type: number, offset: number, length: number, flags = 0, data?: Buffer): bigint {
-    const handle = this.nextHandle++;
-    if (type === Cmd.READ) this.readLens.set(handle, length);
-    this.sock.write(encodeRequest({ type, flags, handle, offset, length }, data));
-    return handle;
-  }
-
-  /** All reply messages for a handle, once complete (simple reply, or a chunk with DONE). */
-  async reply(handle: bigint): Promise<NbdReply[]> {
-    for (;;) {
-      const list = this.replies.get(handle);
-      const last = list?.[list.length - 1];
-      if (last && (last.kind === "simple" || last.flags & ReplyFlag.DONE)) {
-        this.replies.delete(handle);
-        return list!;
-      }
-      if (this.isClosed) throw new Error("connection closed");
-      await this.waitData();
-    }
-  }
-
-  /** Sends a request and returns its error value (simple or structured) and parts. */
-  async request(
-    type: number,
-    offset: number,
-    length: number,
-    flags = 0,
-    data?: Buffer,
-  ): Promise<{ error: number; parts: NbdReply[] }> {
-    const parts = await this.reply(this.send(type, offset, length, flags, data));
-    let error = 0;
-    for (const p of parts) {
-      if (p.kind === "simple") error = p.error;
-      else if (p.type & 0x8000) {
-        error = (decodeChunkPayload(p.type, p.payload) as { error: number }).error;
-      }
-    }
-    return { error, parts };
-  }
-
-  async disconnect(): Promise<void> {
-    this.sock.write(encodeRequest({ type: Cmd.DISC, handle: 0n, offset: 0, length: 0 }));
-    await this.closed;
-  }
-}
-
 async function serverStillWorks(): Promise<void> {
-  const c = await RawClient.open("disk");
+  const c = await RawClient.open(port, "disk");
   expect((await c.request(Cmd.READ, 0, 512)).error).toBe(0);
   await c.disconnect();
 }
@@ -566,7 +383,7 @@ test("structured read sends holes as OFFSET_HOLE and data as OFFSET_DATA", async
   const d = disk();
   d.objects.clear();
   await d.write(4 * MiB, Buffer.alloc(8192, 0x11), false); // object 1 allocated
-  const c = await RawClient.open("disk", { structured: true, meta: true });
+  const c = await RawClient.open(port, "disk", { structured: true, meta: true });
   const { error, parts } = await c.request(Cmd.READ, 4 * MiB - 4096, 8192);
   expect(error).toBe(0);
   const decoded = parts.map((
@@ -609,7 +426,7 @@ test("structured read sends holes as OFFSET_HOLE and data as OFFSET_DATA", async
 });
 
 test("block status without a negotiated context, unknown commands and bad flags get EINVAL", async () => {
-  const c = await RawClient.open("disk");
+  const c = await RawClient.open(port, "disk");
   expect((await c.request(Cmd.BLOCK_STATUS, 0, 4096)).error).toBe(22);
   expect((await c.request(77, 0, 0)).error).toBe(22);
   expect((await c.request(Cmd.CACHE, 0, 4096)).error).toBe(22);
@@ -621,7 +438,7 @@ test("block status without a negotiated context, unknown commands and bad flags 
 });
 
 test("oversized and misaligned requests get EINVAL and the stream stays in sync", async () => {
-  const c = await RawClient.open("small"); // maxBlock 1 MiB, minBlock 512
+  const c = await RawClient.open(port, "small"); // maxBlock 1 MiB, minBlock 512
   expect((await c.request(Cmd.READ, 0, 2 * MiB)).error).toBe(22);
   expect((await c.request(Cmd.WRITE, 0, 2 * MiB, 0, Buffer.alloc(2 * MiB, 3))).error).toBe(22);
   expect((await c.request(Cmd.WRITE, 1, 512, 0, Buffer.alloc(512, 3))).error).toBe(22);
@@ -636,28 +453,28 @@ test("oversized and misaligned requests get EINVAL and the stream stays in sync"
 
 test("hostile input closes only that connection", async () => {
   // Bad request magic.
-  let c = await RawClient.open("disk");
+  let c = await RawClient.open(port, "disk");
   const bad = encodeRequest({ type: Cmd.READ, handle: 1n, offset: 0, length: 512 });
   bad.writeUInt32BE(0xdeadbeef, 0);
   c.sock.write(bad);
   await c.closed;
   // A write whose payload could never be accepted.
-  c = await RawClient.open("disk");
+  c = await RawClient.open(port, "disk");
   c.sock.write(encodeRequest({ type: Cmd.WRITE, handle: 1n, offset: 0, length: 0xffffffff }));
   await c.closed;
   // Bad option magic during the handshake.
-  c = await RawClient.connect();
+  c = await RawClient.connect(port);
   await c.greeting();
   const opt = encodeOption(Opt.LIST);
   opt[0] ^= 1;
   c.sock.write(opt);
   await c.closed;
   // Unknown client flags.
-  c = await RawClient.connect();
+  c = await RawClient.connect(port);
   await c.greeting(0x80);
   await c.closed;
   // Random garbage straight away.
-  c = await RawClient.connect();
+  c = await RawClient.connect(port);
   c.sock.write(Buffer.from("GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(10)));
   await c.closed;
   await serverStillWorks();
@@ -665,7 +482,7 @@ test("hostile input closes only that connection", async () => {
 });
 
 test("handshake: unknown options, oversized options, INFO, LIST, ABORT", async () => {
-  const c = await RawClient.connect();
+  const c = await RawClient.connect(port);
   await c.greeting();
   expect((await c.option(0x4242, Buffer.from("whatever"))).type).toBe(Rep.ERR_UNSUP);
   expect((await c.option(Opt.STARTTLS)).type).toBe(Rep.ERR_UNSUP);
@@ -700,7 +517,7 @@ test("handshake: unknown options, oversized options, INFO, LIST, ABORT", async (
 });
 
 test("NBD_OPT_EXPORT_NAME enters transmission; an unknown name drops the connection", async () => {
-  let c = await RawClient.connect();
+  let c = await RawClient.connect(port);
   await c.greeting(ClientFlag.FIXED_NEWSTYLE); // without NO_ZEROES: 124 zero bytes follow
   c.sock.write(encodeOption(Opt.EXPORT_NAME, Buffer.from("disk")));
   const r = await c.readExact(8 + 2 + 124);
@@ -710,7 +527,7 @@ test("NBD_OPT_EXPORT_NAME enters transmission; an unknown name drops the connect
   c.startTransmission();
   expect((await c.request(Cmd.READ, 0, 512)).error).toBe(0);
   await c.disconnect();
-  c = await RawClient.connect();
+  c = await RawClient.connect(port);
   await c.greeting();
   c.sock.write(encodeOption(Opt.EXPORT_NAME, Buffer.from("nope")));
   await c.closed;
@@ -721,7 +538,7 @@ test("requests are answered out of order; FLUSH waits for earlier writes", async
   slow.readDelay = (off) => (off === 0 ? 300 : 0);
   slow.writeDelay = 200;
   slow.events = [];
-  const c = await RawClient.open("slow");
+  const c = await RawClient.open(port, "slow");
   const a = c.send(Cmd.READ, 0, 4096);
   const b = c.send(Cmd.READ, 1 * MiB, 4096);
   const order: bigint[] = [];
@@ -750,7 +567,7 @@ test("in-flight bytes stay bounded when the client does not read replies", async
   slow.maxActiveReadBytes = 0;
   slow.readsStarted = 0;
   slow.readDelay = () => 20; // reads overlap, so the budget is what limits them
-  const c = await RawClient.open("slow");
+  const c = await RawClient.open(port, "slow");
   c.sock.pause(); // stop reading replies
   const handles: bigint[] = [];
   for (let i = 0; i < 200; i++) handles.push(c.send(Cmd.READ, (i % 8) * MiB, 1 * MiB));
@@ -771,7 +588,7 @@ test("a stuck backend and a flood of payload-less requests keep memory bounded",
   let release!: () => void;
   slow.flushGate = new Promise((r) => (release = r));
   slow.maxActiveFlushes = 0;
-  const c = await RawClient.open("slow");
+  const c = await RawClient.open(port, "slow");
   const handles: bigint[] = [];
   for (let i = 0; i < 5000; i++) handles.push(c.send(Cmd.FLUSH, 0, 0));
   await sleep(300);
@@ -790,7 +607,7 @@ test("DISC answers outstanding requests, then closes; export.close() runs once p
   slow.writeDelay = 100;
   const before = slow.closeCount;
   const opened = opens.get("slow")!;
-  const c = await RawClient.open("slow");
+  const c = await RawClient.open(port, "slow");
   const w = c.send(Cmd.WRITE, 0, 4096, CmdFlag.FUA, Buffer.alloc(4096, 5));
   c.sock.write(encodeRequest({ type: Cmd.DISC, handle: 99n, offset: 0, length: 0 }));
   const parts = await c.reply(w);
@@ -800,7 +617,7 @@ test("DISC answers outstanding requests, then closes; export.close() runs once p
   expect(opens.get("slow")).toBe(opened + 1);
 
   // A client that vanishes in the middle of a write payload.
-  const v = await RawClient.open("slow");
+  const v = await RawClient.open(port, "slow");
   v.sock.write(
     encodeRequest({ type: Cmd.WRITE, handle: 1n, offset: 0, length: 65536 }, Buffer.alloc(1000))
       .subarray(0, 1028),
@@ -825,7 +642,7 @@ test("server close() lets in-flight requests finish; idle handshakes time out", 
   const port1 = port;
   port = srv2.port; // RawClient connects to `port`
   try {
-    const idle = await RawClient.connect();
+    const idle = await RawClient.connect(port);
     await idle.readExact(18);
     const t0 = Date.now();
     await idle.closed;
@@ -834,7 +651,7 @@ test("server close() lets in-flight requests finish; idle handshakes time out", 
     const slow = exports.get("slow")!;
     slow.writeDelay = 300;
     const before = slow.closeCount;
-    const c = await RawClient.open("slow");
+    const c = await RawClient.open(port, "slow");
     const w = c.send(Cmd.WRITE, 0, 4096, 0, Buffer.alloc(4096, 6));
     await sleep(50);
     const closing = srv2.close();
@@ -843,7 +660,7 @@ test("server close() lets in-flight requests finish; idle handshakes time out", 
     await closing;
     expect(slow.closeCount).toBe(before + 1);
     slow.writeDelay = 0;
-    await expect(RawClient.connect()).rejects.toThrow();
+    await expect(RawClient.connect(port)).rejects.toThrow();
   } finally {
     port = port1;
   }

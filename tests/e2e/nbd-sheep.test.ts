@@ -2,29 +2,18 @@
 // Debian's real NBD clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio's nbd engine) plus a tiny
 // raw-socket client for the one case the real clients refuse to send (writes past the end).
 // Tests run in file order and share the cluster; the one that kills a sheep comes last.
+import { RawClient } from "../lib/nbd-raw-client.ts";
 import { afterAll, beforeAll, expect } from "bun:test";
 import { Buffer } from "node:buffer";
 import { type ChildProcess, spawn } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { TestCluster } from "../lib/cluster.ts";
 import { testWith } from "../lib/components.ts";
-import {
-  ClientFlag,
-  Cmd,
-  decodeOptionReply,
-  encodeClientFlags,
-  encodeInfoRequest,
-  encodeOption,
-  encodeRequest,
-  Opt,
-  Rep,
-  TxFlag,
-} from "../../core/nbd.ts";
+import { Cmd, TxFlag } from "../../core/nbd.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -176,85 +165,6 @@ function firstOther(buf: Buffer, from: number, to: number, allowed: number[]): n
   for (const v of allowed) a[v] = 1;
   for (let i = from; i < to; i++) if (!a[buf[i]]) return i;
   return -1;
-}
-
-/** Minimal NBD client: newstyle-fixed handshake, NBD_OPT_GO, then simple replies one at a time. */
-class RawNbd {
-  private buf = Buffer.alloc(0);
-  private waiter: (() => void) | null = null;
-  private closed = false;
-  size = 0;
-  txFlags = 0;
-  private handle = 1n;
-
-  private constructor(private readonly sock: net.Socket) {
-    sock.on("data", (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.waiter?.();
-    });
-    sock.on("error", () => {});
-    sock.on("close", () => {
-      this.closed = true;
-      this.waiter?.();
-    });
-  }
-
-  private async take(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.closed) throw new Error("connection closed");
-      await new Promise<void>((r) => (this.waiter = r));
-      this.waiter = null;
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  static async open(port: number, name: string): Promise<RawNbd> {
-    const sock = net.connect(port, "127.0.0.1");
-    await new Promise<void>((r, j) => sock.once("connect", r).once("error", j));
-    const c = new RawNbd(sock);
-    const greeting = await c.take(18);
-    if (greeting.toString("latin1", 0, 16) !== "NBDMAGICIHAVEOPT") throw new Error("bad greeting");
-    sock.write(encodeClientFlags(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES));
-    sock.write(encodeOption(Opt.GO, encodeInfoRequest(name)));
-    for (;;) {
-      const h = await c.take(20);
-      const data = await c.take(h.readUInt32BE(16));
-      const rep = decodeOptionReply(Buffer.concat([h, data]))!;
-      if (rep.type === Rep.ACK) break;
-      if (rep.type & 0x80000000) throw new Error(`NBD_OPT_GO refused: ${rep.data.toString()}`);
-      if (rep.type === Rep.INFO && rep.data.readUInt16BE(0) === 0) {
-        c.size = Number(rep.data.readBigUInt64BE(2));
-        c.txFlags = rep.data.readUInt16BE(10);
-      }
-    }
-    return c;
-  }
-
-  /** Sends one request and returns its error value (and data for a successful READ). */
-  async request(
-    type: number,
-    offset: number,
-    length: number,
-    data?: Buffer,
-  ): Promise<{ error: number; data?: Buffer }> {
-    const handle = this.handle++;
-    this.sock.write(encodeRequest({ type, handle, offset, length }, data));
-    const r = await this.take(16);
-    if (r.readUInt32BE(0) !== 0x67446698 || r.readBigUInt64BE(8) !== handle) {
-      throw new Error("bad simple reply");
-    }
-    const error = r.readUInt32BE(4);
-    if (type === Cmd.READ && error === 0) return { error, data: await this.take(length) };
-    return { error };
-  }
-
-  async disconnect(): Promise<void> {
-    this.sock.write(encodeRequest({ type: Cmd.DISC, handle: 0n, offset: 0, length: 0 }));
-    this.sock.end();
-    while (!this.closed) await new Promise<void>((r) => (this.waiter = r));
-  }
 }
 
 // ------------------------------------------------------------------------------ tests
@@ -457,18 +367,18 @@ test(
       expect(r.stdout + r.stderr).toMatch(/failed|error/i);
     }
     // ...so check the server with a raw client that sends them anyway.
-    const raw = await RawNbd.open(c.nodes[1].nbdPort!, "pat");
+    const raw = await RawClient.open(c.nodes[1].nbdPort!, "pat");
     try {
       expect(raw.size).toBe(size);
       expect(raw.txFlags & TxFlag.READ_ONLY).toBe(0);
-      expect((await raw.request(Cmd.WRITE, size - 2048, 4096, Buffer.alloc(4096, 0x99))).error)
+      expect((await raw.request(Cmd.WRITE, size - 2048, 4096, 0, Buffer.alloc(4096, 0x99))).error)
         .toBe(28); // ENOSPC
-      expect((await raw.request(Cmd.WRITE, size, 1, Buffer.from([0x99]))).error).toBe(28);
+      expect((await raw.request(Cmd.WRITE, size, 1, 0, Buffer.from([0x99]))).error).toBe(28);
       expect((await raw.request(Cmd.WRITE_ZEROES, size - 512, 1024)).error).not.toBe(0);
       expect((await raw.request(Cmd.TRIM, size, 4096)).error).not.toBe(0);
       expect((await raw.request(Cmd.READ, size - 1, 2)).error).toBe(22); // EINVAL
       // In range up to the last byte is fine.
-      expect((await raw.request(Cmd.WRITE, size - 1, 1, Buffer.from([0x16]))).error).toBe(0);
+      expect((await raw.request(Cmd.WRITE, size - 1, 1, 0, Buffer.from([0x16]))).error).toBe(0);
       const tail = await raw.request(Cmd.READ, size - 4096, 4096);
       expect(tail.error).toBe(0);
       expect(tail.data!.subarray(0, 4095).equals(Buffer.alloc(4095, 0x15))).toBe(true);
@@ -725,10 +635,10 @@ test("two writers on one VDI: the second is refused; snapshot exports are read-o
     expect(info.description).toMatch(/locked/);
     await qio(1, "two", [`read -P 0x61 0 ${64 * KiB}`], { readOnly: true });
     // Even a client that ignores READ_ONLY gets EPERM.
-    const raw = await RawNbd.open(c.nodes[2].nbdPort!, "two");
+    const raw = await RawClient.open(c.nodes[2].nbdPort!, "two");
     try {
       expect(raw.txFlags & TxFlag.READ_ONLY).toBeTruthy();
-      expect((await raw.request(Cmd.WRITE, 0, 4096, Buffer.alloc(4096, 0x63))).error).toBe(1);
+      expect((await raw.request(Cmd.WRITE, 0, 4096, 0, Buffer.alloc(4096, 0x63))).error).toBe(1);
       expect((await raw.request(Cmd.TRIM, 0, 4 * MiB)).error).toBe(1);
       expect((await raw.request(Cmd.WRITE_ZEROES, 0, 4 * MiB)).error).toBe(1);
     } finally {
@@ -769,10 +679,10 @@ test("two writers on one VDI: the second is refused; snapshot exports are read-o
     expect(w.code).not.toBe(0);
     expect(w.stderr).toMatch(/Permission denied|read-only/i);
   }
-  const raw = await RawNbd.open(c.nodes[0].nbdPort!, "two@snap1");
+  const raw = await RawClient.open(c.nodes[0].nbdPort!, "two@snap1");
   try {
     expect(raw.txFlags & TxFlag.READ_ONLY).toBeTruthy();
-    expect((await raw.request(Cmd.WRITE, 0, 4096, Buffer.alloc(4096, 0x67))).error).toBe(1);
+    expect((await raw.request(Cmd.WRITE, 0, 4096, 0, Buffer.alloc(4096, 0x67))).error).toBe(1);
     expect((await raw.request(Cmd.WRITE_ZEROES, 0, 4 * MiB)).error).toBe(1);
   } finally {
     await raw.disconnect();

@@ -1,0 +1,103 @@
+// The Sheepdog protocol listeners (TCP and the base directory's unix socket) and the framing
+// loop of one connection: requests are parsed incrementally, served concurrently and answered
+// in completion order, with reading paused while too many are in progress.
+import type { Buffer } from "node:buffer";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { FrameParser, type Header, type ProtocolError } from "../core/proto.ts";
+import { errorReply, type Reply } from "./ops/reply.ts";
+import type { Logger } from "./log.ts";
+
+/**
+ * Requests of one connection served at once, and their payload bytes, before reading pauses
+ * (it resumes at half): a client pipelining 4 MiB writes cannot make the sheep hold more than
+ * this much of its data.
+ */
+const MAX_INFLIGHT = 64;
+const MAX_INFLIGHT_BYTES = 32 * 1024 * 1024;
+
+export interface ProtocolPort {
+  handle(req: Header, data: Buffer): Promise<Reply>;
+  /** The epoch every reply carries. */
+  epoch(): number;
+  log: Logger;
+  /** Open connections, destroyed at shutdown. */
+  sockets: Set<net.Socket>;
+}
+
+export function listenProtocol(
+  host: string,
+  port: number,
+  baseDir: string,
+  p: ProtocolPort,
+): Promise<{ tcp: net.Server; unix: net.Server }> {
+  const onConn = (sock: net.Socket) => serveConnection(sock, p);
+  const tcp = net.createServer({ noDelay: true } as net.ServerOpts, onConn);
+  const unixPath = path.join(baseDir, "sock");
+  fs.rmSync(unixPath, { force: true });
+  const unix = net.createServer(onConn);
+  return new Promise((resolve, reject) => {
+    tcp.once(
+      "error",
+      (e) => reject(new Error(`cannot listen on ${host}:${port}: ${(e as Error).message}`)),
+    );
+    tcp.listen(port, host, () => {
+      unix.on("error", (e) => p.log.warn(`unix socket: ${e.message}`));
+      unix.listen(unixPath, () => resolve({ tcp, unix }));
+    });
+  });
+}
+
+function serveConnection(sock: net.Socket, p: ProtocolPort): void {
+  p.sockets.add(sock);
+  sock.setNoDelay(true);
+  const parser = new FrameParser("request");
+  let inflight = 0;
+  let inflightBytes = 0;
+  const send = (r: Reply) => {
+    if (sock.destroyed) return;
+    r.hdr.dataLength = r.data.length;
+    if (r.data.length) {
+      sock.cork();
+      sock.write(r.hdr.b);
+      sock.write(r.data);
+      sock.uncork();
+    } else sock.write(r.hdr.b);
+  };
+  sock.on("data", (chunk: Buffer) => {
+    let frames;
+    try {
+      frames = parser.push(chunk);
+    } catch (e) {
+      p.log.warn(
+        `bad request stream from ${sock.remoteAddress ?? "unix"}: ${(e as ProtocolError).message}`,
+      );
+      sock.destroy();
+      return;
+    }
+    for (const f of frames) {
+      inflight++;
+      inflightBytes += f.data.length;
+      // Bounded memory: stop reading while many requests (or many bytes) are being served.
+      if (inflight > MAX_INFLIGHT || inflightBytes > MAX_INFLIGHT_BYTES) sock.pause();
+      p.handle(f.hdr, f.data)
+        .catch((e) => errorReply(f.hdr, e))
+        .then((r) => {
+          r.hdr.opcode = f.hdr.opcode;
+          r.hdr.id = f.hdr.id;
+          r.hdr.epoch = p.epoch();
+          send(r);
+          inflight--;
+          inflightBytes -= f.data.length;
+          if (
+            sock.isPaused() && inflight <= MAX_INFLIGHT / 2 &&
+            inflightBytes <= MAX_INFLIGHT_BYTES / 2
+          ) sock.resume();
+        });
+    }
+  });
+  // A reset by the peer is normal; "close" follows and cleans up.
+  sock.on("error", () => {});
+  sock.on("close", () => p.sockets.delete(sock));
+}
