@@ -1,7 +1,7 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
 //   node_modules/.bin/bun bench/run.ts [--full]
-//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,journal,c]
+//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,c]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -45,6 +45,7 @@ import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
 import { cRefBench } from "./c-ref.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
+import { checksumBench, CSUM_METRICS, type CsumKey } from "./checksum.ts";
 import { journalBench } from "./journal.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -62,6 +63,7 @@ const SECTIONS = [
   "metrics",
   "farm",
   "ec",
+  "checksum",
   "journal",
   "c",
 ];
@@ -1044,6 +1046,39 @@ async function ec(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. checksums: stored CRC-32 per 4 KiB against SHEEPDOG_CHECKSUMS=off (bench/checksum.ts)
+
+async function checksum(): Promise<void> {
+  const f = await checksumBench({
+    sizeBytes: 256 * MiB,
+    rounds: FULL ? 5 : 3,
+    runtimeS: FIO_RUNTIME,
+  });
+  for (const k of Object.keys(CSUM_METRICS) as CsumKey[]) {
+    results.add({
+      section: "checksum 1 node copies=1",
+      refName: "same, SHEEPDOG_CHECKSUMS=off (goal >= 0.95x)",
+      metric: CSUM_METRICS[k].metric,
+      unit: CSUM_METRICS[k].unit,
+      ours: median(f.on[k]),
+      ref: median(f.off[k]),
+      better: "higher",
+    });
+  }
+  for (const rw of ["randread", "randwrite"] as const) {
+    results.add({
+      section: "checksum 1 node copies=1",
+      refName: "same, SHEEPDOG_CHECKSUMS=off",
+      metric: `sheep CPU per NBD 4k ${rw} QD32`,
+      unit: "us",
+      ours: median(f.cpu.on[rw]),
+      ref: median(f.cpu.off[rw]),
+      better: "lower",
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 function machineInfo(): string {
   const git = spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: ROOT, encoding: "utf8" })
@@ -1098,6 +1133,7 @@ async function main(): Promise<void> {
       metrics,
       farm,
       ec,
+      checksum,
       journal: () => journalBench({ results, src: SRC, size: NBD_SIZE, fioRuntime: FIO_RUNTIME }),
       c: () =>
         cRefBench({

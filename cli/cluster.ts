@@ -20,6 +20,7 @@ import {
 import { statCluster } from "./vdi-view.ts";
 import { isSnap, parseVdi } from "./vdi-common.ts";
 import { doVdiCheck } from "./vdi-check.ts";
+import { scrubReport } from "./node.ts";
 
 // ---------------------------------------------------------------------------------------------
 // cluster commands
@@ -173,7 +174,9 @@ export async function clusterCheck(c: Ctx): Promise<number> {
     const r = await doVdiCheck(c, v.header, v.slots!);
     if (r !== EXIT_SUCCESS) return r;
   }
-  return EXIT_SUCCESS;
+  // Beyond upstream: what the background scrub (sheep/scrub.ts) last found on each node.
+  out("Last scrub:\n");
+  return await scrubReport(c, true);
 }
 
 export async function clusterAlterCopy(c: Ctx): Promise<number> {

@@ -48,6 +48,7 @@ import {
   nodeLog,
   nodeMd,
   nodeRecovery,
+  nodeScrub,
   nodeStat,
   nodeVnodes,
 } from "./node.ts";
@@ -90,6 +91,7 @@ const HANDLERS: Record<string, Handler> = {
   "node info": nodeInfo,
   "node recovery": nodeRecovery,
   "node md": nodeMd,
+  "node scrub": nodeScrub,
   "node stat": nodeStat,
   "node log": nodeLog,
   "node vnodes": nodeVnodes,

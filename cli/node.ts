@@ -1,11 +1,15 @@
-// dog node: list, info, kill, recovery, md, stat, log, vnodes (upstream dog/node.c).
+// dog node: list, info, kill, recovery, md, stat, log, vnodes (upstream dog/node.c), and scrub
+// (our extension: the background scrub of sheep/scrub.ts).
 import { mdInfoJson, nodeInfoJson, nodeJson, toJson } from "./json.ts";
 import {
   decodeMdInfo,
   decodeRecoveryState,
+  decodeScrubStatus,
   MD_INFO_SIZE,
   RECOVERY_STATE_SIZE,
   type RecoveryState,
+  SCRUB_STATUS_SIZE,
+  type ScrubStatus,
 } from "../core/payloads.ts";
 import { decodeNodeStats, NODE_STAT_SIZE } from "../core/node-stat.ts";
 import { Buffer } from "node:buffer";
@@ -23,8 +27,10 @@ import {
   nodeInfoTotal,
   nodeListRow,
   padLeft,
+  padRight,
   RECOVERY_HEADER,
   recoveryRow,
+  strftime,
   strnumber,
 } from "./format.ts";
 import {
@@ -433,4 +439,79 @@ async function vnodesSet(c: Ctx): Promise<number> {
 
 export function nodeVnodes(c: Ctx): Promise<number> {
   return genericSubcommand(c, c.sub.sub!, { set: vnodesSet });
+}
+
+// ---- node scrub (our extension: upstream has no background scrub) ----
+
+const SCRUB_HEADER =
+  "Id   Host:Port              Status      Last scrub           Objects  Corrupt" +
+  "  Mismatch  Repaired  Failed\n";
+
+async function scrubStatusOf(c: Ctx, n: SdNode): Promise<ScrubStatus | null> {
+  const rsp = await c.exec(
+    Header.req(Op.SCRUB_STATUS, { dataLength: SCRUB_STATUS_SIZE }),
+    undefined,
+    n,
+  );
+  if (rsp.hdr.result !== Res.SUCCESS) {
+    err(`failed to get scrub status of ${nodeHostPort(n)}: ${strerror(rsp.hdr.result)}`);
+    return null;
+  }
+  return decodeScrubStatus(rsp.data);
+}
+
+function scrubState(s: ScrubStatus): string {
+  if (s.running) return `running:${s.progress}`;
+  return s.enabled ? "idle" : "off";
+}
+
+function lastScrub(s: ScrubStatus): string {
+  return s.passes === 0 ? "never" : strftime("%Y-%m-%d %H:%M:%S", Number(s.finishedAt));
+}
+
+/** Lines of `node scrub status` (also the tail of `cluster check`): one per node. */
+export async function scrubReport(c: Ctx, header: boolean): Promise<number> {
+  if (header && !c.raw) out(SCRUB_HEADER);
+  for (let i = 0; i < c.nodes.length; i++) {
+    const n = c.nodes[i];
+    const s = await scrubStatusOf(c, n);
+    if (!s) return EXIT_FAILURE;
+    const figures = [s.objects, s.corrupt, s.mismatched, s.repaired, s.failed];
+    if (c.raw) {
+      out(
+        `${nodeHostPort(n)} ${scrubState(s)} ${s.passes ? s.finishedAt : 0} ${figures.join(" ")}\n`,
+      );
+    } else {
+      out(
+        `${padLeft(String(i), 2)}   ${padRight(nodeHostPort(n), 22)} ${
+          padRight(scrubState(s), 11)
+        } ${padRight(lastScrub(s), 19)} ${
+          figures.map((v, k) => padLeft(String(v), k ? 9 : 8)).join("")
+        }` +
+          "\n",
+      );
+    }
+  }
+  return EXIT_SUCCESS;
+}
+
+async function scrubStart(c: Ctx): Promise<number> {
+  const targets = c.node.allNodes ? c.nodes : [null];
+  for (const n of targets) {
+    const rsp = await c.exec(Header.req(Op.SCRUB_START), undefined, n ?? undefined);
+    const where = n ? nodeHostPort(n) : `${c.host}:${c.port}`;
+    if (rsp.hdr.result === Res.UNKNOWN) out(`scrub already running on ${where}\n`);
+    else if (rsp.hdr.result !== Res.SUCCESS) {
+      err(`failed to start scrub on ${where}: ${strerror(rsp.hdr.result)}`);
+      return EXIT_FAILURE;
+    } else out(`scrub started on ${where}\n`);
+  }
+  return EXIT_SUCCESS;
+}
+
+export function nodeScrub(c: Ctx): Promise<number> {
+  return genericSubcommand(c, c.sub.sub!, {
+    start: scrubStart,
+    status: (cc) => scrubReport(cc, true),
+  });
 }

@@ -285,6 +285,17 @@ export const COMMANDS: CmdDef[] = [
           { name: "unplug", desc: "unplug disk(s) from node", needArg: true },
         ],
       },
+      {
+        name: "scrub",
+        arg: "<subcommand>",
+        opts: "aprAh",
+        desc: "start or show the background scrub (checksums and replica hashes)",
+        needArg: true,
+        sub: [
+          { name: "start", desc: "start a scrub pass now (-A: on every node)", needNodeList: true },
+          { name: "status", desc: "show the scrub of every node", needNodeList: true },
+        ],
+      },
       { name: "stat", opts: "aprwhT", desc: "show stat information about the node" },
       {
         name: "log",

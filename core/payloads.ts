@@ -292,3 +292,64 @@ export function decodeRecoveryState(data: Buffer): RecoveryState {
     nrTotal: b.readBigUInt64LE(16),
   };
 }
+
+// ---- SCRUB_STATUS (our extension: upstream has no background scrub) ----
+
+export const SCRUB_STATUS_SIZE = 80;
+
+/** One sheep's background scrub (sheep/scrub.ts); figures are of the last completed pass. */
+export interface ScrubStatus {
+  enabled: boolean;
+  running: boolean;
+  passes: number;
+  /** Unix seconds: start of the running (or last) pass, end of the last pass, next planned. */
+  startedAt: bigint;
+  finishedAt: bigint;
+  nextAt: bigint;
+  bytes: bigint;
+  objects: number;
+  corrupt: number;
+  mismatched: number;
+  repaired: number;
+  failed: number;
+  intervalS: number;
+  rateMBs: number;
+  /** Objects done so far in the running pass. */
+  progress: number;
+}
+
+export function encodeScrubStatus(s: ScrubStatus): Buffer {
+  const b = Buffer.alloc(SCRUB_STATUS_SIZE);
+  b.writeUInt8(s.enabled ? 1 : 0, 0);
+  b.writeUInt8(s.running ? 1 : 0, 1);
+  b.writeUInt32LE(s.passes, 4);
+  b.writeBigUInt64LE(s.startedAt, 8);
+  b.writeBigUInt64LE(s.finishedAt, 16);
+  b.writeBigUInt64LE(s.nextAt, 24);
+  b.writeBigUInt64LE(s.bytes, 32);
+  [s.objects, s.corrupt, s.mismatched, s.repaired, s.failed, s.intervalS, s.rateMBs, s.progress]
+    .forEach((v, i) => b.writeUInt32LE(v >>> 0, 40 + 4 * i));
+  return b;
+}
+
+export function decodeScrubStatus(b: Buffer): ScrubStatus {
+  if (b.length < SCRUB_STATUS_SIZE) throw new RangeError(`scrub status: ${b.length} bytes`);
+  const u = (i: number) => b.readUInt32LE(40 + 4 * i);
+  return {
+    enabled: b[0] === 1,
+    running: b[1] === 1,
+    passes: b.readUInt32LE(4),
+    startedAt: b.readBigUInt64LE(8),
+    finishedAt: b.readBigUInt64LE(16),
+    nextAt: b.readBigUInt64LE(24),
+    bytes: b.readBigUInt64LE(32),
+    objects: u(0),
+    corrupt: u(1),
+    mismatched: u(2),
+    repaired: u(3),
+    failed: u(4),
+    intervalS: u(5),
+    rateMBs: u(6),
+    progress: u(7),
+  };
+}

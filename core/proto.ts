@@ -71,6 +71,9 @@ export const Op = {
   SET_RECOVERY: 0xcb,
   SET_VNODES: 0xcc,
   GET_VNODES: 0xcd,
+  // Our extensions (no upstream counterpart): background scrub (sheep/scrub.ts).
+  SCRUB_START: 0xe0,
+  SCRUB_STATUS: 0xe1,
 } as const;
 
 export const Flag = {

@@ -47,6 +47,16 @@ export interface ObjectStore {
   scrubObject(oid: bigint, ecIndex?: number): Promise<{ ok: boolean; bytes: number }>;
   /** Every object file: oid and EC strip index. */
   listFiles(): Array<{ oid: bigint; ecIndex?: number }>;
+  /** Active disks (md), in path order. */
+  diskPaths(): string[];
+  /** `dog node md plug`: disks added (purged first); objects move to them in the background. */
+  plug(paths: string[]): number;
+  /** `dog node md unplug`: disks removed (never the last); their objects move off first. */
+  unplug(paths: string[]): number;
+  /** Resolves when no object waits to be moved between disks. */
+  rebalanced(): Promise<void>;
+  /** Stops the disk health checks and closes descriptors (the store is being replaced). */
+  close(): void;
 }
 
 /** Shared/exclusive lock per object name, FIFO-fair. Writes share, create/remove/move are exclusive. */

@@ -42,7 +42,7 @@ import {
   type StopReason,
 } from "../core/journal-record.ts";
 import { GroupSync, type ObjectStore } from "../core/store.ts";
-import { blockLen, crcOf, CSUM_BLOCK, CSUM_SUFFIX, entryOffset } from "./checksum.ts";
+import { blockLen, blockSizeOf, crcOf, CSUM_SUFFIX, entryOffset } from "./checksum.ts";
 
 export const JOURNAL_FILE = "journal_file";
 
@@ -612,12 +612,14 @@ function rawWriteResealed(p: string, offset: number, data: Buffer): void {
     }
     try {
       const size = fs.fstatSync(fd).size;
-      const first = Math.floor(offset / CSUM_BLOCK);
-      const last = Math.floor((offset + Math.max(1, data.length) - 1) / CSUM_BLOCK);
+      // 4 KiB blocks, or 64 KiB in a side file written before (io/checksum.ts blockSizeOf).
+      const bs = blockSizeOf(fs.fstatSync(cfd).size, size);
+      const first = Math.floor(offset / bs);
+      const last = Math.floor((offset + Math.max(1, data.length) - 1) / bs);
       for (let i = first; i <= last; i++) {
-        const len = blockLen(i, size);
+        const len = blockLen(i, size, bs);
         const b = Buffer.alloc(len);
-        fs.readSync(fd, b, 0, len, i * CSUM_BLOCK);
+        fs.readSync(fd, b, 0, len, i * bs);
         const e = Buffer.alloc(8);
         const c = crcOf(b);
         e.writeUInt32LE(c, 0);
@@ -719,5 +721,21 @@ export class JournaledStore implements ObjectStore {
   }
   listFiles(): Array<{ oid: bigint; ecIndex?: number }> {
     return this.inner.listFiles();
+  }
+  // Disks (io/md.ts): moves between disks are the store's own, synced by it, not journalled.
+  diskPaths(): string[] {
+    return this.inner.diskPaths();
+  }
+  plug(paths: string[]): number {
+    return this.inner.plug(paths);
+  }
+  unplug(paths: string[]): number {
+    return this.inner.unplug(paths);
+  }
+  rebalanced(): Promise<void> {
+    return this.inner.rebalanced();
+  }
+  close(): void {
+    this.inner.close();
   }
 }

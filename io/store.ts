@@ -1,5 +1,8 @@
 // Backend object store (sheep-daemon.md §2.2, §9): plain and tree layouts over one or more disks,
-// as files. The interface, locks and object index are core/store.ts.
+// as files. The interface, locks and object index are core/store.ts; the disk set and its ring
+// io/md.ts; descriptors and (direct) I/O io/fd-cache.ts; checksummed I/O io/verified-io.ts; stale
+// copies and disk usage io/stale.ts. Disks are plugged/unplugged at run time and a failing one is
+// taken out of the set (its objects are then recovered by the daemon).
 //
 // I/O choice (measured on Bun 1.x and Deno 2.x, 2 cores, page cache): synchronous positional
 // fs.readSync/fs.writeSync are 10-50x faster than callback or FileHandle async I/O for 4 KiB ops
@@ -12,187 +15,63 @@ import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { errnoToRes, SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
+import { objectFileName as fileName, VDI_ATTR_BIT, VDI_BIT, VMSTATE_BIT } from "../core/oid.ts";
+import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
+import { updateTable, verifiedRead } from "./verified-io.ts";
 import {
-  objectFileName as fileName,
-  parseObjectFileName as parseName,
-  VDI_ATTR_BIT,
-  VDI_BIT,
-  VMSTATE_BIT,
-} from "../core/oid.ts";
-import { DiskRing } from "../core/ring.ts";
+  diskFree,
+  diskUsage,
+  listStaleIn,
+  moveStaleOff,
+  publishCopy,
+  readObjectFiles,
+  readStaleFile,
+  removeObjectFiles,
+  scanObjectDir,
+} from "./stale.ts";
+import { KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 import {
-  blockLen,
-  checksumsEnabled,
-  crcOf,
-  CSUM_BLOCK,
-  CSUM_SUFFIX,
-  entryMatches,
-  entryOffset,
-  firstBadBlock,
-  tableForCreate,
-  tableForWrite,
-} from "./checksum.ts";
-import { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
+  allocatedBytes,
+  bufferedIo,
+  type CachedFd,
+  closeQuiet,
+  type DataIo,
+  fdatasync,
+  FdCache,
+  fsyncDir,
+  isEnoent,
+  moveQuiet,
+  preadFull,
+  pwriteFull,
+  unlinkQuiet,
+} from "./fd-cache.ts";
+import {
+  type Disk,
+  diskHealthy,
+  DiskSet,
+  isDiskErrno,
+  setupDisk,
+  type StoreOptions,
+  subdirNames,
+  trimSlash,
+} from "./md.ts";
 
 // Everything of the store in one import for the daemon and the tests.
 export { GroupSync, KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 
+export { DirectIo } from "./fd-cache.ts";
+
+export type { DiskEvent, StoreOptions } from "./md.ts";
+
 export function openStore(
   kind: "plain" | "tree",
   disks: string[],
-  opts?: { nosync?: boolean; checksums?: boolean },
+  opts: StoreOptions = {},
 ): ObjectStore & { deferSync: boolean } {
-  return new FileStore(kind, disks, opts?.nosync ?? false, opts?.checksums ?? checksumsEnabled());
-}
-
-function checksumError(path: string, block: number): SdError {
-  return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${CSUM_BLOCK} bytes)`);
+  return new FileStore(kind, disks, opts);
 }
 
 const META_BITS = VDI_BIT | VMSTATE_BIT | VDI_ATTR_BIT;
-
-interface CachedFd {
-  fd: number;
-  refs: number;
-  closed: boolean;
-}
-
-/** LRU of open O_RDWR descriptors; closing is deferred while an operation still uses the fd. */
-class FdCache {
-  private map = new Map<string, CachedFd>();
-  constructor(private max = 256) {}
-
-  acquire(path: string): CachedFd {
-    let e = this.map.get(path);
-    if (e) {
-      this.map.delete(path);
-      this.map.set(path, e);
-    } else {
-      e = { fd: fs.openSync(path, "r+"), refs: 0, closed: false };
-      this.map.set(path, e);
-      if (this.map.size > this.max) {
-        const [oldPath] = this.map.keys();
-        this.invalidate(oldPath);
-      }
-    }
-    e.refs++;
-    return e;
-  }
-
-  release(e: CachedFd) {
-    e.refs--;
-    if (e.closed && e.refs === 0) closeQuiet(e.fd);
-  }
-
-  invalidate(path: string) {
-    const e = this.map.get(path);
-    if (!e) return;
-    this.map.delete(path);
-    e.closed = true;
-    if (e.refs === 0) closeQuiet(e.fd);
-  }
-
-  clear() {
-    for (const p of [...this.map.keys()]) this.invalidate(p);
-  }
-}
-
-function closeQuiet(fd: number) {
-  try {
-    fs.closeSync(fd);
-  } catch { /* already gone */ }
-}
-
-function fdatasync(fd: number): Promise<void> {
-  return new Promise((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
-}
-function fsyncP(fd: number): Promise<void> {
-  return new Promise((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
-}
-
-const dirSyncs = new Map<string, GroupSync>();
-
-function fsyncDir(dir: string): Promise<void> {
-  let g = dirSyncs.get(dir);
-  if (!g) {
-    g = new GroupSync(async () => {
-      const fd = fs.openSync(dir, "r");
-      try {
-        await fsyncP(fd);
-      } finally {
-        closeQuiet(fd);
-      }
-    });
-    dirSyncs.set(dir, g);
-  }
-  return g.sync();
-}
-
-function preadFull(fd: number, length: number, offset: number): Buffer {
-  // Buffer.alloc zero-fills, so a short file reads back as zeros past EOF.
-  const buf = Buffer.alloc(length);
-  let done = 0;
-  while (done < length) {
-    const n = fs.readSync(fd, buf, done, length - done, offset + done);
-    if (n <= 0) break;
-    done += n;
-  }
-  return buf;
-}
-
-function pwriteFull(fd: number, data: Buffer, offset: number) {
-  let done = 0;
-  while (done < data.length) {
-    done += fs.writeSync(fd, data, done, data.length - done, offset + done);
-  }
-}
-
-/** Renames a side file along with its object; a missing one is fine, another disk is copied. */
-function moveQuiet(from: string, to: string): void {
-  try {
-    fs.renameSync(from, to);
-  } catch (e) {
-    const code = (e as { code?: string })?.code;
-    if (code === "ENOENT") return;
-    if (code !== "EXDEV") throw e;
-    fs.copyFileSync(from, to);
-    fs.unlinkSync(from);
-  }
-}
-
-function unlinkQuiet(path: string): void {
-  try {
-    fs.unlinkSync(path);
-  } catch { /* absent */ }
-}
-
-/**
- * Reads [offset, offset+length) of the open object file `fd` of `size` bytes and checks every
- * block it touches against the side file `cfd` (the whole blocks are read, then trimmed).
- */
-function verifiedRead(
-  fd: number,
-  cfd: number,
-  size: number,
-  offset: number,
-  length: number,
-  path: string,
-): Buffer {
-  const end = Math.min(offset + length, size);
-  if (end <= offset) return preadFull(fd, length, offset);
-  const first = Math.floor(offset / CSUM_BLOCK);
-  const last = Math.floor((end - 1) / CSUM_BLOCK);
-  const start = first * CSUM_BLOCK;
-  const span = Math.min((last + 1) * CSUM_BLOCK, size) - start;
-  const buf = preadFull(fd, span, start);
-  const table = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
-  const bad = firstBadBlock(buf, first, size, table);
-  if (bad >= 0) throw checksumError(path, bad);
-  if (start === offset && span === length) return buf;
-  const out = Buffer.alloc(length);
-  buf.copy(out, 0, offset - start, Math.min(span, offset - start + length));
-  return out;
-}
 
 function sdErr(e: unknown): SdError {
   if (e instanceof SdError) return e;
@@ -200,47 +79,51 @@ function sdErr(e: unknown): SdError {
   return new SdError(errnoToRes(e), code ? undefined : String(e));
 }
 
-function isEnoent(e: unknown): boolean {
-  return (e as { code?: string })?.code === "ENOENT";
-}
-
-function allocatedBytes(st: fs.Stats): bigint {
-  return BigInt(st.blocks ?? 0) * 512n;
-}
-
 interface Entry {
   oid: bigint;
   ecIndex?: number;
-  disk: number;
+  disk: Disk;
   bytes: bigint;
 }
 
-interface Disk {
-  path: string;
-  capacity: bigint;
-}
-
+const code = (e: unknown) => (e as { code?: string })?.code ?? "";
+const yieldLoop = () => new Promise<void>((r) => setTimeout(r, 0));
 class FileStore implements ObjectStore {
-  private disks: Disk[];
-  private ring: DiskRing | null = null;
+  private paths: string[];
+  private set = new DiskSet([]);
+  /** Unplugged disks whose objects are still being moved to the others (still readable). */
+  private leaving: Disk[] = [];
   private index = new ObjectIndex<Entry>();
   private locks = new KeyedRwLock();
-  private fds = new FdCache(256);
-  /** Set by the journal (io/journal.ts): it made writes and creates durable, they skip their syncs. */
+  private fds: FdCache;
+  private io: DataIo;
+  private nosync: boolean;
+  private checksums: boolean;
+  private rebalancing: Promise<void> | null = null;
+  private rebalanceAgain = false;
+  private health: ReturnType<typeof setInterval> | null = null;
+  /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
   deferSync = false;
 
   constructor(
     readonly kind: "plain" | "tree",
     disks: string[],
-    private nosync: boolean,
-    private checksums = true,
+    private opts: StoreOptions,
   ) {
     if (disks.length === 0) throw new SdError(Res.INVALID_PARMS, "no object directory");
-    const norm = disks.map((d) => (d.length > 1 ? d.replace(/\/+$/, "") : d));
+    const norm = disks.map(trimSlash);
     if (new Set(norm).size !== norm.length) {
       throw new SdError(Res.INVALID_PARMS, "duplicate object directory");
     }
-    this.disks = norm.map((path) => ({ path, capacity: 0n }));
+    this.paths = norm;
+    this.io = opts.io ?? bufferedIo;
+    this.nosync = opts.nosync ?? false;
+    this.checksums = opts.checksums ?? checksumsEnabled();
+    this.fds = new FdCache(256, this.io.openFlags);
+  }
+
+  private log(level: "info" | "warn" | "err", msg: string) {
+    this.opts.log?.(level, msg);
   }
 
   // ---- layout ----
@@ -251,75 +134,140 @@ class FileStore implements ObjectStore {
     return ((oid >> 32n) & 0xffn).toString(16).padStart(2, "0") + "/";
   }
 
-  private pathOn(disk: number, oid: bigint, ecIndex?: number): string {
-    return `${this.disks[disk].path}/${this.subdir(oid)}${fileName(oid, ecIndex)}`;
+  private pathOn(disk: Disk, oid: bigint, ecIndex?: number): string {
+    return `${disk.path}/${this.subdir(oid)}${fileName(oid, ecIndex)}`;
   }
 
-  private stalePath(disk: number, name: string, epoch: number): string {
-    return `${this.disks[disk].path}/.stale/${name}.${epoch >>> 0}`;
+  private stalePath(disk: Disk, name: string, epoch: number): string {
+    return `${disk.path}/.stale/${name}.${epoch >>> 0}`;
   }
 
-  private pick(oid: bigint): number {
-    return this.ring ? this.ring.pickDisk(oid) : 0;
+  /** The disk a new copy of `oid` goes to; none left is upstream's EIO of an absent path. */
+  private pick(oid: bigint): Disk {
+    const d = this.set.pick(oid);
+    if (!d) throw new SdError(Res.EIO, "no disk left in the store");
+    return d;
+  }
+
+  /** Active disks (the picked one first when `oid` is given), then the leaving ones. */
+  private searchOrder(oid?: bigint): Disk[] {
+    const first = oid === undefined ? undefined : this.set.pick(oid);
+    const rest = this.set.disks.filter((d) => d !== first);
+    return [...(first ? [first] : []), ...rest, ...this.leaving];
+  }
+
+  // ---- disk failures ----
+
+  /**
+   * An I/O error on `disk`: a disk error (EIO, read-only filesystem, ...) or a missing file on a
+   * disk whose directory is gone takes the disk out of the set (upstream's md_handle_eio) and
+   * answers NETWORK_ERROR, so the gateway retries elsewhere; anything else is the object's error.
+   */
+  private guard(disk: Disk | undefined, e: unknown): SdError {
+    if (e instanceof SdError) return e;
+    const c = code(e);
+    if (disk && (isDiskErrno(e) || ((c === "ENOENT" || c === "ENOTDIR") && !diskHealthy(disk)))) {
+      this.fail(disk, `${(e as Error).message ?? e}`);
+      return new SdError(Res.NETWORK_ERROR, `disk ${disk.path} failed: ${(e as Error).message}`);
+    }
+    return sdErr(e);
+  }
+
+  private fail(disk: Disk, reason: string): void {
+    const wasLeaving = this.leaving.includes(disk);
+    if (disk.gone && !wasLeaving) return;
+    disk.gone = true;
+    this.set.remove(disk);
+    this.leaving = this.leaving.filter((d) => d !== disk);
+    this.fds.invalidateUnder(disk.path);
+    let lost = 0;
+    for (const e of this.index.values()) {
+      if (e.disk !== disk) continue;
+      this.index.drop(fileName(e.oid, e.ecIndex));
+      lost++;
+    }
+    this.log(
+      "err",
+      `disk ${disk.path} failed (${reason}): unplugged, ${lost} objects to recover, ${this.set.size} disks left`,
+    );
+    this.opts.onDisk?.({ kind: "failed", path: disk.path, left: this.set.size, lost, reason });
+  }
+
+  /** Finds disks that vanished (directory removed, filesystem unmounted) without any I/O. */
+  checkDisks(): void {
+    for (const d of this.allDisks()) if (!diskHealthy(d)) this.fail(d, "directory gone");
+  }
+
+  private allDisks(): Disk[] {
+    return [...this.set.disks, ...this.leaving];
+  }
+
+  close(): void {
+    if (this.health) clearInterval(this.health);
+    this.health = null;
+    this.fds.clear();
   }
 
   // ---- object list ----
-
-  private addEntry(name: string, e: Entry) {
-    this.index.add(name, e);
-  }
-
-  private dropEntry(name: string) {
-    this.index.drop(name);
-  }
 
   /** Finds the object's file: cached entry, else probe every disk (files placed behind our back). */
   private lookup(oid: bigint, ecIndex?: number): Entry | null {
     const name = fileName(oid, ecIndex);
     const e = this.index.get(name);
     if (e) return e;
-    const first = this.pick(oid);
-    const order = [first, ...this.disks.map((_, i) => i).filter((i) => i !== first)];
-    for (const d of order) {
+    for (const d of this.searchOrder(oid)) {
       try {
         const st = fs.statSync(this.pathOn(d, oid, ecIndex));
         if (!st.isFile()) continue;
         const ne: Entry = { oid, ecIndex, disk: d, bytes: allocatedBytes(st) };
-        this.addEntry(name, ne);
+        this.index.add(name, ne);
         return ne;
       } catch { /* not on this disk */ }
     }
     return null;
   }
 
-  /** Moves a misplaced object to the disk the ring picks (caller holds the exclusive lock). */
+  /**
+   * Moves a misplaced object to the disk the ring picks (caller holds the exclusive lock). The
+   * source's errors fail the source disk, the destination's the destination.
+   */
   private relocate(e: Entry): void {
     const want = this.pick(e.oid);
     if (e.disk === want) return;
-    const from = this.pathOn(e.disk, e.oid, e.ecIndex);
+    const src = e.disk;
+    const from = this.pathOn(src, e.oid, e.ecIndex);
     const to = this.pathOn(want, e.oid, e.ecIndex);
     this.fds.invalidate(from);
     this.fds.invalidate(from + CSUM_SUFFIX);
-    // The side file first: a crash in between leaves the object where it was, with no side file
-    // (unverified) rather than with a side file of another object.
-    moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
+    let sameFs = false;
     try {
-      fs.renameSync(from, to);
+      sameFs = fs.statSync(from).dev === fs.statSync(want.path).dev;
     } catch (err) {
-      if ((err as { code?: string })?.code !== "EXDEV") throw err;
-      // Cross-device: copy to a temp name, sync, publish, then drop the old copy.
-      const tmp = to + ".tmp";
-      fs.copyFileSync(from, tmp);
-      if (!this.nosync) {
-        const fd = fs.openSync(tmp, "r+");
-        try {
-          fs.fdatasyncSync(fd);
-        } finally {
-          closeQuiet(fd);
-        }
+      throw this.guard(src, err);
+    }
+    if (sameFs) {
+      // The side file first: a crash in between leaves the object where it was, with no side
+      // file (unverified) rather than with a side file of another object.
+      try {
+        moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
+        fs.renameSync(from, to);
+      } catch (err) {
+        throw this.guard(src, err);
       }
-      fs.renameSync(tmp, to);
-      fs.unlinkSync(from);
+    } else {
+      let files: Array<[string, Buffer]>;
+      try {
+        files = readObjectFiles(from);
+      } catch (err) {
+        throw this.guard(src, err);
+      }
+      try {
+        publishCopy(to, files, this.nosync);
+      } catch (err) {
+        throw this.guard(want, err);
+      }
+      unlinkQuiet(from);
+      unlinkQuiet(from + CSUM_SUFFIX);
     }
     e.disk = want;
   }
@@ -328,117 +276,43 @@ class FileStore implements ObjectStore {
 
   async init(): Promise<void> {
     try {
-      this.fds.clear();
+      this.close();
       this.index.clear();
-      for (const d of this.disks) {
-        fs.mkdirSync(d.path, { recursive: true });
-        fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
-        if (this.kind === "tree") {
-          fs.mkdirSync(`${d.path}/meta`, { recursive: true });
-          for (let i = 0; i < 256; i++) {
-            fs.mkdirSync(`${d.path}/${i.toString(16).padStart(2, "0")}`, { recursive: true });
-          }
-        }
-        d.capacity = this.diskCapacity(d.path);
-      }
-      this.ring = this.disks.length > 1
-        ? new DiskRing(
-          this.disks.map((d) => ({ path: d.path, capacity: d.capacity > 0n ? d.capacity : 1n })),
-        )
-        : null;
-      for (let i = 0; i < this.disks.length; i++) this.scanDisk(i);
+      this.leaving = [];
+      this.set = new DiskSet(this.paths.map((p) => setupDisk(p, this.kind, false)));
+      for (const d of this.set.disks) this.scanDisk(d);
     } catch (e) {
       throw sdErr(e);
     }
+    const ms = this.opts.healthMs ?? 2000;
+    if (ms > 0) {
+      this.health = setInterval(() => this.checkDisks(), ms);
+      (this.health as { unref?: () => void }).unref?.();
+    }
   }
 
-  /**
-   * Disk capacity = its free space at first use. Upstream keeps it in the xattr `user.md.size`;
-   * node:fs has no xattr API, so we persist it in `<disk>/.md.size` (decimal bytes) instead.
-   */
-  private diskCapacity(dir: string): bigint {
-    const f = `${dir}/.md.size`;
-    try {
-      const v = BigInt(fs.readFileSync(f, "utf8").trim());
-      if (v > 0n) return v;
-    } catch { /* first use */ }
-    const s = fs.statfsSync(dir);
-    const cap = BigInt(s.bavail) * BigInt(s.bsize);
-    fs.writeFileSync(f + ".tmp", cap.toString() + "\n");
-    fs.renameSync(f + ".tmp", f);
-    return cap;
+  private objectDirs(disk: Disk): string[] {
+    return subdirNames(this.kind).map((s) => (s ? `${disk.path}/${s}` : disk.path));
   }
 
-  private objectDirs(disk: number): string[] {
-    const base = this.disks[disk].path;
-    if (this.kind === "plain") return [base];
-    const dirs = [`${base}/meta`];
-    for (let i = 0; i < 256; i++) dirs.push(`${base}/${i.toString(16).padStart(2, "0")}`);
-    return dirs;
-  }
-
-  private scanDisk(disk: number) {
+  private scanDisk(disk: Disk) {
     for (const dir of this.objectDirs(disk)) {
-      for (const name of fs.readdirSync(dir)) {
-        const full = `${dir}/${name}`;
-        if (name.endsWith(".tmp")) {
-          // Leftover of an interrupted create: never visible under its final name.
-          try {
-            fs.unlinkSync(full);
-          } catch { /* raced */ }
-          continue;
-        }
-        if (name.endsWith(CSUM_SUFFIX)) {
-          // A side file whose object is gone (crash between the two unlinks) must not be taken
-          // for the table of an object placed here later.
-          if (parseName(name.slice(0, -CSUM_SUFFIX.length)) && !fs.existsSync(full.slice(0, -5))) {
-            try {
-              fs.unlinkSync(full);
-            } catch { /* raced */ }
-          }
-          continue;
-        }
-        const p = parseName(name);
-        if (!p) continue;
-        let st: fs.Stats;
-        try {
-          st = fs.statSync(full);
-        } catch {
-          continue;
-        }
-        if (!st.isFile()) continue;
+      scanObjectDir(dir, (name, oid, ecIndex, bytes) => {
         const prev = this.index.get(name);
         // Same object on two disks: keep the copy on the disk the ring picks.
-        if (prev && prev.disk === this.pick(p.oid)) continue;
-        this.addEntry(name, { oid: p.oid, ecIndex: p.ecIndex, disk, bytes: allocatedBytes(st) });
-      }
+        if (prev && prev.disk === this.set.pick(oid)) return;
+        this.index.add(name, { oid, ecIndex, disk, bytes });
+      });
     }
   }
 
   async format(): Promise<void> {
     try {
       this.fds.clear();
-      for (let d = 0; d < this.disks.length; d++) {
-        for (const dir of this.objectDirs(d)) {
-          let names: string[];
-          try {
-            names = fs.readdirSync(dir);
-          } catch (e) {
-            if (isEnoent(e)) continue;
-            throw e;
-          }
-          for (const name of names) {
-            const base = name.replace(/\.tmp$/, "").replace(/\.csum$/, "");
-            if (!parseName(base)) continue;
-            try {
-              fs.unlinkSync(`${dir}/${name}`);
-            } catch (e) {
-              if (!isEnoent(e)) throw e;
-            }
-          }
-        }
-        fs.rmSync(`${this.disks[d].path}/.stale`, { recursive: true, force: true });
-        fs.mkdirSync(`${this.disks[d].path}/.stale`, { recursive: true });
+      for (const d of this.allDisks()) {
+        for (const dir of this.objectDirs(d)) removeObjectFiles(dir);
+        fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
+        fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
       }
       this.index.clear();
     } catch (e) {
@@ -454,27 +328,49 @@ class FileStore implements ObjectStore {
 
   /** Moves a misplaced object (found on a disk the ring does not pick) before using it. */
   private async ensurePlaced(name: string, oid: bigint, ecIndex?: number): Promise<void> {
-    if (!this.ring) return;
     const e = this.lookup(oid, ecIndex);
-    if (!e || e.disk === this.pick(oid)) return;
+    if (!e || e.disk === this.set.pick(oid) || this.set.size === 0) return;
     await this.locks.run(name, true, () => {
       const cur = this.index.get(name);
       if (!cur) return;
       try {
         this.relocate(cur);
-      } catch { /* keep serving it from where it is */ }
+      } catch { /* keep serving it from where it is (or it is gone with its disk) */ }
     });
   }
 
-  /** Cached descriptor of the side file of `path`, or null (checksums off, or a legacy object). */
+  /** Block size of side file `cc` of an object file of `size` bytes (once per descriptor). */
+  private blockSize(cc: CachedFd, size: number): number {
+    return cc.bs ??= blockSizeOf(cc.table?.length ?? fs.fstatSync(cc.fd).size, size);
+  }
+
+  /** Side file of `path`, entries in memory (KiB per cached object); null: off or none. */
   private openCsum(path: string): CachedFd | null {
     if (!this.checksums) return null;
+    let cc: CachedFd;
     try {
-      return this.fds.acquire(path + CSUM_SUFFIX);
+      cc = this.fds.acquire(path + CSUM_SUFFIX);
     } catch (err) {
       if (isEnoent(err)) return null;
       throw err;
     }
+    try {
+      cc.table ??= preadFull(cc.fd, fs.fstatSync(cc.fd).size, 0);
+    } catch (err) {
+      this.fds.release(cc);
+      throw err;
+    }
+    return cc;
+  }
+
+  /** After a mismatch the side file may be fixed behind us (journal replay reseals it): reload. */
+  private forgetTable(path: string, err: unknown): void {
+    if (err instanceof SdError && err.code === Res.EIO) this.fds.invalidate(path + CSUM_SUFFIX);
+  }
+
+  /** Size of the object file behind `c` (fstat once per descriptor; writes keep it current). */
+  private sizeOf(c: CachedFd): number {
+    return c.size ??= fs.fstatSync(c.fd).size;
   }
 
   /** The object's entry and a cached descriptor of its file; NO_OBJ (and forgotten) if missing. */
@@ -487,10 +383,11 @@ class FileStore implements ObjectStore {
     if (!e) throw new SdError(Res.NO_OBJ);
     const path = this.pathOn(e.disk, oid, ecIndex);
     try {
-      return { e, c: this.fds.acquire(path), path };
+      return { e, c: this.fds.acquire(path, true), path };
     } catch (err) {
-      if (isEnoent(err)) this.dropEntry(name);
-      throw sdErr(err);
+      const se = this.guard(e.disk, err);
+      if (isEnoent(err)) this.index.drop(name);
+      throw se;
     }
   }
 
@@ -498,14 +395,17 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, () => {
-      const { c, path } = this.openExisting(name, oid, ecIndex);
+      const { e, c, path } = this.openExisting(name, oid, ecIndex);
       let cc: CachedFd | null = null;
       try {
         cc = this.openCsum(path);
-        if (!cc) return preadFull(c.fd, length, offset);
-        return verifiedRead(c.fd, cc.fd, fs.fstatSync(c.fd).size, offset, length, path);
+        if (!cc) return this.io.pread(c.fd, length, offset);
+        const size = this.sizeOf(c);
+        const bs = this.blockSize(cc, size);
+        return verifiedRead(this.io, c.fd, cc, size, offset, length, path, bs);
       } catch (err) {
-        throw sdErr(err);
+        this.forgetTable(path, err);
+        throw this.guard(e.disk, err);
       } finally {
         this.fds.release(c);
         if (cc) this.fds.release(cc);
@@ -525,14 +425,17 @@ class FileStore implements ObjectStore {
         if (!cc) return { ok: true, bytes: 0 };
         const size = fs.fstatSync(c.fd).size;
         try {
-          verifiedRead(c.fd, cc.fd, size, 0, size, path);
+          // Against the side file on disk, not the copy in memory: the scrub checks both.
+          const bs = this.blockSize(cc, size);
+          verifiedRead(this.io, c.fd, { fd: cc.fd }, size, 0, size, path, bs);
           return { ok: true, bytes: size };
         } catch (err) {
-          if (err instanceof SdError && err.code === Res.EIO) return { ok: false, bytes: size };
-          throw err;
+          if (!(err instanceof SdError && err.code === Res.EIO)) throw err;
+          this.forgetTable(path, err); // the next read sees what the scrub saw
+          return { ok: false, bytes: size };
         }
       } catch (err) {
-        throw sdErr(err);
+        throw this.guard(e.disk, err);
       } finally {
         this.fds.release(c);
         if (cc) this.fds.release(cc);
@@ -561,9 +464,13 @@ class FileStore implements ObjectStore {
       let cfd = -1;
       try {
         const size = Math.max(objSize, offset + data.length);
-        fd = fs.openSync(tmp, "w");
+        fd = fs.openSync(
+          tmp,
+          fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | this.io.openFlags,
+          0o644,
+        );
         fs.ftruncateSync(fd, size);
-        if (data.length > 0) pwriteFull(fd, data, offset);
+        if (data.length > 0) this.io.pwrite(fd, data, offset);
         if (this.checksums) {
           cfd = fs.openSync(ctmp, "w");
           pwriteFull(cfd, tableForCreate(size, offset, data), 0);
@@ -594,13 +501,13 @@ class FileStore implements ObjectStore {
           unlinkQuiet(oldPath);
           unlinkQuiet(oldPath + CSUM_SUFFIX);
         }
-        this.addEntry(name, { oid, ecIndex, disk, bytes });
+        this.index.add(name, { oid, ecIndex, disk, bytes });
       } catch (err) {
         if (fd >= 0) closeQuiet(fd);
         if (cfd >= 0) closeQuiet(cfd);
         unlinkQuiet(tmp);
         unlinkQuiet(ctmp);
-        throw sdErr(err);
+        throw this.guard(disk, err);
       }
     });
   }
@@ -609,52 +516,38 @@ class FileStore implements ObjectStore {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, async () => {
-      const { c, path } = this.openExisting(name, oid, ecIndex);
+      const { e, c, path } = this.openExisting(name, oid, ecIndex);
       let cc: CachedFd | null = null;
       try {
         cc = this.openCsum(path);
         // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
         // interleave their read-modify-write of a block's checksum.
-        if (cc) this.updateTable(c.fd, cc.fd, offset, data, path);
-        else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
-        pwriteFull(c.fd, data, offset);
-        const bytes = allocatedBytes(fs.fstatSync(c.fd));
-        this.index.resize(name, bytes);
+        if (cc) {
+          const size = this.sizeOf(c);
+          updateTable(this.io, c.fd, cc, offset, data, path, size, this.blockSize(cc, size));
+        } else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
+        this.io.pwrite(c.fd, data, offset);
+        const st = fs.fstatSync(c.fd);
+        c.size = st.size;
+        if (st.nlink === 0) {
+          // Written to a file nobody can open again: unlinked behind our back, or its disk was.
+          this.fds.invalidate(path);
+          this.index.drop(name);
+          if (!diskHealthy(e.disk)) this.fail(e.disk, "directory gone");
+          throw new SdError(Res.NETWORK_ERROR, `${path} vanished during a write`);
+        }
+        this.index.resize(name, allocatedBytes(st));
         if (!this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {
-        throw sdErr(err);
+        this.forgetTable(path, err);
+        throw this.guard(e.disk, err);
       } finally {
         this.fds.release(c);
         if (cc) this.fds.release(cc);
       }
     });
-  }
-
-  /**
-   * Writes the entries of the blocks a write of `data` at `offset` changes. Blocks the write only
-   * partly covers are read back and verified first: a checksum over a corrupt block would make the
-   * corruption look valid.
-   */
-  private updateTable(fd: number, cfd: number, offset: number, data: Buffer, path: string): void {
-    if (data.length === 0) return;
-    const oldSize = fs.fstatSync(fd).size;
-    const end = offset + data.length;
-    const newSize = Math.max(oldSize, end);
-    const first = Math.floor(Math.min(offset, oldSize) / CSUM_BLOCK);
-    const last = Math.floor((end - 1) / CSUM_BLOCK);
-    const prev = preadFull(cfd, entryOffset(last - first + 1), entryOffset(first));
-    const old = (i: number): Buffer => {
-      const b = preadFull(fd, CSUM_BLOCK, i * CSUM_BLOCK);
-      const len = blockLen(i, oldSize);
-      if (len > 0 && !entryMatches(prev, i - first, crcOf(b.subarray(0, len)))) {
-        throw checksumError(path, i);
-      }
-      return b;
-    };
-    const t = tableForWrite(first, last, offset, data, newSize, old, prev);
-    pwriteFull(cfd, t, entryOffset(first));
   }
 
   remove(oid: bigint, ecIndex?: number): Promise<void> {
@@ -668,11 +561,11 @@ class FileStore implements ObjectStore {
       try {
         fs.unlinkSync(path);
       } catch (err) {
-        this.dropEntry(name);
-        throw sdErr(err);
+        this.index.drop(name);
+        throw this.guard(e.disk, err);
       }
       unlinkQuiet(path + CSUM_SUFFIX);
-      this.dropEntry(name);
+      this.index.drop(name);
     });
   }
 
@@ -685,13 +578,7 @@ class FileStore implements ObjectStore {
   }
 
   statfs(): { size: bigint; free: bigint } {
-    let free = 0n;
-    for (const d of this.disks) {
-      try {
-        const s = fs.statfsSync(d.path);
-        free += BigInt(s.bavail) * BigInt(s.bsize);
-      } catch { /* a dead disk contributes nothing */ }
-    }
+    const free = this.set.disks.reduce((n, d) => n + diskFree(d), 0n);
     return { size: free + this.index.usedBytes, free };
   }
 
@@ -709,10 +596,10 @@ class FileStore implements ObjectStore {
         moveQuiet(path + CSUM_SUFFIX, this.stalePath(e.disk, name, epoch) + CSUM_SUFFIX);
         fs.renameSync(path, this.stalePath(e.disk, name, epoch));
       } catch (err) {
-        if (isEnoent(err)) this.dropEntry(name);
-        throw sdErr(err);
+        if (isEnoent(err)) this.index.drop(name);
+        throw this.guard(e.disk, err);
       }
-      this.dropEntry(name);
+      this.index.drop(name);
     });
   }
 
@@ -724,36 +611,13 @@ class FileStore implements ObjectStore {
     ecIndex?: number,
   ): Promise<Buffer> {
     const name = fileName(oid, ecIndex);
-    const first = this.pick(oid);
-    const order = [first, ...this.disks.map((_, i) => i).filter((i) => i !== first)];
-    for (const d of order) {
-      let fd: number;
+    for (const d of this.searchOrder(oid)) {
       const sp = this.stalePath(d, name, epoch);
       try {
-        fd = fs.openSync(sp, "r");
+        const b = readStaleFile(sp, offset, length, this.checksums);
+        if (b) return Promise.resolve(b);
       } catch (err) {
-        if (isEnoent(err)) continue;
-        return Promise.reject(sdErr(err));
-      }
-      let cfd = -1;
-      try {
-        // A stale copy is a recovery source: a corrupt one must not be installed elsewhere.
-        if (this.checksums) {
-          try {
-            cfd = fs.openSync(sp + CSUM_SUFFIX, "r");
-          } catch (err) {
-            if (!isEnoent(err)) throw err;
-          }
-        }
-        if (cfd < 0) return Promise.resolve(preadFull(fd, length, offset));
-        return Promise.resolve(
-          verifiedRead(fd, cfd, fs.fstatSync(fd).size, offset, length, sp),
-        );
-      } catch (err) {
-        return Promise.reject(sdErr(err));
-      } finally {
-        closeQuiet(fd);
-        if (cfd >= 0) closeQuiet(cfd);
+        return Promise.reject(this.guard(d, err));
       }
     }
     return Promise.reject(new SdError(Res.NO_OBJ));
@@ -761,7 +625,7 @@ class FileStore implements ObjectStore {
 
   purgeStale(): Promise<void> {
     try {
-      for (const d of this.disks) {
+      for (const d of this.allDisks()) {
         const dir = `${d.path}/.stale`;
         fs.rmSync(dir, { recursive: true, force: true });
         fs.mkdirSync(dir, { recursive: true });
@@ -779,64 +643,138 @@ class FileStore implements ObjectStore {
     const path = this.pathOn(e.disk, oid, ecIndex);
     if (fs.existsSync(path)) return true;
     this.fds.invalidate(path);
-    this.dropEntry(name);
+    this.index.drop(name);
     return this.lookup(oid, ecIndex) !== null;
   }
 
   diskInfo(): Array<{ path: string; free: bigint; used: bigint }> {
-    const out: Array<{ path: string; free: bigint; used: bigint }> = [];
-    for (const d of this.disks) {
-      let free = 0n;
-      try {
-        const st = fs.statfsSync(d.path);
-        free = BigInt(st.bavail) * BigInt(st.bsize);
-      } catch { /* a dead disk reports nothing free */ }
-      let used = 0n;
-      const walk = (dir: string) => {
-        let ents: fs.Dirent[];
-        try {
-          ents = fs.readdirSync(dir, { withFileTypes: true });
-        } catch {
-          return;
-        }
-        for (const e of ents) {
-          if (e.isDirectory()) walk(`${dir}/${e.name}`);
-          else {
-            try {
-              used += BigInt(fs.statSync(`${dir}/${e.name}`).blocks) * 512n;
-            } catch { /* removed meanwhile */ }
-          }
-        }
-      };
-      walk(d.path);
-      out.push({ path: d.path, free, used });
-    }
-    return out.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return this.set.disks.map(diskUsage);
   }
 
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {
-    const out: Array<{ oid: bigint; epoch: number; ecIndex?: number }> = [];
-    for (const d of this.disks) {
-      let names: string[];
-      try {
-        names = fs.readdirSync(`${d.path}/.stale`);
-      } catch {
-        continue;
-      }
-      for (const n of names) {
-        const dot = n.lastIndexOf(".");
-        if (dot < 0) continue;
-        const parsed = parseName(n.slice(0, dot));
-        const epoch = Number(n.slice(dot + 1));
-        if (!parsed || !Number.isInteger(epoch)) continue;
-        out.push({ oid: parsed.oid, epoch, ecIndex: parsed.ecIndex });
-      }
-    }
-    return out;
+    return listStaleIn(this.allDisks());
   }
 
   path(oid: bigint, ecIndex?: number): string {
     const e = this.lookup(oid, ecIndex);
-    return this.pathOn(e ? e.disk : this.pick(oid), oid, ecIndex);
+    const d = e ? e.disk : this.set.pick(oid);
+    return d ? this.pathOn(d, oid, ecIndex) : "";
+  }
+
+  // ---- plug / unplug (dog node md plug|unplug) ----
+
+  diskPaths(): string[] {
+    return this.set.disks.map((d) => d.path);
+  }
+
+  /**
+   * Adds disks (their content is purged, as upstream does) and moves the objects the ring now
+   * places on them in the background. Returns how many were added: a duplicate path or one that
+   * cannot be a directory is logged and skipped (upstream's md_add_disk).
+   */
+  plug(paths: string[]): number {
+    let added = 0;
+    for (const raw of paths) {
+      const p = trimSlash(raw);
+      if (!p) continue;
+      if (this.set.find(p) || this.leaving.some((d) => d.path === p)) {
+        this.log("err", `duplicate path ${p}`);
+        continue;
+      }
+      let d: Disk;
+      try {
+        d = setupDisk(p, this.kind, true);
+      } catch (e) {
+        this.log("err", `can't mkdir for ${p}, ${(e as Error).message}`);
+        continue;
+      }
+      this.set.add(d);
+      added++;
+      const vdisks = (d.capacity + (1n << 30n) - 1n) >> 30n;
+      this.log("info", `${p}, vdisk nr ${vdisks}, total disk ${this.set.size}`);
+      this.opts.onDisk?.({ kind: "plugged", path: p, left: this.set.size, lost: 0 });
+    }
+    if (added) this.kickRebalance();
+    return added;
+  }
+
+  /**
+   * Takes disks out of the set. Their objects stay readable where they are until the background
+   * pass has moved them to the remaining disks (an access moves one first), so the node never
+   * stops serving them. Unknown paths are logged and skipped; unplugging every disk is refused.
+   */
+  unplug(paths: string[]): number {
+    const targets: Disk[] = [];
+    for (const raw of paths) {
+      const d = this.set.find(raw);
+      if (!d) this.log("err", `invalid path ${trimSlash(raw)}`);
+      else if (!targets.includes(d)) targets.push(d);
+    }
+    if (targets.length && targets.length >= this.set.size) {
+      this.log("err", `refusing to unplug the last disk of the store`);
+      return 0;
+    }
+    for (const d of targets) {
+      this.set.remove(d);
+      d.gone = true;
+      this.leaving.push(d);
+      this.log("info", `${d.path} from multi-disk array`);
+      this.opts.onDisk?.({ kind: "unplugged", path: d.path, left: this.set.size, lost: 0 });
+    }
+    if (targets.length) this.kickRebalance();
+    return targets.length;
+  }
+
+  /** Resolves when no object is left off the disk the ring picks (tests, `md info` after). */
+  rebalanced(): Promise<void> {
+    return this.rebalancing ?? Promise.resolve();
+  }
+
+  private kickRebalance(): void {
+    this.rebalanceAgain = true;
+    if (this.rebalancing) return;
+    this.rebalancing = (async () => {
+      while (this.rebalanceAgain) {
+        this.rebalanceAgain = false;
+        await this.rebalancePass();
+      }
+    })().catch((e) => this.log("err", `rebalance: ${(e as Error).message}`)).finally(() => {
+      this.rebalancing = null;
+    });
+  }
+
+  /** One pass: every misplaced object to its disk, one at a time under its exclusive lock. */
+  private async rebalancePass(): Promise<void> {
+    let moved = 0;
+    for (const e of this.index.values()) {
+      if (this.set.size === 0) return;
+      if (e.disk === this.set.pick(e.oid)) continue;
+      const name = fileName(e.oid, e.ecIndex);
+      await this.locks.run(name, true, () => {
+        const cur = this.index.get(name);
+        if (!cur || cur.disk === this.set.pick(cur.oid)) return;
+        try {
+          this.relocate(cur);
+          moved++;
+        } catch (err) {
+          this.log("warn", `moving ${name} off ${cur.disk.path}: ${(err as Error).message}`);
+        }
+      });
+      // Requests go first: the pass runs in the gaps between them.
+      await yieldLoop();
+    }
+    for (const d of [...this.leaving]) {
+      moveStaleOff(d, (oid) => this.set.pick(oid), (m) => this.log("warn", m));
+      if (this.index.values().some((e) => e.disk === d)) {
+        this.rebalanceAgain = true;
+        continue;
+      }
+      this.leaving = this.leaving.filter((x) => x !== d);
+      this.fds.invalidateUnder(d.path);
+      this.log("info", `${d.path} emptied: its objects are on the other disks`);
+      this.opts.onDisk?.({ kind: "emptied", path: d.path, left: this.set.size, lost: 0 });
+    }
+    if (moved) this.log("info", `moved ${moved} objects between disks`);
+    if (this.rebalanceAgain) await new Promise((r) => setTimeout(r, moved ? 0 : 200));
   }
 }

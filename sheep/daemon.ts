@@ -30,7 +30,8 @@ import {
   SD_INODE_SIZE,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
-import { openStore } from "../io/store.ts";
+import type { Scrubber } from "./scrub.ts";
+import { makeScrubber, openFileStore } from "./store-setup.ts";
 import { Journal } from "../io/journal.ts";
 import {
   latestEpoch,
@@ -99,6 +100,8 @@ export class Sheep {
   members: SdNode[] = [];
   ring: Ring = new Ring([]);
   store!: ObjectStore;
+  /** The file store under the journal (the same as `store` without -j): disk events come from it. */
+  rawStore: ObjectStore | null = null;
   /** -j: the write journal (io/journal.ts), null without it. */
   journal: Journal | null = null;
   driver!: ClusterDriver;
@@ -128,6 +131,7 @@ export class Sheep {
   nbdHook: ((cmd: number, ms: number, bytes: number, ok: boolean) => void) | null = null;
   private httpServer: { close(): Promise<void> } | null = null;
   recovery!: RecoveryManager;
+  scrub!: Scrubber;
   ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
@@ -180,8 +184,7 @@ export class Sheep {
       throw new Error(designation);
     }
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
-    const raw = openStore(storeKind, disks, { nosync: this.opts.nosync });
-    await raw.init();
+    const raw = await openFileStore(this, storeKind, disks);
     this.store = raw;
     if (this.opts.journal && this.opts.gateway) {
       this.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
@@ -207,12 +210,6 @@ export class Sheep {
     if (this.opts.cache !== null) {
       this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
       process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
-    }
-    if (this.opts.directio) {
-      this.log.warn(
-        "-D (direct I/O) is not implemented: object files use the page cache and fsync",
-      );
-      process.stderr.write("sheep: warning: -D (direct I/O) is not implemented; using fsync\n");
     }
     await this.loadLocalState();
     const servers = await listenProtocol(
@@ -292,17 +289,19 @@ export class Sheep {
         epoch: () => this.state.epoch,
       }),
     });
+    this.scrub = makeScrubber(this);
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
+    this.scrub.schedule();
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
   }
 
-  /** A (re)opened store of `kind`, behind the journal when -j is on (format may change the kind). */
-  openObjectStore(kind: "plain" | "tree"): ObjectStore {
-    const s = openStore(kind, this.objectDirs(), { nosync: this.opts.nosync });
+  /** A (re)opened, scanned store of `kind`, behind the journal with -j (format may change kind). */
+  async openObjectStore(kind: "plain" | "tree"): Promise<ObjectStore> {
+    const s = await openFileStore(this, kind, this.objectDirs());
     return this.journal ? this.journal.wrap(s) : s;
   }
 
@@ -770,6 +769,7 @@ export class Sheep {
     this.stopping = true;
     if (killed) this.state = { ...this.state, status: Status.KILLED };
     this.log.info(`shutting down (${killed ? "killed" : "exit"})`);
+    this.scrub?.stop();
     try {
       await Promise.race([this.driver?.leave(), new Promise((r) => setTimeout(r, 1500))]);
       await this.driver?.close();

@@ -31,6 +31,8 @@ export interface SheepOptions {
   journal: JournalOptions | null;
   cache: string | null;
   directio: boolean;
+  /** --scrub: background checksum + replica-hash scrub (sheep/scrub.ts); null = off. */
+  scrub: { intervalS: number; rateMBs: number } | null;
   baseDir: string;
   objDirs: string[];
 }
@@ -64,7 +66,11 @@ const LONG_OPTS: LongOption[] = [
   { name: "zone", hasArg: 1, val: "z" },
   { name: "nbd", hasArg: 1, val: "nbd" },
   { name: "http", hasArg: 1, val: "http" },
+  { name: "scrub", hasArg: 1, val: "scrub" },
 ];
+
+/** On by default, once a day at 4 MB/s: bit rot is found without a client read, gently. */
+export const DEFAULT_SCRUB = { intervalS: 86400, rateMBs: 4 };
 
 export const HELP: Array<[string, string, string]> = [
   ["b", "bindaddr", "specify IP address of interface to listen on"],
@@ -96,6 +102,11 @@ export function helpText(): string {
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
   lines.push(
     `      --${"http".padEnd(18)}serve metrics and a dashboard on [ADDR:]PORT (127.0.0.1)`,
+  );
+  lines.push(
+    `      --${
+      "scrub".padEnd(18)
+    }scrub interval=SECONDS[smhd],rate=MB/s, or off (default 1d, 4 MB/s)`,
   );
   lines.push(
     "",
@@ -135,6 +146,26 @@ function hostPort(s: string, defaultHost: string, what: string): { host: string;
   const port = parseNumber(p, 1, 65535, `Invalid ${what} '${p}'`);
   if (!host) throw new UsageError(`Invalid ${what} '${s}'`);
   return { host, port };
+}
+
+/** `--scrub off` or `--scrub interval=N[s|m|h|d],rate=MB/s` (either key may be left out). */
+function parseScrub(arg: string): { intervalS: number; rateMBs: number } | null {
+  if (arg === "off") return null;
+  const m = subOptions(arg, ["interval", "rate"]);
+  const out = { ...DEFAULT_SCRUB };
+  const iv = m.get("interval");
+  if (iv !== undefined) {
+    const r = /^(\d+)([smhd]?)$/.exec(iv);
+    const unit: Record<string, number> = { "": 1, s: 1, m: 60, h: 3600, d: 86400 };
+    const n = r ? Number(r[1]) * unit[r[2]] : NaN;
+    if (!(n >= 1 && n <= 365 * 86400)) throw new UsageError(`Invalid scrub interval '${iv}'`);
+    out.intervalS = n;
+  }
+  const rate = m.get("rate");
+  if (rate !== undefined) {
+    out.rateMBs = parseNumber(rate, 1, 100000, `Invalid scrub rate '${rate}'`);
+  }
+  return out;
 }
 
 function parseLog(o: SheepOptions, arg: string): void {
@@ -201,6 +232,7 @@ function defaults(): SheepOptions {
     journal: null,
     cache: null,
     directio: false,
+    scrub: { ...DEFAULT_SCRUB },
     baseDir: "/tmp",
     objDirs: [],
   };
@@ -296,6 +328,9 @@ export function parseSheepArgs(
         break;
       case "http":
         o.http = hostPort(arg, "127.0.0.1", "HTTP port");
+        break;
+      case "scrub":
+        o.scrub = parseScrub(arg);
         break;
       case "nbd": {
         const colon = arg.lastIndexOf(":");

@@ -156,8 +156,8 @@ export class ClusterOps {
     }
     await this.s.store.format();
     if (this.s.store.kind !== storeName) {
-      this.s.store = this.s.openObjectStore(storeName);
-      await this.s.store.init();
+      this.s.store.close();
+      this.s.store = await this.s.openObjectStore(storeName);
     }
     this.s.vdis = new VdiTable();
     removeEpochs(this.s.baseDir);

@@ -8,14 +8,17 @@ import {
   encodeEpochLog,
   encodeMdInfo,
   encodeRecoveryState,
+  encodeScrubStatus,
   encodeVdiStates as encodeVdiStateRecords,
   epochLogRecordSize,
   LockState,
   MD_INFO_SIZE,
+  SCRUB_STATUS_SIZE,
   VDI_STATE_SIZE,
 } from "../../core/payloads.ts";
 import { encodeNodeStats } from "../../core/node-stat.ts";
 import { Buffer } from "node:buffer";
+import fs from "node:fs";
 import {
   ClusterFlag,
   EMPTY,
@@ -50,6 +53,7 @@ export type LocalContext = Pick<
   | "recoveryIntervalSet"
   | "recoveryThrottle"
   | "sendTo"
+  | "scrub"
   | "shutdown"
   | "state"
   | "stats"
@@ -285,6 +289,48 @@ export class LocalOps {
       disks.map((d, idx) => ({ idx, free: d.free, used: d.used, path: d.path })),
     );
     return { hdr: rsp, data };
+  }
+
+  /**
+   * MD_PLUG / MD_UNPLUG: comma-separated paths, NUL-terminated. UNKNOWN when no disk was added or
+   * removed (duplicates, non-directories, unknown paths and the last disk are logged), as upstream.
+   */
+  async mdPlug(_req: Header, data: Buffer, plug: boolean): Promise<Reply> {
+    const rsp = new Header();
+    const nul = data.indexOf(0);
+    const paths = data.subarray(0, nul < 0 ? data.length : nul).toString("utf8").split(",")
+      .filter((p) => p.length > 0);
+    const usable = paths.filter((p) => {
+      // The base directory holds config and epochs: purging it would destroy the node.
+      const meta = fs.existsSync(`${p}/config`) && fs.existsSync(`${p}/epoch`);
+      if (plug && meta) this.s.log.err(`${p} is meta-store, not plugged`);
+      return !(plug && meta);
+    });
+    // MD_INFO has room for 64 disks (upstream's MD_MAX_DISK).
+    if (plug && this.s.store.diskPaths().length + usable.length > 64) {
+      this.s.log.err(`too many disks: at most 64`);
+      return { hdr: withResult(rsp, Res.UNKNOWN), data: EMPTY };
+    }
+    const n = plug ? this.s.store.plug(usable) : this.s.store.unplug(usable);
+    return { hdr: n > 0 ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
+  }
+
+  /** SCRUB_START (our extension): a background scrub pass now; BUSY-like UNKNOWN if running. */
+  async scrubStart(req: Header, _data: Buffer): Promise<Reply> {
+    const rsp = new Header();
+    if (this.s.state.status !== Status.OK) {
+      return errorReply(req, new SdError(Res.WAIT_FOR_FORMAT));
+    }
+    return { hdr: this.s.scrub.start() ? rsp : withResult(rsp, Res.UNKNOWN), data: EMPTY };
+  }
+
+  /** SCRUB_STATUS (our extension): this sheep's scrub figures. */
+  async scrubStatus(req: Header, _data: Buffer): Promise<Reply> {
+    const rsp = new Header();
+    if (req.dataLength < SCRUB_STATUS_SIZE) {
+      return errorReply(req, new SdError(Res.INVALID_PARMS));
+    }
+    return { hdr: rsp, data: encodeScrubStatus(this.s.scrub.status()) };
   }
 
   /** SET_VNODES */

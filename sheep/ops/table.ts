@@ -233,6 +233,27 @@ export const OP_TABLE: ReadonlyMap<number, OpRow> = new Map<number, OpRow>([
     kind: "local",
     run: (o, req, data) => o.local.mdInfo(req, data),
   }],
+  [Op.MD_PLUG, {
+    name: "MD_PLUG",
+    kind: "local",
+    run: (o, req, data) => o.local.mdPlug(req, data, true),
+  }],
+  [Op.MD_UNPLUG, {
+    name: "MD_UNPLUG",
+    kind: "local",
+    run: (o, req, data) => o.local.mdPlug(req, data, false),
+  }],
+  [Op.SCRUB_START, {
+    name: "SCRUB_START",
+    kind: "local",
+    run: (o, req, data) => o.local.scrubStart(req, data),
+  }],
+  [Op.SCRUB_STATUS, {
+    name: "SCRUB_STATUS",
+    kind: "local",
+    force: true,
+    run: (o, req, data) => o.local.scrubStatus(req, data),
+  }],
   [Op.SET_VNODES, {
     name: "SET_VNODES",
     kind: "local",

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
 import { openStore } from "../../io/store.ts";
-import { CSUM_BLOCK, CSUM_SUFFIX } from "../../io/checksum.ts";
+import { crcOf, CSUM_BLOCK, CSUM_SUFFIX, LEGACY_CSUM_BLOCK } from "../../io/checksum.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
 
@@ -55,7 +55,7 @@ for (const kind of ["plain", "tree"] as const) {
     await s.createAndWrite(DATA0, 5000, d0, 4 * MiB);
     d0.copy(model, 5000);
     const path = s.path(DATA0);
-    expect(fs.statSync(path + CSUM_SUFFIX).size).toBe(64 * 8);
+    expect(fs.statSync(path + CSUM_SUFFIX).size).toBe((4 * MiB / CSUM_BLOCK) * 8);
     // Unaligned writes across block boundaries, and a whole-block one.
     for (
       const [off, len, seed] of [[70_000, 3, 2], [CSUM_BLOCK - 10, 20, 3], [
@@ -139,4 +139,46 @@ test("a file that grows by a write past its end keeps valid checksums", async ()
   pattern(10, 2).copy(want, 3 * CSUM_BLOCK + 50);
   expect((await s.read(DATA0, 0, want.length)).equals(want)).toBe(true);
   expect(await s.scrubObject(DATA0)).toEqual({ ok: true, bytes: want.length });
+});
+
+test("side files with 64 KiB blocks (written before the 4 KiB change) still verify and update", async () => {
+  const s = openStore("plain", [tmp()], { nosync: true, checksums: true });
+  await s.init();
+  const size = 300_000; // five 64 KiB blocks, the last one short
+  const model = pattern(size, 4);
+  await s.createAndWrite(DATA0, 0, model, size);
+  const path = s.path(DATA0);
+  const legacy = Buffer.alloc(Math.ceil(size / LEGACY_CSUM_BLOCK) * 8);
+  for (let i = 0; i * LEGACY_CSUM_BLOCK < size; i++) {
+    const c = crcOf(model.subarray(i * LEGACY_CSUM_BLOCK, (i + 1) * LEGACY_CSUM_BLOCK));
+    legacy.writeUInt32LE(c, i * 8);
+    legacy.writeUInt32LE(c, i * 8 + 4);
+  }
+  fs.writeFileSync(path + CSUM_SUFFIX, legacy);
+  await s.init(); // forget cached descriptors
+  expect((await s.read(DATA0, 70_000, 5000)).equals(model.subarray(70_000, 75_000))).toBe(true);
+  await s.write(DATA0, 131_000, pattern(3000, 5));
+  pattern(3000, 5).copy(model, 131_000);
+  expect(fs.statSync(path + CSUM_SUFFIX).size).toBe(legacy.length); // stays 64 KiB blocks
+  expect((await s.read(DATA0, 0, size)).equals(model)).toBe(true);
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: true, bytes: size });
+  flip(path, 200_001);
+  expect(await code(s.read(DATA0, 196_608, 10))).toBe(Res.EIO);
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: false, bytes: size });
+});
+
+test("a side file corrupted on disk while its entries are in memory: the scrub finds it, reads then fail", async () => {
+  const s = openStore("plain", [tmp()], { nosync: true, checksums: true });
+  await s.init();
+  const model = pattern(64 * 1024, 7);
+  await s.createAndWrite(DATA0, 0, model, 64 * 1024);
+  expect((await s.read(DATA0, 0, 4096)).equals(model.subarray(0, 4096))).toBe(true); // cached
+  // Both slots of block 3's entry (either one matching is a good block).
+  flip(s.path(DATA0) + CSUM_SUFFIX, 8 * 3 + 1);
+  flip(s.path(DATA0) + CSUM_SUFFIX, 8 * 3 + 5);
+  expect((await s.read(DATA0, 3 * 4096, 4096)).equals(model.subarray(3 * 4096, 4 * 4096))).toBe(
+    true,
+  );
+  expect(await s.scrubObject(DATA0)).toEqual({ ok: false, bytes: 64 * 1024 });
+  expect(await code(s.read(DATA0, 3 * 4096, 4096))).toBe(Res.EIO);
 });
