@@ -39,6 +39,7 @@ import {
   SD_ATTR_OBJ_SIZE,
   SD_INODE_HEADER_SIZE,
   SD_INODE_SIZE,
+  vidToVdiOid,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
@@ -95,6 +96,8 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
+import { ObjectCache } from "./object-cache.ts";
+import { CacheCoherence } from "./cache-coherence.ts";
 
 export class Sheep {
   readonly log: Logger;
@@ -134,6 +137,9 @@ export class Sheep {
   ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
+  /** `sheep -w` (sheep/object-cache.ts); coherence runs with or without a cache of our own. */
+  cache: ObjectCache | null = null;
+  readonly coherence = new CacheCoherence(this);
   /** The op families the op table (ops/table.ts) dispatches to. */
   readonly ops: OpFamilies = {
     gateway: new GatewayOps(this),
@@ -195,8 +201,9 @@ export class Sheep {
       );
     }
     if (this.opts.cache !== null) {
-      this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
-      process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
+      const dir = path.resolve(this.opts.cache.dir ?? path.join(this.baseDir, "cache"));
+      this.cache = new ObjectCache(this, this.opts.cache, dir);
+      this.cache.open(); // a bad dir fails the start (exit 1)
     }
     if (this.opts.directio) {
       this.log.warn(
@@ -273,6 +280,10 @@ export class Sheep {
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
+    if (this.cache) {
+      this.cache.recover(); // what a crash left dirty is pushed before its VDI is served
+      this.cache.start();
+    }
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.log.info(`sheep ${nodeHostPort(this.me)} started (store ${this.baseDir})`);
@@ -707,6 +718,7 @@ export class Sheep {
         }
       }
     })();
+    for (const v of vids) void this.cache?.dropVdi(v); // a reused VID must not meet old copies
     this.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
   }
 
@@ -717,6 +729,42 @@ export class Sheep {
 
   releaseVdi(vid: number): Promise<Reply> {
     return this.ops.cluster.releaseVdi(vid);
+  }
+
+  /** The object cache's pulls and pushes: the gateway path without the cache. */
+  cacheForward(hdr: Header, data: Buffer): Promise<Reply> {
+    return this.ops.gateway.uncached(hdr, data);
+  }
+
+  /** host:port, as VDI lock owners are named. */
+  selfName(): string {
+    return nodeHostPort(this.me);
+  }
+
+  /** NBD exports: how they may use the cache (null: no cache). */
+  get cacheMode(): "writeback" | "writethrough" | null {
+    return this.cache ? this.opts.nbdCache : null;
+  }
+
+  /**
+   * An NBD FLUSH: this sheep's dirty objects of `vid` are pushed, and when another sheep holds
+   * the VDI, it is asked to flush too (so a read-only export's flush covers the writer's).
+   */
+  async flushVdi(vid: number): Promise<void> {
+    await this.cache?.flushVdi(vid);
+    await this.coherence.beforeRead(vidToVdiOid(vid));
+  }
+
+  /** Objects written with FUA: pushed before the write is answered. */
+  async flushOids(oids: bigint[]): Promise<void> {
+    await this.cache?.flushOids(oids);
+  }
+
+  /** Detach: push everything, then forget it (another sheep may attach and write next). */
+  async releaseCache(vid: number): Promise<void> {
+    if (!this.cache) return;
+    await this.cache.flushVdi(vid);
+    await this.cache.dropVdi(vid);
   }
 
   // ---------------------------------------------------------------- request dispatch
@@ -817,6 +865,11 @@ export class Sheep {
       }
     }
     if (!row?.run) return errorReply(req, new SdError(Res.INVALID_PARMS));
+    // The object cache: snapshot/delete flush the lock owner's cache first; a release flushes ours.
+    if (op === Op.NEW_VDI || op === Op.DEL_VDI) await this.coherence.beforeVdiOp(req, data);
+    else if (op === Op.RELEASE_VDI && this.cache && this.coherence.mayCache(req.baseVdiId)) {
+      await this.releaseCache(req.baseVdiId);
+    }
     return await row.run(this.ops, req, data);
   }
 
@@ -865,6 +918,10 @@ export class Sheep {
     this.stopping = true;
     if (killed) this.state = { ...this.state, status: Status.KILLED };
     this.log.info(`shutting down (${killed ? "killed" : "exit"})`);
+    // Dirty cached objects go to the cluster while we are still a member (bounded wait).
+    if (this.cache && this.joined) {
+      await Promise.race([this.cache.stop(), new Promise((r) => setTimeout(r, 30_000))]);
+    }
     try {
       await Promise.race([this.driver?.leave(), new Promise((r) => setTimeout(r, 1500))]);
       await this.driver?.close();

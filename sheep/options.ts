@@ -27,11 +27,25 @@ export interface SheepOptions {
   http: { host: string; port: number } | null;
   recovery: { max: number; interval: number } | null;
   journal: string | null;
-  cache: string | null;
+  /** -w: the object cache (sheep/object-cache.ts); null when off. */
+  cache: CacheOptions | null;
+  /** --nbd-cache: whether NBD exports may use the cache write-back (default) or write-through. */
+  nbdCache: "writeback" | "writethrough";
   directio: boolean;
   baseDir: string;
   objDirs: string[];
 }
+
+export interface CacheOptions {
+  /** Bytes the cache files may take (data plus their 4 KiB headers). */
+  size: number;
+  directio: boolean;
+  /** Cache directory; null: base_dir/cache. */
+  dir: string | null;
+}
+
+/** The smallest cache that holds a useful working set (16 objects of 4 MiB). */
+export const MIN_CACHE_SIZE = 64 * 1024 * 1024;
 
 /** A refused command line: `message` goes to stderr, `stdout` (if any) to stdout; exit 1. */
 export class UsageError extends Error {
@@ -62,6 +76,7 @@ const LONG_OPTS: LongOption[] = [
   { name: "zone", hasArg: 1, val: "z" },
   { name: "nbd", hasArg: 1, val: "nbd" },
   { name: "http", hasArg: 1, val: "http" },
+  { name: "nbd-cache", hasArg: 1, val: "nbd-cache" },
 ];
 
 export const HELP: Array<[string, string, string]> = [
@@ -94,6 +109,9 @@ export function helpText(): string {
   lines.push(`      --${"nbd".padEnd(18)}serve VDIs over NBD on [ADDR:]PORT (off unless given)`);
   lines.push(
     `      --${"http".padEnd(18)}serve metrics and a dashboard on [ADDR:]PORT (127.0.0.1)`,
+  );
+  lines.push(
+    `      --${"nbd-cache".padEnd(18)}writeback (default) or writethrough: NBD exports and -w`,
   );
   lines.push(
     "",
@@ -177,6 +195,32 @@ function parseRecovery(arg: string): { max: number; interval: number } {
   return { max, interval };
 }
 
+/** `-w size=SIZE[,directio][,dir=PATH]`: SIZE in MiB unless it ends in K, M, G or T. */
+function parseCache(arg: string): CacheOptions {
+  const o: CacheOptions = { size: 0, directio: false, dir: null };
+  let sized = false;
+  for (const item of arg.split(",")) {
+    if (!item) continue;
+    if (item === "directio") o.directio = true;
+    else if (item.startsWith("dir=")) {
+      o.dir = item.slice(4);
+      if (!o.dir) throw new UsageError("Invalid object cache option 'dir=': empty path");
+    } else if (item.startsWith("size=")) {
+      const v = item.slice(5);
+      const m = /^(\d+)([kKmMgGtT]?)$/.exec(v);
+      if (!m) throw new UsageError(`Invalid object cache size '${v}'`);
+      const unit = { "": 20, k: 10, m: 20, g: 30, t: 40 }[m[2].toLowerCase()]!;
+      o.size = Number(BigInt(m[1]) << BigInt(unit));
+      sized = true;
+    } else throw new UsageError(`Invalid object cache option '${item}'`);
+  }
+  if (!sized) throw new UsageError("Invalid object cache option: size= is required");
+  if (!(o.size >= MIN_CACHE_SIZE) || !Number.isSafeInteger(o.size)) {
+    throw new UsageError(`Invalid object cache size: at least 64M (${MIN_CACHE_SIZE} bytes)`);
+  }
+  return o;
+}
+
 function defaults(): SheepOptions {
   return {
     port: 7000,
@@ -198,6 +242,7 @@ function defaults(): SheepOptions {
     recovery: null,
     journal: null,
     cache: null,
+    nbdCache: "writeback",
     directio: false,
     baseDir: "/tmp",
     objDirs: [],
@@ -283,7 +328,13 @@ export function parseSheepArgs(
         o.journal = arg;
         break;
       case "w":
-        o.cache = arg;
+        o.cache = parseCache(arg);
+        break;
+      case "nbd-cache":
+        if (arg !== "writeback" && arg !== "writethrough") {
+          throw new UsageError(`Invalid --nbd-cache '${arg}': writeback or writethrough`);
+        }
+        o.nbdCache = arg;
         break;
       case "D":
         o.directio = true;
