@@ -1,6 +1,6 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
-//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec]
+//   node_modules/.bin/bun bench/run.ts [--full] [--only=appliance,nbd,membership,recovery,metrics,farm,ec,cache]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -41,6 +41,7 @@ import {
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
+import { cacheBench } from "./cache.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -50,7 +51,7 @@ const argv = process.argv.slice(2);
 const env = process.env;
 const FULL = env.BENCH_FULL === "1" || argv.includes("--full");
 const onlyArg = argv.find((a) => a.startsWith("--only="))?.slice(7) ?? env.BENCH_ONLY ?? "";
-const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec"];
+const SECTIONS = ["appliance", "nbd", "membership", "recovery", "metrics", "farm", "ec", "cache"];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
   if (!SECTIONS.includes(s)) {
@@ -1084,6 +1085,14 @@ async function main(): Promise<void> {
       metrics,
       farm,
       ec,
+      cache: () =>
+        cacheBench({
+          results,
+          work,
+          src: SRC,
+          size: Math.min(FILE_SIZE, mib("BENCH_CACHE_MB", 1 * GiB)),
+          fioRuntime: FIO_RUNTIME,
+        }),
     };
     for (const s of SECTIONS) {
       if (!ONLY.includes(s)) continue;

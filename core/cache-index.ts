@@ -60,6 +60,18 @@ export function maskRange(m: bigint): [number, number] | null {
   return [first, last + 1];
 }
 
+/** Runs of consecutive set blocks, [first, one past last]: a push sends each run, nothing else. */
+export function maskRuns(m: bigint): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let b = 0; b < CACHE_BLOCKS; b++) {
+    if (!((m >> BigInt(b)) & 1n)) continue;
+    const last = out[out.length - 1];
+    if (last && last[1] === b) last[1] = b + 1;
+    else out.push([b, b + 1]);
+  }
+  return out;
+}
+
 export function popcount(m: bigint): number {
   let n = 0;
   for (; m; m &= m - 1n) n++;

@@ -736,6 +736,13 @@ export class Sheep {
     return this.ops.gateway.uncached(hdr, data);
   }
 
+  async recoveryIdle(): Promise<void> {
+    const until = Date.now() + 120_000;
+    while (this.recovery.status().inRecovery && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
   /** host:port, as VDI lock owners are named. */
   selfName(): string {
     return nodeHostPort(this.me);

@@ -63,7 +63,8 @@ export class SheepExportProvider implements ExportProvider {
   private readonly req: Requester;
   /** The requester of a writable export: data object I/O marked for the cache. */
   private readonly cachedReq: Requester;
-  private readonly releasing = new Map<number, Promise<void>>();
+  /** Detaches in progress, by VDI name. */
+  private readonly releasing = new Map<string, Promise<void>>();
   constructor(private readonly sheep: VdiService) {
     this.req = (hdr, data) => sheep.handle(hdr, data ?? EMPTY);
     this.cachedReq = (hdr, data) => {
@@ -108,9 +109,14 @@ export class SheepExportProvider implements ExportProvider {
       if (/^\d+$/.test(s)) o.snapid = Number(s);
       else o.tag = s;
     }
+    // A detach of this VDI still pushing its cache (and its slots): a quick reconnect waits for
+    // it, or it would read an inode without them, or find the VDI still locked by us.
+    await this.releasing.get(vdi);
     let h: VdiHandle;
     try {
-      h = await VdiHandle.open(this.req, vdi, o);
+      // With a cache, reads are marked for it; the gateway caches only VDIs this sheep holds the
+      // lock of (and snapshots), so a read-only export of one locked elsewhere reads the cluster.
+      h = await VdiHandle.open(this.sheep.cacheMode ? this.cachedReq : this.req, vdi, o);
     } catch (e) {
       if (e instanceof SdError && (e.code === Res.NO_VDI || e.code === Res.NO_TAG)) {
         throw new NbdOpenError("unknown", `no such VDI: ${name}`);
@@ -134,9 +140,6 @@ export class SheepExportProvider implements ExportProvider {
     }
     // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
     // read-only, so inspection always works and a second writer is refused.
-    // A detach of this VDI still pushing its cache: a quick reconnect waits for it (else it
-    // would find the VDI locked, by us, and get a read-only export).
-    await this.releasing.get(h.vid);
     const r = await this.sheep.lockVdi(vdi, o);
     if (r.hdr.result === Res.VDI_LOCKED) {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner ?? "another client";
@@ -152,10 +155,7 @@ export class SheepExportProvider implements ExportProvider {
     if (r.hdr.result !== Res.SUCCESS) {
       throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
     }
-    // Holding the lock, the export may cache: reopen the handle over the cache-marked requester.
-    if (this.sheep.cacheMode) h = await VdiHandle.openVid(this.cachedReq, vdi, h.vid, o);
     const sheep = this.sheep;
-    const vid = h.vid;
     const release = async () => {
       // Detach: everything written goes to the cluster before another sheep may attach.
       try {
@@ -173,9 +173,9 @@ export class SheepExportProvider implements ExportProvider {
     };
     return new VdiExport(name, h, false, () => {
       const p = release().finally(() => {
-        if (this.releasing.get(vid) === p) this.releasing.delete(vid);
+        if (this.releasing.get(vdi) === p) this.releasing.delete(vdi);
       });
-      this.releasing.set(vid, p);
+      this.releasing.set(vdi, p);
       return p;
     }, sheep);
   }

@@ -23,7 +23,7 @@ import {
   type CacheEntry,
   CacheIndex,
   fileBytes,
-  maskRange,
+  maskRuns,
   popcount,
 } from "../core/cache-index.ts";
 import { SdError } from "../core/errors.ts";
@@ -52,6 +52,8 @@ export interface CacheContext {
   objectSize(oid: bigint): number;
   /** This sheep's host:port, as VDI lock owners are named. */
   selfName(): string;
+  /** Resolves when this sheep's recovery is not running. */
+  recoveryIdle(): Promise<void>;
 }
 
 /** Background writer: dirty data above a quarter of the cache, or older than this, is pushed. */
@@ -135,8 +137,11 @@ export class ObjectCache {
    * than what it may have written, so it is dropped, loudly.
    */
   recover(): void {
+    // After this sheep's own recovery: a copy it fetches must not land on top of a push.
+    const idle = this.index.size ? this.s.recoveryIdle() : Promise.resolve();
     for (const vid of this.index.vids()) {
       const p = (async () => {
+        await idle;
         const owner = this.s.vdis.locks.get(vid)?.owner;
         const st = this.s.vdis.states.get(vid);
         if ((owner && owner !== this.s.selfName()) || !st || st.deleted || st.snapshot) {
@@ -236,6 +241,10 @@ export class ObjectCache {
       const data = await this.readRange(e, off, len);
       this.index.touch(e);
       return ok(data);
+    } catch (err) {
+      // Dropped under us (detach, delete): it was pushed first, so the cluster has it.
+      if (this.index.get(oid) !== e) return null;
+      throw err;
     } finally {
       this.unpin(e);
     }
@@ -247,18 +256,21 @@ export class ObjectCache {
     const vid = oidToVid(oid);
     await this.ready(vid);
     const wb = this.writeBack(req, vid);
-    let e = this.index.get(oid);
-    if (!e) {
-      if (!wb) return null;
-      e = await this.pull(oid); // pinned for us
-    } else e.pins++;
-    try {
-      await this.writeRange(e, req.offset, data);
-    } finally {
-      this.unpin(e);
+    for (;;) {
+      let e = this.index.get(oid);
+      if (!e) {
+        if (!wb) return null;
+        e = await this.pull(oid); // pinned for us
+      } else e.pins++;
+      try {
+        // False: the entry was dropped meanwhile; look again.
+        if (!(await this.writeRange(e, req.offset, data))) continue;
+      } finally {
+        this.unpin(e);
+      }
+      if (!wb) await this.push(e);
+      return ok();
     }
-    if (!wb) await this.push(e);
-    return ok();
   }
 
   /**
@@ -274,6 +286,16 @@ export class ObjectCache {
     if (!this.writeBack(req, vid)) {
       if (old) await this.drop(old);
       return null;
+    }
+    // Created here and not pushed: its slot is not in the cluster's inode yet, so a client that
+    // read the inode meanwhile (a reconnect) creates it again. It is the same object: a write.
+    if (old?.create) {
+      old.pins++;
+      try {
+        if (await this.writeRange(old, req.offset, data)) return ok();
+      } finally {
+        this.unpin(old);
+      }
     }
     const objSize = this.s.objectSize(oid);
     const full = Buffer.alloc(objSize);
@@ -349,11 +371,12 @@ export class ObjectCache {
   }
 
   /** Read-modify-write of the whole blocks the range touches (their CRCs need all of them). */
-  private writeRange(e: CacheEntry, off: number, data: Buffer): Promise<void> {
+  private writeRange(e: CacheEntry, off: number, data: Buffer): Promise<boolean> {
     if (off < 0 || off + data.length > e.objSize) {
       return Promise.reject(new SdError(Res.INVALID_PARMS, "write beyond the object"));
     }
     return this.withLock(e.oid, async () => {
+      if (this.index.get(e.oid) !== e) return false;
       const bs = blockSizeOf(e.objSize);
       const b0 = Math.floor(off / bs), b1 = Math.ceil((off + data.length) / bs);
       const start = b0 * bs, end = Math.min(e.objSize, b1 * bs);
@@ -365,6 +388,7 @@ export class ObjectCache {
       this.index.markDirty(e, blockMask(off, data.length, e.objSize), Date.now());
       await this.files.write(this.headerOf(e), start, buf);
       this.index.touch(e);
+      return true;
     });
   }
 
@@ -494,36 +518,40 @@ export class ObjectCache {
   private async pushOnce(e: CacheEntry): Promise<void> {
     const since = e.dirtySince;
     const st = this.s.vdis.states.get(e.vid);
+    const copies = st?.nrCopies ?? 0, copyPolicy = st?.copyPolicy ?? 0;
     let mask = 0n;
-    let data: Buffer;
-    let off: number;
+    const parts: Array<{ off: number; data: Buffer }> = [];
     e.pins++;
     try {
       await this.withLock(e.oid, async () => {
         mask = this.index.takeDirty(e);
-        const r = e.create ? [0, blockCountOf(e.objSize)] : maskRange(mask);
         const bs = blockSizeOf(e.objSize);
-        off = r ? r[0] * bs : 0;
-        const end = r ? Math.min(e.objSize, r[1] * bs) : 0;
-        data = await this.files.read(e.oid, off, end - off);
+        // A new object goes whole; an existing one gets only its dirty runs of blocks.
+        const runs = e.create ? [[0, blockCountOf(e.objSize)]] : maskRuns(mask);
+        for (const [a, b] of runs) {
+          const off = a * bs, end = Math.min(e.objSize, b * bs);
+          parts.push({ off, data: await this.files.read(e.oid, off, end - off) });
+        }
       });
-      if (!mask && !e.create) return;
-      const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
-        flags: Flag.CMD_WRITE,
-        dataLength: data!.length,
-      });
-      h.oid = e.oid;
-      h.offset = off!;
-      h.objCopies = st?.nrCopies ?? 0;
-      h.objCopyPolicy = st?.copyPolicy ?? 0;
-      const r = await this.s.cacheForward(h, data!);
-      if (r.hdr.result === Res.NO_OBJ && !e.create) {
+      if (!parts.length) return;
+      const results = await Promise.all(parts.map((p) => {
+        const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
+          flags: Flag.CMD_WRITE,
+          dataLength: p.data.length,
+        });
+        h.oid = e.oid;
+        h.offset = p.off;
+        h.objCopies = copies;
+        h.objCopyPolicy = copyPolicy;
+        return this.s.cacheForward(h, p.data);
+      }));
+      if (!e.create && results.some((r) => r.hdr.result === Res.NO_OBJ)) {
         // The object was removed under us (its slot cleared): nothing left to push it into.
         this.s.log.warn(`object cache: ${e.oid.toString(16)} is gone from the cluster; dropped`);
         await this.drop(e);
         return;
       }
-      check(r, `pushing ${e.oid.toString(16)}`);
+      for (const r of results) check(r, `pushing ${e.oid.toString(16)}`);
       if (e.create) {
         // The slot only after its object is on every replica.
         const idx = dataOidToIdx(e.oid);
@@ -533,8 +561,8 @@ export class ObjectCache {
         sh.oid = vidToVdiOid(e.vid);
         sh.offset = SD_INODE_DATA_INDEX_OFFSET + 4 * idx;
         sh.dataLength = 4;
-        sh.objCopies = h.objCopies;
-        sh.objCopyPolicy = h.objCopyPolicy;
+        sh.objCopies = copies;
+        sh.objCopyPolicy = copyPolicy;
         check(await this.s.cacheForward(sh, slot), `writing the slot of ${e.oid.toString(16)}`);
         e.create = false;
       }

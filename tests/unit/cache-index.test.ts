@@ -14,6 +14,7 @@ import {
   encodeCacheHeader,
   fileBytes,
   maskRange,
+  maskRuns,
   popcount,
 } from "../../core/cache-index.ts";
 
@@ -48,6 +49,13 @@ test("blocks: 64 per 4 MiB object, masks and ranges", () => {
   expect(maskRange(0n)).toBeNull();
   expect(maskRange((1n << 5n) | (1n << 9n))).toEqual([5, 10]);
   expect(popcount((1n << 64n) - 1n)).toBe(64);
+  // A push sends only the dirty runs, not first..last.
+  expect(maskRuns(0n)).toEqual([]);
+  expect(maskRuns((1n << 5n) | (1n << 6n) | (1n << 9n) | (1n << 63n))).toEqual([[5, 7], [9, 10], [
+    63,
+    64,
+  ]]);
+  expect(maskRuns((1n << 64n) - 1n)).toEqual([[0, 64]]);
 });
 
 test("LRU: victims are the least recently used clean, idle objects", () => {
