@@ -75,7 +75,15 @@ async function sheepFigures(o: CacheBenchOpts, cached: boolean): Promise<Figures
     const r = await nbdcopy(o.src, uri, ["--flush", "--connections=1"], 30 * 60_000);
     if (r.code !== 0) throw fail("nbdcopy to sheep", r);
     const copy = o.size / MB / ((performance.now() - t0) / 1000);
+    // The previous client's detach (a push with the cache) must be over before the next attaches.
+    const unlocked = () =>
+      c.waitFor(
+        async () => !(await c.dogOk(["vdi", "lock", "list"])).includes("disk"),
+        120_000,
+        "the VDI lock released",
+      );
     const job = async (qd: number) => {
+      await unlocked();
       // fio's connection takes the lock; the flusher then gets a read-only one.
       const f = fio(uri, "randwrite", qd, o.fioRuntime, o.size);
       await new Promise((r) => setTimeout(r, 500));
@@ -92,6 +100,7 @@ async function sheepFigures(o: CacheBenchOpts, cached: boolean): Promise<Figures
     // nbdcopy and fio then read through read-only connections served from this sheep's cache.
     let r1: FioResult | undefined;
     if (cached) {
+      await unlocked();
       const holder = await RawNbd.open(port, "disk");
       try {
         const warm = await nbdcopy(uri, "null:", ["--connections=1"], 30 * 60_000);

@@ -65,6 +65,8 @@ export class SheepExportProvider implements ExportProvider {
   private readonly cachedReq: Requester;
   /** Detaches in progress, by VDI name. */
   private readonly releasing = new Map<string, Promise<void>>();
+  /** VDIs with a writable export on this sheep (it holds their lock). */
+  private readonly writers = new Set<string>();
   constructor(private readonly sheep: VdiService) {
     this.req = (hdr, data) => sheep.handle(hdr, data ?? EMPTY);
     this.cachedReq = (hdr, data) => {
@@ -140,7 +142,14 @@ export class SheepExportProvider implements ExportProvider {
     }
     // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
     // read-only, so inspection always works and a second writer is refused.
-    const r = await this.sheep.lockVdi(vdi, o);
+    let r = await this.sheep.lockVdi(vdi, o);
+    // Locked by an export here whose client has just gone (the server closes an export after its
+    // last reply, and with a cache the close pushes first): a reconnect waits a little for it.
+    const wait = this.sheep.cacheMode ? 30 : 0;
+    for (let t = 0; t < wait && r.hdr.result === Res.VDI_LOCKED && this.writers.has(vdi); t++) {
+      await (this.releasing.get(vdi) ?? new Promise((res) => setTimeout(res, 100)));
+      r = await this.sheep.lockVdi(vdi, o);
+    }
     if (r.hdr.result === Res.VDI_LOCKED) {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner ?? "another client";
       return new VdiExport(
@@ -171,8 +180,10 @@ export class SheepExportProvider implements ExportProvider {
         (e) => sheep.log.warn(`releasing the lock of ${name}: ${(e as Error).message}`),
       );
     };
+    this.writers.add(vdi);
     return new VdiExport(name, h, false, () => {
       const p = release().finally(() => {
+        this.writers.delete(vdi);
         if (this.releasing.get(vdi) === p) this.releasing.delete(vdi);
       });
       this.releasing.set(vdi, p);
