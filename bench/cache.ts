@@ -86,7 +86,14 @@ async function sheepFigures(o: CacheBenchOpts, cached: boolean): Promise<Figures
       await unlocked();
       // fio's connection takes the lock; the flusher then gets a read-only one.
       const f = fio(uri, "randwrite", qd, o.fioRuntime, o.size);
-      await new Promise((r) => setTimeout(r, 500));
+      // Only once fio holds the lock: the flusher must get the read-only connection.
+      if (cached) {
+        await c.waitFor(
+          async () => (await c.dogOk(["vdi", "lock", "list"])).includes("disk"),
+          60_000,
+          "fio attached",
+        );
+      }
       const fl = cached ? flusher(port, "disk") : null;
       const res = await f;
       const flushes = await fl?.stop();

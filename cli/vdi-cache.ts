@@ -2,6 +2,7 @@
 // output, dog-cli.md §9). flush and info talk to the addressed sheep; delete drops the VDI's
 // cache on every node (each pushes its dirty objects first); purge drops without pushing.
 import { decodeInodeHeader } from "../core/inode.ts";
+import type { SdNode } from "../core/node.ts";
 import { readObject } from "../core/object-io.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "../core/oid.ts";
 import { Flag, Header, Op, Res, strerror } from "../core/proto.ts";
@@ -126,4 +127,34 @@ async function cachePurge(c: Ctx): Promise<number> {
     return EXIT_FAILURE;
   }
   return EXIT_SUCCESS;
+}
+
+/**
+ * `dog node info`'s addition for sheep running `-w` (0.9 showed the cache only in `vdi cache
+ * info`): one line per such node, nothing at all when no node has a cache.
+ */
+export async function nodeCacheLines(c: Ctx, nodes: SdNode[]): Promise<string> {
+  let text = "";
+  for (let i = 0; i < nodes.length; i++) {
+    let rsp;
+    try {
+      rsp = await c.exec(
+        Header.req(Op.GET_CACHE_INFO, { dataLength: CACHE_INFO_SIZE }),
+        undefined,
+        nodes[i],
+      );
+    } catch {
+      continue;
+    }
+    const b = rsp.data;
+    if (rsp.hdr.result !== Res.SUCCESS || b.length < CACHE_INFO_SIZE) continue;
+    const count = Math.min(b.readInt32LE(16 + 12 * MAX_CACHE_INFO), MAX_CACHE_INFO);
+    let dirty = 0;
+    for (let k = 0; k < count; k++) dirty += b.readUInt32LE(20 + 12 * k);
+    const mode = b[20 + 12 * MAX_CACHE_INFO] ? "directio" : "non-directio";
+    text += `${String(i).padStart(2)}\t${strnumber(b.readBigUInt64LE(0), c.raw)}\t${
+      strnumber(b.readBigUInt64LE(8), c.raw)
+    }\t${strnumber(dirty * SD_DATA_OBJ_SIZE, c.raw)}\t${mode}\n`;
+  }
+  return text ? `\nObject cache:\nId\tSize\tUsed\tDirty\tMode\n${text}` : "";
 }

@@ -75,6 +75,8 @@ export class ObjectCache {
   readonly files: CacheFiles;
   private readonly locks = new Map<bigint, Promise<void>>();
   private readonly pulling = new Map<bigint, Promise<CacheEntry>>();
+  /** Files being written for entries already in the index: readers wait for them. */
+  private readonly loading = new Map<bigint, Promise<void>>();
   private readonly pushing = new Map<CacheEntry, Promise<void>>();
   private roomWaiters: Array<() => void> = [];
   private timer: ReturnType<typeof setInterval> | null = null;
@@ -235,6 +237,7 @@ export class ObjectCache {
     } else {
       this.counters.hits++;
       e.pins++;
+      await this.loading.get(oid); // an entry is indexed before its file is in place
     }
     try {
       const off = req.offset, len = Math.max(0, Math.min(req.dataLength, e.objSize - off));
@@ -424,10 +427,16 @@ export class ObjectCache {
     this.index.add(e); // counted before the file exists: the cache never exceeds its size
     try {
       // Under the object's lock: a push or write of it waits until the file is there.
-      await this.withLock(oid, async () => {
+      const loading = this.withLock(oid, async () => {
         if (dirty) this.index.markDirty(e, dirty, Date.now());
         await this.files.create(this.headerOf(e), full);
       });
+      this.loading.set(oid, loading.catch(() => {}));
+      try {
+        await loading;
+      } finally {
+        this.loading.delete(oid);
+      }
     } catch (err) {
       this.index.remove(e);
       await this.files.remove(oid).catch(() => {});

@@ -394,6 +394,13 @@ test("dog vdi cache flush, delete and purge", async () => {
     await h.write(0, d);
     expect(storeObject(1, dataOid(v, 0))).toBeNull();
     expect(await c.dogOk(["vdi", "cache", "flush", "adm"])).toBe("");
+    // dog node info adds the caches of the nodes that have one (ids in dog's node order).
+    const ni = await c.dogOk(["node", "info"]);
+    const tail = ni.slice(ni.indexOf("\nObject cache:\n"));
+    expect(tail).toMatch(
+      /^\nObject cache:\nId\tSize\tUsed\tDirty\tMode\n( \d\t64 MB\t\S+ MB\t0\.0 MB\tnon-directio\n){3}$/,
+    );
+    expect(tail).toContain("\t64 MB\t4.0 MB\t0.0 MB\tnon-directio\n");
     expect(storeObject(1, dataOid(v, 0))?.subarray(0, 4096).equals(d)).toBe(true);
     await h.write(4096, d);
     expect(await c.dogOk(["vdi", "cache", "delete", "adm"])).toBe("");
