@@ -16,6 +16,8 @@ export interface CacheEntry {
   objSize: number;
   /** Bit i: block i holds writes not yet pushed to the cluster. */
   dirty: bigint;
+  /** Bit i: block i in the file is the object's (a write miss fetches only what it must). */
+  valid: bigint;
   /** The object does not exist in the cluster yet: the push is a CREATE_AND_WRITE of it all. */
   create: boolean;
   /** When the entry became dirty (caller's clock), for the age bound of the background writer. */
@@ -38,6 +40,22 @@ export function blockSizeOf(objSize: number): number {
 
 export function blockCountOf(objSize: number): number {
   return Math.ceil(objSize / blockSizeOf(objSize));
+}
+
+/** Every block of an object. */
+export function allBlocks(objSize: number): bigint {
+  return (1n << BigInt(blockCountOf(objSize))) - 1n;
+}
+
+/** Blocks [off, off+len) covers entirely (a write needs nothing else of them). */
+export function coveredMask(off: number, len: number, objSize: number): bigint {
+  const bs = blockSizeOf(objSize);
+  const first = Math.ceil(off / bs);
+  const end = Math.min(off + len, objSize);
+  const last = end === objSize ? blockCountOf(objSize) : Math.floor(end / bs);
+  let m = 0n;
+  for (let b = first; b < last; b++) m |= 1n << BigInt(b);
+  return m;
 }
 
 /** Bitmap of the blocks [off, off+len) touches. */
@@ -200,7 +218,7 @@ export class CacheIndex {
 // ------------------------------------------------------------------ the cache file header
 //
 // 0 magic u64 | 8 oid u64 | 16 objSize u32 | 20 flags u32 (1: create) | 24 dirty u64 |
-// 32 nblocks u32 | 64.. crc u32 per block | 4092 crc32 of bytes 0..4091.
+// 32 nblocks u32 | 40 valid u64 | 64.. crc u32 per block | 4092 crc32 of bytes 0..4091.
 // A write stores the data, then the header with the new CRCs: a crash between the two leaves a
 // block whose CRC does not match, and the file is dropped at start rather than served.
 
@@ -209,6 +227,7 @@ export interface CacheHeader {
   objSize: number;
   create: boolean;
   dirty: bigint;
+  valid: bigint;
   crcs: Uint32Array;
 }
 
@@ -224,6 +243,7 @@ export function encodeCacheHeader(
   out.writeUInt32LE(h.create ? 1 : 0, 20);
   out.writeBigUInt64LE(h.dirty, 24);
   out.writeUInt32LE(h.crcs.length, 32);
+  out.writeBigUInt64LE(h.valid, 40);
   for (let i = 0; i < h.crcs.length; i++) out.writeUInt32LE(h.crcs[i], 64 + 4 * i);
   out.writeUInt32LE(crc(out.subarray(0, CACHE_HEADER_SIZE - 4)), CACHE_HEADER_SIZE - 4);
   return out;
@@ -250,6 +270,7 @@ export function decodeCacheHeader(
     objSize,
     create: (buf.readUInt32LE(20) & 1) !== 0,
     dirty: buf.readBigUInt64LE(24),
+    valid: buf.readBigUInt64LE(40),
     crcs,
   };
 }

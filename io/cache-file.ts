@@ -24,6 +24,7 @@ function pwrite(fd: number, b: Buffer, off: number, len: number, pos: number): P
   return new Promise((res, rej) => fs.write(fd, b, off, len, pos, (e, n) => e ? rej(e) : res(n)));
 }
 const close = promisify(fs.close);
+const ftruncate = promisify(fs.ftruncate);
 const openP = promisify(fs.open);
 
 export const crc = (b: Uint8Array): number => crcOf(b);
@@ -92,17 +93,23 @@ export class CacheFiles {
   }
 
   /** Writes a whole new cache file (header + object) under a temp name, then renames it in. */
-  async create(h: CacheHeader, data: Buffer): Promise<void> {
+  async create(h: CacheHeader, data: Buffer | null): Promise<void> {
     const final = this.pathOf(h.oid);
     fs.mkdirSync(path.dirname(final), { recursive: true });
     const tmp = `${final}.tmp`;
     await this.closeFd(h.oid);
     const fd = await openP(tmp, this.flags | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
-      const buf = Buffer.alloc(fileBytes(h.objSize));
-      encodeCacheHeader(h, crc, buf.subarray(0, CACHE_HEADER_SIZE));
-      data.copy(buf, CACHE_HEADER_SIZE, 0, Math.min(data.length, h.objSize));
-      await writeAll(fd, buf, 0);
+      if (data) {
+        const buf = Buffer.alloc(fileBytes(h.objSize));
+        encodeCacheHeader(h, crc, buf.subarray(0, CACHE_HEADER_SIZE));
+        data.copy(buf, CACHE_HEADER_SIZE, 0, Math.min(data.length, h.objSize));
+        await writeAll(fd, buf, 0);
+      } else {
+        // Nothing of the object yet: a sparse file of the full size, its blocks read as zeros.
+        await writeAll(fd, encodeCacheHeader(h, crc), 0);
+        await ftruncate(fd, fileBytes(h.objSize));
+      }
     } finally {
       await close(fd);
     }

@@ -17,11 +17,13 @@
 // object waits for the writer; LRU reclaim drops only clean, idle objects.
 import { Buffer } from "node:buffer";
 import {
+  allBlocks,
   blockCountOf,
   blockMask,
   blockSizeOf,
   type CacheEntry,
   CacheIndex,
+  coveredMask,
   fileBytes,
   maskRuns,
   popcount,
@@ -39,6 +41,7 @@ import {
 import { EMPTY, Flag, Header, Op, Res } from "../core/proto.ts";
 import type { VdiTable } from "../core/vdi.ts";
 import { CacheFiles, crc } from "../io/cache-file.ts";
+import { zeroCrc } from "../io/checksum.ts";
 import type { CacheOptions } from "./options.ts";
 import type { Logger } from "./log.ts";
 import type { Reply } from "./ops/reply.ts";
@@ -119,6 +122,7 @@ export class ObjectCache {
         vid: oidToVid(h.oid),
         objSize: h.objSize,
         dirty: h.dirty,
+        valid: h.valid,
         create: h.create,
         dirtySince: 0,
         pins: 0,
@@ -263,7 +267,7 @@ export class ObjectCache {
       let e = this.index.get(oid);
       if (!e) {
         if (!wb) return null;
-        e = await this.pull(oid); // pinned for us
+        e = await this.pull(oid, true); // pinned for us; only what the write needs is read
       } else e.pins++;
       try {
         // False: the entry was dropped meanwhile; look again.
@@ -366,11 +370,45 @@ export class ObjectCache {
 
   private async readRange(e: CacheEntry, off: number, len: number): Promise<Buffer> {
     if (len === 0) return EMPTY;
+    const need = blockMask(off, len, e.objSize);
+    if ((e.valid & need) !== need) await this.fill(e, need);
     if (!this.opts.directio) return await this.files.read(e.oid, off, len);
     const a = Math.floor(off / 4096) * 4096;
     const b = Math.min(e.objSize, Math.ceil((off + len) / 4096) * 4096);
     const buf = await this.files.read(e.oid, a, b - a);
     return buf.subarray(off - a, off - a + len);
+  }
+
+  /** Blocks of `mask` not in the file yet, read from the cluster (runs of them). */
+  private async fetchBlocks(e: CacheEntry, mask: bigint): Promise<Array<[number, Buffer]>> {
+    const bs = blockSizeOf(e.objSize);
+    return await Promise.all(
+      maskRuns(mask & ~e.valid).map(async ([a, b]) => {
+        const off = a * bs, len = Math.min(e.objSize, b * bs) - off;
+        const h = Header.req(Op.READ_OBJ, { dataLength: len });
+        h.oid = e.oid;
+        h.offset = off;
+        const r = check(await this.s.cacheForward(h, EMPTY), `reading ${e.oid.toString(16)}`);
+        const buf = Buffer.alloc(len);
+        r.data.copy(buf, Math.min(Number(r.hdr.rspObjOffset), len));
+        return [off, buf] as [number, Buffer];
+      }),
+    );
+  }
+
+  /** Makes the blocks of `mask` valid: fetched from the cluster, written into the file. */
+  private fill(e: CacheEntry, mask: bigint): Promise<void> {
+    return this.withLock(e.oid, async () => {
+      if ((e.valid & mask) === mask || this.index.get(e.oid) !== e) return;
+      const bs = blockSizeOf(e.objSize);
+      for (const [off, buf] of await this.fetchBlocks(e, mask)) {
+        for (let p = 0; p < buf.length; p += bs) {
+          crcsSet(e, (off + p) / bs, crc(buf.subarray(p, Math.min(buf.length, p + bs))));
+        }
+        e.valid |= blockMask(off, buf.length, e.objSize);
+        await this.files.write(this.headerOf(e), off, buf);
+      }
+    });
   }
 
   /** Read-modify-write of the whole blocks the range touches (their CRCs need all of them). */
@@ -384,7 +422,14 @@ export class ObjectCache {
       const b0 = Math.floor(off / bs), b1 = Math.ceil((off + data.length) / bs);
       const start = b0 * bs, end = Math.min(e.objSize, b1 * bs);
       const buf = await this.files.read(e.oid, start, end - start);
+      // Touched blocks the write does not cover whole and the file lacks: from the cluster.
+      const partial = blockMask(off, data.length, e.objSize) &
+        ~coveredMask(off, data.length, e.objSize) & ~e.valid;
+      if (partial) {
+        for (const [o, b] of await this.fetchBlocks(e, partial)) b.copy(buf, o - start);
+      }
       data.copy(buf, off - start);
+      e.valid |= blockMask(off, data.length, e.objSize);
       for (let b = b0; b < b1; b++) {
         crcsSet(e, b, crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs))));
       }
@@ -396,29 +441,32 @@ export class ObjectCache {
   }
 
   private headerOf(e: CacheEntry) {
-    return { oid: e.oid, objSize: e.objSize, create: e.create, dirty: e.dirty, crcs: e.crcs };
+    const { oid, objSize, create, dirty, valid, crcs } = e;
+    return { oid, objSize, create, dirty, valid, crcs };
   }
 
   /** A new entry from whole object bytes (a pull, clean, or a create, dirty). */
   private async insert(
     oid: bigint,
-    full: Buffer,
+    full: Buffer | null,
     dirty: bigint,
     create: boolean,
   ): Promise<CacheEntry> {
-    const objSize = full.length;
+    const objSize = full ? full.length : this.s.objectSize(oid);
     await this.makeRoom(fileBytes(objSize));
     const bs = blockSizeOf(objSize);
     const n = blockCountOf(objSize);
     const crcs = new Uint32Array(n);
     for (let b = 0; b < n; b++) {
-      crcs[b] = crc(full.subarray(b * bs, Math.min(objSize, (b + 1) * bs)));
+      const len = Math.min(objSize, (b + 1) * bs) - b * bs;
+      crcs[b] = full ? crc(full.subarray(b * bs, b * bs + len)) : zeroCrc(len);
     }
     const e: CacheEntry = {
       oid,
       vid: oidToVid(oid),
       objSize,
       dirty: 0n,
+      valid: full ? allBlocks(objSize) : 0n,
       create,
       dirtySince: 0,
       pins: 1,
@@ -448,16 +496,19 @@ export class ObjectCache {
   }
 
   /** Pulls the whole object from the cluster into the cache (clean). */
-  private pull(oid: bigint): Promise<CacheEntry> {
+  private pull(oid: bigint, empty = false): Promise<CacheEntry> {
     let p = this.pulling.get(oid);
     if (!p) {
       p = (async () => {
-        const objSize = this.s.objectSize(oid);
-        const h = Header.req(Op.READ_OBJ, { dataLength: objSize });
-        h.oid = oid;
-        const r = check(await this.s.cacheForward(h, EMPTY), `reading ${oid.toString(16)}`);
-        const full = Buffer.alloc(objSize);
-        r.data.copy(full, Number(r.hdr.rspObjOffset));
+        let full: Buffer | null = null;
+        if (!empty) {
+          const objSize = this.s.objectSize(oid);
+          const h = Header.req(Op.READ_OBJ, { dataLength: objSize });
+          h.oid = oid;
+          const r = check(await this.s.cacheForward(h, EMPTY), `reading ${oid.toString(16)}`);
+          full = Buffer.alloc(objSize);
+          r.data.copy(full, Number(r.hdr.rspObjOffset));
+        }
         const e = await this.insert(oid, full, 0n, false);
         e.pins++; // the caller's pin: not reclaimed before it is served
         return e;

@@ -4,12 +4,14 @@ import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import zlib from "node:zlib";
 import {
+  allBlocks,
   blockCountOf,
   blockMask,
   blockSizeOf,
   CACHE_HEADER_SIZE,
   type CacheEntry,
   CacheIndex,
+  coveredMask,
   decodeCacheHeader,
   encodeCacheHeader,
   fileBytes,
@@ -28,6 +30,7 @@ function entry(oid: bigint, o: Partial<CacheEntry> = {}): CacheEntry {
     vid: Number(oid >> 32n),
     objSize: OBJ,
     dirty: 0n,
+    valid: 0n,
     create: false,
     dirtySince: 0,
     pins: 0,
@@ -49,6 +52,13 @@ test("blocks: 64 per 4 MiB object, masks and ranges", () => {
   expect(maskRange(0n)).toBeNull();
   expect(maskRange((1n << 5n) | (1n << 9n))).toEqual([5, 10]);
   expect(popcount((1n << 64n) - 1n)).toBe(64);
+  // What a write covers whole needs nothing from the cluster; the partial ends do.
+  const bs = blockSizeOf(OBJ);
+  expect(coveredMask(0, 4096, OBJ)).toBe(0n);
+  expect(coveredMask(0, bs, OBJ)).toBe(1n);
+  expect(coveredMask(100, 3 * bs, OBJ)).toBe(6n);
+  expect(coveredMask(OBJ - bs, bs, OBJ)).toBe(1n << 63n);
+  expect(allBlocks(OBJ)).toBe((1n << 64n) - 1n);
   // A push sends only the dirty runs, not first..last.
   expect(maskRuns(0n)).toEqual([]);
   expect(maskRuns((1n << 5n) | (1n << 6n) | (1n << 9n) | (1n << 63n))).toEqual([[5, 7], [9, 10], [
@@ -110,7 +120,14 @@ test("dirty accounting: bits in, taken by a push, restored when it fails", () =>
 
 test("header codec round-trips and rejects torn, foreign or short headers", () => {
   const crcs = new Uint32Array(64).map((_, i) => i * 7919);
-  const h = { oid: 0x00c962cd00000007n, objSize: OBJ, create: true, dirty: 0xf0n, crcs };
+  const h = {
+    oid: 0x00c962cd00000007n,
+    objSize: OBJ,
+    create: true,
+    dirty: 0xf0n,
+    valid: 0xff0n,
+    crcs,
+  };
   const b = encodeCacheHeader(h, crc);
   expect(b.length).toBe(CACHE_HEADER_SIZE);
   const d = decodeCacheHeader(b, crc);
@@ -119,6 +136,7 @@ test("header codec round-trips and rejects torn, foreign or short headers", () =
     expect(d.oid).toBe(h.oid);
     expect(d.create).toBe(true);
     expect(d.dirty).toBe(0xf0n);
+    expect(d.valid).toBe(0xff0n);
     expect([...d.crcs]).toEqual([...crcs]);
   }
   const torn = Buffer.from(b);
