@@ -129,6 +129,9 @@ bunTest("bad -w options: a clear error and exit 1", async () => {
     [`size=1G,dir=${file}/cache`, /object cache: cannot create/],
   ];
   try {
+    const bare = await run(cmd, [...pre, "sheep", "-w"], 20_000); // upstream prints the -w help
+    expect(bare.code).toBe(1);
+    expect(bare.stdout).toContain("size=: size of the cache in megabyes");
     for (const [arg, msg] of cases) {
       const r = await run(
         cmd,
