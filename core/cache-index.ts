@@ -14,9 +14,9 @@ export interface CacheEntry {
   oid: bigint;
   vid: number;
   objSize: number;
-  /** Bit i: block i holds writes not yet pushed to the cluster. */
+  /** Bit i: sector i holds writes not yet pushed to the cluster. */
   dirty: bigint;
-  /** Bit i: block i in the file is the object's (a write miss fetches only what it must). */
+  /** Bit i: sector i in the file is the object's (a write miss fetches only what it must). */
   valid: bigint;
   /** The object does not exist in the cluster yet: the push is a CREATE_AND_WRITE of it all. */
   create: boolean;
@@ -42,20 +42,40 @@ export function blockCountOf(objSize: number): number {
   return Math.ceil(objSize / blockSizeOf(objSize));
 }
 
-/** Every block of an object. */
-export function allBlocks(objSize: number): bigint {
-  return (1n << BigInt(blockCountOf(objSize))) - 1n;
+// Dirty and valid bits are per sector (4 KiB, at most 1024 per object): a 4 KiB write makes one
+// sector dirty and needs nothing from the cluster; CRCs stay per block (64 per object).
+export const MAX_SECTORS = 1024;
+
+export function sectorSizeOf(objSize: number): number {
+  return Math.max(4096, Math.ceil(objSize / MAX_SECTORS / 4096) * 4096);
 }
 
-/** Blocks [off, off+len) covers entirely (a write needs nothing else of them). */
-export function coveredMask(off: number, len: number, objSize: number): bigint {
-  const bs = blockSizeOf(objSize);
-  const first = Math.ceil(off / bs);
+export function sectorCountOf(objSize: number): number {
+  return Math.ceil(objSize / sectorSizeOf(objSize));
+}
+
+/** Every sector of an object. */
+export function allSectors(objSize: number): bigint {
+  return (1n << BigInt(sectorCountOf(objSize))) - 1n;
+}
+
+function bits(first: number, end: number): bigint {
+  return end > first ? ((1n << BigInt(end - first)) - 1n) << BigInt(first) : 0n;
+}
+
+/** Sectors [off, off+len) touches. */
+export function sectorMask(off: number, len: number, objSize: number): bigint {
+  if (len <= 0) return 0n;
+  const ss = sectorSizeOf(objSize);
+  return bits(Math.floor(off / ss), Math.floor((off + len - 1) / ss) + 1);
+}
+
+/** Sectors [off, off+len) covers entirely (a write needs nothing else of them). */
+export function coveredSectors(off: number, len: number, objSize: number): bigint {
+  const ss = sectorSizeOf(objSize);
   const end = Math.min(off + len, objSize);
-  const last = end === objSize ? blockCountOf(objSize) : Math.floor(end / bs);
-  let m = 0n;
-  for (let b = first; b < last; b++) m |= 1n << BigInt(b);
-  return m;
+  const last = end === objSize ? sectorCountOf(objSize) : Math.floor(end / ss);
+  return bits(Math.ceil(off / ss), last);
 }
 
 /** Bitmap of the blocks [off, off+len) touches. */
@@ -78,10 +98,10 @@ export function maskRange(m: bigint): [number, number] | null {
   return [first, last + 1];
 }
 
-/** Runs of consecutive set blocks, [first, one past last]: a push sends each run, nothing else. */
+/** Runs of consecutive set bits, [first, one past last]: a push sends each run, nothing else. */
 export function maskRuns(m: bigint): Array<[number, number]> {
   const out: Array<[number, number]> = [];
-  for (let b = 0; b < CACHE_BLOCKS; b++) {
+  for (let b = 0; m >> BigInt(b); b++) {
     if (!((m >> BigInt(b)) & 1n)) continue;
     const last = out[out.length - 1];
     if (last && last[1] === b) last[1] = b + 1;
@@ -173,7 +193,7 @@ export class CacheIndex {
   }
 
   private dirtyOf(e: CacheEntry): number {
-    return popcount(e.dirty) * blockSizeOf(e.objSize);
+    return popcount(e.dirty) * sectorSizeOf(e.objSize);
   }
 
   /**
@@ -217,8 +237,9 @@ export class CacheIndex {
 
 // ------------------------------------------------------------------ the cache file header
 //
-// 0 magic u64 | 8 oid u64 | 16 objSize u32 | 20 flags u32 (1: create) | 24 dirty u64 |
-// 32 nblocks u32 | 40 valid u64 | 64.. crc u32 per block | 4092 crc32 of bytes 0..4091.
+// 0 magic u64 | 8 oid u64 | 16 objSize u32 | 20 flags u32 (1: create) | 32 nblocks u32 |
+// 64.. crc u32 per block | 320.. dirty sectors (128 bytes) | 448.. valid sectors (128 bytes) |
+// 4092 crc32 of bytes 0..4091.
 // A write stores the data, then the header with the new CRCs: a crash between the two leaves a
 // block whose CRC does not match, and the file is dropped at start rather than served.
 
@@ -231,6 +252,18 @@ export interface CacheHeader {
   crcs: Uint32Array;
 }
 
+const DIRTY_AT = 320, VALID_AT = 448, BITMAP_BYTES = MAX_SECTORS / 8;
+
+function writeBits(b: Buffer, at: number, m: bigint): void {
+  for (let i = 0; i < BITMAP_BYTES; i++) b[at + i] = Number((m >> BigInt(8 * i)) & 0xffn);
+}
+
+function readBits(b: Buffer, at: number): bigint {
+  let m = 0n;
+  for (let i = BITMAP_BYTES - 1; i >= 0; i--) m = (m << 8n) | BigInt(b[at + i]);
+  return m;
+}
+
 export function encodeCacheHeader(
   h: CacheHeader,
   crc: (b: Uint8Array) => number,
@@ -241,9 +274,9 @@ export function encodeCacheHeader(
   out.writeBigUInt64LE(h.oid, 8);
   out.writeUInt32LE(h.objSize, 16);
   out.writeUInt32LE(h.create ? 1 : 0, 20);
-  out.writeBigUInt64LE(h.dirty, 24);
   out.writeUInt32LE(h.crcs.length, 32);
-  out.writeBigUInt64LE(h.valid, 40);
+  writeBits(out, DIRTY_AT, h.dirty);
+  writeBits(out, VALID_AT, h.valid);
   for (let i = 0; i < h.crcs.length; i++) out.writeUInt32LE(h.crcs[i], 64 + 4 * i);
   out.writeUInt32LE(crc(out.subarray(0, CACHE_HEADER_SIZE - 4)), CACHE_HEADER_SIZE - 4);
   return out;
@@ -269,8 +302,8 @@ export function decodeCacheHeader(
     oid: buf.readBigUInt64LE(8),
     objSize,
     create: (buf.readUInt32LE(20) & 1) !== 0,
-    dirty: buf.readBigUInt64LE(24),
-    valid: buf.readBigUInt64LE(40),
+    dirty: readBits(buf, DIRTY_AT),
+    valid: readBits(buf, VALID_AT),
     crcs,
   };
 }

@@ -17,16 +17,18 @@
 // object waits for the writer; LRU reclaim drops only clean, idle objects.
 import { Buffer } from "node:buffer";
 import {
-  allBlocks,
+  allSectors,
   blockCountOf,
-  blockMask,
   blockSizeOf,
   type CacheEntry,
   CacheIndex,
-  coveredMask,
+  coveredSectors,
   fileBytes,
   maskRuns,
   popcount,
+  sectorCountOf,
+  sectorMask,
+  sectorSizeOf,
 } from "../core/cache-index.ts";
 import { SdError } from "../core/errors.ts";
 import {
@@ -324,7 +326,7 @@ export class ObjectCache {
     }
     data.copy(full, req.offset);
     if (old) await this.drop(old);
-    const all = (1n << BigInt(blockCountOf(objSize))) - 1n;
+    const all = allSectors(objSize);
     await this.insert(oid, full, all, true);
     return ok();
   }
@@ -370,8 +372,8 @@ export class ObjectCache {
 
   private async readRange(e: CacheEntry, off: number, len: number): Promise<Buffer> {
     if (len === 0) return EMPTY;
-    const need = blockMask(off, len, e.objSize);
-    if ((e.valid & need) !== need) await this.fill(e, need);
+    const need = sectorMask(off, len, e.objSize);
+    if ((e.valid & need) !== need) await this.fill(e, off, len);
     if (!this.opts.directio) return await this.files.read(e.oid, off, len);
     const a = Math.floor(off / 4096) * 4096;
     const b = Math.min(e.objSize, Math.ceil((off + len) / 4096) * 4096);
@@ -381,10 +383,10 @@ export class ObjectCache {
 
   /** Blocks of `mask` not in the file yet, read from the cluster (runs of them). */
   private async fetchBlocks(e: CacheEntry, mask: bigint): Promise<Array<[number, Buffer]>> {
-    const bs = blockSizeOf(e.objSize);
+    const ss = sectorSizeOf(e.objSize);
     return await Promise.all(
       maskRuns(mask & ~e.valid).map(async ([a, b]) => {
-        const off = a * bs, len = Math.min(e.objSize, b * bs) - off;
+        const off = a * ss, len = Math.min(e.objSize, b * ss) - off;
         const h = Header.req(Op.READ_OBJ, { dataLength: len });
         h.oid = e.oid;
         h.offset = off;
@@ -396,18 +398,22 @@ export class ObjectCache {
     );
   }
 
-  /** Makes the blocks of `mask` valid: fetched from the cluster, written into the file. */
-  private fill(e: CacheEntry, mask: bigint): Promise<void> {
+  /** Makes [off, off+len) valid: what the file lacks of its blocks, fetched from the cluster. */
+  private fill(e: CacheEntry, off: number, len: number): Promise<void> {
     return this.withLock(e.oid, async () => {
-      if ((e.valid & mask) === mask || this.index.get(e.oid) !== e) return;
+      if (this.index.get(e.oid) !== e) return;
       const bs = blockSizeOf(e.objSize);
-      for (const [off, buf] of await this.fetchBlocks(e, mask)) {
-        for (let p = 0; p < buf.length; p += bs) {
-          crcsSet(e, (off + p) / bs, crc(buf.subarray(p, Math.min(buf.length, p + bs))));
-        }
-        e.valid |= blockMask(off, buf.length, e.objSize);
-        await this.files.write(this.headerOf(e), off, buf);
+      const b0 = Math.floor(off / bs), b1 = Math.ceil((off + len) / bs);
+      const start = b0 * bs, end = Math.min(e.objSize, b1 * bs);
+      const span = sectorMask(start, end - start, e.objSize);
+      if ((e.valid & span) === span) return;
+      const buf = await this.files.read(e.oid, start, end - start);
+      for (const [o, b] of await this.fetchBlocks(e, span)) b.copy(buf, o - start);
+      e.valid |= span;
+      for (let b = b0; b < b1; b++) {
+        crcsSet(e, b, crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs))));
       }
+      await this.files.write(this.headerOf(e), start, buf);
     });
   }
 
@@ -422,18 +428,18 @@ export class ObjectCache {
       const b0 = Math.floor(off / bs), b1 = Math.ceil((off + data.length) / bs);
       const start = b0 * bs, end = Math.min(e.objSize, b1 * bs);
       const buf = await this.files.read(e.oid, start, end - start);
-      // Touched blocks the write does not cover whole and the file lacks: from the cluster.
-      const partial = blockMask(off, data.length, e.objSize) &
-        ~coveredMask(off, data.length, e.objSize) & ~e.valid;
+      // Touched sectors the write does not cover whole and the file lacks: from the cluster.
+      const partial = sectorMask(off, data.length, e.objSize) &
+        ~coveredSectors(off, data.length, e.objSize) & ~e.valid;
       if (partial) {
         for (const [o, b] of await this.fetchBlocks(e, partial)) b.copy(buf, o - start);
       }
       data.copy(buf, off - start);
-      e.valid |= blockMask(off, data.length, e.objSize);
+      e.valid |= sectorMask(off, data.length, e.objSize);
       for (let b = b0; b < b1; b++) {
         crcsSet(e, b, crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs))));
       }
-      this.index.markDirty(e, blockMask(off, data.length, e.objSize), Date.now());
+      this.index.markDirty(e, sectorMask(off, data.length, e.objSize), Date.now());
       await this.files.write(this.headerOf(e), start, buf);
       this.index.touch(e);
       return true;
@@ -466,7 +472,7 @@ export class ObjectCache {
       vid: oidToVid(oid),
       objSize,
       dirty: 0n,
-      valid: full ? allBlocks(objSize) : 0n,
+      valid: full ? allSectors(objSize) : 0n,
       create,
       dirtySince: 0,
       pins: 1,
@@ -585,11 +591,11 @@ export class ObjectCache {
     try {
       await this.withLock(e.oid, async () => {
         mask = this.index.takeDirty(e);
-        const bs = blockSizeOf(e.objSize);
-        // A new object goes whole; an existing one gets only its dirty runs of blocks.
-        const runs = e.create ? [[0, blockCountOf(e.objSize)]] : maskRuns(mask);
+        const ss = sectorSizeOf(e.objSize);
+        // A new object goes whole; an existing one gets only its dirty runs of sectors.
+        const runs = e.create ? [[0, sectorCountOf(e.objSize)]] : maskRuns(mask);
         for (const [a, b] of runs) {
-          const off = a * bs, end = Math.min(e.objSize, b * bs);
+          const off = a * ss, end = Math.min(e.objSize, b * ss);
           parts.push({ off, data: await this.files.read(e.oid, off, end - off) });
         }
       });
@@ -691,7 +697,7 @@ export class ObjectCache {
         const old = now - e.dirtySince >= MAX_DIRTY_AGE_MS;
         if (!old && dirty <= limit / 2 && !(urgent && todo.length < PUSH_PARALLEL)) break;
         todo.push(e);
-        dirty -= popcount(e.dirty) * blockSizeOf(e.objSize);
+        dirty -= popcount(e.dirty) * sectorSizeOf(e.objSize);
       }
       await runLimited(
         todo,

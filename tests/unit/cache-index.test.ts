@@ -4,20 +4,23 @@ import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import zlib from "node:zlib";
 import {
-  allBlocks,
+  allSectors,
   blockCountOf,
   blockMask,
   blockSizeOf,
   CACHE_HEADER_SIZE,
   type CacheEntry,
   CacheIndex,
-  coveredMask,
+  coveredSectors,
   decodeCacheHeader,
   encodeCacheHeader,
   fileBytes,
   maskRange,
   maskRuns,
   popcount,
+  sectorCountOf,
+  sectorMask,
+  sectorSizeOf,
 } from "../../core/cache-index.ts";
 
 const MiB = 1024 * 1024;
@@ -39,7 +42,7 @@ function entry(oid: bigint, o: Partial<CacheEntry> = {}): CacheEntry {
   };
 }
 
-test("blocks: 64 per 4 MiB object, masks and ranges", () => {
+test("blocks (CRCs) and sectors (dirty, valid): masks and runs", () => {
   expect(blockSizeOf(OBJ)).toBe(64 * 1024);
   expect(blockCountOf(OBJ)).toBe(64);
   expect(blockSizeOf(MiB)).toBe(16 * 1024);
@@ -53,12 +56,20 @@ test("blocks: 64 per 4 MiB object, masks and ranges", () => {
   expect(maskRange((1n << 5n) | (1n << 9n))).toEqual([5, 10]);
   expect(popcount((1n << 64n) - 1n)).toBe(64);
   // What a write covers whole needs nothing from the cluster; the partial ends do.
-  const bs = blockSizeOf(OBJ);
-  expect(coveredMask(0, 4096, OBJ)).toBe(0n);
-  expect(coveredMask(0, bs, OBJ)).toBe(1n);
-  expect(coveredMask(100, 3 * bs, OBJ)).toBe(6n);
-  expect(coveredMask(OBJ - bs, bs, OBJ)).toBe(1n << 63n);
-  expect(allBlocks(OBJ)).toBe((1n << 64n) - 1n);
+  // Dirty/valid sectors: 4 KiB, 1024 per 4 MiB object (bigger objects: bigger sectors).
+  expect(sectorSizeOf(OBJ)).toBe(4096);
+  expect(sectorCountOf(OBJ)).toBe(1024);
+  expect(sectorSizeOf(8 * OBJ)).toBe(32 * 1024);
+  expect(sectorMask(0, 1, OBJ)).toBe(1n);
+  expect(sectorMask(4095, 2, OBJ)).toBe(3n);
+  expect(sectorMask(OBJ - 1, 1, OBJ)).toBe(1n << 1023n);
+  expect(sectorMask(0, OBJ, OBJ)).toBe(allSectors(OBJ));
+  expect(allSectors(OBJ)).toBe((1n << 1024n) - 1n);
+  expect(coveredSectors(0, 4096, OBJ)).toBe(1n);
+  expect(coveredSectors(100, 4096, OBJ)).toBe(0n);
+  expect(coveredSectors(100, 3 * 4096, OBJ)).toBe(6n);
+  expect(coveredSectors(OBJ - 4096, 4096, OBJ)).toBe(1n << 1023n);
+  expect(maskRuns((1n << 1000n) | (1n << 1001n))).toEqual([[1000, 1002]]);
   // A push sends only the dirty runs, not first..last.
   expect(maskRuns(0n)).toEqual([]);
   expect(maskRuns((1n << 5n) | (1n << 6n) | (1n << 9n) | (1n << 63n))).toEqual([[5, 7], [9, 10], [
@@ -94,10 +105,10 @@ test("dirty accounting: bits in, taken by a push, restored when it fails", () =>
   const a = entry(0x200000000n), b = entry(0x200000001n);
   ix.add(a);
   ix.add(b);
-  const bs = blockSizeOf(OBJ);
-  ix.markDirty(a, blockMask(0, 3 * bs, OBJ), 100);
+  const bs = sectorSizeOf(OBJ);
+  ix.markDirty(a, sectorMask(0, 3 * bs, OBJ), 100);
   expect(ix.dirtyBytes).toBe(3 * bs);
-  ix.markDirty(a, blockMask(0, bs, OBJ), 200); // already dirty: no double count, age kept
+  ix.markDirty(a, sectorMask(0, bs, OBJ), 200); // already dirty: no double count, age kept
   expect(ix.dirtyBytes).toBe(3 * bs);
   expect(a.dirtySince).toBe(100);
   ix.markDirty(b, 1n << 10n, 50);
@@ -124,8 +135,8 @@ test("header codec round-trips and rejects torn, foreign or short headers", () =
     oid: 0x00c962cd00000007n,
     objSize: OBJ,
     create: true,
-    dirty: 0xf0n,
-    valid: 0xff0n,
+    dirty: 0xf0n | (1n << 1023n),
+    valid: 0xff0n | (1n << 1023n),
     crcs,
   };
   const b = encodeCacheHeader(h, crc);
@@ -135,8 +146,8 @@ test("header codec round-trips and rejects torn, foreign or short headers", () =
   if (typeof d === "object") {
     expect(d.oid).toBe(h.oid);
     expect(d.create).toBe(true);
-    expect(d.dirty).toBe(0xf0n);
-    expect(d.valid).toBe(0xff0n);
+    expect(d.dirty).toBe(0xf0n | (1n << 1023n));
+    expect(d.valid).toBe(0xff0n | (1n << 1023n));
     expect([...d.crcs]).toEqual([...crcs]);
   }
   const torn = Buffer.from(b);
