@@ -34,6 +34,8 @@ export interface CacheBenchOpts {
 }
 
 interface Figures {
+  /** Write-back with no FLUSH during the run: what the cache itself costs. */
+  w1nf?: FioResult;
   w1: FioResult;
   w32: FioResult;
   copy: number;
@@ -102,6 +104,11 @@ async function sheepFigures(o: CacheBenchOpts, cached: boolean): Promise<Figures
     };
     const w1 = await job(1);
     const w32 = await job(32);
+    let w1nf: FioResult | undefined;
+    if (cached) {
+      await unlocked();
+      w1nf = await fio(uri, "randwrite", 1, o.fioRuntime, o.size);
+    }
     // Reads of cached objects: a 256 MiB region, read once to pull it in.
     // The holder connection keeps the VDI attached here (a detach drops its cached objects);
     // nbdcopy and fio then read through read-only connections served from this sheep's cache.
@@ -117,7 +124,7 @@ async function sheepFigures(o: CacheBenchOpts, cached: boolean): Promise<Figures
         await holder.disconnect();
       }
     }
-    return { w1, w32, copy, r1 };
+    return { w1, w32, copy, r1, w1nf };
   } finally {
     await c.stop();
   }
@@ -147,6 +154,12 @@ export async function cacheBench(o: CacheBenchOpts): Promise<void> {
     "goal x5",
   );
   row("fio 4k randwrite QD32, write-back, FLUSH every 1 s", "IOPS", on.w32.iops, off.w32.iops);
+  row(
+    "fio 4k randwrite QD1, write-back, no FLUSH until the end",
+    "IOPS",
+    on.w1nf!.iops,
+    off.w1.iops,
+  );
   row(`nbdcopy seq write ${o.size / MiB} MiB --flush`, "MB/s", on.copy, off.copy);
   // Against qemu-nbd: write-back on a raw file, and 4k reads of cached objects.
   const disk = path.join(o.work, "cache-ref.raw");

@@ -12,7 +12,9 @@
 // counts on every slot change, the header on snapshot), so a cached copy would go stale.
 //
 // Without the CACHE flag a write is write-through: into the cache file if the object is cached,
-// then pushed before the answer. Reads are served from the cache, or pull the whole object.
+// then pushed before the answer. Reads are served from the cache, or pull the whole object; a
+// write that misses fetches only the partial 4 KiB sectors it touches (dirty and valid bits are
+// per sector, CRCs per 64 KiB block).
 // Dirty objects are never dropped before they are pushed: when dirty data fills the cache a new
 // object waits for the writer; LRU reclaim drops only clean, idle objects.
 import { Buffer } from "node:buffer";
