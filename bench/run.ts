@@ -1,7 +1,7 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
 //   node_modules/.bin/bun bench/run.ts [--full]
-//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,c]
+//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,cache,c]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
@@ -43,6 +43,7 @@ import {
 } from "./lib.ts";
 import { metricsBench } from "./metrics.ts";
 import { farmBench } from "./farm.ts";
+import { cacheBench } from "./cache.ts";
 import { cRefBench } from "./c-ref.ts";
 import { codecRates, nbdBench as ecNbdBench } from "./ec.ts";
 import { checksumBench, CSUM_METRICS, type CsumKey } from "./checksum.ts";
@@ -65,6 +66,7 @@ const SECTIONS = [
   "ec",
   "checksum",
   "journal",
+  "cache",
   "c",
 ];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
@@ -1135,6 +1137,14 @@ async function main(): Promise<void> {
       ec,
       checksum,
       journal: () => journalBench({ results, src: SRC, size: NBD_SIZE, fioRuntime: FIO_RUNTIME }),
+      cache: () =>
+        cacheBench({
+          results,
+          work,
+          src: SRC,
+          size: Math.min(FILE_SIZE, mib("BENCH_CACHE_MB", 1 * GiB)),
+          fioRuntime: FIO_RUNTIME,
+        }),
       c: () =>
         cRefBench({
           results,

@@ -27,6 +27,7 @@ import {
   updateNodeList,
 } from "./common.ts";
 import { vdiCheck, vdiLock } from "./vdi-check.ts";
+import { vdiCache } from "./vdi-cache.ts";
 import {
   vdiAlterCopy,
   vdiClone,
@@ -86,6 +87,7 @@ const HANDLERS: Record<string, Handler> = {
   "vdi restore": vdiRestore,
   "vdi alter-copy": vdiAlterCopy,
   "vdi lock": vdiLock,
+  "vdi cache": vdiCache,
   "node kill": nodeKill,
   "node list": nodeList,
   "node info": nodeInfo,

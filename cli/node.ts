@@ -1,5 +1,6 @@
 // dog node: list, info, kill, recovery, md, stat, log, vnodes (upstream dog/node.c), and scrub
 // (our extension: the background scrub of sheep/scrub.ts).
+import { nodeCacheLines } from "./vdi-cache.ts";
 import { mdInfoJson, nodeInfoJson, nodeJson, toJson } from "./json.ts";
 import {
   decodeMdInfo,
@@ -93,7 +94,9 @@ export async function nodeInfo(c: Ctx): Promise<number> {
   let vdiTotal = 0n;
   for (const v of list) if (!isSnap(v.header)) vdiTotal += v.header.vdiSize;
   if (c.json) out(toJson(nodeInfoJson(rows, vdiTotal)));
-  else out(nodeInfoTotal(totalSize, totalAvail, vdiTotal, c.raw));
+  else {out(
+      nodeInfoTotal(totalSize, totalAvail, vdiTotal, c.raw) + await nodeCacheLines(c, c.nodes),
+    );}
   return EXIT_SUCCESS;
 }
 

@@ -238,6 +238,23 @@ export const COMMANDS: CmdDef[] = [
           { name: "unlock", arg: "<vdiname>", desc: "unlock locked VDI forcibly", needArg: true },
         ],
       },
+      {
+        name: "cache",
+        arg: "<vdiname>",
+        opts: "saphT",
+        desc: "Run 'dog vdi cache' for more information",
+        needArg: true,
+        sub: [
+          { name: "flush", desc: "flush the cache of the vdi specified.", needArg: true },
+          {
+            name: "delete",
+            desc: "delete the cache of the vdi specified in all nodes.",
+            needArg: true,
+          },
+          { name: "info", desc: "show usage of the cache" },
+          { name: "purge", desc: "purge the cache of all vdi (no flush)" },
+        ],
+      },
     ],
   },
   {

@@ -50,6 +50,9 @@ export const Op = {
   COMPLETE_RECOVERY: 0xac,
   NOTIFY_VDI_ADD: 0xaf,
   DELETE_CACHE: 0xb0,
+  /** 0.9's object cache (sheep -w): dog vdi cache info / purge. */
+  GET_CACHE_INFO: 0xb6,
+  CACHE_PURGE: 0xb7,
   MD_INFO: 0xb1,
   MD_PLUG: 0xb2,
   MD_UNPLUG: 0xb3,

@@ -28,6 +28,7 @@ import {
   SD_ATTR_OBJ_SIZE,
   SD_INODE_HEADER_SIZE,
   SD_INODE_SIZE,
+  vidToVdiOid,
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import type { Scrubber } from "./scrub.ts";
@@ -91,6 +92,8 @@ import { adoptIdentity, vnodesDesignationError } from "./cluster-identity.ts";
 import { fetchEpoch } from "./epoch-log.ts";
 
 const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000));
+import { ObjectCache } from "./object-cache.ts";
+import { CacheCoherence } from "./cache-coherence.ts";
 
 export class Sheep {
   readonly log: Logger;
@@ -135,6 +138,9 @@ export class Sheep {
   ecRecovery?: EcRecovery;
   private ringCache = new Map<number, Ring>();
   private readonly peerOps = new PeerOps(this);
+  /** `sheep -w` (sheep/object-cache.ts); coherence runs with or without a cache of our own. */
+  cache: ObjectCache | null = null;
+  readonly coherence = new CacheCoherence(this);
   /** The op families the op table (ops/table.ts) dispatches to. */
   readonly ops: OpFamilies = {
     gateway: new GatewayOps(this),
@@ -208,8 +214,9 @@ export class Sheep {
 
     // Accepted so existing command lines keep working, but said out loud: neither exists here.
     if (this.opts.cache !== null) {
-      this.log.warn("-w (object cache) is not implemented (upstream removed it in 1.0)");
-      process.stderr.write("sheep: warning: -w (object cache) is not implemented\n");
+      const dir = path.resolve(this.opts.cache.dir ?? path.join(this.baseDir, "cache"));
+      this.cache = new ObjectCache(this, this.opts.cache, dir);
+      this.cache.open(); // a bad dir fails the start (exit 1)
     }
     await this.loadLocalState();
     const servers = await listenProtocol(
@@ -293,6 +300,10 @@ export class Sheep {
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
     await joined;
+    if (this.cache) {
+      this.cache.recover(); // what a crash left dirty is pushed before its VDI is served
+      this.cache.start();
+    }
     if (this.opts.nbd) await this.startNbd();
     if (this.opts.pidfile) fs.writeFileSync(this.opts.pidfile, `${process.pid}\n`);
     this.scrub.schedule();
@@ -659,6 +670,7 @@ export class Sheep {
         }
       }
     })();
+    for (const v of vids) void this.cache?.dropVdi(v); // a reused VID must not meet old copies
     this.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
   }
 
@@ -669,6 +681,49 @@ export class Sheep {
 
   releaseVdi(vid: number): Promise<Reply> {
     return this.ops.cluster.releaseVdi(vid);
+  }
+
+  /** The object cache's pulls and pushes: the gateway path without the cache. */
+  cacheForward(hdr: Header, data: Buffer): Promise<Reply> {
+    return this.ops.gateway.uncached(hdr, data);
+  }
+
+  async recoveryIdle(): Promise<void> {
+    const until = Date.now() + 120_000;
+    while (this.recovery.status().inRecovery && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  /** host:port, as VDI lock owners are named. */
+  selfName(): string {
+    return nodeHostPort(this.me);
+  }
+
+  /** NBD exports: how they may use the cache (null: no cache). */
+  get cacheMode(): "writeback" | "writethrough" | null {
+    return this.cache ? this.opts.nbdCache : null;
+  }
+
+  /**
+   * An NBD FLUSH: this sheep's dirty objects of `vid` are pushed, and when another sheep holds
+   * the VDI, it is asked to flush too (so a read-only export's flush covers the writer's).
+   */
+  async flushVdi(vid: number): Promise<void> {
+    await this.cache?.flushVdi(vid);
+    await this.coherence.beforeRead(vidToVdiOid(vid));
+  }
+
+  /** Objects written with FUA: pushed before the write is answered. */
+  async flushOids(oids: bigint[]): Promise<void> {
+    await this.cache?.flushOids(oids);
+  }
+
+  /** Detach: push everything, then forget it (another sheep may attach and write next). */
+  async releaseCache(vid: number): Promise<void> {
+    if (!this.cache) return;
+    await this.cache.flushVdi(vid);
+    await this.cache.dropVdi(vid);
   }
 
   // ---------------------------------------------------------------- request dispatch
@@ -721,6 +776,11 @@ export class Sheep {
       }
     }
     if (!row?.run) return errorReply(req, new SdError(Res.INVALID_PARMS));
+    // The object cache: snapshot/delete flush the lock owner's cache first; a release flushes ours.
+    if (op === Op.NEW_VDI || op === Op.DEL_VDI) await this.coherence.beforeVdiOp(req, data);
+    else if (op === Op.RELEASE_VDI && this.cache && this.coherence.mayCache(req.baseVdiId)) {
+      await this.releaseCache(req.baseVdiId);
+    }
     return await row.run(this.ops, req, data);
   }
 
@@ -770,6 +830,10 @@ export class Sheep {
     if (killed) this.state = { ...this.state, status: Status.KILLED };
     this.log.info(`shutting down (${killed ? "killed" : "exit"})`);
     this.scrub?.stop();
+    // Dirty cached objects go to the cluster while we are still a member (bounded wait).
+    if (this.cache && this.joined) {
+      await Promise.race([this.cache.stop(), new Promise((r) => setTimeout(r, 30_000))]);
+    }
     try {
       await Promise.race([this.driver?.leave(), new Promise((r) => setTimeout(r, 1500))]);
       await this.driver?.close();

@@ -115,6 +115,41 @@ export class SheepMetrics {
     return disks;
   }
 
+  /** `sheep -w`: size, use and activity of the object cache (nothing without one). */
+  private cacheFamilies(
+    g: (name: string, help: string, samples: Sample[]) => Family,
+    c: (name: string, help: string, samples: Sample[]) => Family,
+  ): Family[] {
+    const cache = this.sheep.cache;
+    if (!cache) return [];
+    const ix = cache.index;
+    let dirty = 0;
+    for (const r of cache.info()) dirty += r.dirty;
+    const k = cache.counters;
+    return [
+      g("sheep_cache_size_bytes", "Size of the object cache (-w size=).", [{ value: ix.capacity }]),
+      g("sheep_cache_used_bytes", "Bytes the cache files take.", [{ value: ix.usedBytes }]),
+      g("sheep_cache_dirty_bytes", "Bytes of dirty blocks not pushed yet.", [{
+        value: ix.dirtyBytes,
+      }]),
+      g("sheep_cache_objects", "Cached objects, by state.", [
+        { labels: { state: "dirty" }, value: dirty },
+        { labels: { state: "clean" }, value: ix.size - dirty },
+      ]),
+      c("sheep_cache_reads_total", "Cached-object reads, by outcome.", [
+        { labels: { outcome: "hit" }, value: k.hits },
+        { labels: { outcome: "miss" }, value: k.misses },
+      ]),
+      c("sheep_cache_pushes_total", "Objects pushed to the cluster.", [{ value: k.pushed }]),
+      c("sheep_cache_reclaimed_total", "Clean objects dropped to make room.", [{
+        value: k.reclaimed,
+      }]),
+      c("sheep_cache_bad_files_total", "Cache files dropped at start (0-byte, short, torn).", [{
+        value: k.dropped,
+      }]),
+    ];
+  }
+
   /** Nodes of the current epoch when the cluster runs, else the members seen so far. */
   clusterNodes() {
     const s = this.sheep;
@@ -289,6 +324,7 @@ export class SheepMetrics {
           [...s.vdis.states.values()].filter((v) => !v.deleted).length,
         ),
       ),
+      ...this.cacheFamilies(g, c),
     ];
     const j = s.journal?.stats();
     if (j) {

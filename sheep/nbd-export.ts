@@ -1,16 +1,23 @@
 // Sheepdog VDIs as NBD exports. Every sheep is a gateway, so requests go through this daemon's own
-// gateway path in-process (no socket hop). Writes are durable on every replica when the gateway
-// acknowledges them (fdatasync before each peer replies), so FLUSH and FUA need no extra work
-// beyond the NBD server waiting for earlier writes; that holds across connections and sheep,
-// which is why CAN_MULTI_CONN is safe.
+// gateway path in-process (no socket hop). Without the object cache, writes are durable on every
+// replica when the gateway acknowledges them (fdatasync before each peer replies), so FLUSH and
+// FUA need no extra work beyond the NBD server waiting for earlier writes.
+//
+// With `sheep -w` a writable export (it holds the VDI's cluster-wide lock) sends its object
+// requests with SD_FLAG_CMD_CACHE (`--nbd-cache=writeback`, the default) and the writes are
+// acknowledged from the cache file; FLUSH pushes the VDI's dirty objects to every replica, a FUA
+// write pushes the objects it touched, and a disconnect pushes everything before the lock goes.
+// With `--nbd-cache=writethrough` reads are cached but every write is pushed before its answer.
+// CAN_MULTI_CONN is advertised only for read-only exports: their FLUSH also asks the writer's
+// sheep to flush (sheep/cache-coherence.ts), so it covers every connection's writes.
 import { Buffer } from "node:buffer";
 import type { BlockExport, ExportProvider } from "../core/blockdev.ts";
 import { BlockError, NbdErrno, NbdOpenError } from "../core/blockdev.ts";
 import { VdiHandle } from "../core/vdi-io.ts";
 import type { Requester } from "../core/object-io.ts";
 import { decodeInodeHeader } from "../core/inode.ts";
-import { vidToVdiOid } from "../core/oid.ts";
-import { EMPTY, Res } from "../core/proto.ts";
+import { isDataObj, vidToDataOid, vidToVdiOid } from "../core/oid.ts";
+import { EMPTY, Flag, Op, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { Header } from "../core/proto.ts";
 import type { MetaIO, VdiTable } from "../core/vdi.ts";
@@ -25,6 +32,13 @@ export interface VdiService {
   readonly log: Logger;
   lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply>;
   releaseVdi(vid: number): Promise<Reply>;
+  /** The object cache as NBD exports may use it (null: `sheep -w` is off). */
+  readonly cacheMode: "writeback" | "writethrough" | null;
+  /** Pushes this sheep's dirty objects of the VDI (and has its lock owner flush, if another). */
+  flushVdi(vid: number): Promise<void>;
+  flushOids(oids: bigint[]): Promise<void>;
+  /** Pushes and forgets the VDI's cached objects (detach). */
+  releaseCache(vid: number): Promise<void>;
 }
 
 const MAX_BLOCK = 32 * 1024 * 1024;
@@ -47,8 +61,21 @@ function toBlockError(e: unknown): Error {
 
 export class SheepExportProvider implements ExportProvider {
   private readonly req: Requester;
+  /** The requester of a writable export: data object I/O marked for the cache. */
+  private readonly cachedReq: Requester;
+  /** Detaches in progress, by VDI name. */
+  private readonly releasing = new Map<string, Promise<void>>();
+  /** VDIs with a writable export on this sheep (it holds their lock). */
+  private readonly writers = new Set<string>();
   constructor(private readonly sheep: VdiService) {
     this.req = (hdr, data) => sheep.handle(hdr, data ?? EMPTY);
+    this.cachedReq = (hdr, data) => {
+      const mode = sheep.cacheMode;
+      if (mode && isDataObj(hdr.oid) && !(hdr.flags & Flag.CMD_COW && mode !== "writeback")) {
+        if (hdr.opcode === Op.READ_OBJ || mode === "writeback") hdr.flags |= Flag.CMD_CACHE;
+      }
+      return sheep.handle(hdr, data ?? EMPTY);
+    };
   }
 
   async list(): Promise<Array<{ name: string; description?: string }>> {
@@ -84,16 +111,23 @@ export class SheepExportProvider implements ExportProvider {
       if (/^\d+$/.test(s)) o.snapid = Number(s);
       else o.tag = s;
     }
+    // A detach of this VDI still pushing its cache (and its slots): a quick reconnect waits for
+    // it, or it would read an inode without them, or find the VDI still locked by us.
+    await this.releasing.get(vdi);
     let h: VdiHandle;
     try {
-      h = await VdiHandle.open(this.req, vdi, o);
+      // With a cache, reads are marked for it; the gateway caches only VDIs this sheep holds the
+      // lock of (and snapshots), so a read-only export of one locked elsewhere reads the cluster.
+      h = await VdiHandle.open(this.sheep.cacheMode ? this.cachedReq : this.req, vdi, o);
     } catch (e) {
       if (e instanceof SdError && (e.code === Res.NO_VDI || e.code === Res.NO_TAG)) {
         throw new NbdOpenError("unknown", `no such VDI: ${name}`);
       }
       throw new NbdOpenError("other", `cannot open ${name}: ${(e as Error).message}`);
     }
-    if (opts.readOnlyRequested || h.readOnly) return new VdiExport(name, h, true, null);
+    if (opts.readOnlyRequested || h.readOnly) {
+      return new VdiExport(name, h, true, null, this.sheep);
+    }
     // NBD_OPT_INFO: describe what a GO would get now, without taking the lock.
     if (opts.probe) {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner;
@@ -102,24 +136,59 @@ export class SheepExportProvider implements ExportProvider {
         h,
         owner !== undefined,
         null,
+        this.sheep,
         owner ? `VDI ${vdi} is locked by ${owner}: read-only` : undefined,
       );
     }
     // Exclusive attach: the cluster-wide VDI lock. A VDI another client holds is served
     // read-only, so inspection always works and a second writer is refused.
-    const r = await this.sheep.lockVdi(vdi, o);
+    let r = await this.sheep.lockVdi(vdi, o);
+    // Locked by an export here whose client has just gone (the server closes an export after its
+    // last reply, and with a cache the close pushes first): a reconnect waits a little for it.
+    const wait = this.sheep.cacheMode ? 30 : 0;
+    for (let t = 0; t < wait && r.hdr.result === Res.VDI_LOCKED && this.writers.has(vdi); t++) {
+      await (this.releasing.get(vdi) ?? new Promise((res) => setTimeout(res, 100)));
+      r = await this.sheep.lockVdi(vdi, o);
+    }
     if (r.hdr.result === Res.VDI_LOCKED) {
       const owner = this.sheep.vdis.locks.get(h.vid)?.owner ?? "another client";
-      return new VdiExport(name, h, true, null, `VDI ${vdi} is locked by ${owner}: read-only`);
+      return new VdiExport(
+        name,
+        h,
+        true,
+        null,
+        this.sheep,
+        `VDI ${vdi} is locked by ${owner}: read-only`,
+      );
     }
     if (r.hdr.result !== Res.SUCCESS) {
       throw new NbdOpenError("other", `cannot lock ${name}: ${new SdError(r.hdr.result).message}`);
     }
-    return new VdiExport(name, h, false, () =>
-      this.sheep.releaseVdi(h.vid).then(
+    const sheep = this.sheep;
+    const release = async () => {
+      // Detach: everything written goes to the cluster before another sheep may attach.
+      try {
+        await sheep.releaseCache(h.vid);
+      } catch (e) {
+        sheep.log.err(
+          `pushing the cache of ${name} at detach failed, the lock stays: ${(e as Error).message}`,
+        );
+        return;
+      }
+      await sheep.releaseVdi(h.vid).then(
         () => {},
-        (e) => this.sheep.log.warn(`releasing the lock of ${name}: ${(e as Error).message}`),
-      ));
+        (e) => sheep.log.warn(`releasing the lock of ${name}: ${(e as Error).message}`),
+      );
+    };
+    this.writers.add(vdi);
+    return new VdiExport(name, h, false, () => {
+      const p = release().finally(() => {
+        this.writers.delete(vdi);
+        if (this.releasing.get(vdi) === p) this.releasing.delete(vdi);
+      });
+      this.releasing.set(vdi, p);
+      return p;
+    }, sheep);
   }
 }
 
@@ -135,6 +204,7 @@ class VdiExport implements BlockExport {
     private readonly h: VdiHandle,
     readonly readOnly: boolean,
     private readonly release: (() => Promise<void>) | null,
+    private readonly sheep: VdiService,
     readonly description?: string,
   ) {
     this.size = h.size;
@@ -149,30 +219,47 @@ class VdiExport implements BlockExport {
     }
   }
 
-  async write(offset: number, data: Buffer): Promise<void> {
+  async write(offset: number, data: Buffer, fua = false): Promise<void> {
     if (this.readOnly) throw new BlockError(NbdErrno.EPERM, "read-only export");
     try {
       await this.h.write(offset, data);
+      if (fua) await this.pushRange(offset, data.length);
     } catch (e) {
       throw toBlockError(e);
     }
   }
 
-  flush(): Promise<void> {
-    // Every acknowledged write is already on stable storage of all replicas.
-    return Promise.resolve();
+  /** FUA with the cache: the objects the write touched, pushed to every replica. */
+  private async pushRange(offset: number, length: number): Promise<void> {
+    if (!this.sheep.cacheMode || length === 0) return;
+    const os = this.h.objectSize;
+    const oids: bigint[] = [];
+    for (let i = Math.floor(offset / os); i <= Math.floor((offset + length - 1) / os); i++) {
+      oids.push(vidToDataOid(this.h.vid, i));
+    }
+    await this.sheep.flushOids(oids);
+  }
+
+  async flush(): Promise<void> {
+    // Without a cache every acknowledged write is already on all replicas; with one, push.
+    try {
+      await this.sheep.flushVdi(this.h.vid);
+    } catch (e) {
+      throw toBlockError(e);
+    }
   }
 
   trim(offset: number, length: number): Promise<void> {
     return this.zero(offset, length, false, false);
   }
 
-  writeZeroes(
+  async writeZeroes(
     offset: number,
     length: number,
     o: { noHole: boolean; fastZero: boolean; fua: boolean },
   ): Promise<void> {
-    return this.zero(offset, length, o.noHole, o.fastZero);
+    await this.zero(offset, length, o.noHole, o.fastZero);
+    if (o.fua) await this.pushRange(offset, length).catch((e) => Promise.reject(toBlockError(e)));
   }
 
   /** Whole objects are freed (slot cleared, server reclaims); partial ranges are written as zeros. */

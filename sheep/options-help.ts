@@ -88,6 +88,16 @@ export const OPTION_HELP: Record<string, string> = {
     "\t$ sheep -R max=50,interval=1000 ...",
   ].join("\n"),
   V: ["Example:", "\t$ sheep -V 128", "\tset number of vnodes"].join("\n"),
+  w: [
+    "Available arguments:",
+    "\tsize=: size of the cache in megabyes (or with K, M, G, T; at least 64M)",
+    "\tdir=: path to the location of the cache (default: $STORE/cache)",
+    "\tdirectio: use directio mode for cache IO, if not specified use buffered IO",
+    "",
+    "Example:",
+    "\t$ sheep -w size=200G,dir=/my_ssd,directio ...",
+    "This tries to use /my_ssd as the cache storage with 200G allocated to the cache in directio mode",
+  ].join("\n"),
   y: [
     "Example:",
     "\t$ sheep -y 192.168.1.1 ...",

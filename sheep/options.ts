@@ -29,13 +29,27 @@ export interface SheepOptions {
   recovery: { max: number; interval: number } | null;
   /** -j: parsed and range-checked here; the directory is checked at start (io/journal.ts). */
   journal: JournalOptions | null;
-  cache: string | null;
+  /** -w: the object cache (sheep/object-cache.ts); null when off. */
+  cache: CacheOptions | null;
+  /** --nbd-cache: whether NBD exports may use the cache write-back (default) or write-through. */
+  nbdCache: "writeback" | "writethrough";
   directio: boolean;
   /** --scrub: background checksum + replica-hash scrub (sheep/scrub.ts); null = off. */
   scrub: { intervalS: number; rateMBs: number } | null;
   baseDir: string;
   objDirs: string[];
 }
+
+export interface CacheOptions {
+  /** Bytes the cache files may take (data plus their 4 KiB headers). */
+  size: number;
+  directio: boolean;
+  /** Cache directory; null: base_dir/cache. */
+  dir: string | null;
+}
+
+/** The smallest cache that holds a useful working set (16 objects of 4 MiB). */
+export const MIN_CACHE_SIZE = 64 * 1024 * 1024;
 
 /** A refused command line: `message` goes to stderr, `stdout` (if any) to stdout; exit 1. */
 export class UsageError extends Error {
@@ -67,6 +81,7 @@ const LONG_OPTS: LongOption[] = [
   { name: "nbd", hasArg: 1, val: "nbd" },
   { name: "http", hasArg: 1, val: "http" },
   { name: "scrub", hasArg: 1, val: "scrub" },
+  { name: "nbd-cache", hasArg: 1, val: "nbd-cache" },
 ];
 
 /** On by default, once a day at 4 MB/s: bit rot is found without a client read, gently. */
@@ -107,6 +122,7 @@ export function helpText(): string {
     `      --${
       "scrub".padEnd(18)
     }scrub interval=SECONDS[smhd],rate=MB/s, or off (default 1d, 4 MB/s)`,
+    `      --${"nbd-cache".padEnd(18)}writeback (default) or writethrough: NBD exports and -w`,
   );
   lines.push(
     "",
@@ -210,6 +226,32 @@ function parseRecovery(arg: string): { max: number; interval: number } {
   return { max, interval };
 }
 
+/** `-w size=SIZE[,directio][,dir=PATH]`: SIZE in MiB unless it ends in K, M, G or T. */
+function parseCache(arg: string): CacheOptions {
+  const o: CacheOptions = { size: 0, directio: false, dir: null };
+  let sized = false;
+  for (const item of arg.split(",")) {
+    if (!item) continue;
+    if (item === "directio") o.directio = true;
+    else if (item.startsWith("dir=")) {
+      o.dir = item.slice(4);
+      if (!o.dir) throw new UsageError("Invalid object cache option 'dir=': empty path");
+    } else if (item.startsWith("size=")) {
+      const v = item.slice(5);
+      const m = /^(\d+)([kKmMgGtT]?)$/.exec(v);
+      if (!m) throw new UsageError(`Invalid object cache size '${v}'`);
+      const unit = { "": 20, k: 10, m: 20, g: 30, t: 40 }[m[2].toLowerCase()]!;
+      o.size = Number(BigInt(m[1]) << BigInt(unit));
+      sized = true;
+    } else throw new UsageError(`Invalid object cache option '${item}'`);
+  }
+  if (!sized) throw new UsageError("Invalid object cache option: size= is required");
+  if (!(o.size >= MIN_CACHE_SIZE) || !Number.isSafeInteger(o.size)) {
+    throw new UsageError(`Invalid object cache size: at least 64M (${MIN_CACHE_SIZE} bytes)`);
+  }
+  return o;
+}
+
 function defaults(): SheepOptions {
   return {
     port: 7000,
@@ -231,6 +273,7 @@ function defaults(): SheepOptions {
     recovery: null,
     journal: null,
     cache: null,
+    nbdCache: "writeback",
     directio: false,
     scrub: { ...DEFAULT_SCRUB },
     baseDir: "/tmp",
@@ -321,7 +364,13 @@ export function parseSheepArgs(
         }
         break;
       case "w":
-        o.cache = arg;
+        o.cache = parseCache(arg);
+        break;
+      case "nbd-cache":
+        if (arg !== "writeback" && arg !== "writethrough") {
+          throw new UsageError(`Invalid --nbd-cache '${arg}': writeback or writethrough`);
+        }
+        o.nbdCache = arg;
         break;
       case "D":
         o.directio = true;

@@ -17,6 +17,8 @@ import {
 } from "../../core/oid.ts";
 import { decrefPlan, type MetaIO, type VdiTable } from "../../core/vdi.ts";
 import type { Gateway } from "../gateway.ts";
+import { ObjectCache } from "../object-cache.ts";
+import { applyLocal, type CacheCoherence } from "../cache-coherence.ts";
 import type { Logger } from "../log.ts";
 import type { Reply } from "./reply.ts";
 
@@ -27,17 +29,69 @@ export interface GatewayContext {
   readonly metaIO: MetaIO;
   readonly log: Logger;
   objectSize(oid: bigint): number;
+  /** `sheep -w`; null without it. */
+  readonly cache: ObjectCache | null;
+  readonly coherence: CacheCoherence;
 }
 
 export class GatewayOps {
   constructor(private readonly s: GatewayContext) {}
 
-  read(req: Header): Promise<Reply> {
-    return this.s.gateway.read(req);
+  // Object cache hooks (sheep/object-cache.ts, sheep/cache-coherence.ts): a VDI locked by
+  // another sheep is flushed there before we read it; this sheep's cache serves only VDIs it
+  // holds the lock of (and snapshots); everything else takes the plain gateway path.
+
+  async read(req: Header): Promise<Reply> {
+    const c = this.s.coherence.beforeRead(req.oid);
+    if (c) await c;
+    const cache = this.s.cache;
+    if (cache && ObjectCache.cacheable(req.oid) && this.s.coherence.mayCache(oidToVid(req.oid))) {
+      const r = await cache.read(req);
+      if (r) return r;
+    }
+    return await this.s.gateway.read(req);
   }
 
-  remove(req: Header): Promise<Reply> {
-    return this.s.gateway.writeAll(req, EMPTY);
+  /** The gateway path without the cache (the cache's own pulls and pushes). */
+  uncached(req: Header, data: Buffer): Promise<Reply> {
+    if (req.opcode === Op.READ_OBJ) return this.s.gateway.read(req);
+    if (req.opcode === Op.CREATE_AND_WRITE_OBJ) return this.createDirect(req, data);
+    return this.writeDirect(req, data);
+  }
+
+  async remove(req: Header): Promise<Reply> {
+    await this.s.cache?.forget(req.oid);
+    return await this.s.gateway.writeAll(req, EMPTY);
+  }
+
+  /** FLUSH_VDI: push the VDI's dirty objects (CMD_WRITE: and write it through from now on). */
+  async flushVdi(req: Header): Promise<Reply> {
+    if (!this.s.cache) throw new SdError(Res.INVALID_PARMS); // as 1.0: nothing cached here
+    const vid = oidToVid(req.oid);
+    await applyLocal(this.s.cache, vid, req.flags & Flag.CMD_WRITE ? "quiesce" : "flush");
+    return { hdr: new Header(), data: EMPTY };
+  }
+
+  /** DELETE_CACHE: push, then drop the VDI's cached objects. */
+  async deleteCache(req: Header): Promise<Reply> {
+    await applyLocal(this.s.cache, oidToVid(req.oid), "drop");
+    return { hdr: new Header(), data: EMPTY };
+  }
+
+  /** CACHE_PURGE: drop without pushing, one VDI (CMD_WRITE) or all. */
+  async purgeCache(req: Header): Promise<Reply> {
+    const cache = this.s.cache;
+    if (!cache) throw new SdError(Res.NO_CACHE);
+    if (req.flags & Flag.CMD_WRITE) await cache.dropVdi(oidToVid(req.oid));
+    else await cache.purgeAll();
+    return { hdr: new Header(), data: EMPTY };
+  }
+
+  /** GET_CACHE_INFO: upstream's struct object_cache_info. */
+  cacheInfo(_req: Header): Promise<Reply> {
+    const cache = this.s.cache;
+    if (!cache) throw new SdError(Res.NO_CACHE);
+    return Promise.resolve({ hdr: new Header(), data: encodeCacheInfo(cache) });
   }
 
   /** Dropping a data object = writing 0 into its inode slot; the inode write path reclaims it. */
@@ -60,6 +114,30 @@ export class GatewayOps {
 
   async create(req: Header, data: Buffer): Promise<Reply> {
     this.checkWritable(req.oid);
+    const r = await this.cacheWrite(req, data);
+    return r ?? await this.createDirect(req, data);
+  }
+
+  /** The cache's answer to a write or create, or null when the gateway must do it. */
+  private async cacheWrite(req: Header, data: Buffer): Promise<Reply | null> {
+    const c = this.s.coherence.beforeWrite(req.oid);
+    if (c) await c;
+    const cache = this.s.cache;
+    if (!cache) return null;
+    const vid = oidToVid(req.oid);
+    if (ObjectCache.cacheable(req.oid)) {
+      if (!this.s.coherence.mayCache(vid)) return null;
+      return req.opcode === Op.CREATE_AND_WRITE_OBJ
+        ? await cache.create(req, data)
+        : await cache.write(req, data);
+    }
+    // Inode (and B-tree) writes: a slot never reaches the cluster before the object it names.
+    if (req.opcode === Op.WRITE_OBJ && isVdiObj(req.oid)) return await cache.inodeWrite(req, data);
+    await cache.pushCreated(vid);
+    return null;
+  }
+
+  private async createDirect(req: Header, data: Buffer): Promise<Reply> {
     if (req.flags & Flag.CMD_COW) {
       // Copy-on-write: seed the new object from cow_oid, overlay the payload, create it whole.
       const objSize = this.s.objectSize(req.oid);
@@ -89,6 +167,11 @@ export class GatewayOps {
    */
   async write(req: Header, data: Buffer): Promise<Reply> {
     this.checkWritable(req.oid);
+    const r = await this.cacheWrite(req, data);
+    return r ?? await this.writeDirect(req, data);
+  }
+
+  private async writeDirect(req: Header, data: Buffer): Promise<Reply> {
     const oid = req.oid;
     const start = req.offset;
     const end = start + data.length;
@@ -143,4 +226,23 @@ export class GatewayOps {
     h.b.writeUInt32LE(count, 28);
     await this.s.gateway.writeAll(h, EMPTY);
   }
+}
+
+const MAX_CACHE_INFO = 1024;
+/** size u64, used u64, caches[1024] {vid, dirty, total: u32}, count i32, directio u8 (padded). */
+export const CACHE_INFO_SIZE = 8 + 8 + 12 * MAX_CACHE_INFO + 8;
+
+function encodeCacheInfo(cache: ObjectCache): Buffer {
+  const b = Buffer.alloc(CACHE_INFO_SIZE);
+  b.writeBigUInt64LE(BigInt(cache.index.capacity), 0);
+  b.writeBigUInt64LE(BigInt(cache.index.usedBytes), 8);
+  const rows = cache.info().slice(0, MAX_CACHE_INFO);
+  rows.forEach((r, i) => {
+    b.writeUInt32LE(r.vid, 16 + 12 * i);
+    b.writeUInt32LE(r.dirty, 20 + 12 * i);
+    b.writeUInt32LE(r.total, 24 + 12 * i);
+  });
+  b.writeInt32LE(rows.length, 16 + 12 * MAX_CACHE_INFO);
+  b[20 + 12 * MAX_CACHE_INFO] = cache.directio ? 1 : 0;
+  return b;
 }

@@ -88,11 +88,6 @@ export class LocalOps {
     return { hdr: rsp, data: encodeVdiStates(this.s.vdis, this.s.members) };
   }
 
-  /** FLUSH_VDI */
-  async flushVdi(req: Header, _data: Buffer): Promise<Reply> {
-    return errorReply(req, new SdError(Res.INVALID_PARMS));
-  }
-
   /** GET_CLUSTER_DEFAULT */
   async getClusterDefault(_req: Header, _data: Buffer): Promise<Reply> {
     const rsp = new Header();

@@ -104,8 +104,18 @@ export const OP_TABLE: ReadonlyMap<number, OpRow> = new Map<number, OpRow>([
   }],
   [Op.FLUSH_VDI, {
     name: "FLUSH_VDI",
+    kind: "gateway",
+    run: (o, req) => o.gateway.flushVdi(req),
+  }],
+  [Op.GET_CACHE_INFO, {
+    name: "GET_CACHE_INFO",
     kind: "local",
-    run: (o, req, data) => o.local.flushVdi(req, data),
+    run: (o, req) => o.gateway.cacheInfo(req),
+  }],
+  [Op.CACHE_PURGE, {
+    name: "CACHE_PURGE",
+    kind: "local",
+    run: (o, req) => o.gateway.purgeCache(req),
   }],
   [Op.GET_CLUSTER_DEFAULT, {
     name: "GET_CLUSTER_DEFAULT",
@@ -155,7 +165,7 @@ export const OP_TABLE: ReadonlyMap<number, OpRow> = new Map<number, OpRow>([
   [Op.DELETE_CACHE, {
     name: "DELETE_CACHE",
     kind: "local",
-    run: (o, req, data) => o.local.noop(req, data),
+    run: (o, req) => o.gateway.deleteCache(req),
   }],
   [Op.CLEANUP, {
     name: "CLEANUP",
