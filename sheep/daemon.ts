@@ -19,7 +19,7 @@ import {
 } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import type { SdNode } from "../core/node.ts";
-import { encodeNode, makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
+import { makeNode, nodeEqual, nodeHostPort, nodeIp, sortNodes } from "../core/node.ts";
 import { autoVnodes, Ring } from "../core/ring.ts";
 import {
   isAttrObj,
@@ -32,7 +32,7 @@ import {
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import type { Scrubber } from "./scrub.ts";
-import { makeScrubber, openFileStore } from "./store-setup.ts";
+import { makeScrubber, openFileStore, openJournal } from "./store-setup.ts";
 import { Journal } from "../io/journal.ts";
 import {
   latestEpoch,
@@ -85,6 +85,7 @@ import { EcRecovery } from "./ec-recovery.ts";
 import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
+import { makeGateway, makeRecovery } from "./io-wiring.ts";
 import { lockBaseDir } from "./base-dir-lock.ts";
 import { listenProtocol } from "./protocol-server.ts";
 import { fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
@@ -192,21 +193,7 @@ export class Sheep {
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
     const raw = await openFileStore(this, storeKind, disks);
     this.store = raw;
-    if (this.opts.journal && this.opts.gateway) {
-      this.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
-    } else if (this.opts.journal) {
-      // Replayed before the sheep listens or joins: nothing reads the store before it is right.
-      const j = this.opts.journal;
-      this.journal = new Journal(
-        j,
-        path.resolve(j.dir ?? path.join(this.baseDir, "journal")),
-        disks,
-        this.log,
-        fs.realpathSync(this.baseDir),
-      );
-      await this.journal.open(raw);
-      this.store = this.journal.wrap(raw);
-    }
+    this.store = await openJournal(this, raw, disks);
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = this.store.statfs().free; // measured once, as upstream
     }
@@ -247,55 +234,8 @@ export class Sheep {
       nrVnodes: this.opts.gateway ? 0 : (this.opts.vnodes ?? 128),
       space: this.opts.gateway ? 0n : this.config.space,
     });
-    this.gateway = new Gateway({
-      me: this.me,
-      epoch: () => this.state.epoch,
-      ring: () => this.ring,
-      waitEpoch: (e, ms) => this.waitEpoch(e, ms),
-      copiesFor: (oid, hint) => this.copiesFor(oid, hint),
-      strict: () => (this.state.flags & ClusterFlag.STRICT) !== 0,
-      pool: this.pool,
-      local: { handlePeer: (h, d) => this.handlePeer(h, d) },
-      ecPolicy: (oid, hint) => this.ecPolicyOf(oid, hint),
-      storedSize: (oid, hint) => this.storedSize(oid, hint),
-      log: (m) => this.log.warn(m),
-    });
-    this.recovery = new RecoveryManager({
-      me: this.me,
-      log: this.log,
-      store: () => this.store,
-      epoch: () => this.state.epoch,
-      ring: () => this.ring,
-      nodes: () => this.state.nodes.filter((n) => n.nrVnodes > 0),
-      ringOf: (e) => this.ringOf(e),
-      copiesFor: (oid) => this.copiesFor(oid, 0),
-      storedSize: (oid) => this.storedSize(oid),
-      peer: (node, hdr) => this.sendTo(node, hdr),
-      reportComplete: async (epoch) => {
-        const h = Header.req(Op.COMPLETE_RECOVERY, { flags: Flag.CMD_WRITE, dataLength: 80 });
-        h.tgtEpoch = epoch;
-        const r = await this.clusterNotify(h, encodeNode(this.me));
-        if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
-      },
-      disabled: () => this.state.disableRecovery,
-      throttle: () => this.recoveryThrottle,
-      freeBytes: () => this.store.statfs().free,
-      clientLoad: () => this.clientRequests,
-      installed: (oid, data) => {
-        const h = inodeHeaderOf(oid, 0, data);
-        if (h) registerInode(this.vdis, h);
-      },
-      ec: this.ecRecovery = new EcRecovery({
-        me: this.me,
-        store: () => this.store,
-        ring: () => this.ring,
-        copiesFor: (oid) => this.copiesFor(oid, 0),
-        policyOf: (oid) => this.ecPolicyOf(oid),
-        stripSize: (oid) => this.storedSize(oid),
-        peer: (node, hdr) => this.sendTo(node, hdr),
-        epoch: () => this.state.epoch,
-      }),
-    });
+    this.gateway = makeGateway(this);
+    this.recovery = makeRecovery(this);
     this.scrub = makeScrubber(this);
     const joined = new Promise<void>((resolve, reject) => (this.joinWaiter = { resolve, reject }));
     await this.driver.join(this.me, encodeState(this.state));
@@ -516,7 +456,7 @@ export class Sheep {
   }
 
   /** Ring of an earlier epoch, from the local epoch log or, when missing, from a member. */
-  private async ringOf(epoch: number): Promise<Ring | null> {
+  async ringOf(epoch: number): Promise<Ring | null> {
     const cached = this.ringCache.get(epoch);
     if (cached) return cached;
     let nodes = readEpoch(this.baseDir, epoch)?.nodes ?? null;
@@ -729,7 +669,7 @@ export class Sheep {
   // ---------------------------------------------------------------- request dispatch
 
   /** Requests in progress other than recovery's own (recovery yields to them). */
-  private clientRequests = 0;
+  clientRequests = 0;
 
   /** `dog node stat` counters: every request that reaches handle() (sockets and NBD). */
   readonly stats: NodeStats = emptyNodeStats();

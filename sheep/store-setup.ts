@@ -3,6 +3,9 @@
 import { Header, Op, Status } from "../core/proto.ts";
 import { probeDirectIo } from "../io/fd-cache.ts";
 import { DirectIo, type ObjectStore, openStore } from "../io/store.ts";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Journal } from "../io/journal.ts";
 import type { Sheep } from "./daemon.ts";
 import { Scrubber } from "./scrub.ts";
 
@@ -59,4 +62,31 @@ export function makeScrubber(s: Sheep): Scrubber {
     },
     sendTo: (n, h) => s.sendTo(n, h),
   }, s.opts.gateway ? null : s.opts.scrub);
+}
+
+/**
+ * -j: opens the journal and replays it onto `raw` (before the sheep listens or joins, so nothing
+ * reads the store before it is right) and returns the store to use: `raw` behind the journal,
+ * or `raw` itself without -j or on a gateway-only sheep.
+ */
+export async function openJournal(
+  s: Sheep,
+  raw: ObjectStore & { deferSync: boolean },
+  disks: string[],
+): Promise<ObjectStore> {
+  const j = s.opts.journal;
+  if (!j) return raw;
+  if (s.opts.gateway) {
+    s.log.warn("-j: a gateway-only sheep stores no objects, so it keeps no journal");
+    return raw;
+  }
+  s.journal = new Journal(
+    j,
+    path.resolve(j.dir ?? path.join(s.baseDir, "journal")),
+    disks,
+    s.log,
+    fs.realpathSync(s.baseDir),
+  );
+  await s.journal.open(raw);
+  return s.journal.wrap(raw);
 }
