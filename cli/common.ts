@@ -56,10 +56,16 @@ export function onStdoutError(e: Error): void {
   stdoutBroken = e;
 }
 
-/** Writes binary data to stdout honouring backpressure. */
-export async function outAsync(b: Buffer): Promise<void> {
-  if (stdoutBroken) throw stdoutBroken;
-  if (!process.stdout.write(b)) {
+/**
+ * Writes binary data to stdout honouring backpressure. `written` runs once the stream is done
+ * with `b` (written or failed), so its memory may be reused: a write accepted is not yet out.
+ */
+export async function outAsync(b: Buffer, written?: () => void): Promise<void> {
+  if (stdoutBroken) {
+    written?.();
+    throw stdoutBroken;
+  }
+  if (!process.stdout.write(b, written && (() => written()))) {
     await new Promise<void>((resolve) => {
       const done = () => {
         process.stdout.removeListener("drain", done);
@@ -314,11 +320,16 @@ export class Ctx {
   constructor(readonly cmd: CmdDef, readonly sub: SubDef) {}
 
   /** Sends a request to the addressed sheep (or `to`). Connection failures print and throw. */
-  async exec(hdr: Header, data?: Buffer, to?: SdNode): Promise<{ hdr: Header; data: Buffer }> {
+  async exec(
+    hdr: Header,
+    data?: Buffer,
+    to?: SdNode,
+    into?: Buffer,
+  ): Promise<{ hdr: Header; data: Buffer }> {
     const host = to ? nodeIp(to) : this.host;
     const port = to ? to.port : this.port;
     try {
-      return await this.pool.request(host, port, hdr, data);
+      return await this.pool.request(host, port, hdr, data, into);
     } catch (e) {
       if (e instanceof NetworkError && !this.closing) {
         const key = `${host}:${port}`;
@@ -342,7 +353,7 @@ export class Ctx {
   }
 
   get req(): Requester {
-    return (h, d) => this.exec(h, d);
+    return (h, d, into) => this.exec(h, d, undefined, into);
   }
 
   arg(i = 0): string | undefined {
