@@ -403,6 +403,8 @@ export async function vdiWrite(c: Ctx): Promise<number> {
   // be written at once (one at a time left the cluster idle between chunks).
   const DEPTH = Math.max(2, Math.floor((32 * 1024 * 1024) / os));
   const pending: Promise<void>[] = [];
+  // stdin is read into buffers reused once their write is acknowledged (DEPTH + 1 of them)
+  const free: Buffer[] = [];
   const progress = new StderrProgress(BigInt(total), c.raw);
   let written = 0n;
   const flush = async (keep = 0) => {
@@ -415,7 +417,8 @@ export async function vdiWrite(c: Ctx): Promise<number> {
       let want = Math.min(total - done, CHUNK);
       const chunkEnd = abs + want;
       if (chunkEnd % os !== 0 && done + want < total) want = Math.floor(chunkEnd / os) * os - abs;
-      const data = stdinDone ? Buffer.alloc(0) : await c.stdin.read(want);
+      const own = free.pop() ?? Buffer.allocUnsafe(CHUNK);
+      const data = stdinDone ? Buffer.alloc(0) : await c.stdin.read(want, own);
       let buf = data;
       let last = false;
       if (data.length < want) {
@@ -440,6 +443,7 @@ export async function vdiWrite(c: Ctx): Promise<number> {
       if (buf.length) {
         const n = BigInt(buf.length);
         const w = handle.write(abs, buf).then(() => {
+          free.push(own); // acknowledged: every byte of it was sent
           written += n;
           progress.update(written);
         });
