@@ -129,14 +129,15 @@ function fsyncDir(dir: string): Promise<void> {
 }
 
 function preadFull(fd: number, length: number, offset: number): Buffer {
-  // Buffer.alloc zero-fills, so a short file reads back as zeros past EOF.
-  const buf = Buffer.alloc(length);
+  // not zero-filled up front (a memset of every object read): only a short file's tail is
+  const buf = Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
     const n = fs.readSync(fd, buf, done, length - done, offset + done);
     if (n <= 0) break;
     done += n;
   }
+  if (done < length) buf.fill(0, done);
   return buf;
 }
 
