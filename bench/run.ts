@@ -1,12 +1,12 @@
 // `make bench`: sheepdog against references measured in the same run on the same disk.
 //
 //   node_modules/.bin/bun bench/run.ts [--full]
-//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,cache,c]
+//     [--only=appliance,nbd,membership,recovery,metrics,farm,ec,checksum,journal,cache,c,scale]
 //
 // Environment: BENCH_FULL=1 (bigger sizes, longer runs), BENCH_ONLY=<sections>,
 // BENCH_FIO_RUNTIME=<s>, BENCH_APPLIANCE_MB / BENCH_NBD_MB / BENCH_REC_MB / BENCH_FARM_MB=<MiB>,
 // BENCH_ITERS=<n>, BENCH_C_MB / BENCH_C_ITERS / BENCH_C_CREATES (section c: against C Sheepdog,
-// SHEEPDOG_C_REF=<dir>),
+// SHEEPDOG_C_REF=<dir>), BENCH_SCALE_MB (section scale: 1 to 8 sheep, 1 to 10,000 VDIs),
 // BENCH_THROTTLE="<max> <interval ms>", BENCH_NBDKIT=0 (skip nbdkit, the second NBD reference).
 // Every figure is printed beside its reference and as ours/ref; the table also goes to
 // bench/last-results.md. Everything runs one at a time on 127.0.0.1, in temp dirs under /tmp.
@@ -40,6 +40,7 @@ import { type BenchEnv, mbps, withCluster } from "./env.ts";
 import { nbdSection } from "./sec-nbd.ts";
 import { membershipSection } from "./sec-membership.ts";
 import { recoverySection } from "./sec-recovery.ts";
+import { scaleBench } from "./scale.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -60,6 +61,7 @@ const SECTIONS = [
   "journal",
   "cache",
   "c",
+  "scale",
 ];
 const ONLY = onlyArg ? onlyArg.split(",").map((s) => s.trim()).filter(Boolean) : SECTIONS;
 for (const s of ONLY) {
@@ -387,6 +389,14 @@ async function main(): Promise<void> {
           iters: Number(env.BENCH_C_ITERS ?? (FULL ? 3 : 1)),
           creates: Number(env.BENCH_C_CREATES ?? (FULL ? 1000 : 100)),
           full: FULL,
+        }),
+      scale: () =>
+        scaleBench({
+          results,
+          src: SRC,
+          size: mib("BENCH_SCALE_MB", FULL ? 1 * GiB : 256 * MiB),
+          nodes: [1, 2, 4, 8],
+          vdis: FULL ? [1, 10, 100, 1000, 10_000] : [1, 10, 100, 1000],
         }),
     };
     for (const s of SECTIONS) {

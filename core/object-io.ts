@@ -6,7 +6,15 @@ import { decodeInodeHeader, type InodeHeader } from "./inode.ts";
 import { SD_INODE_HEADER_SIZE, vidToVdiOid } from "./oid.ts";
 import { fixedString, Flag, Header, Op, Res } from "./proto.ts";
 
-export type Requester = (hdr: Header, data?: Buffer) => Promise<{ hdr: Header; data: Buffer }>;
+/**
+ * Sends one request. `into`, when given, may receive the reply's payload (the reply's data is
+ * then a view of it): a caller reading many objects reuses its buffers instead of new ones.
+ */
+export type Requester = (
+  hdr: Header,
+  data?: Buffer,
+  into?: Buffer,
+) => Promise<{ hdr: Header; data: Buffer }>;
 
 /** Parallel object requests per read/write call. */
 export const IO_PARALLEL = 16;
@@ -73,11 +81,12 @@ export async function readObject(
   len: number,
   offset = 0,
   direct = false,
+  into?: Buffer,
 ): Promise<Buffer> {
   const h = Header.req(Op.READ_OBJ, { dataLength: len, flags: direct ? Flag.CMD_DIRECT : 0 });
   h.oid = oid;
   h.offset = offset;
-  const rsp = await req(h);
+  const rsp = await req(h, undefined, into);
   checkResult(rsp);
   const d = rsp.data;
   const at = Number(rsp.hdr.rspObjOffset);

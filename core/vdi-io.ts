@@ -169,12 +169,23 @@ export class VdiHandle {
     }
   }
 
-  /** Reads [offset, offset+length); unallocated objects read as zeros. */
-  async read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Reads [offset, offset+length); unallocated objects read as zeros. A read served by one
+   * request may land in `into` (its first `length` bytes; the result is then a view of it).
+   */
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     this.checkRange(offset, length);
+    const segs = this.segments(offset, length);
+    if (segs.length === 1 && length <= MAX_READ_CHUNK) {
+      // one request covers it: its reply is the result (no second buffer, no copy)
+      const s = segs[0], vid = this.slots.get(s.idx);
+      if (!vid) return into ? into.fill(0, 0, length).subarray(0, length) : Buffer.alloc(length);
+      const oid = vidToDataOid(vid, s.idx);
+      return this.limiter.run(() => readObject(this.req, oid, length, s.off, false, into));
+    }
     const out = Buffer.alloc(length);
     const tasks: Promise<void>[] = [];
-    for (const s of this.segments(offset, length)) {
+    for (const s of segs) {
       const vid = this.slots.get(s.idx);
       if (!vid) continue;
       const oid = vidToDataOid(vid, s.idx);

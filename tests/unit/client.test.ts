@@ -2,7 +2,7 @@
 import { afterEach, expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import * as net from "node:net";
-import { ClientPool, NetworkError, SheepClient } from "../../io/client.ts";
+import { ClientPool, NetworkError, ReplyReader, SheepClient } from "../../io/client.ts";
 import { SdError } from "../../core/errors.ts";
 import { SimClock } from "../../core/clock.ts";
 import { emptyInodeHeader, encodeInodeHeader } from "../../core/inode.ts";
@@ -94,6 +94,52 @@ test("replies split at arbitrary byte boundaries are reassembled", async () => {
   const r = await c.request(h, payload);
   expect(r.data.toString()).toBe("hello, sheep");
   expect(h.id).toBe(0); // caller's header untouched
+  c.close();
+});
+
+test("ReplyReader: a stream of replies cut at every split point, read through one reused buffer", () => {
+  const mk = (id: number, data: Buffer) => {
+    const h = new Header();
+    h.id = id;
+    h.dataLength = data.length;
+    return Buffer.concat([h.b, data]);
+  };
+  const payloads = [Buffer.from("first payload"), Buffer.alloc(0), Buffer.alloc(300, 7)];
+  const stream = Buffer.concat(payloads.map((d, i) => mk(i + 1, d)));
+  const into = Buffer.alloc(400, 0xee);
+  for (let cut = 0; cut <= stream.length; cut++) {
+    // the target for reply 3 is the caller's buffer; the others get their own
+    const r = new ReplyReader((h) => (h.id === 3 ? into : null));
+    const got: { id: number; data: Buffer }[] = [];
+    const scratch = Buffer.alloc(stream.length);
+    for (const [a, b] of [[0, cut], [cut, stream.length]]) {
+      scratch.fill(0xaa); // the read buffer is overwritten between reads
+      stream.copy(scratch, 0, a, b);
+      r.push(scratch, b - a, (h, d) => got.push({ id: h.id, data: Buffer.from(d) }));
+    }
+    expect(got.map((g) => g.id)).toEqual([1, 2, 3]);
+    got.forEach((g, i) => expect(g.data.equals(payloads[i])).toBe(true));
+    expect(into.subarray(0, 300).equals(payloads[2])).toBe(true);
+    expect(r.pending).toBe(0);
+  }
+  const big = new Header();
+  big.dataLength = 1000;
+  expect(() => new ReplyReader(() => null, 999).push(big.b, big.b.length, () => {})).toThrow();
+});
+
+test("a reply's payload lands in the caller's buffer when given", async () => {
+  const { port } = await fakeServer((sock, hdr) => sock.write(reply(hdr, Buffer.alloc(64, 5))));
+  const c = await SheepClient.connect("127.0.0.1", port);
+  const into = Buffer.alloc(128);
+  const r = await c.request(Header.req(Op.READ_OBJ, { dataLength: 64 }), undefined, into);
+  expect(r.data.length).toBe(64);
+  expect(r.data.buffer).toBe(into.buffer);
+  expect(into.subarray(0, 64).equals(Buffer.alloc(64, 5))).toBe(true);
+  // too small a buffer: the reply gets its own
+  const small = Buffer.alloc(8);
+  const r2 = await c.request(Header.req(Op.READ_OBJ, { dataLength: 64 }), undefined, small);
+  expect(r2.data.equals(Buffer.alloc(64, 5))).toBe(true);
+  expect(small.equals(Buffer.alloc(8))).toBe(true);
   c.close();
 });
 
