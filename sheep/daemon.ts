@@ -42,6 +42,7 @@ import {
 } from "../core/oid.ts";
 import type { ObjectStore } from "../io/store.ts";
 import { openStore } from "../io/store.ts";
+import { powerLossStore } from "../io/powerloss-store.ts";
 import {
   decodeEpochFile,
   latestEpoch,
@@ -178,7 +179,11 @@ export class Sheep {
       space: 0n,
     };
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
-    this.store = openStore(storeKind, disks, { nosync: this.opts.nosync });
+    // powerLossStore is the store itself unless the test-only SHEEPDOG_TEST_POWERLOSS=1 is set.
+    this.store = powerLossStore(openStore(storeKind, disks, { nosync: this.opts.nosync }), [
+      this.baseDir,
+      ...disks,
+    ]);
     await this.store.init();
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = announcedSpace(this.store.statfs().free);
