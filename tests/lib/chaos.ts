@@ -22,7 +22,7 @@ import { NbdCmd, NbdConn } from "./chaos-nbd.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const BLOCK = 4 * KiB;
+export const BLOCK = 4 * KiB;
 const OBJ = 4 * MiB;
 const COPIES = 3;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -78,12 +78,31 @@ function unmountAll(): void {
 }
 process.on("exit", unmountAll);
 
-class Model {
+/** Per-block history of one VDI: the last acknowledged value and later unacknowledged ones. */
+export class Model {
   private blocks = new Map<number, BlockState>();
   get(b: number): BlockState {
     let s = this.blocks.get(b);
     if (!s) this.blocks.set(b, s = { acked: ZERO, pend: [] });
     return s;
+  }
+  /** A write of `data` at `offset` is about to be sent: its blocks may now hold it. */
+  begin(offset: number, data: Buffer): string[] {
+    const hs = [];
+    for (let i = 0; i * BLOCK < data.length; i++) {
+      const h = hashOf(data.subarray(i * BLOCK, (i + 1) * BLOCK));
+      hs.push(h);
+      this.get(offset / BLOCK + i).pend.push(h);
+    }
+    return hs;
+  }
+  /** ... and was acknowledged: nothing sent before it may show any more. */
+  ack(offset: number, hs: string[]): void {
+    for (let i = 0; i < hs.length; i++) {
+      const st = this.get(offset / BLOCK + i);
+      st.acked = hs[i];
+      st.pend = [];
+    }
   }
   /** Which block indices of `data` (read at `offset`) hold a value no history allows. */
   check(offset: number, data: Buffer): Array<{ block: number; got: string; want: BlockState }> {
@@ -222,19 +241,10 @@ export class ChaosRun {
           const first = Math.floor(Math.random() * (OBJ / BLOCK - nblk + 1));
           const offset = obj * OBJ + first * BLOCK;
           const data = randomBytes(nblk * BLOCK);
-          const hs = [];
-          for (let i = 0; i < nblk; i++) {
-            const h = hashOf(data.subarray(i * BLOCK, (i + 1) * BLOCK));
-            hs.push(h);
-            m.get(offset / BLOCK + i).pend.push(h);
-          }
+          const hs = m.begin(offset, data);
           const sentAt = Date.now();
           await cur.conn.request(NbdCmd.WRITE, offset, data.length, data, timeout);
-          for (let i = 0; i < nblk; i++) {
-            const st = m.get(offset / BLOCK + i);
-            st.acked = hs[i];
-            st.pend = [];
-          }
+          m.ack(offset, hs);
           this.acked.push({
             vdi: v,
             offset,
