@@ -144,7 +144,7 @@ export class ChaosRun {
     this.rng = new Rng(opts.seed);
     this.nVdi = opts.vdis ?? 2;
     this.vdiSize = opts.vdiSize ?? 16 * MiB;
-    this.diskMb = opts.diskMb ?? 96;
+    this.diskMb = opts.diskMb ?? 192;
     this.say = opts.log ?? ((l) => console.log(l));
   }
 
@@ -309,7 +309,11 @@ export class ChaosRun {
     const downNow = this.down.size + this.stopped.size;
     const kinds: string[] = ["fill", "eio"];
     if (downNow < COPIES - 1) kinds.push("kill", "kill", "stop", "gateway");
-    if (this.c.nodes.length < (this.opts.sheep ?? 5) + 2) kinds.push("add");
+    // With the local driver a SIGSTOPped member is alive (its pid exists), so a join waits for it:
+    // new sheep only while none is stopped.
+    if (this.c.nodes.length < (this.opts.sheep ?? 5) + 2 && this.stopped.size === 0) {
+      kinds.push("add");
+    }
     const kind = kinds[this.rng.int(kinds.length)];
     const cand = this.candidates();
     if (kind !== "add" && cand.length === 0) return null;
@@ -510,6 +514,15 @@ export class ChaosRun {
     } finally {
       this.running = false;
       for (const i of this.stopped) this.c?.nodes[i]?.proc?.kill("SIGCONT");
+      // The sheep logs live on the tmpfs stores: keep copies beside the harness logs (KEEP=1).
+      for (const [i, n] of (this.c?.nodes ?? []).entries()) {
+        try {
+          fs.copyFileSync(
+            path.join(n.dir, "sheep.log"),
+            path.join(this.c.root, "logs", `sheep${i}.log`),
+          );
+        } catch { /* never started */ }
+      }
       // Detached first, so the harness can remove the directories the mounts sat on.
       unmountAll();
       await this.c?.stop();
