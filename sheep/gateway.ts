@@ -188,7 +188,9 @@ export class Gateway {
       );
       let firstErr: SdError | null = null;
       let ok: { hdr: Header; data: Buffer } | null = null;
+      let missing = 0;
       for (const r of results) {
+        if (r.status === "fulfilled" && r.value.hdr.result === Res.NO_OBJ) missing++;
         if (r.status === "rejected") {
           const e = r.reason instanceof SdError
             ? r.reason
@@ -204,6 +206,18 @@ export class Gateway {
           );
           if (!firstErr || RETRYABLE.has(e.code)) firstErr = e;
         } else ok = r.value;
+      }
+      // Some replicas have the object and one does not: that one is still recovering it (its
+      // recovery could not fetch it yet). The write is idempotent, so it goes to every replica
+      // again rather than failing a client write the object exists for (found by make chaos).
+      const failed = results.filter((r) =>
+        r.status === "rejected" || r.value.hdr.result !== Res.SUCCESS
+      ).length;
+      if (ok && missing > 0 && missing === failed && peerOp === Op.WRITE_PEER) {
+        throw new SdError(
+          Res.NETWORK_ERROR,
+          `${missing} replica(s) of ${req.oid.toString(16)} still recovering it`,
+        );
       }
       if (firstErr) throw firstErr;
       return ok!;
