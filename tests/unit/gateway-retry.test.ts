@@ -71,4 +71,47 @@ describe("gateway write while a replica recovers", () => {
     await g.writeAll(writeReq(), Buffer.alloc(4096)).catch((e) => (code = e.code));
     expect([Res.NO_OBJ, Res.NO_SPACE] as number[]).toContain(code);
   });
+
+  test("a request to a node the new epoch dropped fails at once and the write goes on", async () => {
+    // 7002 is partitioned away: it never answers. The epoch then moves to a ring without it.
+    let epoch = 1;
+    let ring = new Ring(nodes);
+    const waiters: Array<() => void> = [];
+    const answered = new Map<number, number>();
+    const reply = (port: number, hdr: Header) => {
+      answered.set(port, (answered.get(port) ?? 0) + 1);
+      if (port === 7002) return new Promise<never>(() => {});
+      const h = hdr.clone();
+      h.result = Res.SUCCESS;
+      return Promise.resolve({ hdr: h, data: Buffer.alloc(0) });
+    };
+    const ctx: GatewayContext = {
+      me: nodes[0],
+      epoch: () => epoch,
+      ring: () => ring,
+      waitEpoch: (e, ms) =>
+        epoch > e ? Promise.resolve() : new Promise((r) => {
+          waiters.push(r);
+          setTimeout(r, ms);
+        }),
+      copiesFor: () => 3,
+      strict: () => false,
+      pool: {
+        get: (_ip: string, port: number) =>
+          Promise.resolve({ request: (hdr: Header) => reply(port, hdr) }),
+      } as unknown as ClientPool,
+      local: { handlePeer: (hdr: Header) => reply(7000, hdr) },
+    };
+    const g = new Gateway(ctx);
+    const w = g.writeAll(writeReq(), Buffer.alloc(4096, 2));
+    await new Promise((r) => setTimeout(r, 50));
+    epoch = 2;
+    ring = new Ring(nodes.slice(0, 2));
+    for (const r of waiters.splice(0)) r();
+    const t0 = Date.now();
+    const r = await w;
+    expect(r.hdr.result).toBe(Res.SUCCESS);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(answered.get(7000)).toBe(2); // first attempt and the retry on the new ring
+  });
 });
