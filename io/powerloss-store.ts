@@ -345,8 +345,11 @@ export class PowerLossLog {
 
   /** The power cut: undo, then die without running anything else. */
   cut(): never {
+    const what = this.describe().slice(0, 8).join("; ");
     const n = this.undoAll();
-    process.stderr.write(`powerloss: power cut, ${n} changes not yet durable were dropped\n`);
+    process.stderr.write(
+      `powerloss: power cut, ${n} changes not yet durable were dropped: ${what}\n`,
+    );
     process.kill(process.pid, "SIGKILL");
     throw new Error("unreachable");
   }
