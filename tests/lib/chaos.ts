@@ -3,7 +3,11 @@
 // a seeded nemesis, and an oracle. The nemesis: kill -9 + restart, SIGSTOP/SIGCONT, a new sheep,
 // kill -9 of the NBD gateway a client uses (the client reconnects to another sheep), a full disk
 // (the tmpfs filled up), and EIO from a store (bytes of one replica's object file flipped behind
-// its back, which its checksums turn into EIO). At most copies-1 sheep are down at once.
+// its back, which its checksums turn into EIO; a tmpfs remounted read-only is refused with EBUSY
+// while the store holds files open for writing, and would give EROFS anyway). At most copies-1
+// sheep are down at once. Partitions need the zookeeper driver and network namespaces: they are
+// tests/e2e/chaos-partition.test.ts, not part of this nemesis (the local driver shares files).
+// SEED replays the fault schedule; the workload's timing (and so the interleaving) varies.
 //
 // The oracle works per 4 KiB block. One writer per VDI issues one request at a time, so for every
 // block the value of the last acknowledged write is known, plus the writes sent after it that
@@ -56,6 +60,8 @@ export interface ChaosResult {
   violations: string[];
   acked: AckedWrite[];
   flushes: number;
+  /** Acknowledgement times of the FLUSHes (ms since the epoch). */
+  flushAcks: number[];
   failedOps: number;
   reads: number;
   /** Sheep that exited without the nemesis killing them (restarted; not counted as violations). */
@@ -133,6 +139,7 @@ export class ChaosRun {
   private expectedExit = new Set<number>();
   private running = true;
   flushes = 0;
+  readonly flushAcks: number[] = [];
   failedOps = 0;
   reads = 0;
   private readonly nVdi: number;
@@ -270,6 +277,7 @@ export class ChaosRun {
         } else {
           await cur.conn.request(NbdCmd.FLUSH, 0, 0, null, timeout);
           this.flushes++;
+          this.flushAcks.push(Date.now());
         }
       } catch (e) {
         this.failedOps++;
@@ -533,6 +541,7 @@ export class ChaosRun {
       violations: this.violations,
       acked: this.acked,
       flushes: this.flushes,
+      flushAcks: this.flushAcks,
       failedOps: this.failedOps,
       reads: this.reads,
       unexpectedExits: this.unexpectedExits,
