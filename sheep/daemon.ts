@@ -34,6 +34,7 @@ import type { ObjectStore } from "../io/store.ts";
 import type { Scrubber } from "./scrub.ts";
 import { makeScrubber, openFileStore, openJournal } from "./store-setup.ts";
 import { Journal } from "../io/journal.ts";
+import { installPowerLossShim } from "../io/powerloss-store.ts";
 import {
   latestEpoch,
   missingEpochs,
@@ -191,8 +192,9 @@ export class Sheep {
       throw new Error(designation);
     }
     const storeKind = this.config.defaultStore === "tree" ? "tree" : "plain";
+    // Nothing unless the test-only SHEEPDOG_TEST_POWERLOSS=1 is set (io/powerloss-store.ts).
+    installPowerLossShim([this.baseDir, ...disks]);
     const raw = await openFileStore(this, storeKind, disks);
-    this.store = raw;
     this.store = await openJournal(this, raw, disks);
     if (this.config.space === 0n && !this.opts.gateway) {
       this.config.space = this.store.statfs().free; // measured once, as upstream
