@@ -20,7 +20,7 @@ SOURCES  := mod.ts $(shell find $(SRC_DIRS) -name '*.ts' -type f 2>/dev/null | s
 # Stamp newer than package.json/package-lock.json once node_modules matches them.
 DEPS_STAMP := node_modules/.sheepdog-deps
 
-APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium systemd jq
+APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium systemd jq iproute2
 
 .PHONY: all build deps apt-deps node-deps check unit test test-long chaos bench deno-compile \
         clean install uninstall run stop status cpg-bridge dev-bun dev-deno completion

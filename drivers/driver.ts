@@ -33,6 +33,11 @@ export interface DriverHandlers {
    * node that rejoins is judged by what it knows now, not by what it knew at startup.
    */
   joinMessage?(): Buffer;
+  /**
+   * The link to the membership engine was lost (up=false) or is back with the same membership
+   * (up=true). While it is lost this sheep may have been expelled without knowing it.
+   */
+  connection?(up: boolean): void;
 }
 
 export interface ClusterDriver {

@@ -108,6 +108,7 @@ interface ZkClient {
     socket?: net.Socket;
     pendingBuffer?: Buffer | null;
     on?(ev: "state", f: (st: number) => void): void;
+    onSocketData?(b: Buffer): void;
   };
 }
 interface ZkModule {
@@ -159,8 +160,17 @@ export class Session {
    */
   startWatchdog(ms: number): void {
     this.watchdog = setInterval(() => {
-      if (this.dead || this.connected) {
+      if (this.dead) return;
+      if (this.connected) {
         this.lastSocket = null;
+        // The client pings when idle but never notices that no reply comes back (a partition
+        // drops packets, no FIN): after readTimeoutMs of silence the connection counts as lost,
+        // as ZooKeeper's own clients do, so the sheep stops serving before it may be expelled.
+        if (this.readTimeoutMs > 0 && Date.now() - this.lastHeard > this.readTimeoutMs) {
+          this.client.connectionManager?.socket?.destroy();
+          this.setConnected(false);
+          this.onSilent?.();
+        }
         return;
       }
       const sock = this.client.connectionManager?.socket ?? null;
@@ -168,6 +178,13 @@ export class Session {
       this.lastSocket = sock;
     }, ms);
   }
+
+  /** When the server was last heard from (any bytes on the connection). */
+  lastHeard = Date.now();
+  /** Silence after which a connected session counts as disconnected (0: never). */
+  readTimeoutMs = 0;
+  /** Called when the watchdog declares a silent connection lost. */
+  onSilent: (() => void) | null = null;
 
   /** A stable watcher function per purpose, so the client registers it once per path. */
   watcher(kind: string, f: () => void): () => void {
@@ -346,7 +363,17 @@ export function openSession(
   cm?.on?.("state", (st) => {
     if (st === 1) cm.pendingBuffer = null;
   });
-  s.startWatchdog(Math.min(2000, Math.max(500, Math.floor(opts.timeout / 6))));
+  // Every byte from the server counts as a sign of life (the client pings every timeout / 3).
+  const onData = cm?.onSocketData;
+  if (cm && onData) {
+    cm.onSocketData = (b: Buffer) => {
+      s.lastHeard = Date.now();
+      onData.call(cm, b);
+    };
+  }
+  s.readTimeoutMs = Math.floor((opts.timeout * 2) / 3);
+  s.onSilent = () => on.disconnected(s);
+  s.startWatchdog(Math.min(2000, Math.max(250, Math.floor(opts.timeout / 6))));
   return new Promise((resolve, reject) => {
     let up = false;
     const timer = setTimeout(() => {
@@ -362,6 +389,7 @@ export function openSession(
     }, timeoutMs);
     client.on("state", (st) => {
       if (st.code === zk.State.SYNC_CONNECTED.code) {
+        s.lastHeard = Date.now();
         s.setConnected(true);
         if (!up) {
           up = true;

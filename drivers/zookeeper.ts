@@ -159,6 +159,7 @@ export class ZookeeperDriver implements ClusterDriver {
     return openSession(this.opts, timeoutMs, {
       reconnected: (s) => {
         if (s !== this.session) return;
+        this.handlers.connection?.(true);
         // Same session after a reconnect: watches were re-armed by the client; look anyway.
         this.pump();
         void this.checkLiveness(s);
@@ -167,6 +168,7 @@ export class ZookeeperDriver implements ClusterDriver {
       disconnected: (s) => {
         if (s === this.session && !this.closed) {
           log(`disconnected from ${this.opts.connect}; reconnecting`);
+          this.handlers.connection?.(false);
         }
       },
     });

@@ -55,13 +55,7 @@ import {
   initialState,
 } from "../core/cluster.ts";
 import { decodeInodeHeader } from "../core/inode.ts";
-import {
-  applyVdiAdded,
-  applyVdiDeleted,
-  forgetVdis,
-  registerInode,
-  VdiTable,
-} from "../core/vdi.ts";
+import { applyVdiAdded, applyVdiDeleted, registerInode, VdiTable } from "../core/vdi.ts";
 import type { MetaIO } from "../core/vdi.ts";
 import { ClientPool } from "../io/client.ts";
 import type { ClusterDriver } from "../drivers/driver.ts";
@@ -87,9 +81,10 @@ import { RecoveryManager } from "./recovery.ts";
 import type { SheepOptions } from "./options.ts";
 import { Logger } from "./log.ts";
 import { makeGateway, makeRecovery } from "./io-wiring.ts";
+import { Isolation } from "./isolation.ts";
 import { lockBaseDir } from "./base-dir-lock.ts";
 import { listenProtocol } from "./protocol-server.ts";
-import { fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
+import { applyRecycled, fetchVdiState, type VdiStatePort } from "./vdi-state-sync.ts";
 import { adoptIdentity, vnodesDesignationError } from "./cluster-identity.ts";
 import { fetchEpoch } from "./epoch-log.ts";
 
@@ -152,10 +147,14 @@ export class Sheep {
   };
   onExit: (code: number) => void = (code) => process.exit(code);
 
+  /** Cut off from the membership engine: client I/O held (sheep/isolation.ts). */
+  isolation!: Isolation;
+
   constructor(readonly opts: SheepOptions) {
     this.baseDir = path.resolve(opts.baseDir);
     const logFile = path.join(opts.logDir ? path.resolve(opts.logDir) : this.baseDir, "sheep.log");
     this.log = new Logger(opts.logDst, logFile);
+    this.isolation = new Isolation(this.log);
     this.log.format = opts.logFormat;
     this.log.port = opts.port;
     this.log.level = opts.logLevel;
@@ -329,6 +328,7 @@ export class Sheep {
         const decided = decodeState(opaque);
         // Also true for a rejoin after a lost session: everything a joiner does is redone.
         const wasMe = nodeEqual(joined, this.me);
+        if (wasMe) this.isolation.set(false); // (re)admitted: the membership is known again
         const myOldEpoch = this.state.epoch;
         const { state, newEpoch } = applyAccept(decided, members);
         this.members = sortNodes(members);
@@ -394,6 +394,7 @@ export class Sheep {
         );
       },
       joinMessage: () => encodeState(this.state),
+      connection: (up: boolean) => this.isolation.set(!up),
       fatal: (reason: string) => {
         this.log.emerg(`membership lost: ${reason}`);
         this.shutdown(1);
@@ -541,7 +542,7 @@ export class Sheep {
       this.pendingCopies.delete(a.state.vid);
     } else if (a.type === "vdi-deleted") {
       applyVdiDeleted(this.vdis, a.vid);
-      if (a.recycled?.length) this.applyRecycled(a.recycled);
+      if (a.recycled?.length) applyRecycled(this, a.recycled);
     } else if (a.type === "lock") this.vdis.locks.set(a.vid, { owner: a.owner });
     else this.vdis.locks.delete(a.vid);
   }
@@ -596,25 +597,6 @@ export class Sheep {
       });
     },
   };
-
-  /** Every node forgets recycled VIDs and drops what it still stores of them (leftovers). */
-  private applyRecycled(vids: number[]): void {
-    forgetVdis(this.vdis, vids);
-    const gone = new Set(vids);
-    const oids = this.store.list().filter((oid) => gone.has(oidToVid(oid)));
-    void (async () => {
-      for (const oid of oids) {
-        await this.store.remove(oid).catch((e) => this.logDrop("remove", oid, e));
-        for (let k = 0; k < 16; k++) {
-          if (this.store.exists(oid, k)) {
-            await this.store.remove(oid, k).catch((e) => this.logDrop("remove", oid, e));
-          }
-        }
-      }
-    })();
-    for (const v of vids) void this.cache?.dropVdi(v); // a reused VID must not meet old copies
-    this.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
-  }
 
   /** Takes the cluster-wide lock of a VDI for this sheep (the NBD export's exclusive attach). */
   lockVdi(name: string, opts: { tag?: string; snapid?: number }): Promise<Reply> {
@@ -718,6 +700,9 @@ export class Sheep {
       }
     }
     if (!row?.run) return errorReply(req, new SdError(Res.INVALID_PARMS));
+    if (row.kind === "gateway" && !(await this.isolation.passable())) {
+      return errorReply(req, new SdError(Res.HALT));
+    }
     // The object cache: snapshot/delete flush the lock owner's cache first; a release flushes ours.
     if (op === Op.NEW_VDI || op === Op.DEL_VDI) await this.coherence.beforeVdiOp(req, data);
     else if (op === Op.RELEASE_VDI && this.cache && this.coherence.mayCache(req.baseVdiId)) {
@@ -757,11 +742,6 @@ export class Sheep {
     const policy = this.ecPolicyOf(oid, policyHint);
     if (policy) return this.objectSize(oid) / ecPolicyToDp(policy).d;
     return this.objectSize(oid);
-  }
-
-  /** A best-effort cleanup that failed: worth a line in the log, not a failure. */
-  private logDrop(what: string, oid: bigint, e: unknown): void {
-    this.log.warn(`${what} ${oid.toString(16)}: ${(e as Error)?.message ?? e}`);
   }
 
   // ---------------------------------------------------------------- shutdown

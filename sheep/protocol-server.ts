@@ -60,19 +60,30 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   // allocation: most of a gateway's CPU on reads, and its memory peak).
   const queue: Buffer[] = [];
   let head = 0;
+  let queuedBytes = 0;
   let blocked = false;
   const put = (b: Buffer) => {
-    if (blocked) queue.push(b);
-    else if (!sock.write(b)) blocked = true;
+    if (blocked) {
+      queue.push(b);
+      queuedBytes += b.length;
+    } else if (!sock.write(b)) blocked = true;
   };
+  // A client that sends but does not read its replies: replies not yet taken by the kernel
+  // count against the same bound, so reading its requests stops until it reads.
+  const backlog = () => queuedBytes + sock.writableLength;
+  const mayResume = () =>
+    sock.isPaused() && inflight <= MAX_INFLIGHT / 2 && inflightBytes <= MAX_INFLIGHT_BYTES / 2 &&
+    backlog() <= MAX_INFLIGHT_BYTES / 2;
   sock.on("drain", () => {
     blocked = false;
     while (head < queue.length && !blocked) {
       const b = queue[head];
       queue[head++] = EMPTY;
+      queuedBytes -= b.length;
       if (!sock.write(b)) blocked = true;
     }
     if (head === queue.length) queue.length = head = 0;
+    if (mayResume()) sock.resume();
   });
   const send = (r: Reply) => {
     if (sock.destroyed) return;
@@ -95,7 +106,10 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
       inflight++;
       inflightBytes += f.data.length;
       // Bounded memory: stop reading while many requests (or many bytes) are being served.
-      if (inflight > MAX_INFLIGHT || inflightBytes > MAX_INFLIGHT_BYTES) sock.pause();
+      if (
+        inflight > MAX_INFLIGHT || inflightBytes > MAX_INFLIGHT_BYTES ||
+        backlog() > MAX_INFLIGHT_BYTES
+      ) sock.pause();
       p.handle(f.hdr, f.data)
         .catch((e) => errorReply(f.hdr, e))
         .then((r) => {
@@ -105,10 +119,8 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
           send(r);
           inflight--;
           inflightBytes -= f.data.length;
-          if (
-            sock.isPaused() && inflight <= MAX_INFLIGHT / 2 &&
-            inflightBytes <= MAX_INFLIGHT_BYTES / 2
-          ) sock.resume();
+          if (backlog() > MAX_INFLIGHT_BYTES) sock.pause();
+          else if (mayResume()) sock.resume();
         });
     }
   });
@@ -117,5 +129,6 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   sock.on("close", () => {
     p.sockets.delete(sock);
     queue.length = head = 0;
+    queuedBytes = 0;
   });
 }

@@ -8,6 +8,9 @@ import { nodeEqual, nodeHostPort, nodeIp, type SdNode } from "../core/node.ts";
 import type { VdiTable } from "../core/vdi.ts";
 import type { ClientPool } from "../io/client.ts";
 import type { Logger } from "./log.ts";
+import { oidToVid } from "../core/oid.ts";
+import { forgetVdis } from "../core/vdi.ts";
+import type { Sheep } from "./daemon.ts";
 
 export interface VdiStatePort {
   me: SdNode;
@@ -53,4 +56,26 @@ function mergeVdiState(t: VdiTable, inuse: Buffer, deleted: Buffer, states: Buff
       t.locks.set(r.vid, { owner: nodeHostPort(r.lockOwner) });
     }
   }
+}
+
+/**
+ * VIDs freed for reuse (a deleted VDI family, upstream 1.0): forgotten, and every object and
+ * cached copy of them removed here, so a reused VID never meets old data.
+ */
+export function applyRecycled(s: Sheep, vids: number[]): void {
+  forgetVdis(s.vdis, vids);
+  const gone = new Set(vids);
+  const oids = s.store.list().filter((oid) => gone.has(oidToVid(oid)));
+  const drop = (oid: bigint, e: unknown) =>
+    s.log.warn(`remove ${oid.toString(16)}: ${(e as Error)?.message ?? e}`);
+  void (async () => {
+    for (const oid of oids) {
+      await s.store.remove(oid).catch((e) => drop(oid, e));
+      for (let k = 0; k < 16; k++) {
+        if (s.store.exists(oid, k)) await s.store.remove(oid, k).catch((e) => drop(oid, e));
+      }
+    }
+  })();
+  for (const v of vids) void s.cache?.dropVdi(v);
+  s.log.info(`recycled VIDs ${vids.map((v) => v.toString(16)).join(" ")}`);
 }

@@ -23,7 +23,7 @@ async function until(what: string, ms: number, cond: () => Promise<boolean>): Pr
   }
 }
 
-describeWith("zookeeper", "network partition", () => {
+describeWith("zookeeper-netns", "network partition", () => {
   const c = new NetnsCluster();
   const N = 5;
   let minority = [3, 4];
@@ -122,12 +122,11 @@ describeWith("zookeeper", "network partition", () => {
     600_000,
   );
 
-  // KNOWN BUG (issue 19, found by this test): a sheep cut off from ZooKeeper keeps its old
-  // membership until its session is found expired, which needs the connection back; meanwhile it
-  // serves reads from its local replica, data the majority has overwritten after expelling it.
-  // Fencing needs the zookeeper driver to report a lost connection and the daemon to stop client
-  // I/O on it (drivers/zookeeper.ts, sheep/daemon.ts). test.failing flips to a failure once fixed.
-  test.failing("a partitioned minority does not serve data the majority overwrote", () => {
+  // Found by this test (issue 19): a sheep cut off from ZooKeeper kept its old membership and
+  // served reads from its local replica, data the majority had overwritten after expelling it.
+  // Now the zookeeper driver reports a silent connection as lost and the sheep holds client I/O
+  // (sheep/isolation.ts) until it is back or the sheep is admitted again.
+  test("a partitioned minority does not serve data the majority overwrote", () => {
     expect(staleRead).toBe(false);
   });
 });

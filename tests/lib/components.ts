@@ -71,6 +71,17 @@ const COMPONENTS = {
     command("fio", "fio"),
     command("cmp", "diffutils"),
   ],
+  // The partition test puts ZooKeeper and each sheep in a network namespace of its own
+  // (tests/e2e/chaos-partition.test.ts, tests/lib/chaos-netns.ts).
+  "zookeeper-netns": [
+    command("java", "default-jre-headless"),
+    {
+      what: "/usr/share/java/zookeeper.jar",
+      pkg: "zookeeper",
+      present: () => fs.existsSync("/usr/share/java/zookeeper.jar"),
+    },
+    command("ip", "iproute2"),
+  ],
   // The dashboard test loads the page in headless Chromium (tests/e2e/metrics.test.ts).
   chromium: [command("chromium", "chromium")],
   // `systemd-analyze verify` of the units in packaging/ (tests/unit/packaging.test.ts).
