@@ -120,17 +120,21 @@ test(
   async () => {
     c = TestCluster.create();
     // Node 0: two tmpfs disks of one size (equal weights: both get objects); node 3: one tmpfs.
+    // Nodes 1 and 2 store on tmpfs too: vnodes follow capacity exactly (as upstream), so next to
+    // the root filesystem's free space the small disks would get almost no vnodes and no objects.
     const a0 = path.join(c.root, "tmpfs0a");
     const t0 = path.join(c.root, "tmpfs0b");
+    const t1 = path.join(c.root, "tmpfs1");
+    const t2 = path.join(c.root, "tmpfs2");
     const t3 = path.join(c.root, "tmpfs3");
-    for (const t of [a0, t0, t3]) {
+    for (const t of [a0, t0, t1, t2, t3]) {
       fs.mkdirSync(t);
       execFileSync("mount", ["-t", "tmpfs", "-o", "size=256m", "tmpfs", t]);
       mounts.push(t);
     }
     await c.addNode({ zone: 0, dir: path.join(c.root, "n0"), objDirs: [a0, t0] });
-    await c.addNode({ zone: 1 });
-    await c.addNode({ zone: 2 });
+    await c.addNode({ zone: 1, dir: path.join(c.root, "n1"), objDirs: [t1] });
+    await c.addNode({ zone: 2, dir: path.join(c.root, "n2"), objDirs: [t2] });
     await c.addNode({ zone: 3, dir: path.join(c.root, "n3"), objDirs: [t3] });
     await c.waitFor(async () => {
       const r = await c!.dog(["node", "list", "-r"]);

@@ -86,11 +86,24 @@ function cacheFilesOf(base: string): Map<string, number> {
   const out = new Map<string, number>();
   const root = path.join(base, "cache");
   if (!fs.existsSync(root)) return out;
+  // Files come and go while the sheep works: one removed between listing and stat is gone.
+  const statOr = (p: string) => {
+    try {
+      return fs.statSync(p);
+    } catch {
+      return null;
+    }
+  };
   for (const d of fs.readdirSync(root)) {
     const dir = path.join(root, d);
-    if (!fs.statSync(dir).isDirectory()) continue;
-    for (const f of fs.readdirSync(dir)) {
-      out.set(path.join(dir, f), fs.statSync(path.join(dir, f)).size);
+    if (!statOr(dir)?.isDirectory()) continue;
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(dir);
+    } catch { /* the VDI's directory went away */ }
+    for (const f of names) {
+      const st = statOr(path.join(dir, f));
+      if (st) out.set(path.join(dir, f), st.size);
     }
   }
   return out;
