@@ -20,7 +20,7 @@ import type { Gateway } from "../gateway.ts";
 import { ObjectCache } from "../object-cache.ts";
 import { applyLocal, type CacheCoherence } from "../cache-coherence.ts";
 import type { Logger } from "../log.ts";
-import type { Reply } from "./reply.ts";
+import { errorReply, type Reply } from "./reply.ts";
 
 /** What gateway ops see of the daemon. */
 export interface GatewayContext {
@@ -29,6 +29,9 @@ export interface GatewayContext {
   readonly metaIO: MetaIO;
   readonly log: Logger;
   objectSize(oid: bigint): number;
+  /** Size of the file holding `oid` on a node (an inode, an EC strip, a data object). */
+  storedSize(oid: bigint, policyHint?: number): number;
+  ecPolicyOf(oid: bigint, hint?: number): number;
   /** `sheep -w`; null without it. */
   readonly cache: ObjectCache | null;
   readonly coherence: CacheCoherence;
@@ -42,6 +45,14 @@ export class GatewayOps {
   // holds the lock of (and snapshots); everything else takes the plain gateway path.
 
   async read(req: Header): Promise<Reply> {
+    // A read past the object's end is refused before anything is allocated for it (a bogus
+    // length would otherwise cost a buffer of up to 4 GiB on every node it reaches).
+    const limit = this.s.ecPolicyOf(req.oid, req.objCopyPolicy)
+      ? this.s.objectSize(req.oid)
+      : this.s.storedSize(req.oid, req.objCopyPolicy);
+    if (req.offset + req.dataLength > limit) {
+      return errorReply(req, new SdError(Res.INVALID_PARMS));
+    }
     const c = this.s.coherence.beforeRead(req.oid);
     if (c) await c;
     const cache = this.s.cache;

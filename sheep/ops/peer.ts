@@ -58,6 +58,10 @@ export class PeerOps {
     try {
       switch (req.opcode) {
         case Op.READ_PEER: {
+          // Never past the file's end: nothing is allocated for a bogus length.
+          if (req.offset + req.dataLength > this.s.storedSize(req.oid, req.objCopyPolicy)) {
+            return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+          }
           if (req.flags & Flag.CMD_RECOVERY) {
             if (this.s.store.exists(req.oid, ec)) {
               return {
