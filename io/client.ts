@@ -42,13 +42,20 @@ class PartsReply implements Reply {
   private joined: Buffer | null = null;
   constructor(
     readonly hdr: Header,
-    readonly parts: readonly Buffer[],
+    private pieces: readonly Buffer[],
     private readonly len: number,
   ) {}
+  get parts(): readonly Buffer[] {
+    return this.pieces;
+  }
   get data(): Buffer {
-    return this.joined ??= this.parts.length === 1
-      ? this.parts[0]
-      : Buffer.concat(this.parts as Buffer[], this.len);
+    return this.joined ??= this.pieces.length === 1
+      ? this.pieces[0]
+      : Buffer.concat(this.pieces as Buffer[], this.len);
+  }
+  set data(d: Buffer) {
+    this.joined = d;
+    this.pieces = [d];
   }
 }
 
