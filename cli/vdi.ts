@@ -24,6 +24,7 @@ import {
   writeObject,
 } from "../core/object-io.ts";
 import { readInodeWithSlots, VdiHandle } from "../core/vdi-io.ts";
+import { vdiReadFast } from "./vdi-read-fast.ts";
 import { banner, strnumber, VDI_LIST_HEADER, vdiListRow } from "./format.ts";
 import {
   Ctx,
@@ -316,6 +317,9 @@ export async function vdiRead(c: Ctx): Promise<number> {
   const os = handle.objectSize;
   const CHUNK = Math.min(os, 4 * 1024 * 1024);
   const WINDOW = 8;
+  const progress = new StderrProgress(total, c.raw);
+  const fast = await vdiReadFast(c, handle, Number(ol.offset), Number(ol.offset + total), progress);
+  if (fast !== null) return fast;
   // Replies stay in the pieces the socket delivered (fresh per read on Bun) and go to stdout
   // as they are: joining them, or copying into reused buffers, was most of dog's CPU time.
   const queue: Promise<readonly Buffer[]>[] = [];
@@ -332,7 +336,6 @@ export async function vdiRead(c: Ctx): Promise<number> {
     pos += len;
     return true;
   };
-  const progress = new StderrProgress(total, c.raw);
   let sent = 0n;
   while (queue.length < WINDOW && next());
   while (queue.length) {

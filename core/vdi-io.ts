@@ -203,6 +203,12 @@ export class VdiHandle {
     return out;
   }
 
+  /** The object holding data index idx (this VDI's or an ancestor's), or null: unallocated. */
+  dataOid(idx: number): bigint | null {
+    const vid = this.slots.get(idx);
+    return vid ? vidToDataOid(vid, idx) : null;
+  }
+
   /**
    * As read, the result in pieces that may be views of the client's socket chunks or a shared
    * zero buffer (so they must not be modified): `dog vdi read` writes them out without a copy.
