@@ -149,6 +149,16 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   });
   const send = (r: Reply) => {
     if (sock.destroyed) return;
+    // A reply relayed from a peer may still be in the pieces it arrived in: sent as they are.
+    const parts = (r as { parts?: readonly Buffer[] }).parts;
+    if (parts) {
+      let n = 0;
+      for (const b of parts) n += b.length;
+      r.hdr.dataLength = n;
+      put(r.hdr.b);
+      for (const b of parts) if (b.length) put(b);
+      return;
+    }
     r.hdr.dataLength = r.data.length;
     put(r.hdr.b);
     if (r.data.length) put(r.data);
