@@ -113,13 +113,13 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   const parser = new FrameParser("request");
   let inflight = 0;
   let inflightBytes = 0;
-  // Replies wait here, not in the socket's buffer, while it drains: the socket then gets one
-  // buffer at a time and never joins queued buffers into one (a copy of every payload, in a new
-  // allocation: most of a gateway's CPU on reads, and its memory peak).
   // Parsed requests not yet admitted (headers, or payloads already read): bounded by what one
   // read brings, since reading pauses while any wait.
   const waiting: (Frame | undefined)[] = [];
   let next = 0;
+  // Replies wait here, not in the socket's buffer, while it drains: the socket then gets one
+  // buffer at a time and never joins queued buffers into one (a copy of every payload, in a new
+  // allocation: most of a gateway's CPU on reads, and its memory peak).
   const queue: Buffer[] = [];
   let head = 0;
   let queuedBytes = 0;
@@ -150,7 +150,7 @@ function serveConnection(sock: net.Socket, p: ProtocolPort): void {
   const send = (r: Reply) => {
     if (sock.destroyed) return;
     // A reply relayed from a peer may still be in the pieces it arrived in: sent as they are.
-    const parts = (r as { parts?: readonly Buffer[] }).parts;
+    const parts = r.parts;
     if (parts) {
       let n = 0;
       for (const b of parts) n += b.length;
