@@ -15,9 +15,16 @@ import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { errnoToRes, SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
-import { objectFileName as fileName, VDI_ATTR_BIT, VDI_BIT, VMSTATE_BIT } from "../core/oid.ts";
+import {
+  objectFileName as fileName,
+  parseObjectFileName,
+  VDI_ATTR_BIT,
+  VDI_BIT,
+  VMSTATE_BIT,
+} from "../core/oid.ts";
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
-import { updateTable, verifiedRead } from "./verified-io.ts";
+import { resealFile, updateTable, verifiedRead } from "./verified-io.ts";
+import { INTENT_FILE, IntentLog } from "./csum-intent.ts";
 import {
   diskFree,
   diskUsage,
@@ -43,6 +50,7 @@ import {
   moveQuiet,
   preadFull,
   pwriteFull,
+  syncQuiet,
   unlinkQuiet,
 } from "./fd-cache.ts";
 import {
@@ -102,6 +110,9 @@ class FileStore implements ObjectStore {
   private rebalancing: Promise<void> | null = null;
   private rebalanceAgain = false;
   private health: ReturnType<typeof setInterval> | null = null;
+  /** Write-intent logs of the side files, per disk (io/csum-intent.ts); none under nosync. */
+  private intents = new Map<Disk, IntentLog>();
+  private cleaner: ReturnType<typeof setInterval> | null = null;
   /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
   deferSync = false;
 
@@ -180,6 +191,8 @@ class FileStore implements ObjectStore {
     this.set.remove(disk);
     this.leaving = this.leaving.filter((d) => d !== disk);
     this.fds.invalidateUnder(disk.path);
+    this.intents.get(disk)?.close();
+    this.intents.delete(disk);
     let lost = 0;
     for (const e of this.index.values()) {
       if (e.disk !== disk) continue;
@@ -205,6 +218,10 @@ class FileStore implements ObjectStore {
   close(): void {
     if (this.health) clearInterval(this.health);
     this.health = null;
+    if (this.cleaner) clearInterval(this.cleaner);
+    this.cleaner = null;
+    for (const [d, log] of this.intents) this.closeIntent(d, log);
+    this.intents.clear();
     this.fds.clear();
   }
 
@@ -231,12 +248,18 @@ class FileStore implements ObjectStore {
    * Moves a misplaced object to the disk the ring picks (caller holds the exclusive lock). The
    * source's errors fail the source disk, the destination's the destination.
    */
-  private relocate(e: Entry): void {
+  private async relocate(e: Entry): Promise<void> {
     const want = this.pick(e.oid);
     if (e.disk === want) return;
     const src = e.disk;
     const from = this.pathOn(src, e.oid, e.ecIndex);
     const to = this.pathOn(want, e.oid, e.ecIndex);
+    try {
+      // Flushed where they are: the moved files then need no entry in either disk's log.
+      await this.settle(src, fileName(e.oid, e.ecIndex), from);
+    } catch (err) {
+      throw this.guard(src, err);
+    }
     this.fds.invalidate(from);
     this.fds.invalidate(from + CSUM_SUFFIX);
     let sameFs = false;
@@ -272,6 +295,114 @@ class FileStore implements ObjectStore {
     e.disk = want;
   }
 
+  // ---- write-intent logs (io/csum-intent.ts) ----
+
+  /** Opens `disk`'s log, reseals what a crash left dirty, starts the cleaner. */
+  private openIntent(disk: Disk): void {
+    if (this.nosync) return;
+    const log = new IntentLog(
+      `${disk.path}/${INTENT_FILE}`,
+      (name, snap, commit) => this.syncForClean(disk, name, snap, commit),
+    );
+    let n = 0, bad = 0;
+    for (const name of log.open()) {
+      const p = parseObjectFileName(name);
+      if (!p) continue;
+      const r = resealFile(this.pathOn(disk, p.oid, p.ecIndex));
+      if (r >= 0) n++;
+      if (r > 0) bad += r;
+    }
+    log.reset();
+    if (n) {
+      this.log(
+        bad ? "warn" : "info",
+        `${disk.path}: resealed the checksums of ${n} objects written before an unclean stop (${bad} blocks had changed without their checksum)`,
+      );
+    }
+    this.intents.set(disk, log);
+    if (!this.cleaner) {
+      this.cleaner = setInterval(() => {
+        for (const l of this.intents.values()) {
+          l.clean().catch((e) => this.log("warn", `checksum cleaner: ${(e as Error).message}`));
+        }
+      }, 1000);
+      (this.cleaner as { unref?: () => void }).unref?.();
+    }
+  }
+
+  /** Flushes every dirty object of `disk` (synchronously) and empties its log. */
+  private closeIntent(disk: Disk, log: IntentLog): void {
+    try {
+      for (const name of log.names()) {
+        const p = parseObjectFileName(name);
+        if (p) syncQuiet(this.pathOn(disk, p.oid, p.ecIndex));
+      }
+      log.reset();
+    } catch { /* left dirty: resealed at the next start */ }
+    log.close();
+  }
+
+  /** The log to mark before writing an object's side file; null: no flush is promised. */
+  private intentFor(disk: Disk): IntentLog | null {
+    return this.checksums && !this.deferSync ? this.intents.get(disk) ?? null : null;
+  }
+
+  /**
+   * The cleaner's flush of one object (under its shared lock, so no create, move or removal is
+   * half done): data and side file flushed, `commit` told the write count seen when they were
+   * opened. A missing file: its unlink is made durable first.
+   */
+  private syncForClean(
+    disk: Disk,
+    name: string,
+    snap: () => number,
+    commit: (g: number) => void,
+  ): Promise<void> {
+    const p = parseObjectFileName(name);
+    if (!p) return Promise.resolve();
+    const path = this.pathOn(disk, p.oid, p.ecIndex);
+    return this.locks.run(name, false, async () => {
+      let c: CachedFd | null = null;
+      let cc: CachedFd | null = null;
+      try {
+        const g = snap();
+        try {
+          c = this.fds.acquire(path, true);
+          cc = this.fds.acquire(path + CSUM_SUFFIX);
+        } catch (err) {
+          if (!isEnoent(err)) throw err;
+        }
+        if (c) await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
+        else await fsyncDir(path.slice(0, path.lastIndexOf("/")));
+        commit(g);
+      } catch (err) {
+        throw this.guard(disk, err);
+      } finally {
+        if (c) this.fds.release(c);
+        if (cc) this.fds.release(cc);
+      }
+    });
+  }
+
+  /** Before an object's files move (exclusive lock held): flushed, so they need no log entry. */
+  private async settle(disk: Disk, name: string, path: string): Promise<void> {
+    const log = this.intents.get(disk);
+    if (!log?.has(name)) return;
+    const fds = [path, path + CSUM_SUFFIX].flatMap((f, i) => {
+      try {
+        return [this.fds.acquire(f, i === 0)];
+      } catch {
+        return [];
+      }
+    });
+    try {
+      await Promise.all(fds.map((c) => fdatasync(c.fd)));
+    } finally {
+      for (const c of fds) this.fds.release(c);
+    }
+    log.forget(name);
+  }
+
   // ---- lifecycle ----
 
   async init(): Promise<void> {
@@ -281,6 +412,7 @@ class FileStore implements ObjectStore {
       this.leaving = [];
       this.set = new DiskSet(this.paths.map((p) => setupDisk(p, this.kind, false)));
       for (const d of this.set.disks) this.scanDisk(d);
+      for (const d of this.set.disks) this.openIntent(d);
     } catch (e) {
       throw sdErr(e);
     }
@@ -314,6 +446,7 @@ class FileStore implements ObjectStore {
         fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
       }
+      for (const log of this.intents.values()) log.reset();
       this.index.clear();
     } catch (e) {
       throw sdErr(e);
@@ -330,11 +463,11 @@ class FileStore implements ObjectStore {
   private async ensurePlaced(name: string, oid: bigint, ecIndex?: number): Promise<void> {
     const e = this.lookup(oid, ecIndex);
     if (!e || e.disk === this.set.pick(oid) || this.set.size === 0) return;
-    await this.locks.run(name, true, () => {
+    await this.locks.run(name, true, async () => {
       const cur = this.index.get(name);
       if (!cur) return;
       try {
-        this.relocate(cur);
+        await this.relocate(cur);
       } catch { /* keep serving it from where it is (or it is gone with its disk) */ }
     });
   }
@@ -475,8 +608,17 @@ class FileStore implements ObjectStore {
           cfd = fs.openSync(ctmp, "w");
           pwriteFull(cfd, tableForCreate(size, offset, data), 0);
         }
+        // The new side file is not flushed: the name is durably dirty before the renames.
+        const log = cfd >= 0 && !this.nosync ? this.intentFor(disk) : null;
         if (!this.nosync && !this.deferSync) {
-          await Promise.all([fdatasync(fd), cfd >= 0 ? fdatasync(cfd) : undefined]);
+          await Promise.all([
+            fdatasync(fd),
+            log ? log.mark(name) : cfd >= 0 ? fdatasync(cfd) : undefined,
+          ]);
+        }
+        if (log) {
+          while (!log.isDurable(name)) await log.mark(name);
+          log.touch(name);
         }
         const bytes = allocatedBytes(fs.fstatSync(fd));
         closeQuiet(fd);
@@ -520,8 +662,15 @@ class FileStore implements ObjectStore {
       let cc: CachedFd | null = null;
       try {
         cc = this.openCsum(path);
-        // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
-        // interleave their read-modify-write of a block's checksum.
+        // The side file is flushed lazily: first the name durably dirty (once per object, see
+        // io/csum-intent.ts), then only the object file is flushed below.
+        const log = cc && !this.nosync ? this.intentFor(e.disk) : null;
+        if (log) {
+          while (!log.isDurable(name)) await log.mark(name);
+          log.touch(name);
+        }
+        // Everything from here up to the syncs is synchronous, so two writes sharing the lock
+        // cannot interleave their read-modify-write of a block's checksum.
         if (cc) {
           const size = this.sizeOf(c);
           updateTable(this.io, c.fd, cc, offset, data, path, size, this.blockSize(cc, size));
@@ -538,7 +687,7 @@ class FileStore implements ObjectStore {
         }
         this.index.resize(name, allocatedBytes(st));
         if (!this.nosync && !this.deferSync) {
-          await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
+          await Promise.all([fdatasync(c.fd), cc && !log ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {
         this.forgetTable(path, err);
@@ -586,10 +735,16 @@ class FileStore implements ObjectStore {
 
   moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
     const name = fileName(oid, ecIndex);
-    return this.locks.run(name, true, () => {
+    return this.locks.run(name, true, async () => {
       const e = this.lookup(oid, ecIndex);
       if (!e) throw new SdError(Res.NO_OBJ);
       const path = this.pathOn(e.disk, oid, ecIndex);
+      // A stale copy is a recovery source verified against its side file: flushed first.
+      try {
+        await this.settle(e.disk, name, path);
+      } catch (err) {
+        throw this.guard(e.disk, err);
+      }
       this.fds.invalidate(path);
       this.fds.invalidate(path + CSUM_SUFFIX);
       try {
@@ -689,6 +844,11 @@ class FileStore implements ObjectStore {
         continue;
       }
       this.set.add(d);
+      try {
+        this.openIntent(d);
+      } catch (e) {
+        this.log("err", `${p}: checksum intent log: ${(e as Error).message}`);
+      }
       added++;
       const vdisks = (d.capacity + (1n << 30n) - 1n) >> 30n;
       this.log("info", `${p}, vdisk nr ${vdisks}, total disk ${this.set.size}`);
@@ -750,11 +910,11 @@ class FileStore implements ObjectStore {
       if (this.set.size === 0) return;
       if (e.disk === this.set.pick(e.oid)) continue;
       const name = fileName(e.oid, e.ecIndex);
-      await this.locks.run(name, true, () => {
+      await this.locks.run(name, true, async () => {
         const cur = this.index.get(name);
         if (!cur || cur.disk === this.set.pick(cur.oid)) return;
         try {
-          this.relocate(cur);
+          await this.relocate(cur);
           moved++;
         } catch (err) {
           this.log("warn", `moving ${name} off ${cur.disk.path}: ${(err as Error).message}`);
@@ -771,6 +931,9 @@ class FileStore implements ObjectStore {
       }
       this.leaving = this.leaving.filter((x) => x !== d);
       this.fds.invalidateUnder(d.path);
+      const log = this.intents.get(d);
+      if (log) this.closeIntent(d, log);
+      this.intents.delete(d);
       this.log("info", `${d.path} emptied: its objects are on the other disks`);
       this.opts.onDisk?.({ kind: "emptied", path: d.path, left: this.set.size, lost: 0 });
     }
