@@ -16,12 +16,26 @@
 //   (a block that mismatches there is "unknown": the crash may have torn it), the side files are
 //   flushed and the log is emptied. This reads at most ~CAP objects after an unclean stop.
 //
+// `IntentLogs` holds the store's logs (one per disk) and the cleaner's timer; the store (io/store.ts)
+// reaches it through `IntentHost` (paths, the object locks, the descriptor cache, its error guard).
+//
 // Records are 32 bytes: kind ('D'/'C'), name length, name (up to 26 bytes), CRC-32 of the first
 // 28. Reading stops at the first bad record: only the unflushed tail can be torn.
 import fs from "node:fs";
 import { Buffer } from "node:buffer";
-import { crcOf } from "./checksum.ts";
-import { closeQuiet, fdatasync, pwriteFull } from "./fd-cache.ts";
+import { crcOf, CSUM_SUFFIX } from "./checksum.ts";
+import {
+  type CachedFd,
+  closeQuiet,
+  fdatasync,
+  type FdCache,
+  fsyncDir,
+  isEnoent,
+  pwriteFull,
+  syncQuiet,
+} from "./fd-cache.ts";
+import type { Disk } from "./md.ts";
+import { resealFile } from "./verified-io.ts";
 import { GroupSync } from "../core/store.ts";
 
 export const INTENT_FILE = ".csum-intent";
@@ -185,12 +199,17 @@ export class IntentLog {
     return this.map.get(name)?.durable === true;
   }
 
-  /** A write to `name` (already durably dirty) starts now: the cleaner must flush it again. */
-  touch(name: string): void {
+  /**
+   * If `name` is durably dirty, counts a write starting now (the cleaner must flush it again) and
+   * returns true: the caller then writes in the same tick. False: `mark` it first. Used as
+   * `while (!log.touch(name)) await log.mark(name);`.
+   */
+  touch(name: string): boolean {
     const d = this.map.get(name);
-    if (!d) return;
+    if (!d?.durable) return false;
     d.writes++;
     d.last = Date.now();
+    return true;
   }
 
   /**
@@ -229,5 +248,160 @@ export class IntentLog {
     } finally {
       this.cleaning = false;
     }
+  }
+}
+
+/** What the per-disk logs need of the store (io/store.ts). */
+export interface IntentHost {
+  /** The object file named `name` on `disk`; null: not an object's name. */
+  pathOn(disk: Disk, name: string): string | null;
+  /** Runs `fn` under the object's shared lock. */
+  shared(name: string, fn: () => Promise<void>): Promise<void>;
+  fds: FdCache;
+  /** The store's reaction to an I/O error on `disk` (may fail the disk). */
+  guard(disk: Disk, err: unknown): Error;
+  log(level: "info" | "warn" | "err", msg: string): void;
+}
+
+/** The store's write-intent logs, one per disk, and their cleaner; none under nosync. */
+export class IntentLogs {
+  private logs = new Map<Disk, IntentLog>();
+  private cleaner: ReturnType<typeof setInterval> | null = null;
+
+  constructor(private host: IntentHost, private enabled: boolean) {}
+
+  /** The log of `disk` (null: none, so nothing is promised for its side files). */
+  get(disk: Disk): IntentLog | null {
+    return this.logs.get(disk) ?? null;
+  }
+
+  /** Opens `disk`'s log, reseals what a crash left dirty, starts the cleaner. */
+  open(disk: Disk): void {
+    if (!this.enabled) return;
+    const log = new IntentLog(
+      `${disk.path}/${INTENT_FILE}`,
+      (name, snap, commit) => this.syncForClean(disk, name, snap, commit),
+    );
+    let n = 0, bad = 0;
+    for (const name of log.open()) {
+      const path = this.host.pathOn(disk, name);
+      if (!path) continue;
+      const r = resealFile(path);
+      if (r >= 0) n++;
+      if (r > 0) bad += r;
+    }
+    log.reset();
+    if (n) {
+      this.host.log(
+        bad ? "warn" : "info",
+        `${disk.path}: resealed the checksums of ${n} objects written before an unclean stop (${bad} blocks had changed without their checksum)`,
+      );
+    }
+    this.logs.set(disk, log);
+    if (!this.cleaner) {
+      this.cleaner = setInterval(() => {
+        for (const l of this.logs.values()) {
+          l.clean().catch((e) =>
+            this.host.log("warn", `checksum cleaner: ${(e as Error).message}`)
+          );
+        }
+      }, 1000);
+      (this.cleaner as { unref?: () => void }).unref?.();
+    }
+  }
+
+  /** Flushes every dirty object of `disk` (synchronously), empties its log and closes it. */
+  close(disk: Disk): void {
+    const log = this.logs.get(disk);
+    if (!log) return;
+    this.logs.delete(disk);
+    try {
+      for (const name of log.names()) {
+        const path = this.host.pathOn(disk, name);
+        if (path) syncQuiet(path);
+      }
+      log.reset();
+    } catch { /* left dirty: resealed at the next start */ }
+    log.close();
+  }
+
+  /** A failed disk: its log is closed as it is. */
+  drop(disk: Disk): void {
+    this.logs.get(disk)?.close();
+    this.logs.delete(disk);
+  }
+
+  /** Store close: the cleaner stopped, every disk's dirty objects flushed and its log emptied. */
+  closeAll(): void {
+    if (this.cleaner) clearInterval(this.cleaner);
+    this.cleaner = null;
+    for (const d of [...this.logs.keys()]) this.close(d);
+  }
+
+  /** Store format: nothing is left to reseal. */
+  resetAll(): void {
+    for (const log of this.logs.values()) log.reset();
+  }
+
+  /**
+   * The cleaner's flush of one object (under its shared lock, so no create, move or removal is
+   * half done): data and side file flushed, `commit` told the write count seen when they were
+   * opened. A missing file: its unlink is made durable first.
+   */
+  private syncForClean(
+    disk: Disk,
+    name: string,
+    snap: () => number,
+    commit: (g: number) => void,
+  ): Promise<void> {
+    const path = this.host.pathOn(disk, name);
+    if (!path) return Promise.resolve();
+    const fds = this.host.fds;
+    return this.host.shared(name, async () => {
+      let c: CachedFd | null = null;
+      let cc: CachedFd | null = null;
+      try {
+        const g = snap();
+        try {
+          c = fds.acquire(path, true);
+          cc = fds.acquire(path + CSUM_SUFFIX);
+        } catch (err) {
+          if (!isEnoent(err)) throw err;
+        }
+        if (c) await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
+        else await fsyncDir(path.slice(0, path.lastIndexOf("/")));
+        commit(g);
+      } catch (err) {
+        throw this.host.guard(disk, err);
+      } finally {
+        if (c) fds.release(c);
+        if (cc) fds.release(cc);
+      }
+    });
+  }
+
+  /**
+   * Before an object's files move off `disk` (exclusive lock held): flushed, so they need no log
+   * entry. Errors are the store's guard's (they may fail the disk).
+   */
+  async settle(disk: Disk, name: string, path: string): Promise<void> {
+    const log = this.logs.get(disk);
+    if (!log?.has(name)) return;
+    const fds = this.host.fds;
+    const held = [path, path + CSUM_SUFFIX].flatMap((f, i) => {
+      try {
+        return [fds.acquire(f, i === 0)];
+      } catch {
+        return [];
+      }
+    });
+    try {
+      await Promise.all(held.map((c) => fdatasync(c.fd)));
+    } catch (err) {
+      throw this.host.guard(disk, err);
+    } finally {
+      for (const c of held) fds.release(c);
+    }
+    log.forget(name);
   }
 }

@@ -1,8 +1,9 @@
 // Backend object store (sheep-daemon.md §2.2, §9): plain and tree layouts over one or more disks,
 // as files. The interface, locks and object index are core/store.ts; the disk set and its ring
-// io/md.ts; descriptors and (direct) I/O io/fd-cache.ts; checksummed I/O io/verified-io.ts; stale
-// copies and disk usage io/stale.ts. Disks are plugged/unplugged at run time and a failing one is
-// taken out of the set (its objects are then recovered by the daemon).
+// io/md.ts; descriptors and (direct) I/O io/fd-cache.ts; checksummed I/O io/verified-io.ts and
+// the side files' write-intent logs io/csum-intent.ts; stale copies, moves between disks and disk
+// usage io/stale.ts. Disks are plugged/unplugged at run time and a failing one is taken out of
+// the set (its objects are then recovered by the daemon).
 //
 // I/O choice (measured on Bun 1.x and Deno 2.x, 2 cores, page cache): synchronous positional
 // fs.readSync/fs.writeSync are 10-50x faster than callback or FileHandle async I/O for 4 KiB ops
@@ -23,15 +24,14 @@ import {
   VMSTATE_BIT,
 } from "../core/oid.ts";
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
-import { resealFile, updateTable, verifiedRead } from "./verified-io.ts";
-import { INTENT_FILE, IntentLog } from "./csum-intent.ts";
+import { updateTable, verifiedRead } from "./verified-io.ts";
+import { type IntentLog, IntentLogs } from "./csum-intent.ts";
 import {
   diskFree,
   diskUsage,
   listStaleIn,
+  moveObjectFiles,
   moveStaleOff,
-  publishCopy,
-  readObjectFiles,
   readStaleFile,
   removeObjectFiles,
   scanObjectDir,
@@ -50,7 +50,6 @@ import {
   moveQuiet,
   preadFull,
   pwriteFull,
-  syncQuiet,
   unlinkQuiet,
 } from "./fd-cache.ts";
 import {
@@ -111,8 +110,7 @@ class FileStore implements ObjectStore {
   private rebalanceAgain = false;
   private health: ReturnType<typeof setInterval> | null = null;
   /** Write-intent logs of the side files, per disk (io/csum-intent.ts); none under nosync. */
-  private intents = new Map<Disk, IntentLog>();
-  private cleaner: ReturnType<typeof setInterval> | null = null;
+  private intents: IntentLogs;
   /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
   deferSync = false;
 
@@ -131,6 +129,16 @@ class FileStore implements ObjectStore {
     this.nosync = opts.nosync ?? false;
     this.checksums = opts.checksums ?? checksumsEnabled();
     this.fds = new FdCache(256, this.io.openFlags);
+    this.intents = new IntentLogs({
+      pathOn: (disk, name) => {
+        const p = parseObjectFileName(name);
+        return p ? this.pathOn(disk, p.oid, p.ecIndex) : null;
+      },
+      shared: (name, fn) => this.locks.run(name, false, fn),
+      fds: this.fds,
+      guard: (disk, err) => this.guard(disk, err),
+      log: (level, msg) => this.log(level, msg),
+    }, !this.nosync);
   }
 
   private log(level: "info" | "warn" | "err", msg: string) {
@@ -191,8 +199,7 @@ class FileStore implements ObjectStore {
     this.set.remove(disk);
     this.leaving = this.leaving.filter((d) => d !== disk);
     this.fds.invalidateUnder(disk.path);
-    this.intents.get(disk)?.close();
-    this.intents.delete(disk);
+    this.intents.drop(disk);
     let lost = 0;
     for (const e of this.index.values()) {
       if (e.disk !== disk) continue;
@@ -218,10 +225,7 @@ class FileStore implements ObjectStore {
   close(): void {
     if (this.health) clearInterval(this.health);
     this.health = null;
-    if (this.cleaner) clearInterval(this.cleaner);
-    this.cleaner = null;
-    for (const [d, log] of this.intents) this.closeIntent(d, log);
-    this.intents.clear();
+    this.intents.closeAll();
     this.fds.clear();
   }
 
@@ -254,153 +258,17 @@ class FileStore implements ObjectStore {
     const src = e.disk;
     const from = this.pathOn(src, e.oid, e.ecIndex);
     const to = this.pathOn(want, e.oid, e.ecIndex);
-    try {
-      // Flushed where they are: the moved files then need no entry in either disk's log.
-      await this.settle(src, fileName(e.oid, e.ecIndex), from);
-    } catch (err) {
-      throw this.guard(src, err);
-    }
+    // Flushed where they are: the moved files then need no entry in either disk's log.
+    await this.intents.settle(src, fileName(e.oid, e.ecIndex), from);
     this.fds.invalidate(from);
     this.fds.invalidate(from + CSUM_SUFFIX);
-    let sameFs = false;
-    try {
-      sameFs = fs.statSync(from).dev === fs.statSync(want.path).dev;
-    } catch (err) {
-      throw this.guard(src, err);
-    }
-    if (sameFs) {
-      // The side file first: a crash in between leaves the object where it was, with no side
-      // file (unverified) rather than with a side file of another object.
-      try {
-        moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
-        fs.renameSync(from, to);
-      } catch (err) {
-        throw this.guard(src, err);
-      }
-    } else {
-      let files: Array<[string, Buffer]>;
-      try {
-        files = readObjectFiles(from);
-      } catch (err) {
-        throw this.guard(src, err);
-      }
-      try {
-        publishCopy(to, files, this.nosync);
-      } catch (err) {
-        throw this.guard(want, err);
-      }
-      unlinkQuiet(from);
-      unlinkQuiet(from + CSUM_SUFFIX);
-    }
+    moveObjectFiles(from, to, src, want, this.nosync, (d, err) => this.guard(d, err));
     e.disk = want;
-  }
-
-  // ---- write-intent logs (io/csum-intent.ts) ----
-
-  /** Opens `disk`'s log, reseals what a crash left dirty, starts the cleaner. */
-  private openIntent(disk: Disk): void {
-    if (this.nosync) return;
-    const log = new IntentLog(
-      `${disk.path}/${INTENT_FILE}`,
-      (name, snap, commit) => this.syncForClean(disk, name, snap, commit),
-    );
-    let n = 0, bad = 0;
-    for (const name of log.open()) {
-      const p = parseObjectFileName(name);
-      if (!p) continue;
-      const r = resealFile(this.pathOn(disk, p.oid, p.ecIndex));
-      if (r >= 0) n++;
-      if (r > 0) bad += r;
-    }
-    log.reset();
-    if (n) {
-      this.log(
-        bad ? "warn" : "info",
-        `${disk.path}: resealed the checksums of ${n} objects written before an unclean stop (${bad} blocks had changed without their checksum)`,
-      );
-    }
-    this.intents.set(disk, log);
-    if (!this.cleaner) {
-      this.cleaner = setInterval(() => {
-        for (const l of this.intents.values()) {
-          l.clean().catch((e) => this.log("warn", `checksum cleaner: ${(e as Error).message}`));
-        }
-      }, 1000);
-      (this.cleaner as { unref?: () => void }).unref?.();
-    }
-  }
-
-  /** Flushes every dirty object of `disk` (synchronously) and empties its log. */
-  private closeIntent(disk: Disk, log: IntentLog): void {
-    try {
-      for (const name of log.names()) {
-        const p = parseObjectFileName(name);
-        if (p) syncQuiet(this.pathOn(disk, p.oid, p.ecIndex));
-      }
-      log.reset();
-    } catch { /* left dirty: resealed at the next start */ }
-    log.close();
   }
 
   /** The log to mark before writing an object's side file; null: no flush is promised. */
   private intentFor(disk: Disk): IntentLog | null {
-    return this.checksums && !this.deferSync ? this.intents.get(disk) ?? null : null;
-  }
-
-  /**
-   * The cleaner's flush of one object (under its shared lock, so no create, move or removal is
-   * half done): data and side file flushed, `commit` told the write count seen when they were
-   * opened. A missing file: its unlink is made durable first.
-   */
-  private syncForClean(
-    disk: Disk,
-    name: string,
-    snap: () => number,
-    commit: (g: number) => void,
-  ): Promise<void> {
-    const p = parseObjectFileName(name);
-    if (!p) return Promise.resolve();
-    const path = this.pathOn(disk, p.oid, p.ecIndex);
-    return this.locks.run(name, false, async () => {
-      let c: CachedFd | null = null;
-      let cc: CachedFd | null = null;
-      try {
-        const g = snap();
-        try {
-          c = this.fds.acquire(path, true);
-          cc = this.fds.acquire(path + CSUM_SUFFIX);
-        } catch (err) {
-          if (!isEnoent(err)) throw err;
-        }
-        if (c) await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
-        else await fsyncDir(path.slice(0, path.lastIndexOf("/")));
-        commit(g);
-      } catch (err) {
-        throw this.guard(disk, err);
-      } finally {
-        if (c) this.fds.release(c);
-        if (cc) this.fds.release(cc);
-      }
-    });
-  }
-
-  /** Before an object's files move (exclusive lock held): flushed, so they need no log entry. */
-  private async settle(disk: Disk, name: string, path: string): Promise<void> {
-    const log = this.intents.get(disk);
-    if (!log?.has(name)) return;
-    const fds = [path, path + CSUM_SUFFIX].flatMap((f, i) => {
-      try {
-        return [this.fds.acquire(f, i === 0)];
-      } catch {
-        return [];
-      }
-    });
-    try {
-      await Promise.all(fds.map((c) => fdatasync(c.fd)));
-    } finally {
-      for (const c of fds) this.fds.release(c);
-    }
-    log.forget(name);
+    return this.checksums && !this.deferSync ? this.intents.get(disk) : null;
   }
 
   // ---- lifecycle ----
@@ -412,7 +280,7 @@ class FileStore implements ObjectStore {
       this.leaving = [];
       this.set = new DiskSet(this.paths.map((p) => setupDisk(p, this.kind, false)));
       for (const d of this.set.disks) this.scanDisk(d);
-      for (const d of this.set.disks) this.openIntent(d);
+      for (const d of this.set.disks) this.intents.open(d);
     } catch (e) {
       throw sdErr(e);
     }
@@ -446,7 +314,7 @@ class FileStore implements ObjectStore {
         fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
       }
-      for (const log of this.intents.values()) log.reset();
+      this.intents.resetAll();
       this.index.clear();
     } catch (e) {
       throw sdErr(e);
@@ -616,10 +484,7 @@ class FileStore implements ObjectStore {
             log ? log.mark(name) : cfd >= 0 ? fdatasync(cfd) : undefined,
           ]);
         }
-        if (log) {
-          while (!log.isDurable(name)) await log.mark(name);
-          log.touch(name);
-        }
+        while (log && !log.touch(name)) await log.mark(name);
         const bytes = allocatedBytes(fs.fstatSync(fd));
         closeQuiet(fd);
         fd = -1;
@@ -665,10 +530,7 @@ class FileStore implements ObjectStore {
         // The side file is flushed lazily: first the name durably dirty (once per object, see
         // io/csum-intent.ts), then only the object file is flushed below.
         const log = cc && !this.nosync ? this.intentFor(e.disk) : null;
-        if (log) {
-          while (!log.isDurable(name)) await log.mark(name);
-          log.touch(name);
-        }
+        while (log && !log.touch(name)) await log.mark(name);
         // Everything from here up to the syncs is synchronous, so two writes sharing the lock
         // cannot interleave their read-modify-write of a block's checksum.
         if (cc) {
@@ -740,11 +602,7 @@ class FileStore implements ObjectStore {
       if (!e) throw new SdError(Res.NO_OBJ);
       const path = this.pathOn(e.disk, oid, ecIndex);
       // A stale copy is a recovery source verified against its side file: flushed first.
-      try {
-        await this.settle(e.disk, name, path);
-      } catch (err) {
-        throw this.guard(e.disk, err);
-      }
+      await this.intents.settle(e.disk, name, path);
       this.fds.invalidate(path);
       this.fds.invalidate(path + CSUM_SUFFIX);
       try {
@@ -845,7 +703,7 @@ class FileStore implements ObjectStore {
       }
       this.set.add(d);
       try {
-        this.openIntent(d);
+        this.intents.open(d);
       } catch (e) {
         this.log("err", `${p}: checksum intent log: ${(e as Error).message}`);
       }
@@ -931,9 +789,7 @@ class FileStore implements ObjectStore {
       }
       this.leaving = this.leaving.filter((x) => x !== d);
       this.fds.invalidateUnder(d.path);
-      const log = this.intents.get(d);
-      if (log) this.closeIntent(d, log);
-      this.intents.delete(d);
+      this.intents.close(d);
       this.log("info", `${d.path} emptied: its objects are on the other disks`);
       this.opts.onDisk?.({ kind: "emptied", path: d.path, left: this.set.size, lost: 0 });
     }
