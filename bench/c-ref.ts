@@ -313,6 +313,9 @@ export async function cRefBench(o: CRefOptions): Promise<void> {
     return;
   }
   const refName = "C Sheepdog 1.0";
+  // BENCH_C_PARTS=c3,c1,c8,create,recovery runs only those parts (default: all).
+  const parts = (process.env.BENCH_C_PARTS ?? "").split(",").filter(Boolean);
+  const want = (p: string) => parts.length === 0 || parts.includes(p);
   const gib = o.size / MiB;
   const add = (
     sec: string,
@@ -340,6 +343,7 @@ export async function cRefBench(o: CRefOptions): Promise<void> {
     });
   };
   for (const copies of [3, 1]) {
+    if (!want(`c${copies}`)) continue;
     log(`c: 3 nodes copies=${copies}, ${o.iters} alternating rounds`);
     const r = await alternate(o, bin, 3, copies, (b, f) => applianceRound(b, o, f, copies));
     const sec = `vs C, 3 nodes copies=${copies}`;
@@ -371,7 +375,7 @@ export async function cRefBench(o: CRefOptions): Promise<void> {
     add(sec, "largest sheep RSS, idle", "MB", r, p + "rss idle", "lower");
     add(sec, `largest sheep RSS, after ${gib} MiB written`, "MB", r, p + "rss loaded", "lower");
   }
-  if (o.full) {
+  if (o.full && want("c8")) {
     log("c: 8 nodes copies=3");
     const r = await alternate(o, bin, 8, 3, (b, f) => applianceRound(b, o, f, 3));
     add(
@@ -393,7 +397,7 @@ export async function cRefBench(o: CRefOptions): Promise<void> {
       "c3 read warm sheep cpu",
     );
   }
-  {
+  if (want("create")) {
     log(`c: ${o.creates} x vdi create / delete`);
     const r = await alternate(o, bin, 3, 3, (b, f) => createDeleteRound(b, o, f));
     add(
@@ -413,7 +417,7 @@ export async function cRefBench(o: CRefOptions): Promise<void> {
       "higher",
     );
   }
-  {
+  if (want("recovery")) {
     log("c: recovery, 4 nodes copies=3");
     const r = await alternate(o, bin, 4, 3, (b, f) => recoveryRound(b, o, f));
     add(

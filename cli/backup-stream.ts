@@ -60,6 +60,11 @@ export class StreamDigest {
     h.init();
     return new StreamDigest(h);
   }
+  /** Back to the state of a new digest (a fresh WASM instance costs ~0.4 ms). */
+  reset(): this {
+    this.h.init();
+    return this;
+  }
   update(b: Uint8Array): void {
     if (b.length) this.h.update(b);
   }

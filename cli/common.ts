@@ -66,18 +66,29 @@ export async function outAsync(b: Buffer, written?: () => void): Promise<void> {
     written?.();
     throw stdoutBroken;
   }
-  if (!process.stdout.write(b, written && (() => written()))) {
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        process.stdout.removeListener("drain", done);
-        process.stdout.removeListener("error", done);
-        resolve();
-      };
-      process.stdout.once("drain", done);
-      process.stdout.once("error", done);
-    });
+  if (!process.stdout.write(b, written && (() => written()))) await drained();
+  if (stdoutBroken) throw stdoutBroken;
+}
+
+/** Writes the pieces of one read to stdout in order, honouring backpressure (no joining copy). */
+export async function outPartsAsync(parts: readonly Buffer[]): Promise<void> {
+  for (let i = 0; i < parts.length; i++) {
+    if (stdoutBroken) throw stdoutBroken;
+    if (!process.stdout.write(parts[i])) await drained();
   }
   if (stdoutBroken) throw stdoutBroken;
+}
+
+function drained(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      process.stdout.removeListener("drain", done);
+      process.stdout.removeListener("error", done);
+      resolve();
+    };
+    process.stdout.once("drain", done);
+    process.stdout.once("error", done);
+  });
 }
 
 export function flushStream(s: NodeJS.WriteStream): Promise<void> {

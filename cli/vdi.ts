@@ -24,6 +24,7 @@ import {
   writeObject,
 } from "../core/object-io.ts";
 import { readInodeWithSlots, VdiHandle } from "../core/vdi-io.ts";
+import { vdiReadFast } from "./vdi-read-fast.ts";
 import { banner, strnumber, VDI_LIST_HEADER, vdiListRow } from "./format.ts";
 import {
   Ctx,
@@ -35,7 +36,7 @@ import {
   EXIT_USAGE,
   OLD_MAX_DATA_OBJS,
   out,
-  outAsync,
+  outPartsAsync,
   showProgress,
   StderrProgress,
 } from "./common.ts";
@@ -316,10 +317,12 @@ export async function vdiRead(c: Ctx): Promise<number> {
   const os = handle.objectSize;
   const CHUNK = Math.min(os, 4 * 1024 * 1024);
   const WINDOW = 8;
-  // Replies land in buffers reused once stdout is done with them: new buffers per read cost a
-  // page fault per 4 KiB, most of dog's CPU time, and memory that is freed only lazily.
-  const free: Buffer[] = [];
-  const queue: { p: Promise<Buffer>; own: Buffer }[] = [];
+  const progress = new StderrProgress(total, c.raw);
+  const fast = await vdiReadFast(c, handle, Number(ol.offset), Number(ol.offset + total), progress);
+  if (fast !== null) return fast;
+  // Replies stay in the pieces the socket delivered (fresh per read on Bun) and go to stdout
+  // as they are: joining them, or copying into reused buffers, was most of dog's CPU time.
+  const queue: Promise<readonly Buffer[]>[] = [];
   let pos = Number(ol.offset);
   const end = Number(ol.offset + total);
   let failed: unknown = null;
@@ -327,34 +330,31 @@ export async function vdiRead(c: Ctx): Promise<number> {
     if (pos >= end) return false;
     const objEnd = (Math.floor(pos / os) + 1) * os;
     const len = Math.min(CHUNK, objEnd - pos, end - pos);
-    const own = free.pop() ?? Buffer.allocUnsafe(CHUNK);
-    const p = handle.read(pos, len, own);
+    const p = handle.readParts(pos, len);
     p.catch(() => {}); // observed when dequeued
-    queue.push({ p, own });
+    queue.push(p);
     pos += len;
     return true;
   };
-  const progress = new StderrProgress(total, c.raw);
   let sent = 0n;
   while (queue.length < WINDOW && next());
   while (queue.length) {
-    let buf: Buffer;
-    const q = queue.shift()!;
+    let parts: readonly Buffer[];
     try {
-      buf = await q.p;
+      parts = await queue.shift()!;
     } catch (e) {
       failed = e;
       break;
     }
     next();
     try {
-      await outAsync(buf, () => free.push(q.own));
+      await outPartsAsync(parts);
     } catch (e) {
       progress.end();
       err(`Failed to write to stdout: ${errnoText(e)}`);
       return EXIT_SYSFAIL;
     }
-    sent += BigInt(buf.length);
+    for (const b of parts) sent += BigInt(b.length);
     progress.update(sent);
   }
   progress.end();

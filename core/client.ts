@@ -7,6 +7,11 @@ import { type Header, Res } from "./proto.ts";
 export interface Reply {
   hdr: Header;
   data: Buffer;
+  /**
+   * The payload in the pieces it arrived in, when the client kept them as views (no copy);
+   * `data` then joins them on first use. Absent: use `data`.
+   */
+  readonly parts?: readonly Buffer[];
 }
 
 /** C strerror() texts for the socket errors a client typically sees. */

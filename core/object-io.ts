@@ -14,7 +14,7 @@ export type Requester = (
   hdr: Header,
   data?: Buffer,
   into?: Buffer,
-) => Promise<{ hdr: Header; data: Buffer }>;
+) => Promise<{ hdr: Header; data: Buffer; readonly parts?: readonly Buffer[] }>;
 
 /** Parallel object requests per read/write call. */
 export const IO_PARALLEL = 16;
@@ -94,6 +94,31 @@ export async function readObject(
   const out = Buffer.alloc(len);
   d.copy(out, Math.min(at, len), 0, Math.max(0, Math.min(d.length, len - at)));
   return out;
+}
+
+/**
+ * READ_OBJ whose payload comes back in the pieces it arrived in when the client kept them
+ * (views into its socket chunks; callers must not modify them): a stream to stdout copies
+ * nothing. Otherwise one buffer, as readObject.
+ */
+export async function readObjectParts(
+  req: Requester,
+  oid: bigint,
+  len: number,
+  offset = 0,
+): Promise<readonly Buffer[]> {
+  const h = Header.req(Op.READ_OBJ, { dataLength: len });
+  h.oid = oid;
+  h.offset = offset;
+  const rsp = await req(h);
+  checkResult(rsp);
+  const at = Number(rsp.hdr.rspObjOffset);
+  if (rsp.parts && at === 0 && Number(rsp.hdr.dataLength) === len) return rsp.parts;
+  const d = rsp.data;
+  if (at === 0 && d.length === len) return [d];
+  const out = Buffer.alloc(len);
+  d.copy(out, Math.min(at, len), 0, Math.max(0, Math.min(d.length, len - at)));
+  return [out];
 }
 
 export interface WriteOpts {

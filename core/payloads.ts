@@ -3,6 +3,7 @@
 // offset appears anywhere else. Node stats have their own module (node-stat.ts).
 import { Buffer } from "node:buffer";
 import { decodeNode, decodeNodes, encodeNode, type SdNode } from "./node.ts";
+import { SD_MAX_NODES } from "./oid.ts";
 import { readFixedString } from "./proto.ts";
 
 const SD_NODE_SIZE = 80;
@@ -206,7 +207,7 @@ export function decodeEpochLogs(buf: Buffer, nodesNr: number): EpochLog[] {
 // ---------------------------------------------------------------------------------------------
 // CLUSTER_INFO: struct cluster_info
 
-export const SD_MAX_NODES = 6144;
+export { SD_MAX_NODES };
 export const CLUSTER_INFO_SIZE = 48 + SD_MAX_NODES * SD_NODE_SIZE;
 
 export interface ClusterInfo {

@@ -17,6 +17,7 @@ import {
   objectSizeOf,
   readInodeHeader,
   readObject,
+  readObjectParts,
   type Requester,
   type SlotMap,
   writeObject,
@@ -201,6 +202,30 @@ export class VdiHandle {
     await settleAll(tasks);
     return out;
   }
+
+  /** The object holding data index idx (this VDI's or an ancestor's), or null: unallocated. */
+  dataOid(idx: number): bigint | null {
+    const vid = this.slots.get(idx);
+    return vid ? vidToDataOid(vid, idx) : null;
+  }
+
+  /**
+   * As read, the result in pieces that may be views of the client's socket chunks or a shared
+   * zero buffer (so they must not be modified): `dog vdi read` writes them out without a copy.
+   */
+  async readParts(offset: number, length: number): Promise<readonly Buffer[]> {
+    this.checkRange(offset, length);
+    const segs = this.segments(offset, length);
+    if (segs.length !== 1 || length > MAX_READ_CHUNK) return [await this.read(offset, length)];
+    const s = segs[0], vid = this.slots.get(s.idx);
+    if (!vid) {
+      if (this.zeros.length < length) this.zeros = Buffer.alloc(length);
+      return [this.zeros.subarray(0, length)];
+    }
+    const oid = vidToDataOid(vid, s.idx);
+    return await this.limiter.run(() => readObjectParts(this.req, oid, length, s.off));
+  }
+  private zeros: Buffer = Buffer.alloc(0);
 
   /**
    * Writes data at offset: CREATE_AND_WRITE for empty slots, COW create for slots owned by

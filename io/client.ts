@@ -24,10 +24,47 @@ const MAX_RSP_PAYLOAD = 0x7fffffff;
 const RECV_BUFFER = 256 * 1024;
 
 /**
+ * Bun emulates `onread` over `data` events: each read arrives in a fresh buffer that is then
+ * copied into the reused one (three copies of every byte with ours). There, replies are cut
+ * straight out of the `data` buffers, which are never reused, so payloads may stay views of them.
+ */
+const FRESH_CHUNKS = "Bun" in globalThis;
+
+/** Payloads smaller than this are copied out of a chunk rather than kept as views (a view
+ * pins its whole chunk, up to 512 KiB, while the reply lives). */
+const MIN_VIEW = 64 * 1024;
+
+/**
+ * A reply whose payload is kept as it arrived, in views of the socket's chunks: a caller that
+ * streams them (`dog vdi read`) never copies; `data` joins them on first use.
+ */
+class PartsReply implements Reply {
+  private joined: Buffer | null = null;
+  constructor(
+    readonly hdr: Header,
+    private pieces: readonly Buffer[],
+    private readonly len: number,
+  ) {}
+  get parts(): readonly Buffer[] {
+    return this.pieces;
+  }
+  get data(): Buffer {
+    return this.joined ??= this.pieces.length === 1
+      ? this.pieces[0]
+      : Buffer.concat(this.pieces as Buffer[], this.len);
+  }
+  set data(d: Buffer) {
+    this.joined = d;
+    this.pieces = [d];
+  }
+}
+
+/**
  * Cuts replies out of the bytes the socket reads into its one reused buffer (`onread`): each
  * payload is copied once, into a buffer of its own size. A `data` event instead hands over a
  * fresh buffer per read, which the frame parser copied again into the payload: two new
  * allocations (and page faults) per byte received, most of dog's CPU time on `vdi read`.
+ * Chunks that are never reused (`push` with `emitParts`) are kept as views instead.
  */
 export class ReplyReader {
   private hdrBuf = Buffer.allocUnsafe(SD_REQ_SIZE);
@@ -35,14 +72,24 @@ export class ReplyReader {
   private hdr: Header | null = null;
   private data: Buffer = EMPTY;
   private fill = 0;
+  /** Views of the current payload when it is kept in the chunks (data is EMPTY then). */
+  private parts: Buffer[] | null = null;
   constructor(
     /** The buffer a reply's payload goes to (its first len bytes), or null for a new one. */
     private readonly target: (hdr: Header, len: number) => Buffer | null = () => null,
     private readonly maxPayload = MAX_RSP_PAYLOAD,
   ) {}
 
-  /** Consumes src[0, n) now (src is overwritten later); emits every reply completed. */
-  push(src: Uint8Array, n: number, emit: (hdr: Header, data: Buffer) => void): void {
+  /**
+   * Consumes src[0, n) now (src is overwritten later); emits every reply completed. With
+   * `emitParts`, src is never reused: payloads without a target stay views of it.
+   */
+  push(
+    src: Uint8Array,
+    n: number,
+    emit: (hdr: Header, data: Buffer) => void,
+    emitParts?: (hdr: Header, parts: Buffer[], len: number) => void,
+  ): void {
     let p = 0;
     while (p < n) {
       if (this.hdr === null) {
@@ -61,9 +108,24 @@ export class ReplyReader {
           continue;
         }
         this.hdr = hdr;
-        const t = this.target(hdr, len);
-        this.data = t && t.length >= len ? t.subarray(0, len) : Buffer.allocUnsafe(len);
         this.fill = 0;
+        const t = this.target(hdr, len);
+        if (t && t.length >= len) this.data = t.subarray(0, len);
+        else if (emitParts && len >= MIN_VIEW) {
+          this.parts = [];
+          this.data = EMPTY;
+        } else this.data = Buffer.allocUnsafe(len);
+      } else if (this.parts !== null) {
+        const len = this.hdr.dataLength;
+        const k = Math.min(len - this.fill, n - p);
+        this.parts.push(Buffer.from(src.buffer, src.byteOffset + p, k));
+        this.fill += k;
+        p += k;
+        if (this.fill < len) return;
+        const hdr = this.hdr, parts = this.parts;
+        this.hdr = null;
+        this.parts = null;
+        emitParts!(hdr, parts, len);
       } else {
         const k = Math.min(this.data.length - this.fill, n - p);
         this.data.set(src.subarray(p, p + k), this.fill);
@@ -87,6 +149,7 @@ export class ReplyReader {
 export class SheepClient {
   private readonly sock: net.Socket;
   private readonly reader = new ReplyReader((hdr) => this.pending.get(hdr.id)?.into ?? null);
+  private readonly keepParts: boolean;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private blocked = false;
@@ -100,8 +163,11 @@ export class SheepClient {
     readonly host: string,
     readonly port: number,
     private readonly clock: Clock,
+    fresh: boolean,
   ) {
     this.sock = sock;
+    this.keepParts = fresh;
+    if (fresh) sock.on("data", (b: Buffer) => this.onRead(b, b.length));
     this.lastUsed = clock.now();
     sock.setNoDelay(true);
     sock.on("drain", () => this.onDrain());
@@ -118,17 +184,19 @@ export class SheepClient {
     return new Promise((resolve, reject) => {
       let done = false;
       let client: SheepClient | null = null;
-      const sock = net.createConnection({
-        host,
-        port,
-        onread: {
-          buffer: Buffer.allocUnsafeSlow(RECV_BUFFER),
-          callback: (n: number, buf: Uint8Array) => {
-            client?.onRead(buf, n);
-            return true;
+      const sock = net.createConnection(
+        FRESH_CHUNKS ? { host, port } : {
+          host,
+          port,
+          onread: {
+            buffer: Buffer.allocUnsafeSlow(RECV_BUFFER),
+            callback: (n: number, buf: Uint8Array) => {
+              client?.onRead(buf, n);
+              return true;
+            },
           },
-        },
-      } as net.NetConnectOpts);
+        } as net.NetConnectOpts,
+      );
       let timer: TimerHandle | undefined;
       const finish = (err: Error | null) => {
         if (done) return;
@@ -149,7 +217,7 @@ export class SheepClient {
             ),
           );
         } else {
-          client = new SheepClient(sock, host, port, clock);
+          client = new SheepClient(sock, host, port, clock, FRESH_CHUNKS);
           resolve(client);
         }
       };
@@ -228,11 +296,19 @@ export class SheepClient {
     p.resolve({ hdr, data });
   };
 
-  /** onread: n bytes at the start of the connection's receive buffer. */
+  private readonly onParts = (hdr: Header, parts: Buffer[], len: number): void => {
+    this.lastUsed = this.clock.now();
+    const p = this.pending.get(hdr.id);
+    if (!p) return;
+    this.pending.delete(hdr.id);
+    p.resolve(new PartsReply(hdr, parts, len));
+  };
+
+  /** n bytes at the start of buf: the reused receive buffer (onread) or a fresh chunk. */
   onRead(buf: Uint8Array, n: number): void {
     if (this.closedErr) return;
     try {
-      this.reader.push(buf, n, this.onReply);
+      this.reader.push(buf, n, this.onReply, this.keepParts ? this.onParts : undefined);
     } catch (e) {
       this.fail(e as Error);
       this.sock.destroy();

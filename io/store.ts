@@ -38,6 +38,7 @@ import {
   type DataIo,
   fdatasync,
   FdCache,
+  fdCacheSize,
   fsyncDir,
   isEnoent,
   moveQuiet,
@@ -119,7 +120,7 @@ class FileStore implements ObjectStore {
     this.io = opts.io ?? bufferedIo;
     this.nosync = opts.nosync ?? false;
     this.checksums = opts.checksums ?? checksumsEnabled();
-    this.fds = new FdCache(256, this.io.openFlags);
+    this.fds = new FdCache(fdCacheSize(), this.io.openFlags);
   }
 
   private log(level: "info" | "warn" | "err", msg: string) {

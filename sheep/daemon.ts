@@ -213,6 +213,12 @@ export class Sheep {
       this.baseDir,
       {
         handle: (h, d) => this.handle(h, d),
+        classOf: (h) =>
+          OP_TABLE.get(h.opcode)?.kind !== "peer"
+            ? "client"
+            : h.opcode === Op.GET_HASH || h.flags & Flag.CMD_RECOVERY
+            ? "recovery"
+            : "peer",
         epoch: () => this.state.epoch,
         log: this.log,
         sockets: this.sockets,

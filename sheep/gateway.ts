@@ -162,7 +162,8 @@ export class Gateway {
       const order = localIdx >= 0
         ? [targets[localIdx], ...targets.filter((_, i) => i !== localIdx)]
         : rotate(targets);
-      let last: unknown = new SdError(Res.NO_OBJ);
+      // Built only on failure: an Error's stack capture was ~1.5 us of every read.
+      let last: unknown = null;
       let netErrors = 0;
       const corrupt: SdNode[] = [];
       for (const node of order) {
@@ -193,7 +194,7 @@ export class Gateway {
           `no holder of ${req.oid.toString(16)} answered: ${(last as Error).message}`,
         );
       }
-      throw last;
+      throw last ?? new SdError(Res.NO_OBJ);
     });
   }
 

@@ -47,12 +47,7 @@ export class GatewayOps {
   async read(req: Header): Promise<Reply> {
     // A read past the object's end is refused before anything is allocated for it (a bogus
     // length would otherwise cost a buffer of up to 4 GiB on every node it reaches).
-    const limit = this.s.ecPolicyOf(req.oid, req.objCopyPolicy)
-      ? this.s.objectSize(req.oid)
-      : this.s.storedSize(req.oid, req.objCopyPolicy);
-    if (req.offset + req.dataLength > limit) {
-      return errorReply(req, new SdError(Res.INVALID_PARMS));
-    }
+    if (this.pastEnd(req, req.dataLength)) return errorReply(req, new SdError(Res.INVALID_PARMS));
     const c = this.s.coherence.beforeRead(req.oid);
     if (c) await c;
     const cache = this.s.cache;
@@ -123,7 +118,20 @@ export class GatewayOps {
     if (st?.snapshot) throw new SdError(Res.READONLY);
   }
 
+  /**
+   * Whether [offset, offset+length) leaves the object: refused before anything is allocated or
+   * written for it (a bogus length or offset would cost buffers, or sparse files, of up to 4 GiB
+   * on every node it reaches).
+   */
+  private pastEnd(req: Header, length: number): boolean {
+    const limit = this.s.ecPolicyOf(req.oid, req.objCopyPolicy)
+      ? this.s.objectSize(req.oid)
+      : this.s.storedSize(req.oid, req.objCopyPolicy);
+    return req.offset + length > limit;
+  }
+
   async create(req: Header, data: Buffer): Promise<Reply> {
+    if (this.pastEnd(req, data.length)) return errorReply(req, new SdError(Res.INVALID_PARMS));
     this.checkWritable(req.oid);
     const r = await this.cacheWrite(req, data);
     return r ?? await this.createDirect(req, data);
@@ -177,6 +185,7 @@ export class GatewayOps {
    * (protocol.md §9.4): an object referenced by nobody else (gref {0,0}) is removed at once.
    */
   async write(req: Header, data: Buffer): Promise<Reply> {
+    if (this.pastEnd(req, data.length)) return errorReply(req, new SdError(Res.INVALID_PARMS));
     this.checkWritable(req.oid);
     const r = await this.cacheWrite(req, data);
     return r ?? await this.writeDirect(req, data);

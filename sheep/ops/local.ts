@@ -14,6 +14,7 @@ import {
   LockState,
   MD_INFO_SIZE,
   SCRUB_STATUS_SIZE,
+  SD_MAX_NODES,
   VDI_STATE_SIZE,
 } from "../../core/payloads.ts";
 import { encodeNodeStats } from "../../core/node-stat.ts";
@@ -24,6 +25,7 @@ import {
   EMPTY,
   Flag,
   Header,
+  MAX_PAYLOAD,
   Op,
   Res,
   SD_SHEEP_PROTO_VER,
@@ -358,6 +360,9 @@ export class LocalOps {
   private epochLogReply(req: Header): Reply {
     const rsp = new Header();
     const nodesNr = req.nodesNr;
+    // A bogus node count or length must not size the reply (up to 4 GiB per request otherwise).
+    if (nodesNr > SD_MAX_NODES) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+    const room = Math.min(req.dataLength, MAX_PAYLOAD);
     const recSize = epochLogRecordSize(nodesNr);
     const epochs = listEpochs(this.s.baseDir).sort((a, b) => b - a);
     const out: Buffer[] = [];
@@ -366,7 +371,7 @@ export class LocalOps {
     else if (this.s.state.status === Status.WAIT) result = Res.WAIT_FOR_JOIN;
     else if (this.s.state.status === Status.SHUTDOWN) result = Res.SHUTDOWN;
     for (let i = 0; i < epochs.length; i++) {
-      if ((out.length + 1) * recSize > req.dataLength) break;
+      if ((out.length + 1) * recSize > room) break;
       const e = epochs[i];
       const rec = readEpoch(this.s.baseDir, e);
       if (!rec) continue;

@@ -55,13 +55,17 @@ export class PeerOps {
       }
     }
     if (this.s.opts.gateway) return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
+    // Never past the object's end: nothing is allocated, nor a sparse file grown, for a bogus
+    // length or offset.
+    const length = req.opcode === Op.READ_PEER ? req.dataLength : data.length;
+    if (
+      (req.opcode === Op.READ_PEER || req.opcode === Op.WRITE_PEER ||
+        req.opcode === Op.CREATE_AND_WRITE_PEER) &&
+      req.offset + length > this.s.storedSize(req.oid, req.objCopyPolicy)
+    ) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
     try {
       switch (req.opcode) {
         case Op.READ_PEER: {
-          // Never past the file's end: nothing is allocated for a bogus length.
-          if (req.offset + req.dataLength > this.s.storedSize(req.oid, req.objCopyPolicy)) {
-            return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
-          }
           if (req.flags & Flag.CMD_RECOVERY) {
             if (this.s.store.exists(req.oid, ec)) {
               return {

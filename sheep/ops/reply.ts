@@ -5,8 +5,10 @@ import { errnoToRes, SdError } from "../../core/errors.ts";
 import { decodeInodeHeader, type InodeHeader } from "../../core/inode.ts";
 import { isVdiObj, SD_INODE_HEADER_SIZE } from "../../core/oid.ts";
 import type { VdiState } from "../../core/vdi.ts";
+import type { Reply } from "../../core/client.ts";
 
-export type Reply = { hdr: Header; data: Buffer };
+/** One reply shape for the client and the server: a relayed peer reply keeps its pieces. */
+export type { Reply } from "../../core/client.ts";
 
 /** What a work phase tells every node to apply in its main phase. */
 export type Apply =

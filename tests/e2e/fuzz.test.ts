@@ -117,11 +117,25 @@ test(
     const nbdGen = (r: Rng) =>
       nbdStream(r, { exportName: "fuzz", exportSize: 64 * MiB }, r.range(1, 60));
     const counts: number[] = [];
+    // Peak RSS per node while a port is fuzzed, sampled: printed to say which port costs memory.
+    let peak = pids.map(rss);
+    const sampler = setInterval(() => (peak = pids.map((p, i) => Math.max(peak[i], rss(p)))), 100);
+    const mib = (xs: number[]) => xs.map((x) => (x / MiB).toFixed(0)).join(",");
     for (let i = 0; i < 3; i++) {
-      counts.push(await fuzzPort(c.nodes[i].port, rng.fork(), sheepGen));
-      counts.push(await fuzzPort(c.nodes[i].nbdPort!, rng.fork(), nbdGen));
-      console.log(`fuzz: after node ${i}: RSS MiB ${pids.map((p) => (rss(p) / MiB).toFixed(0))}`);
+      for (
+        const [name, port, gen] of [
+          ["sheep", c.nodes[i].port, sheepGen],
+          ["nbd", c.nodes[i].nbdPort!, nbdGen],
+        ] as const
+      ) {
+        peak = pids.map(rss);
+        counts.push(await fuzzPort(port, rng.fork(), gen));
+        console.log(
+          `fuzz: node ${i} ${name} port: peak RSS MiB ${mib(peak)}, now ${mib(pids.map(rss))}`,
+        );
+      }
     }
+    clearInterval(sampler);
     // Let replies drain and the collector run before judging memory.
     await new Promise((r) => setTimeout(r, 10_000));
     const rss1 = pids.map(rss);

@@ -127,6 +127,36 @@ test("ReplyReader: a stream of replies cut at every split point, read through on
   expect(() => new ReplyReader(() => null, 999).push(big.b, big.b.length, () => {})).toThrow();
 });
 
+test("ReplyReader: payloads kept as views of fresh chunks (emitParts), small ones copied", () => {
+  const mk = (id: number, data: Buffer) => {
+    const h = new Header();
+    h.id = id;
+    h.dataLength = data.length;
+    return Buffer.concat([h.b, data]);
+  };
+  const big = Buffer.alloc(200_000);
+  for (let i = 0; i < big.length; i++) big[i] = (i * 7) & 0xff;
+  const payloads = [Buffer.from("small"), big, Buffer.alloc(0), big.subarray(1000, 70_000)];
+  const stream = Buffer.concat(payloads.map((d, i) => mk(i + 1, d)));
+  for (const size of [1, 47, 48, 4096, 65_536, 300_000]) {
+    const r = new ReplyReader();
+    const got = new Map<number, Buffer>();
+    let viewed = 0;
+    for (let a = 0; a < stream.length; a += size) {
+      const chunk = Buffer.from(stream.subarray(a, a + size)); // fresh, never reused
+      r.push(chunk, chunk.length, (h, d) => got.set(h.id, Buffer.from(d)), (h, parts, len) => {
+        viewed++;
+        expect(parts.reduce((n, p) => n + p.length, 0)).toBe(len);
+        got.set(h.id, Buffer.concat(parts));
+      });
+    }
+    expect([...got.keys()].sort()).toEqual([1, 2, 3, 4]);
+    payloads.forEach((d, i) => expect(got.get(i + 1)!.equals(d)).toBe(true));
+    expect(viewed).toBe(2);
+    expect(r.pending).toBe(0);
+  }
+});
+
 test("a reply's payload lands in the caller's buffer when given", async () => {
   const { port } = await fakeServer((sock, hdr) => sock.write(reply(hdr, Buffer.alloc(64, 5))));
   const c = await SheepClient.connect("127.0.0.1", port);
