@@ -43,6 +43,7 @@ import {
 } from "../core/journal-record.ts";
 import { GroupSync, type ObjectStore } from "../core/store.ts";
 import { blockLen, blockSizeOf, crcOf, CSUM_SUFFIX, entryOffset } from "./checksum.ts";
+import { fsyncDir } from "./fd-cache.ts";
 
 export const JOURNAL_FILE = "journal_file";
 
@@ -173,6 +174,8 @@ export class Journal {
     store.deferSync = true;
     const exists = fs.existsSync(this.file);
     this.fd = fs.openSync(this.file, exists ? "r+" : "w+");
+    // A new journal's name must be durable before any record in it counts as such.
+    if (!exists) await fsyncDir(this.dir);
     const slots = Buffer.alloc(2 * HEADER_SLOT);
     const n = fs.readSync(this.fd, slots, 0, slots.length, 0);
     const hdr = n === slots.length
