@@ -26,7 +26,9 @@ export interface CachedFd {
 export function fdCacheSize(): number {
   const WANT = 2048;
   try {
-    const m = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync("/proc/self/limits", "utf8"));
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(
+      fs.readFileSync("/proc/self/limits", "utf8"),
+    );
     if (!m || m[1] === "unlimited") return WANT;
     return Math.max(64, Math.min(WANT, Math.floor(Number(m[1]) / 4)));
   } catch {

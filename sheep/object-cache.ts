@@ -2,8 +2,9 @@
 // files under the cache dir (io/cache-file.ts) with their dirty blocks (core/cache-index.ts).
 //
 // Write-back: a write with SD_FLAG_CMD_CACHE is acknowledged once it is in the cache file; the
-// push (flush, FUA, detach, `dog vdi cache flush`, the background writer) sends it through the
-// normal gateway path, so every replica has fdatasync'ed it when the push returns. A new object
+// push (flush, FUA, detach, `dog vdi cache flush`, the background writer) sends an object's dirty
+// runs through the gateway (Gateway.writeRuns: one fdatasync per replica for all of them), so
+// every replica has them on disk when the push returns. A new object
 // is created in the cache only: its push is a CREATE_AND_WRITE of the whole object (a clone's
 // object was seeded from its base when it was created here, exactly as the gateway's own
 // copy-on-write does) followed by the inode slot that points to it. The client's own slot update
@@ -43,7 +44,7 @@ import {
   vidToDataOid,
   vidToVdiOid,
 } from "../core/oid.ts";
-import { Limiter } from "../core/object-io.ts";
+import { Limiter, runLimited } from "../core/object-io.ts";
 import { EMPTY, Flag, Header, Op, Res } from "../core/proto.ts";
 import type { VdiTable } from "../core/vdi.ts";
 import { CacheFiles, crc } from "../io/cache-file.ts";
@@ -58,6 +59,12 @@ export interface CacheContext {
   readonly vdis: VdiTable;
   /** READ_OBJ / WRITE_OBJ / CREATE_AND_WRITE_OBJ through the gateway, bypassing the cache. */
   cacheForward(hdr: Header, data: Buffer): Promise<Reply>;
+  /** WRITE_OBJ of several runs of one object, on disk everywhere at one sync per replica. */
+  cachePush(
+    hdr: Header,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    limit: <T>(f: () => Promise<T>) => Promise<T>,
+  ): Promise<Reply[]>;
   objectSize(oid: bigint): number;
   /** This sheep's host:port, as VDI lock owners are named. */
   selfName(): string;
@@ -642,17 +649,17 @@ export class ObjectCache {
         }
       });
       if (!parts.length) return;
-      const results = await Promise.all(parts.map((p) => {
-        const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
-          flags: Flag.CMD_WRITE,
-          dataLength: p.data.length,
-        });
-        h.oid = e.oid;
-        h.offset = p.off;
-        h.objCopies = copies;
-        h.objCopyPolicy = copyPolicy;
-        return this.requests.run(() => this.s.cacheForward(h, p.data));
-      }));
+      const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
+        flags: Flag.CMD_WRITE,
+        dataLength: parts[0].data.length,
+      });
+      h.oid = e.oid;
+      h.offset = parts[0].off;
+      h.objCopies = copies;
+      h.objCopyPolicy = copyPolicy;
+      const results = e.create
+        ? [await this.requests.run(() => this.s.cacheForward(h, parts[0].data))]
+        : await this.s.cachePush(h, parts, (f) => this.requests.run(f));
       if (!e.create && results.some((r) => r.hdr.result === Res.NO_OBJ)) {
         // The object was removed under us (its slot cleared): nothing left to push it into.
         this.s.log.warn(`object cache: ${e.oid.toString(16)} is gone from the cluster; dropped`);
@@ -790,25 +797,4 @@ function sealBlocks(e: CacheEntry, b0: number, b1: number, buf: Buffer, bs: numb
   for (let b = b0; b < b1; b++) {
     e.crcs[b] = crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs)));
   }
-}
-
-async function runLimited<T>(
-  items: T[],
-  n: number,
-  fn: (t: T) => Promise<void>,
-): Promise<void> {
-  let i = 0;
-  let first: unknown = null;
-  const worker = async () => {
-    while (i < items.length) {
-      const t = items[i++];
-      try {
-        await fn(t);
-      } catch (e) {
-        first ??= e;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  if (first) throw first;
 }
