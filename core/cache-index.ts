@@ -4,11 +4,11 @@
 // (callers pass `now`).
 import { Buffer } from "node:buffer";
 
-/** Dirty tracking granularity: an object is cut into at most 64 blocks (one bit each). */
-export const CACHE_BLOCKS = 64;
-/** Every cache file starts with one header page; the object's bytes follow it. */
-export const CACHE_HEADER_SIZE = 4096;
-const MAGIC = 0x3148434143445321n; // "!SDCACH1" little-endian
+/** CRC granularity: an object is cut into at most 1024 blocks, the same as its sectors. */
+export const CACHE_BLOCKS = 1024;
+/** Every cache file starts with two header pages (1024 CRCs fill one); the object follows. */
+export const CACHE_HEADER_SIZE = 8192;
+const MAGIC = 0x3248434143445321n; // "!SDCACH2" little-endian (CACH1: 64 KiB CRC blocks)
 
 export interface CacheEntry {
   oid: bigint;
@@ -33,9 +33,12 @@ export function fileBytes(objSize: number): number {
   return CACHE_HEADER_SIZE + objSize;
 }
 
-/** Block size for an object: a 64th of it, at least 4 KiB (the O_DIRECT alignment). */
+/**
+ * CRC block size: a sector (at least 4 KiB, the O_DIRECT alignment). A whole-sector write
+ * then has every byte its CRCs need: no read-modify-write on the ack path.
+ */
 export function blockSizeOf(objSize: number): number {
-  return Math.max(4096, Math.ceil(objSize / CACHE_BLOCKS / 4096) * 4096);
+  return sectorSizeOf(objSize);
 }
 
 export function blockCountOf(objSize: number): number {
@@ -44,7 +47,7 @@ export function blockCountOf(objSize: number): number {
 
 // Dirty and valid bits are per sector (4 KiB, at most 1024 per object): a 4 KiB write makes one
 // sector dirty and needs nothing from the cluster; CRCs stay per block (64 per object).
-export const MAX_SECTORS = 1024;
+export const MAX_SECTORS = CACHE_BLOCKS;
 
 export function sectorSizeOf(objSize: number): number {
   return Math.max(4096, Math.ceil(objSize / MAX_SECTORS / 4096) * 4096);
@@ -82,37 +85,61 @@ export function coveredSectors(off: number, len: number, objSize: number): bigin
 export function blockMask(off: number, len: number, objSize: number): bigint {
   if (len <= 0) return 0n;
   const bs = blockSizeOf(objSize);
-  const first = Math.floor(off / bs), last = Math.floor((off + len - 1) / bs);
-  let m = 0n;
-  for (let b = first; b <= last; b++) m |= 1n << BigInt(b);
-  return m;
+  return bits(Math.floor(off / bs), Math.floor((off + len - 1) / bs) + 1);
 }
 
-/** First and one-past-last block set in a mask (upstream pushes that one range). */
+/** Bits of a mask, lowest first, as a string of '0'/'1' (one native conversion, no shifts). */
+function bitString(m: bigint): string {
+  return m.toString(2).split("").reverse().join("");
+}
+
+/** First and one-past-last bit set in a mask. */
 export function maskRange(m: bigint): [number, number] | null {
   if (m === 0n) return null;
-  let first = 0;
-  while (!((m >> BigInt(first)) & 1n)) first++;
-  let last = CACHE_BLOCKS - 1;
-  while (!((m >> BigInt(last)) & 1n)) last--;
-  return [first, last + 1];
+  const s = bitString(m);
+  return [s.indexOf("1"), s.length];
 }
 
 /** Runs of consecutive set bits, [first, one past last]: a push sends each run, nothing else. */
 export function maskRuns(m: bigint): Array<[number, number]> {
   const out: Array<[number, number]> = [];
-  for (let b = 0; m >> BigInt(b); b++) {
-    if (!((m >> BigInt(b)) & 1n)) continue;
-    const last = out[out.length - 1];
-    if (last && last[1] === b) last[1] = b + 1;
-    else out.push([b, b + 1]);
+  if (m <= 0n) return out;
+  const s = bitString(m);
+  for (let b = s.indexOf("1"); b >= 0 && b < s.length;) {
+    let e = s.indexOf("0", b);
+    if (e < 0) e = s.length;
+    out.push([b, e]);
+    b = s.indexOf("1", e);
   }
   return out;
 }
 
+/**
+ * Runs joined across gaps of at most `maxGap` sectors that are all valid: one request (one
+ * fdatasync on each replica) then carries both, at the price of rewriting the gap's bytes,
+ * which are the object's own.
+ */
+export function mergeRuns(
+  runs: Array<[number, number]>,
+  valid: bigint,
+  maxGap: number,
+): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const r of runs) {
+    const last = out[out.length - 1];
+    if (last && r[0] - last[1] <= maxGap && (valid & bits(last[1], r[0])) === bits(last[1], r[0])) {
+      last[1] = r[1];
+    } else out.push([r[0], r[1]]);
+  }
+  return out;
+}
+
+const NIBBLE_BITS = [0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4];
+
 export function popcount(m: bigint): number {
+  const s = m.toString(16);
   let n = 0;
-  for (; m; m &= m - 1n) n++;
+  for (let i = 0; i < s.length; i++) n += NIBBLE_BITS[s.charCodeAt(i) - (s[i] <= "9" ? 48 : 87)];
   return n;
 }
 
@@ -238,8 +265,8 @@ export class CacheIndex {
 // ------------------------------------------------------------------ the cache file header
 //
 // 0 magic u64 | 8 oid u64 | 16 objSize u32 | 20 flags u32 (1: create) | 32 nblocks u32 |
-// 64.. crc u32 per block | 320.. dirty sectors (128 bytes) | 448.. valid sectors (128 bytes) |
-// 4092 crc32 of bytes 0..4091.
+// 64.. dirty sectors (128 bytes) | 192.. valid sectors (128 bytes) | 512.. crc u32 per block |
+// 8188 crc32 of bytes 0..8187.
 // A write stores the data, then the header with the new CRCs: a crash between the two leaves a
 // block whose CRC does not match, and the file is dropped at start rather than served.
 
@@ -252,16 +279,18 @@ export interface CacheHeader {
   crcs: Uint32Array;
 }
 
-const DIRTY_AT = 320, VALID_AT = 448, BITMAP_BYTES = MAX_SECTORS / 8;
+const DIRTY_AT = 64, VALID_AT = 192, CRCS_AT = 512, BITMAP_BYTES = MAX_SECTORS / 8;
 
+// Little-endian bitmaps through one hex conversion (per-byte BigInt shifts cost ~50 us a header).
 function writeBits(b: Buffer, at: number, m: bigint): void {
-  for (let i = 0; i < BITMAP_BYTES; i++) b[at + i] = Number((m >> BigInt(8 * i)) & 0xffn);
+  const hex = m.toString(16).padStart(2 * BITMAP_BYTES, "0");
+  const be = Buffer.from(hex.slice(hex.length - 2 * BITMAP_BYTES), "hex");
+  for (let i = 0; i < BITMAP_BYTES; i++) b[at + i] = be[BITMAP_BYTES - 1 - i];
 }
 
 function readBits(b: Buffer, at: number): bigint {
-  let m = 0n;
-  for (let i = BITMAP_BYTES - 1; i >= 0; i--) m = (m << 8n) | BigInt(b[at + i]);
-  return m;
+  const be = Buffer.from(b.subarray(at, at + BITMAP_BYTES)).reverse();
+  return BigInt("0x" + be.toString("hex"));
 }
 
 export function encodeCacheHeader(
@@ -277,7 +306,7 @@ export function encodeCacheHeader(
   out.writeUInt32LE(h.crcs.length, 32);
   writeBits(out, DIRTY_AT, h.dirty);
   writeBits(out, VALID_AT, h.valid);
-  for (let i = 0; i < h.crcs.length; i++) out.writeUInt32LE(h.crcs[i], 64 + 4 * i);
+  for (let i = 0; i < h.crcs.length; i++) out.writeUInt32LE(h.crcs[i], CRCS_AT + 4 * i);
   out.writeUInt32LE(crc(out.subarray(0, CACHE_HEADER_SIZE - 4)), CACHE_HEADER_SIZE - 4);
   return out;
 }
@@ -297,7 +326,7 @@ export function decodeCacheHeader(
   const n = buf.readUInt32LE(32);
   if (objSize === 0 || n !== blockCountOf(objSize)) return "bad object size";
   const crcs = new Uint32Array(n);
-  for (let i = 0; i < n; i++) crcs[i] = buf.readUInt32LE(64 + 4 * i);
+  for (let i = 0; i < n; i++) crcs[i] = buf.readUInt32LE(CRCS_AT + 4 * i);
   return {
     oid: buf.readBigUInt64LE(8),
     objSize,

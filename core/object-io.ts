@@ -40,6 +40,28 @@ export class Limiter {
   }
 }
 
+/** Runs `fn` over `items`, `n` at a time; every item is tried, the first failure is thrown. */
+export async function runLimited<T>(
+  items: T[],
+  n: number,
+  fn: (t: T) => Promise<void>,
+): Promise<void> {
+  let i = 0;
+  let first: unknown = null;
+  const worker = async () => {
+    while (i < items.length) {
+      const t = items[i++];
+      try {
+        await fn(t);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+  if (first) throw first;
+}
+
 function checkResult(rsp: { hdr: Header }): void {
   if (rsp.hdr.result !== Res.SUCCESS) throw new SdError(rsp.hdr.result);
 }

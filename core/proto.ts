@@ -92,6 +92,13 @@ export const Flag = {
   CMD_CREAT: 0x0100,
   CMD_EXCL: 0x0200,
   CMD_DEL: 0x0400,
+  /**
+   * Ours, not upstream's (its flags end at 0x0400): a WRITE_PEER to apply without its
+   * fdatasync, because the same object's next synced write from this gateway covers it (the
+   * object cache's push of several runs). Only peer writes honour it; the gateway clears it from
+   * every client request, so a client cannot turn durability off.
+   */
+  CMD_NOSYNC: 0x8000,
 } as const;
 
 export const ClusterFlag = {

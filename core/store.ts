@@ -16,7 +16,17 @@ export interface ObjectStore {
     objSize: number,
     ecIndex?: number,
   ): Promise<void>;
-  write(oid: bigint, offset: number, data: Buffer, ecIndex?: number): Promise<void>;
+  /**
+   * `nosync`: no fdatasync; the caller's next synced write of the same file covers it (the data
+   * is in the page cache when this resolves).
+   */
+  write(
+    oid: bigint,
+    offset: number,
+    data: Buffer,
+    ecIndex?: number,
+    nosync?: boolean,
+  ): Promise<void>;
   remove(oid: bigint, ecIndex?: number): Promise<void>;
   list(): bigint[];
   objectBytes(): bigint;

@@ -2,6 +2,9 @@
 // then the object's bytes. With directio the files are opened O_DIRECT: every transfer is whole
 // aligned blocks from freshly allocated buffers (page aligned on Bun; Deno's are not, so the
 // start-up probe refuses directio there with a clear message, as it does on tmpfs).
+// Without directio reads and writes are synchronous: they only copy to or from the page cache
+// (a few microseconds), less than the hop to the runtime's I/O thread pool and back, which
+// dominated a cached 4 KiB write. O_DIRECT transfers wait for the device: those stay async.
 import { Buffer } from "node:buffer";
 import fs from "node:fs";
 import path from "node:path";
@@ -35,6 +38,8 @@ export interface ScannedFile {
 
 export class CacheFiles {
   private readonly fds = new Map<bigint, Promise<number>>();
+  /** Descriptors already open, for the synchronous path. */
+  private readonly open = new Map<bigint, number>();
   private readonly flags: number;
 
   constructor(readonly root: string, readonly directio: boolean) {
@@ -87,9 +92,21 @@ export class CacheFiles {
     if (!p) {
       p = openP(this.pathOf(oid), this.flags);
       this.fds.set(oid, p);
-      p.catch(() => this.fds.delete(oid));
+      p.then((fd) => this.fds.get(oid) === p && this.open.set(oid, fd), () => {
+        if (this.fds.get(oid) === p) this.fds.delete(oid);
+      });
     }
     return p;
+  }
+
+  /** An open descriptor for the synchronous path (opened here when it is not yet). */
+  private fdSync(oid: bigint): number {
+    let fd = this.open.get(oid);
+    if (fd !== undefined) return fd;
+    fd = fs.openSync(this.pathOf(oid), this.flags);
+    this.open.set(oid, fd);
+    this.fds.set(oid, Promise.resolve(fd));
+    return fd;
   }
 
   /** Writes a whole new cache file (header + object) under a temp name, then renames it in. */
@@ -118,6 +135,7 @@ export class CacheFiles {
 
   /** Object bytes [off, off+len) (both aligned to 4 KiB when directio). */
   async read(oid: bigint, off: number, len: number): Promise<Buffer> {
+    if (!this.directio) return this.readSync(oid, off, len);
     const fd = await this.fd(oid);
     const buf = Buffer.alloc(len);
     let done = 0;
@@ -129,22 +147,48 @@ export class CacheFiles {
     return buf;
   }
 
+  private readSync(oid: bigint, off: number, len: number): Buffer {
+    const fd = this.fdSync(oid);
+    const buf = Buffer.allocUnsafe(len);
+    let done = 0;
+    while (done < len) {
+      const n = fs.readSync(fd, buf, done, len - done, CACHE_HEADER_SIZE + off + done);
+      if (n === 0) throw new Error(`cache file of ${oid.toString(16)} is short`);
+      done += n;
+    }
+    return buf;
+  }
+
   /** Object bytes at `off` (aligned when directio), then the header. */
   async write(h: CacheHeader, off: number, data: Buffer): Promise<void> {
+    if (!this.directio) {
+      const fd = this.fdSync(h.oid);
+      writeAllSync(fd, data, CACHE_HEADER_SIZE + off);
+      writeAllSync(fd, encodeCacheHeader(h, crc, this.hdr), 0);
+      return;
+    }
     const fd = await this.fd(h.oid);
     await writeAll(fd, data, CACHE_HEADER_SIZE + off);
     await writeAll(fd, encodeCacheHeader(h, crc), 0);
   }
 
   async writeHeader(h: CacheHeader): Promise<void> {
+    if (!this.directio) {
+      writeAllSync(this.fdSync(h.oid), encodeCacheHeader(h, crc, this.hdr), 0);
+      return;
+    }
     const fd = await this.fd(h.oid);
     await writeAll(fd, encodeCacheHeader(h, crc), 0);
   }
+
+  /** The synchronous path's header buffer, reused (written before the next encode). */
+  private readonly hdr = Buffer.alloc(CACHE_HEADER_SIZE);
 
   private async closeFd(oid: bigint): Promise<void> {
     const p = this.fds.get(oid);
     if (!p) return;
     this.fds.delete(oid);
+    this.open.delete(oid);
     await p.then((fd) => close(fd), () => {});
   }
 
@@ -197,6 +241,12 @@ export class CacheFiles {
 
   async closeAll(): Promise<void> {
     for (const oid of [...this.fds.keys()]) await this.closeFd(oid);
+  }
+}
+
+function writeAllSync(fd: number, buf: Buffer, pos: number): void {
+  for (let done = 0; done < buf.length;) {
+    done += fs.writeSync(fd, buf, done, buf.length - done, pos + done);
   }
 }
 

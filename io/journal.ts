@@ -43,6 +43,7 @@ import {
 } from "../core/journal-record.ts";
 import { GroupSync, type ObjectStore } from "../core/store.ts";
 import { blockLen, blockSizeOf, crcOf, CSUM_SUFFIX, entryOffset } from "./checksum.ts";
+import { fsyncDir } from "./fd-cache.ts";
 
 export const JOURNAL_FILE = "journal_file";
 
@@ -173,6 +174,8 @@ export class Journal {
     store.deferSync = true;
     const exists = fs.existsSync(this.file);
     this.fd = fs.openSync(this.file, exists ? "r+" : "w+");
+    // A new journal's name must be durable before any record in it counts as such.
+    if (!exists) await fsyncDir(this.dir);
     const slots = Buffer.alloc(2 * HEADER_SLOT);
     const n = fs.readSync(this.fd, slots, 0, slots.length, 0);
     const hdr = n === slots.length
@@ -338,7 +341,16 @@ export class Journal {
   // ---- the write path ----
 
   /** Journals `rec` (durable), applies it with `apply`, then resolves: the caller acknowledges. */
-  async run<T>(rec: Omit<JournalRecord, "gen" | "seq">, apply: () => Promise<T>): Promise<T> {
+  /**
+   * Journals `rec`, then applies it. `nosync`: the record is not waited for to be synced: the
+   * caller's next synced record (a later write of the same object) is written after it in the
+   * same file, so its sync covers this one, and replay applies both in order.
+   */
+  async run<T>(
+    rec: Omit<JournalRecord, "gen" | "seq">,
+    apply: () => Promise<T>,
+    nosync = false,
+  ): Promise<T> {
     if (this.failed) return await apply();
     const len = recordLength(rec.data.length);
     if (len > (this.opts.size - DATA_START) / 4) {
@@ -354,7 +366,7 @@ export class Journal {
       const p = placed ?? await this.waitForSpace(len);
       seq = p.seq;
       pwriteFull(this.fd, encodeRecord({ ...rec, gen: this.gen, seq }), p.pos);
-      await this.gsync.sync();
+      if (!nosync) await this.gsync.sync();
     } catch (e) {
       await this.fail(e);
       try {
@@ -666,11 +678,17 @@ export class JournaledStore implements ObjectStore {
       () => this.inner.createAndWrite(oid, offset, data, objSize, ecIndex),
     );
   }
-  write(oid: bigint, offset: number, data: Buffer, ecIndex?: number): Promise<void> {
+  write(
+    oid: bigint,
+    offset: number,
+    data: Buffer,
+    ecIndex?: number,
+    nosync = false,
+  ): Promise<void> {
     // A write that cannot apply is not journalled (its replay would be skipped anyway).
     if (!this.inner.exists(oid, ecIndex)) return Promise.reject(new SdError(Res.NO_OBJ));
     const r = { type: RecType.WRITE, oid, ecIndex, offset, arg: 0, data };
-    return this.journal.run(r, () => this.inner.write(oid, offset, data, ecIndex));
+    return this.journal.run(r, () => this.inner.write(oid, offset, data, ecIndex, nosync), nosync);
   }
   remove(oid: bigint, ecIndex?: number): Promise<void> {
     if (!this.inner.exists(oid, ecIndex)) return Promise.reject(new SdError(Res.NO_OBJ));

@@ -520,7 +520,13 @@ class FileStore implements ObjectStore {
     });
   }
 
-  async write(oid: bigint, offset: number, data: Buffer, ecIndex?: number): Promise<void> {
+  async write(
+    oid: bigint,
+    offset: number,
+    data: Buffer,
+    ecIndex?: number,
+    nosync = false,
+  ): Promise<void> {
     const name = fileName(oid, ecIndex);
     await this.ensurePlaced(name, oid, ecIndex);
     return this.locks.run(name, false, async () => {
@@ -549,7 +555,7 @@ class FileStore implements ObjectStore {
           throw new SdError(Res.NETWORK_ERROR, `${path} vanished during a write`);
         }
         this.index.resize(name, allocatedBytes(st));
-        if (!this.nosync && !this.deferSync) {
+        if (!nosync && !this.nosync && !this.deferSync) {
           await Promise.all([fdatasync(c.fd), cc && !log ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {

@@ -618,6 +618,15 @@ export class Sheep {
     return this.ops.gateway.uncached(hdr, data);
   }
 
+  /** The object cache's push of an object's dirty runs: one sync per replica for all of them. */
+  cachePush(
+    hdr: Header,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    limit: <T>(f: () => Promise<T>) => Promise<T>,
+  ): Promise<Reply[]> {
+    return this.ops.gateway.pushRuns(hdr, runs, limit);
+  }
+
   async recoveryIdle(): Promise<void> {
     const until = Date.now() + 120_000;
     while (this.recovery.status().inRecovery && Date.now() < until) {

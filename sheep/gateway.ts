@@ -133,6 +133,8 @@ export class Gateway {
     h.opcode = peerOp;
     h.protoVer = SD_SHEEP_PROTO_VER;
     h.epoch = epoch;
+    // Set only by writeRuns below: a client's request never skips the replicas' syncs.
+    h.flags &= ~Flag.CMD_NOSYNC;
     return h;
   }
 
@@ -208,8 +210,39 @@ export class Gateway {
     return repairCopies(this, this.ctx, req, good, bad, epoch);
   }
 
-  /** Gateway write/create/remove: every replica, in parallel; all must succeed. */
-  writeAll(req: Header, data: Buffer): Promise<{ hdr: Header; data: Buffer }> {
+  /**
+   * Several runs of one object written by this sheep (the object cache's push), on disk on every
+   * replica when this resolves, at one fdatasync per replica instead of one per run: every run
+   * but the last goes without its sync (CMD_NOSYNC) and is answered, so it is in each replica's
+   * page cache, before the last is sent; the last one's fdatasync flushes all of the file's
+   * dirty pages (a journal's sync all of its earlier records). If the epoch moved meanwhile, a
+   * node that took an unsynced run may have got no synced one (or a new replica may have missed
+   * a run): those runs are written again, synced. EC objects and creates: one synced write each.
+   * `limit` runs each request (a bound on requests in flight).
+   */
+  async writeRuns(
+    req: Header,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    limit: <T>(f: () => Promise<T>) => Promise<T> = (f) => f(),
+  ): Promise<Array<{ hdr: Header; data: Buffer }>> {
+    const one = (r: { off: number; data: Buffer }, nosync = false) =>
+      limit(() => this.writeAll(runHeader(req, r), r.data, nosync));
+    if (runs.length < 2 || req.opcode !== Op.WRITE_OBJ || this.ecPolicy(req)) {
+      return await Promise.all(runs.map((r) => one(r)));
+    }
+    const epoch = this.ctx.epoch();
+    const early = runs.slice(0, -1);
+    const replies = await Promise.all(early.map((r) => one(r, true)));
+    replies.push(await one(runs[runs.length - 1]));
+    if (this.ctx.epoch() !== epoch) await Promise.all(early.map((r) => one(r)));
+    return replies;
+  }
+
+  /**
+   * Gateway write/create/remove: every replica, in parallel; all must succeed. `nosync` (plain
+   * writes only, from writeRuns): the replicas skip this write's fdatasync.
+   */
+  writeAll(req: Header, data: Buffer, nosync = false): Promise<{ hdr: Header; data: Buffer }> {
     const peerOp = PEER_OP[req.opcode];
     const policy = this.ecPolicy(req);
     if (policy && req.opcode === Op.REMOVE_OBJ) return this.ec.remove(req, policy);
@@ -223,8 +256,13 @@ export class Gateway {
       if (req.opcode !== Op.REMOVE_OBJ && targets.length < copies && this.ctx.strict()) {
         throw new SdError(Res.HALT);
       }
+      const unsynced = nosync && peerOp === Op.WRITE_PEER;
       const results = await Promise.allSettled(
-        targets.map((n) => this.sendPeer(n, this.peerHeader(req, peerOp, epoch), data)),
+        targets.map((n) => {
+          const h = this.peerHeader(req, peerOp, epoch);
+          if (unsynced) h.flags |= Flag.CMD_NOSYNC;
+          return this.sendPeer(n, h, data);
+        }),
       );
       let firstErr: SdError | null = null;
       let ok: { hdr: Header; data: Buffer } | null = null;
@@ -301,6 +339,15 @@ async function repairCopies(
   } catch (e) {
     ctx.log?.(`repair of ${oid} failed: ${(e as Error).message}`);
   }
+}
+
+/** The request of one run of writeRuns: `req` at the run's offset, with its payload. */
+function runHeader(req: Header, r: { off: number; data: Buffer }): Header {
+  const h = req.clone();
+  h.flags |= Flag.CMD_WRITE;
+  h.offset = r.off;
+  h.dataLength = r.data.length;
+  return h;
 }
 
 function rotate<T>(a: T[]): T[] {

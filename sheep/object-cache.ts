@@ -2,8 +2,9 @@
 // files under the cache dir (io/cache-file.ts) with their dirty blocks (core/cache-index.ts).
 //
 // Write-back: a write with SD_FLAG_CMD_CACHE is acknowledged once it is in the cache file; the
-// push (flush, FUA, detach, `dog vdi cache flush`, the background writer) sends it through the
-// normal gateway path, so every replica has fdatasync'ed it when the push returns. A new object
+// push (flush, FUA, detach, `dog vdi cache flush`, the background writer) sends an object's dirty
+// runs through the gateway (Gateway.writeRuns: one fdatasync per replica for all of them), so
+// every replica has them on disk when the push returns. A new object
 // is created in the cache only: its push is a CREATE_AND_WRITE of the whole object (a clone's
 // object was seeded from its base when it was created here, exactly as the gateway's own
 // copy-on-write does) followed by the inode slot that points to it. The client's own slot update
@@ -27,6 +28,7 @@ import {
   coveredSectors,
   fileBytes,
   maskRuns,
+  mergeRuns,
   popcount,
   sectorCountOf,
   sectorMask,
@@ -42,6 +44,7 @@ import {
   vidToDataOid,
   vidToVdiOid,
 } from "../core/oid.ts";
+import { Limiter, runLimited } from "../core/object-io.ts";
 import { EMPTY, Flag, Header, Op, Res } from "../core/proto.ts";
 import type { VdiTable } from "../core/vdi.ts";
 import { CacheFiles, crc } from "../io/cache-file.ts";
@@ -56,6 +59,12 @@ export interface CacheContext {
   readonly vdis: VdiTable;
   /** READ_OBJ / WRITE_OBJ / CREATE_AND_WRITE_OBJ through the gateway, bypassing the cache. */
   cacheForward(hdr: Header, data: Buffer): Promise<Reply>;
+  /** WRITE_OBJ of several runs of one object, on disk everywhere at one sync per replica. */
+  cachePush(
+    hdr: Header,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    limit: <T>(f: () => Promise<T>) => Promise<T>,
+  ): Promise<Reply[]>;
   objectSize(oid: bigint): number;
   /** This sheep's host:port, as VDI lock owners are named. */
   selfName(): string;
@@ -66,7 +75,15 @@ export interface CacheContext {
 /** Background writer: dirty data above a quarter of the cache, or older than this, is pushed. */
 const MAX_DIRTY_AGE_MS = 2000;
 const WRITER_TICK_MS = 250;
-const PUSH_PARALLEL = 8;
+/** Objects pushed at once by a flush or the writer. */
+const PUSH_PARALLEL = 16;
+/**
+ * Push requests in flight at once, over all objects: enough to overlap the replicas' fdatasyncs;
+ * more only queues work in front of the clients' own requests (the sheep is CPU bound by then).
+ */
+const PUSH_REQUESTS = 16;
+/** Dirty runs of an object separated by at most this many valid sectors go in one request. */
+const MERGE_GAP = 16;
 
 function ok(data: Buffer = EMPTY): Reply {
   return { hdr: new Header(), data };
@@ -85,6 +102,12 @@ export class ObjectCache {
   /** Files being written for entries already in the index: readers wait for them. */
   private readonly loading = new Map<bigint, Promise<void>>();
   private readonly pushing = new Map<CacheEntry, Promise<void>>();
+  private readonly requests = new Limiter(PUSH_REQUESTS);
+  /** Per VDI: the flush running and the one that callers arriving meanwhile share. */
+  private readonly flushes = new Map<
+    number,
+    { running: Promise<void>; next: Promise<void> | null }
+  >();
   private roomWaiters: Array<() => void> = [];
   private timer: ReturnType<typeof setInterval> | null = null;
   private writerBusy = false;
@@ -309,26 +332,38 @@ export class ObjectCache {
       }
     }
     const objSize = this.s.objectSize(oid);
-    const full = Buffer.alloc(objSize);
-    if (req.flags & Flag.CMD_COW && req.cowOid) {
-      const base = this.index.get(req.cowOid);
-      if (base) {
-        base.pins++;
-        try {
-          (await this.readRange(base, 0, base.objSize)).copy(full);
-        } finally {
-          this.unpin(base);
-        }
-      } else {
-        const rh = Header.req(Op.READ_OBJ, { dataLength: objSize });
-        rh.oid = req.cowOid;
-        const r = check(await this.s.cacheForward(rh, EMPTY), `reading ${req.cowOid.toString(16)}`);
-        r.data.copy(full, Number(r.hdr.rspObjOffset));
+    const all = allSectors(objSize);
+    if (!(req.flags & Flag.CMD_COW && req.cowOid)) {
+      // A new object is zeros: a sparse file, every sector valid, then the payload written as
+      // any write (no 4 MiB of zeros copied, summed and written first).
+      if (old) await this.drop(old);
+      const e = await this.insert(oid, null, all, true, true);
+      e.pins++;
+      try {
+        // Dropped before the payload landed (a foreign write, a delete): the gateway creates it.
+        return (await this.writeRange(e, req.offset, data)) ? ok() : null;
+      } finally {
+        this.unpin(e);
       }
+    }
+    // A clone's object: seeded from its base, as the gateway's copy-on-write does.
+    const full = Buffer.alloc(objSize);
+    const base = this.index.get(req.cowOid);
+    if (base) {
+      base.pins++;
+      try {
+        (await this.readRange(base, 0, base.objSize)).copy(full);
+      } finally {
+        this.unpin(base);
+      }
+    } else {
+      const rh = Header.req(Op.READ_OBJ, { dataLength: objSize });
+      rh.oid = req.cowOid;
+      const r = check(await this.s.cacheForward(rh, EMPTY), `reading ${req.cowOid.toString(16)}`);
+      r.data.copy(full, Number(r.hdr.rspObjOffset));
     }
     data.copy(full, req.offset);
     if (old) await this.drop(old);
-    const all = allSectors(objSize);
     await this.insert(oid, full, all, true);
     return ok();
   }
@@ -412,14 +447,16 @@ export class ObjectCache {
       const buf = await this.files.read(e.oid, start, end - start);
       for (const [o, b] of await this.fetchBlocks(e, span)) b.copy(buf, o - start);
       e.valid |= span;
-      for (let b = b0; b < b1; b++) {
-        crcsSet(e, b, crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs))));
-      }
+      sealBlocks(e, b0, b1, buf, bs);
       await this.files.write(this.headerOf(e), start, buf);
     });
   }
 
-  /** Read-modify-write of the whole blocks the range touches (their CRCs need all of them). */
+  /**
+   * Writes the range into the file with its sectors' CRCs. Sectors the write covers whole need
+   * nothing else (no read: the 4 KiB ack path is two page-cache writes, data and header); only
+   * the partial sectors at its ends are read, from the file or, not there yet, the cluster.
+   */
   private writeRange(e: CacheEntry, off: number, data: Buffer): Promise<boolean> {
     if (off < 0 || off + data.length > e.objSize) {
       return Promise.reject(new SdError(Res.INVALID_PARMS, "write beyond the object"));
@@ -429,19 +466,22 @@ export class ObjectCache {
       const bs = blockSizeOf(e.objSize);
       const b0 = Math.floor(off / bs), b1 = Math.ceil((off + data.length) / bs);
       const start = b0 * bs, end = Math.min(e.objSize, b1 * bs);
-      const buf = await this.files.read(e.oid, start, end - start);
-      // Touched sectors the write does not cover whole and the file lacks: from the cluster.
-      const partial = sectorMask(off, data.length, e.objSize) &
-        ~coveredSectors(off, data.length, e.objSize) & ~e.valid;
-      if (partial) {
-        for (const [o, b] of await this.fetchBlocks(e, partial)) b.copy(buf, o - start);
+      const touched = sectorMask(off, data.length, e.objSize);
+      let buf: Buffer;
+      // O_DIRECT needs the cache's own aligned buffers.
+      if (start === off && end === off + data.length && !this.opts.directio) buf = data;
+      else {
+        buf = await this.files.read(e.oid, start, end - start);
+        // Touched sectors the write does not cover whole and the file lacks: from the cluster.
+        const partial = touched & ~coveredSectors(off, data.length, e.objSize) & ~e.valid;
+        if (partial) {
+          for (const [o, b] of await this.fetchBlocks(e, partial)) b.copy(buf, o - start);
+        }
+        data.copy(buf, off - start);
       }
-      data.copy(buf, off - start);
-      e.valid |= sectorMask(off, data.length, e.objSize);
-      for (let b = b0; b < b1; b++) {
-        crcsSet(e, b, crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs))));
-      }
-      this.index.markDirty(e, sectorMask(off, data.length, e.objSize), Date.now());
+      e.valid |= touched;
+      sealBlocks(e, b0, b1, buf, bs);
+      this.index.markDirty(e, touched, Date.now());
       await this.files.write(this.headerOf(e), start, buf);
       this.index.touch(e);
       return true;
@@ -453,12 +493,16 @@ export class ObjectCache {
     return { oid, objSize, create, dirty, valid, crcs };
   }
 
-  /** A new entry from whole object bytes (a pull, clean, or a create, dirty). */
+  /**
+   * A new entry from whole object bytes (a pull, clean, or a create, dirty); without bytes a
+   * sparse file, its sectors valid only when `zeros` (a new object is all zeros).
+   */
   private async insert(
     oid: bigint,
     full: Buffer | null,
     dirty: bigint,
     create: boolean,
+    zeros = false,
   ): Promise<CacheEntry> {
     const objSize = full ? full.length : this.s.objectSize(oid);
     await this.makeRoom(fileBytes(objSize));
@@ -474,7 +518,7 @@ export class ObjectCache {
       vid: oidToVid(oid),
       objSize,
       dirty: 0n,
-      valid: full ? allSectors(objSize) : 0n,
+      valid: full || zeros ? allSectors(objSize) : 0n,
       create,
       dirtySince: 0,
       pins: 1,
@@ -594,25 +638,28 @@ export class ObjectCache {
       await this.withLock(e.oid, async () => {
         mask = this.index.takeDirty(e);
         const ss = sectorSizeOf(e.objSize);
-        // A new object goes whole; an existing one gets only its dirty runs of sectors.
-        const runs = e.create ? [[0, sectorCountOf(e.objSize)]] : maskRuns(mask);
+        // A new object goes whole; an existing one gets only its dirty runs of sectors (close
+        // ones joined).
+        const runs = e.create
+          ? [[0, sectorCountOf(e.objSize)]]
+          : mergeRuns(maskRuns(mask), e.valid, MERGE_GAP);
         for (const [a, b] of runs) {
           const off = a * ss, end = Math.min(e.objSize, b * ss);
           parts.push({ off, data: await this.files.read(e.oid, off, end - off) });
         }
       });
       if (!parts.length) return;
-      const results = await Promise.all(parts.map((p) => {
-        const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
-          flags: Flag.CMD_WRITE,
-          dataLength: p.data.length,
-        });
-        h.oid = e.oid;
-        h.offset = p.off;
-        h.objCopies = copies;
-        h.objCopyPolicy = copyPolicy;
-        return this.s.cacheForward(h, p.data);
-      }));
+      const h = Header.req(e.create ? Op.CREATE_AND_WRITE_OBJ : Op.WRITE_OBJ, {
+        flags: Flag.CMD_WRITE,
+        dataLength: parts[0].data.length,
+      });
+      h.oid = e.oid;
+      h.offset = parts[0].off;
+      h.objCopies = copies;
+      h.objCopyPolicy = copyPolicy;
+      const results = e.create
+        ? [await this.requests.run(() => this.s.cacheForward(h, parts[0].data))]
+        : await this.s.cachePush(h, parts, (f) => this.requests.run(f));
       if (!e.create && results.some((r) => r.hdr.result === Res.NO_OBJ)) {
         // The object was removed under us (its slot cleared): nothing left to push it into.
         this.s.log.warn(`object cache: ${e.oid.toString(16)} is gone from the cluster; dropped`);
@@ -646,8 +693,28 @@ export class ObjectCache {
     }
   }
 
-  /** Pushes every dirty object of `vid` (all of them when `wait` covers recovered ones too). */
-  async flushVdi(vid: number, recovering = false): Promise<void> {
+  /**
+   * Pushes every dirty object of `vid` (`recovering`: also those from before a restart, which
+   * ready() waits for). FLUSHes that arrive while one runs share the next one: it starts when
+   * the running one ends and covers everything dirty by then.
+   */
+  flushVdi(vid: number, recovering = false): Promise<void> {
+    if (recovering) return this.flushOnce(vid, true);
+    const f = this.flushes.get(vid);
+    if (!f) return this.launchFlush(vid);
+    return f.next ??= f.running.catch(() => {}).then(() => this.launchFlush(vid));
+  }
+
+  private launchFlush(vid: number): Promise<void> {
+    const slot = { running: Promise.resolve(), next: null as Promise<void> | null };
+    slot.running = this.flushOnce(vid, false).finally(() => {
+      if (this.flushes.get(vid) === slot) this.flushes.delete(vid);
+    });
+    this.flushes.set(vid, slot);
+    return slot.running;
+  }
+
+  private async flushOnce(vid: number, recovering: boolean): Promise<void> {
     if (!recovering) await this.ready(vid);
     const list = this.index.entriesOf(vid).filter((e) =>
       e.dirty !== 0n || e.create || this.pushing.has(e)
@@ -725,27 +792,9 @@ export class ObjectCache {
   }
 }
 
-function crcsSet(e: CacheEntry, b: number, v: number): void {
-  e.crcs[b] = v;
-}
-
-async function runLimited<T>(
-  items: T[],
-  n: number,
-  fn: (t: T) => Promise<void>,
-): Promise<void> {
-  let i = 0;
-  let first: unknown = null;
-  const worker = async () => {
-    while (i < items.length) {
-      const t = items[i++];
-      try {
-        await fn(t);
-      } catch (e) {
-        first ??= e;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-  if (first) throw first;
+/** The CRCs of blocks [b0, b1), whose bytes `buf` holds from block b0 on. */
+function sealBlocks(e: CacheEntry, b0: number, b1: number, buf: Buffer, bs: number): void {
+  for (let b = b0; b < b1; b++) {
+    e.crcs[b] = crc(buf.subarray((b - b0) * bs, Math.min(buf.length, (b - b0 + 1) * bs)));
+  }
 }

@@ -65,6 +65,15 @@ export class GatewayOps {
     return this.writeDirect(req, data);
   }
 
+  /** The cache's push of an existing data object's dirty runs (Gateway.writeRuns). */
+  pushRuns(
+    req: Header,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    limit: <T>(f: () => Promise<T>) => Promise<T>,
+  ): Promise<Reply[]> {
+    return this.s.gateway.writeRuns(req, runs, limit);
+  }
+
   async remove(req: Header): Promise<Reply> {
     await this.s.cache?.forget(req.oid);
     return await this.s.gateway.writeAll(req, EMPTY);

@@ -102,7 +102,9 @@ export class PeerOps {
         }
         case Op.WRITE_PEER:
           if (!this.s.store.exists(req.oid, ec)) await this.s.recovery.ensure(req.oid, ec);
-          await this.s.store.write(req.oid, req.offset, data, ec);
+          // CMD_NOSYNC: the gateway's next synced write of this object covers it (sheep/gateway.ts
+          // writeRuns).
+          await this.s.store.write(req.oid, req.offset, data, ec, !!(req.flags & Flag.CMD_NOSYNC));
           return { hdr: rsp, data: EMPTY };
         case Op.REMOVE_PEER:
           await this.s.store.remove(req.oid, ec);

@@ -359,7 +359,7 @@ test("a working set 3x the cache stays within its size (files and bytes)", async
   } finally {
     clearInterval(timer);
   }
-  const fits = Math.floor(CACHE / (OBJ + 4096));
+  const fits = Math.floor(CACHE / (OBJ + 8192)); // each file: an 8 KiB header, then the object
   expect(maxFiles).toBeGreaterThan(fits / 2);
   expect(maxFiles).toBeLessThanOrEqual(fits);
   expect(maxBytes).toBeLessThanOrEqual(CACHE);

@@ -43,18 +43,22 @@ function entry(oid: bigint, o: Partial<CacheEntry> = {}): CacheEntry {
 }
 
 test("blocks (CRCs) and sectors (dirty, valid): masks and runs", () => {
-  expect(blockSizeOf(OBJ)).toBe(64 * 1024);
-  expect(blockCountOf(OBJ)).toBe(64);
-  expect(blockSizeOf(MiB)).toBe(16 * 1024);
+  // CRC blocks are sectors: a whole-sector write needs no read-modify-write.
+  expect(blockSizeOf(OBJ)).toBe(4096);
+  expect(blockCountOf(OBJ)).toBe(1024);
+  expect(blockSizeOf(8 * OBJ)).toBe(32 * 1024);
   expect(blockSizeOf(64 * 1024)).toBe(4096); // never below the O_DIRECT alignment
   expect(blockMask(0, 1, OBJ)).toBe(1n);
-  expect(blockMask(64 * 1024 - 1, 2, OBJ)).toBe(3n);
-  expect(blockMask(OBJ - 1, 1, OBJ)).toBe(1n << 63n);
-  expect(blockMask(0, OBJ, OBJ)).toBe((1n << 64n) - 1n);
+  expect(blockMask(4096 - 1, 2, OBJ)).toBe(3n);
+  expect(blockMask(OBJ - 1, 1, OBJ)).toBe(1n << 1023n);
+  expect(blockMask(0, OBJ, OBJ)).toBe((1n << 1024n) - 1n);
   expect(blockMask(5, 0, OBJ)).toBe(0n);
   expect(maskRange(0n)).toBeNull();
   expect(maskRange((1n << 5n) | (1n << 9n))).toEqual([5, 10]);
   expect(popcount((1n << 64n) - 1n)).toBe(64);
+  expect(popcount((1n << 1024n) - 1n)).toBe(1024);
+  expect(popcount(0n)).toBe(0);
+  expect(popcount(0xa5n << 700n)).toBe(4);
   // What a write covers whole needs nothing from the cluster; the partial ends do.
   // Dirty/valid sectors: 4 KiB, 1024 per 4 MiB object (bigger objects: bigger sectors).
   expect(sectorSizeOf(OBJ)).toBe(4096);
@@ -77,6 +81,7 @@ test("blocks (CRCs) and sectors (dirty, valid): masks and runs", () => {
     64,
   ]]);
   expect(maskRuns((1n << 64n) - 1n)).toEqual([[0, 64]]);
+  expect(maskRuns(1n | (3n << 1022n))).toEqual([[0, 1], [1022, 1024]]);
 });
 
 test("LRU: victims are the least recently used clean, idle objects", () => {
@@ -130,7 +135,7 @@ test("dirty accounting: bits in, taken by a push, restored when it fails", () =>
 });
 
 test("header codec round-trips and rejects torn, foreign or short headers", () => {
-  const crcs = new Uint32Array(64).map((_, i) => i * 7919);
+  const crcs = new Uint32Array(1024).map((_, i) => i * 7919);
   const h = {
     oid: 0x00c962cd00000007n,
     objSize: OBJ,
@@ -153,6 +158,9 @@ test("header codec round-trips and rejects torn, foreign or short headers", () =
   const torn = Buffer.from(b);
   torn[100] ^= 1;
   expect(decodeCacheHeader(torn, crc)).toMatch(/torn header/);
+  const crcTorn = Buffer.from(b);
+  crcTorn[CACHE_HEADER_SIZE - 100] ^= 1; // the second page is covered too
+  expect(decodeCacheHeader(crcTorn, crc)).toMatch(/torn header/);
   expect(decodeCacheHeader(Buffer.alloc(CACHE_HEADER_SIZE), crc)).toBe("bad magic");
   expect(decodeCacheHeader(b.subarray(0, 100), crc)).toMatch(/short/);
 });

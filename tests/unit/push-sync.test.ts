@@ -1,0 +1,266 @@
+// The object cache's push of several dirty runs of one object (Gateway.writeRuns): every replica
+// fdatasyncs once per object, not once per run, and when the push returns every run is on disk on
+// every replica (checked by cutting the power with the test-only shim, io/powerloss-store.ts,
+// over three real file stores served by the real peer ops). A client cannot set CMD_NOSYNC, and
+// with a journal (-j) the unsynced records are covered by the last one's sync.
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { Buffer } from "node:buffer";
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import process from "node:process";
+import { openStore } from "../../io/store.ts";
+import { Journal } from "../../io/journal.ts";
+import { PowerLossLog } from "../../io/powerloss-store.ts";
+import { Gateway, type GatewayContext } from "../../sheep/gateway.ts";
+import { type PeerContext, PeerOps } from "../../sheep/ops/peer.ts";
+import { makeNode, type SdNode } from "../../core/node.ts";
+import { Ring } from "../../core/ring.ts";
+import { Flag, Header, Op, Res } from "../../core/proto.ts";
+import type { ObjectStore } from "../../core/store.ts";
+import type { ClientPool } from "../../io/client.ts";
+
+const OBJ = 4 * 1024 * 1024;
+const OID = 0x00e33dea00000007n;
+const nodes = [0, 1, 2].map((i) => makeNode("127.0.0.1", 7100 + i, { zone: i, nrVnodes: 64 }));
+let shim: PowerLossLog | null = null;
+const dirs: string[] = [];
+let syncs = 0;
+let realFdatasync: typeof fs.fdatasync | null = null;
+
+function tempDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-push-sync-"));
+  dirs.push(d);
+  return d;
+}
+
+/** The shim over `root`, with every fdatasync counted. */
+function cutter(root: string): PowerLossLog {
+  shim = new PowerLossLog([root]);
+  shim.install();
+  realFdatasync = fs.fdatasync;
+  const inner = realFdatasync;
+  fs.fdatasync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+    syncs++;
+    inner(fd, cb);
+  }) as typeof fs.fdatasync;
+  return shim;
+}
+
+afterEach(() => {
+  if (realFdatasync) fs.fdatasync = realFdatasync;
+  realFdatasync = null;
+  shim?.uninstall();
+  shim = null;
+  syncs = 0;
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** Three nodes, each a real store behind the real peer ops; node 0 is the gateway. */
+async function cluster(root: string) {
+  let epoch = 1;
+  const ring = new Ring(nodes);
+  const stores: ObjectStore[] = [];
+  const seen: Array<{ port: number; nosync: boolean }> = [];
+  const peers = new Map<number, PeerOps>();
+  for (const n of nodes) {
+    const d = path.join(root, String(n.port));
+    fs.mkdirSync(d, { recursive: true });
+    const store = openStore("plain", [d]);
+    await store.init();
+    stores.push(store);
+    const ctx = {
+      opts: { gateway: false },
+      get state() {
+        return { epoch };
+      },
+      store,
+      recovery: { ensure: () => Promise.resolve() },
+      ring,
+      me: n,
+      log: { info() {}, warn() {}, err() {}, debug() {} },
+      waitEpoch: () => Promise.resolve(),
+      ecPolicyOf: () => 0,
+      storedSize: () => OBJ,
+      copiesFor: () => 3,
+    } as unknown as PeerContext;
+    peers.set(n.port, new PeerOps(ctx));
+  }
+  const handle = (n: SdNode, hdr: Header, data: Buffer) => {
+    if (hdr.opcode === Op.WRITE_PEER) {
+      seen.push({ port: n.port, nosync: !!(hdr.flags & Flag.CMD_NOSYNC) });
+    }
+    return peers.get(n.port)!.handle(hdr, data);
+  };
+  const ctx: GatewayContext = {
+    me: nodes[0],
+    epoch: () => epoch,
+    ring: () => ring,
+    waitEpoch: () => new Promise((r) => setTimeout(r, 5)),
+    copiesFor: () => 3,
+    strict: () => false,
+    pool: {
+      get: (_ip: string, port: number) =>
+        Promise.resolve({
+          request: (hdr: Header, data?: Buffer) =>
+            handle(nodes.find((n) => n.port === port)!, hdr, data ?? Buffer.alloc(0)),
+        }),
+    } as unknown as ClientPool,
+    local: { handlePeer: (hdr: Header, data: Buffer) => handle(nodes[0], hdr, data) },
+  };
+  const g = new Gateway(ctx);
+  const base = randomBytes(OBJ);
+  const ch = Header.req(Op.CREATE_AND_WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: OBJ });
+  ch.oid = OID;
+  await g.writeAll(ch, base);
+  return {
+    g,
+    stores,
+    seen,
+    base,
+    bumpEpoch: () => epoch++,
+  };
+}
+
+/** Runs of 4 KiB at scattered offsets, and `base` with them applied. */
+function runsOver(base: Buffer, n: number) {
+  const want = Buffer.from(base);
+  const runs = Array.from({ length: n }, (_, i) => {
+    const r = { off: (i * 37 + 3) * 4096 * 2, data: randomBytes(4096) };
+    r.data.copy(want, r.off);
+    return r;
+  });
+  return { runs, want };
+}
+
+function pushHeader(): Header {
+  const h = Header.req(Op.WRITE_OBJ, { flags: Flag.CMD_WRITE });
+  h.oid = OID;
+  return h;
+}
+
+/** The power cut: what every replica's disk holds afterwards. */
+async function afterCut(root: string): Promise<Buffer[]> {
+  shim!.undoAll();
+  if (realFdatasync) fs.fdatasync = realFdatasync;
+  realFdatasync = null;
+  shim!.uninstall();
+  shim = null;
+  const out: Buffer[] = [];
+  for (const n of nodes) {
+    const s = openStore("plain", [path.join(root, String(n.port))]);
+    await s.init();
+    out.push(await s.read(OID, 0, OBJ));
+  }
+  return out;
+}
+
+describe("push of several runs", () => {
+  test("one sync per replica, and every run is on disk everywhere when it returns", async () => {
+    const root = tempDir();
+    cutter(root);
+    const c = await cluster(root);
+    const { runs, want } = runsOver(c.base, 12);
+    c.seen.length = 0;
+    syncs = 0;
+    const replies = await c.g.writeRuns(pushHeader(), runs);
+    expect(replies.map((r) => r.hdr.result)).toEqual(runs.map(() => Res.SUCCESS));
+    // 11 unsynced runs and the synced last one on each replica.
+    for (const n of nodes) {
+      const mine = c.seen.filter((s) => s.port === n.port);
+      expect(mine.length).toBe(12);
+      expect(mine.filter((s) => s.nosync).length).toBe(11);
+      expect(mine[mine.length - 1].nosync).toBe(false);
+    }
+    // The object file and its checksum side file, once per replica (12 runs used to cost 72).
+    expect(syncs).toBe(3 * 2);
+    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+  });
+
+  test("a client's CMD_NOSYNC is cleared: its write is synced on every replica", async () => {
+    const root = tempDir();
+    cutter(root);
+    const c = await cluster(root);
+    const h = Header.req(Op.WRITE_OBJ, {
+      flags: Flag.CMD_WRITE | Flag.CMD_NOSYNC,
+      dataLength: 8192,
+    });
+    h.oid = OID;
+    h.offset = 65536;
+    const d = randomBytes(8192);
+    c.seen.length = 0;
+    await c.g.writeAll(h, d);
+    expect(c.seen.length).toBe(3);
+    expect(c.seen.every((s) => !s.nosync)).toBe(true);
+    const want = Buffer.from(c.base);
+    d.copy(want, 65536);
+    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+  });
+
+  test("an epoch change during the push writes the unsynced runs again, synced", async () => {
+    const root = tempDir();
+    cutter(root);
+    const c = await cluster(root);
+    const { runs, want } = runsOver(c.base, 4);
+    c.seen.length = 0;
+    let n = 0;
+    await c.g.writeRuns(pushHeader(), runs, async (f) => {
+      const r = await f();
+      if (++n === 3) c.bumpEpoch(); // after the unsynced runs, before the last one is sent
+      return r;
+    });
+    // 3 unsynced + 1 synced, then the 3 again synced, on each of the 3 replicas.
+    expect(c.seen.filter((s) => s.nosync).length).toBe(9);
+    expect(c.seen.filter((s) => !s.nosync).length).toBe(12);
+    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+  });
+});
+
+describe("push of several runs with a journal", () => {
+  let prevEnv: string | undefined;
+  beforeAll(() => {
+    prevEnv = process.env.SHEEPDOG_JOURNAL_CHECKPOINT_MS;
+    process.env.SHEEPDOG_JOURNAL_CHECKPOINT_MS = "0"; // the records stay for replay
+  });
+  afterAll(() => {
+    if (prevEnv === undefined) delete process.env.SHEEPDOG_JOURNAL_CHECKPOINT_MS;
+    else process.env.SHEEPDOG_JOURNAL_CHECKPOINT_MS = prevEnv;
+  });
+
+  test("unsynced records are made durable by the next synced one and replayed", async () => {
+    const root = tempDir();
+    const disk = path.join(root, "obj"), jdir = path.join(root, "journal");
+    fs.mkdirSync(disk);
+    const log = { info() {}, warn() {}, err() {} };
+    const open = async () => {
+      const raw = openStore("plain", [disk]);
+      await raw.init();
+      const j = new Journal({ size: 64 << 20, dir: jdir, skip: false }, jdir, [disk], log, root);
+      await j.open(raw);
+      return { j, store: j.wrap(raw) };
+    };
+    cutter(root);
+    const a = await open();
+    const want = randomBytes(OBJ);
+    await a.store.createAndWrite(OID, 0, want, OBJ);
+    expect(shim!.describe().filter((l) => /^data .*journal_file/.test(l))).toEqual([]);
+    const r1 = randomBytes(4096), r2 = randomBytes(4096);
+    await a.store.write(OID, 8192, r1, undefined, true);
+    // The unsynced record is still pending in the journal's page cache...
+    expect(shim!.describe().some((l) => /^data .*journal_file/.test(l))).toBe(true);
+    await a.store.write(OID, 65536, r2);
+    // ...and the synced one after it covers it.
+    expect(shim!.describe().filter((l) => /^data .*journal_file/.test(l))).toEqual([]);
+    r1.copy(want, 8192);
+    r2.copy(want, 65536);
+    shim!.undoAll();
+    if (realFdatasync) fs.fdatasync = realFdatasync;
+    realFdatasync = null;
+    shim!.uninstall();
+    shim = null;
+    const b = await open();
+    expect(Buffer.compare(await b.store.read(OID, 0, OBJ), want)).toBe(0);
+    await b.j.close();
+  });
+});
