@@ -8,7 +8,11 @@ import { Buffer } from "node:buffer";
 export const CACHE_BLOCKS = 1024;
 /** Every cache file starts with two header pages (1024 CRCs fill one); the object follows. */
 export const CACHE_HEADER_SIZE = 8192;
-const MAGIC = 0x3248434143445321n; // "!SDCACH2" little-endian (CACH1: 64 KiB CRC blocks)
+const MAGIC = 0x3248434143445321n; // "!SDCACH2" little-endian
+/** "!SDCACH1": an earlier build's format (64 KiB CRC blocks), which this one cannot read. */
+const MAGIC_V1 = 0x3148434143445321n;
+/** decodeCacheHeader's answer for a format-1 file: its dirty data must not be dropped. */
+export const CACHE_FORMAT_1 = "cache format 1 (an earlier sheepdog build)";
 
 export interface CacheEntry {
   oid: bigint;
@@ -318,7 +322,9 @@ export function decodeCacheHeader(
 ): CacheHeader | string {
   if (b.length < CACHE_HEADER_SIZE) return `header is short (${b.length} bytes)`;
   const buf = Buffer.from(b.buffer, b.byteOffset, CACHE_HEADER_SIZE);
-  if (buf.readBigUInt64LE(0) !== MAGIC) return "bad magic";
+  const magic = buf.readBigUInt64LE(0);
+  if (magic === MAGIC_V1) return CACHE_FORMAT_1;
+  if (magic !== MAGIC) return "bad magic";
   if (buf.readUInt32LE(CACHE_HEADER_SIZE - 4) !== crc(buf.subarray(0, CACHE_HEADER_SIZE - 4))) {
     return "header checksum mismatch (torn header)";
   }

@@ -10,6 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import {
+  CACHE_FORMAT_1,
   CACHE_HEADER_SIZE,
   type CacheHeader,
   decodeCacheHeader,
@@ -225,6 +226,13 @@ export class CacheFiles {
     if (size === 0) return "0 bytes";
     const b = fs.readFileSync(file);
     const h = decodeCacheHeader(b, crc);
+    if (h === CACHE_FORMAT_1) {
+      // It may hold acknowledged writes never pushed: refuse to start rather than drop them.
+      throw new Error(
+        `object cache: ${file} is in ${CACHE_FORMAT_1}: start that build and flush its VDIs ` +
+          `(dog vdi cache flush VDI), or remove ${this.root} to drop the cache and any unflushed writes in it`,
+      );
+    }
     if (typeof h === "string") return h;
     if (h.oid.toString(16).padStart(16, "0") !== name) return "header names another object";
     if (size !== fileBytes(h.objSize)) {

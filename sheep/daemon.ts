@@ -200,7 +200,6 @@ export class Sheep {
     }
     writeConfig(this.baseDir, this.config);
 
-    // Accepted so existing command lines keep working, but said out loud: neither exists here.
     if (this.opts.cache !== null) {
       const dir = path.resolve(this.opts.cache.dir ?? path.join(this.baseDir, "cache"));
       this.cache = new ObjectCache(this, this.opts.cache, dir);

@@ -3,11 +3,17 @@
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import zlib from "node:zlib";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { CacheFiles } from "../../io/cache-file.ts";
+import { oidToVid } from "../../core/oid.ts";
 import {
   allSectors,
   blockCountOf,
   blockMask,
   blockSizeOf,
+  CACHE_FORMAT_1,
   CACHE_HEADER_SIZE,
   type CacheEntry,
   CacheIndex,
@@ -162,5 +168,33 @@ test("header codec round-trips and rejects torn, foreign or short headers", () =
   crcTorn[CACHE_HEADER_SIZE - 100] ^= 1; // the second page is covered too
   expect(decodeCacheHeader(crcTorn, crc)).toMatch(/torn header/);
   expect(decodeCacheHeader(Buffer.alloc(CACHE_HEADER_SIZE), crc)).toBe("bad magic");
+  const v1 = Buffer.from(b);
+  v1.write("!SDCACH1", 0, "latin1");
+  expect(decodeCacheHeader(v1, crc)).toBe(CACHE_FORMAT_1);
   expect(decodeCacheHeader(b.subarray(0, 100), crc)).toMatch(/short/);
+});
+
+test("a format-1 cache file stops the scan (its unflushed writes are not dropped)", () => {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "sheepdog-cache-v1-"));
+  try {
+    const oid = 0x00c962cd00000007n;
+    const h = encodeCacheHeader({
+      oid,
+      objSize: OBJ,
+      create: false,
+      dirty: 1n,
+      valid: 1n,
+      crcs: new Uint32Array(blockCountOf(OBJ)),
+    }, crc);
+    h.write("!SDCACH1", 0, "latin1");
+    const dir = path.join(root, oidToVid(oid).toString(16).padStart(6, "0"));
+    fs.mkdirSync(dir);
+    const file = path.join(dir, oid.toString(16).padStart(16, "0"));
+    fs.writeFileSync(file, h);
+    const files = new CacheFiles(root, false);
+    expect(() => files.scan(() => {})).toThrow(/cache format 1.*dog vdi cache flush/);
+    expect(fs.existsSync(file)).toBe(true);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });
