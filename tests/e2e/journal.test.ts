@@ -249,16 +249,22 @@ test(
     expect(sha(await readVdi(c, "a", 0, a.length))).toBe(sha(a));
     const check = await c.dog(["vdi", "check", "a"]);
     expect({ code: check.code, err: check.stderr }).toEqual({ code: 0, err: check.stderr });
-    // The cut copy: every object all old (zeros) or all new.
+    // The cut copy: every 64 KiB piece all old (zeros) or all new. Not per object: a kill in the
+    // middle of an object leaves the requests acknowledged before it (nbdcopy's are 256 KiB),
+    // so an object may rightly be part new, part zeros, but no write is ever half applied.
     const got = await readVdi(c, "b", 0, b.length);
-    const zero = Buffer.alloc(OBJ);
+    const PIECE = 64 * 1024;
+    const zero = Buffer.alloc(PIECE);
     let fresh = 0;
-    for (let o = 0; o < b.length; o += OBJ) {
-      const piece = got.subarray(o, o + OBJ);
-      if (piece.equals(b.subarray(o, o + OBJ))) fresh++;
+    for (let o = 0; o < b.length; o += PIECE) {
+      const piece = got.subarray(o, o + PIECE);
+      if (piece.equals(b.subarray(o, o + PIECE))) fresh++;
       else expect(piece.equals(zero)).toBe(true);
     }
-    console.log(`journal e2e (3 nodes): ${fresh}/${b.length / OBJ} objects of the cut copy back`);
+    fresh = Math.floor(fresh / (OBJ / PIECE));
+    console.log(
+      `journal e2e (3 nodes): ~${fresh}/${b.length / OBJ} objects' worth of the cut copy back`,
+    );
   },
   300_000,
 );
