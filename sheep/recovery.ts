@@ -147,16 +147,21 @@ export class RecoveryManager {
     const epoch = h.epoch();
     // Copies this node no longer owns become stale copies of the epoch they belonged to. Right
     // away: waiting first would leave them current for good if the cluster restarts meanwhile.
-    if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
-    // A fetch of the superseded run may still be installing its object; a second stale pass must
+    // A fetch of the superseded run may still be installing its object; a later stale pass must
     // see it, or a copy nobody updates would stay current here (upstream also lets in-flight
     // objects finish before a new recovery starts). One pass per landing, not one after the last:
     // a restart before the last one lands would leave the others current for good (a restart in
-    // the same epoch moves nothing).
-    while (this.inflight.size) {
-      await Promise.race([...this.inflight.values()].map((p) => p.then(() => {}, () => {})));
-      if (gen !== this.generation) return;
+    // the same epoch moves nothing). A pass lists the store when it starts, so a fetch that was
+    // in flight then and lands during the pass needs one more pass even if none is left after it.
+    for (;;) {
+      const busy = this.inflight.size > 0;
       if (movedFrom !== null) await this.moveUnowned(epoch, movedFrom);
+      if (gen !== this.generation) return;
+      if (!busy) break;
+      if (this.inflight.size) {
+        await Promise.race([...this.inflight.values()].map((p) => p.then(() => {}, () => {})));
+        if (gen !== this.generation) return;
+      }
     }
     if (gen !== this.generation) return;
     const known = await this.gatherLists(gen);
@@ -259,11 +264,13 @@ export class RecoveryManager {
     const local = store.list();
     const ec = h.ec;
     if (ec) {
-      await ec.moveUnowned(local.filter((o) => ec.isEc(o)), movedFrom, (oid, i, e) =>
+      await ec.moveUnowned(local.filter((o) => ec.isEc(o)), movedFrom, (oid, i, e) => {
+        if (movedMeanwhile(e)) return;
         h.log.err(
           `recovery for epoch ${epoch}: cannot move strip ${i} of ${oid.toString(16)} to stale ` +
             `copies of epoch ${movedFrom}: ${e.message}`,
-        ));
+        );
+      });
     }
     const gone = objectsNoLongerOwned({
       me: h.me,
@@ -274,12 +281,13 @@ export class RecoveryManager {
     for (const oid of gone) {
       // A copy that cannot be moved stays current here: fetches and writes still see it, it
       // just is not purged. Worth an operator's look, not worth stopping recovery for.
-      await store.moveToStale(oid, movedFrom).catch((e) =>
+      await store.moveToStale(oid, movedFrom).catch((e) => {
+        if (movedMeanwhile(e)) return;
         h.log.err(
           `recovery for epoch ${epoch}: cannot move ${oid.toString(16)} to stale copies of ` +
             `epoch ${movedFrom}: ${(e as Error).message}`,
-        )
-      );
+        );
+      });
     }
   }
 
@@ -459,4 +467,12 @@ export class RecoveryManager {
     for (const e of [...this.reported.keys()]) if (e <= epoch) this.reported.delete(e);
     await this.host.store().purgeStale();
   }
+}
+
+/**
+ * A move that found no object: the pass of a run that overlaps this one (two quick membership
+ * changes) moved it first. Nothing is left current here, so there is nothing to report.
+ */
+function movedMeanwhile(e: unknown): boolean {
+  return e instanceof SdError && e.code === Res.NO_OBJ;
 }

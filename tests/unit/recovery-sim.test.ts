@@ -351,12 +351,19 @@ class MemStore {
       this.writing--;
     }
   }
-  moveToStale(oid: bigint, epoch: number): Promise<void> {
+  moveHold: Promise<void> | null = null;
+  moving = 0;
+  async moveToStale(oid: bigint, epoch: number): Promise<void> {
     const d = this.cur.get(oid);
-    if (!d) return Promise.reject(new SdError(Res.NO_OBJ));
+    if (!d) throw new SdError(Res.NO_OBJ);
+    this.moving++;
+    try {
+      if (this.moveHold) await this.moveHold; // a slow rename (or its write-intent bookkeeping)
+    } finally {
+      this.moving--;
+    }
     this.cur.delete(oid);
     this.stale.set(`${oid}@${epoch}`, d);
-    return Promise.resolve();
   }
   readStale(oid: bigint, epoch: number, off: number, len: number): Promise<Buffer> {
     const d = this.stale.get(`${oid}@${epoch}`);
@@ -378,7 +385,13 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   throw new Error(`timed out waiting for ${what}`);
 }
 
-test("executor: an object still being written when a new epoch starts is not left behind on a non-owner", async () => {
+/**
+ * Node a fetches x in epoch 2; epoch 3 (p joins) takes x away from a while that write is still
+ * going; epoch 4 (p leaves) gives it back. With `landsDuringPass`, a also holds an object y it
+ * no longer owns in epoch 3, and x lands while epoch 3's first stale pass is moving y: that
+ * pass listed the store before x was there. Returns what a holds of x at the end.
+ */
+async function stillWrittenScenario(landsDuringPass: boolean): Promise<string> {
   const [a, b, c, p] = [0, 1, 2, 3].map((i) => makeNode("127.0.0.1", 7100 + i, { zone: i }));
   const rings: Ring[] = [];
   rings[1] = new Ring([b, c]);
@@ -396,6 +409,8 @@ test("executor: an object still being written when a new epoch starts is not lef
     }
   }
   expect(x).not.toBe(0n);
+  let y = x + 1n;
+  while (has(rings[3], y, a)) y++;
   const ver = (v: number) => Buffer.from(new BigUint64Array([BigInt(v)]).buffer);
   // The rest of the cluster as a's peers see it: current copies and stale copies per node.
   const peers = new Map<number, { cur: Map<bigint, number>; stale: Map<string, number> }>();
@@ -456,16 +471,37 @@ test("executor: an object still being written when a new epoch starts is not lef
   epoch = 3;
   members = [a, b, c, p];
   for (const n of rings[3].placeObject(x, 2)) peers.get(n.port)!.cur.set(x, 2);
-  rm.start(2);
-  release();
+  if (landsDuringPass) {
+    store.cur.set(y, ver(1));
+    let releaseMove!: () => void;
+    store.moveHold = new Promise<void>((r) => (releaseMove = r));
+    rm.start(2);
+    await until("epoch 3 moving y", () => store.moving === 1);
+    release();
+    await until("x landed", () => store.writing === 0);
+    store.moveHold = null;
+    releaseMove();
+    await until("epoch 3 recovery", () => reported.includes(3));
+    if (store.cur.has(x)) return "x still current on a in epoch 3, where a does not own it";
+  } else {
+    rm.start(2);
+    release();
+  }
   await until("epoch 3 recovery", () => reported.includes(3) && store.writing === 0);
   // Epoch 4: p leaves; a owns x again and must end up with v2, not its leftover v1.
   epoch = 4;
   members = [a, b, c];
   rm.start(3);
   await until("epoch 4 recovery", () => reported.includes(4));
-  const got = store.cur.get(x)?.readBigUInt64LE(0);
-  expect(`a holds v${got} of x`).toBe("a holds v2 of x");
+  return `a holds v${store.cur.get(x)?.readBigUInt64LE(0)} of x`;
+}
+
+test("executor: an object still being written when a new epoch starts is not left behind on a non-owner", async () => {
+  expect(await stillWrittenScenario(false)).toBe("a holds v2 of x");
+});
+
+test("executor: an object that lands during the new epoch's first stale pass is moved by another pass", async () => {
+  expect(await stillWrittenScenario(true)).toBe("a holds v2 of x");
 });
 
 test("executor: a newest holder that fails transiently is asked again, not skipped for an older copy", async () => {
