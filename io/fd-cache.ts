@@ -249,6 +249,21 @@ export function moveQuiet(from: string, to: string): void {
   }
 }
 
+/** Flushes an object file and its side file, if they are there (store close). */
+export function syncQuiet(path: string): void {
+  for (const p of [path, path + ".csum"]) {
+    let fd = -1;
+    try {
+      fd = fs.openSync(p, "r");
+      fs.fdatasyncSync(fd);
+    } catch {
+      /* absent */
+    } finally {
+      if (fd >= 0) closeQuiet(fd);
+    }
+  }
+}
+
 export function unlinkQuiet(path: string): void {
   try {
     fs.unlinkSync(path);

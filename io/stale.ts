@@ -135,8 +135,52 @@ export function readStaleFile(
   }
 }
 
-/** An object file and its side file (if any), for a copy to another filesystem. */
-export function readObjectFiles(from: string): Array<[string, Buffer]> {
+/**
+ * Moves an object's files from `from` on disk `src` to `to` on disk `dest`. On the same
+ * filesystem they are renamed, the side file first: a crash in between leaves the object where it
+ * was, with no side file (unverified) rather than with a side file of another object. Else they
+ * are copied under temp names, synced and published (side file first, as creates do), then the
+ * source unlinked. `guard` turns an error into the one to throw, given the disk it is of.
+ */
+export function moveObjectFiles(
+  from: string,
+  to: string,
+  src: Disk,
+  dest: Disk,
+  nosync: boolean,
+  guard: (disk: Disk, err: unknown) => Error,
+): void {
+  let sameFs = false;
+  try {
+    sameFs = fs.statSync(from).dev === fs.statSync(dest.path).dev;
+  } catch (err) {
+    throw guard(src, err);
+  }
+  if (sameFs) {
+    try {
+      moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
+      fs.renameSync(from, to);
+    } catch (err) {
+      throw guard(src, err);
+    }
+    return;
+  }
+  let files: Array<[string, Buffer]>;
+  try {
+    files = readObjectFiles(from);
+  } catch (err) {
+    throw guard(src, err);
+  }
+  try {
+    publishCopy(to, files, nosync);
+  } catch (err) {
+    throw guard(dest, err);
+  }
+  unlinkQuiet(from);
+  unlinkQuiet(from + CSUM_SUFFIX);
+}
+
+function readObjectFiles(from: string): Array<[string, Buffer]> {
   const out: Array<[string, Buffer]> = [];
   try {
     out.push([CSUM_SUFFIX, fs.readFileSync(from + CSUM_SUFFIX)]);
@@ -148,7 +192,7 @@ export function readObjectFiles(from: string): Array<[string, Buffer]> {
 }
 
 /** Writes the copy under temp names, syncs, publishes (side file first, as creates do). */
-export function publishCopy(to: string, files: Array<[string, Buffer]>, nosync: boolean): void {
+function publishCopy(to: string, files: Array<[string, Buffer]>, nosync: boolean): void {
   try {
     for (const [suffix, b] of files) {
       const p = to + suffix;

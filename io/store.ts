@@ -1,8 +1,9 @@
 // Backend object store (sheep-daemon.md §2.2, §9): plain and tree layouts over one or more disks,
 // as files. The interface, locks and object index are core/store.ts; the disk set and its ring
-// io/md.ts; descriptors and (direct) I/O io/fd-cache.ts; checksummed I/O io/verified-io.ts; stale
-// copies and disk usage io/stale.ts. Disks are plugged/unplugged at run time and a failing one is
-// taken out of the set (its objects are then recovered by the daemon).
+// io/md.ts; descriptors and (direct) I/O io/fd-cache.ts; checksummed I/O io/verified-io.ts and
+// the side files' write-intent logs io/csum-intent.ts; stale copies, moves between disks and disk
+// usage io/stale.ts. Disks are plugged/unplugged at run time and a failing one is taken out of
+// the set (its objects are then recovered by the daemon).
 //
 // I/O choice (measured on Bun 1.x and Deno 2.x, 2 cores, page cache): synchronous positional
 // fs.readSync/fs.writeSync are 10-50x faster than callback or FileHandle async I/O for 4 KiB ops
@@ -15,16 +16,22 @@ import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { errnoToRes, SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
-import { objectFileName as fileName, VDI_ATTR_BIT, VDI_BIT, VMSTATE_BIT } from "../core/oid.ts";
+import {
+  objectFileName as fileName,
+  parseObjectFileName,
+  VDI_ATTR_BIT,
+  VDI_BIT,
+  VMSTATE_BIT,
+} from "../core/oid.ts";
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
 import { updateTable, verifiedRead } from "./verified-io.ts";
+import { type IntentLog, IntentLogs } from "./csum-intent.ts";
 import {
   diskFree,
   diskUsage,
   listStaleIn,
+  moveObjectFiles,
   moveStaleOff,
-  publishCopy,
-  readObjectFiles,
   readStaleFile,
   removeObjectFiles,
   scanObjectDir,
@@ -103,6 +110,8 @@ class FileStore implements ObjectStore {
   private rebalancing: Promise<void> | null = null;
   private rebalanceAgain = false;
   private health: ReturnType<typeof setInterval> | null = null;
+  /** Write-intent logs of the side files, per disk (io/csum-intent.ts); none under nosync. */
+  private intents: IntentLogs;
   /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
   deferSync = false;
 
@@ -121,6 +130,16 @@ class FileStore implements ObjectStore {
     this.nosync = opts.nosync ?? false;
     this.checksums = opts.checksums ?? checksumsEnabled();
     this.fds = new FdCache(fdCacheSize(), this.io.openFlags);
+    this.intents = new IntentLogs({
+      pathOn: (disk, name) => {
+        const p = parseObjectFileName(name);
+        return p ? this.pathOn(disk, p.oid, p.ecIndex) : null;
+      },
+      shared: (name, fn) => this.locks.run(name, false, fn),
+      fds: this.fds,
+      guard: (disk, err) => this.guard(disk, err),
+      log: (level, msg) => this.log(level, msg),
+    }, !this.nosync);
   }
 
   private log(level: "info" | "warn" | "err", msg: string) {
@@ -181,6 +200,7 @@ class FileStore implements ObjectStore {
     this.set.remove(disk);
     this.leaving = this.leaving.filter((d) => d !== disk);
     this.fds.invalidateUnder(disk.path);
+    this.intents.drop(disk);
     let lost = 0;
     for (const e of this.index.values()) {
       if (e.disk !== disk) continue;
@@ -206,6 +226,7 @@ class FileStore implements ObjectStore {
   close(): void {
     if (this.health) clearInterval(this.health);
     this.health = null;
+    this.intents.closeAll();
     this.fds.clear();
   }
 
@@ -232,45 +253,23 @@ class FileStore implements ObjectStore {
    * Moves a misplaced object to the disk the ring picks (caller holds the exclusive lock). The
    * source's errors fail the source disk, the destination's the destination.
    */
-  private relocate(e: Entry): void {
+  private async relocate(e: Entry): Promise<void> {
     const want = this.pick(e.oid);
     if (e.disk === want) return;
     const src = e.disk;
     const from = this.pathOn(src, e.oid, e.ecIndex);
     const to = this.pathOn(want, e.oid, e.ecIndex);
+    // Flushed where they are: the moved files then need no entry in either disk's log.
+    await this.intents.settle(src, fileName(e.oid, e.ecIndex), from);
     this.fds.invalidate(from);
     this.fds.invalidate(from + CSUM_SUFFIX);
-    let sameFs = false;
-    try {
-      sameFs = fs.statSync(from).dev === fs.statSync(want.path).dev;
-    } catch (err) {
-      throw this.guard(src, err);
-    }
-    if (sameFs) {
-      // The side file first: a crash in between leaves the object where it was, with no side
-      // file (unverified) rather than with a side file of another object.
-      try {
-        moveQuiet(from + CSUM_SUFFIX, to + CSUM_SUFFIX);
-        fs.renameSync(from, to);
-      } catch (err) {
-        throw this.guard(src, err);
-      }
-    } else {
-      let files: Array<[string, Buffer]>;
-      try {
-        files = readObjectFiles(from);
-      } catch (err) {
-        throw this.guard(src, err);
-      }
-      try {
-        publishCopy(to, files, this.nosync);
-      } catch (err) {
-        throw this.guard(want, err);
-      }
-      unlinkQuiet(from);
-      unlinkQuiet(from + CSUM_SUFFIX);
-    }
+    moveObjectFiles(from, to, src, want, this.nosync, (d, err) => this.guard(d, err));
     e.disk = want;
+  }
+
+  /** The log to mark before writing an object's side file; null: no flush is promised. */
+  private intentFor(disk: Disk): IntentLog | null {
+    return this.checksums && !this.deferSync ? this.intents.get(disk) : null;
   }
 
   // ---- lifecycle ----
@@ -282,6 +281,7 @@ class FileStore implements ObjectStore {
       this.leaving = [];
       this.set = new DiskSet(this.paths.map((p) => setupDisk(p, this.kind, false)));
       for (const d of this.set.disks) this.scanDisk(d);
+      for (const d of this.set.disks) this.intents.open(d);
     } catch (e) {
       throw sdErr(e);
     }
@@ -315,6 +315,7 @@ class FileStore implements ObjectStore {
         fs.rmSync(`${d.path}/.stale`, { recursive: true, force: true });
         fs.mkdirSync(`${d.path}/.stale`, { recursive: true });
       }
+      this.intents.resetAll();
       this.index.clear();
     } catch (e) {
       throw sdErr(e);
@@ -331,11 +332,11 @@ class FileStore implements ObjectStore {
   private async ensurePlaced(name: string, oid: bigint, ecIndex?: number): Promise<void> {
     const e = this.lookup(oid, ecIndex);
     if (!e || e.disk === this.set.pick(oid) || this.set.size === 0) return;
-    await this.locks.run(name, true, () => {
+    await this.locks.run(name, true, async () => {
       const cur = this.index.get(name);
       if (!cur) return;
       try {
-        this.relocate(cur);
+        await this.relocate(cur);
       } catch { /* keep serving it from where it is (or it is gone with its disk) */ }
     });
   }
@@ -476,9 +477,15 @@ class FileStore implements ObjectStore {
           cfd = fs.openSync(ctmp, "w");
           pwriteFull(cfd, tableForCreate(size, offset, data), 0);
         }
+        // The new side file is not flushed: the name is durably dirty before the renames.
+        const log = cfd >= 0 && !this.nosync ? this.intentFor(disk) : null;
         if (!this.nosync && !this.deferSync) {
-          await Promise.all([fdatasync(fd), cfd >= 0 ? fdatasync(cfd) : undefined]);
+          await Promise.all([
+            fdatasync(fd),
+            log ? log.mark(name) : cfd >= 0 ? fdatasync(cfd) : undefined,
+          ]);
         }
+        while (log && !log.touch(name)) await log.mark(name);
         const bytes = allocatedBytes(fs.fstatSync(fd));
         closeQuiet(fd);
         fd = -1;
@@ -527,8 +534,12 @@ class FileStore implements ObjectStore {
       let cc: CachedFd | null = null;
       try {
         cc = this.openCsum(path);
-        // Everything up to the syncs is synchronous, so two writes sharing the lock cannot
-        // interleave their read-modify-write of a block's checksum.
+        // The side file is flushed lazily: first the name durably dirty (once per object, see
+        // io/csum-intent.ts), then only the object file is flushed below.
+        const log = cc && !this.nosync ? this.intentFor(e.disk) : null;
+        while (log && !log.touch(name)) await log.mark(name);
+        // Everything from here up to the syncs is synchronous, so two writes sharing the lock
+        // cannot interleave their read-modify-write of a block's checksum.
         if (cc) {
           const size = this.sizeOf(c);
           updateTable(this.io, c.fd, cc, offset, data, path, size, this.blockSize(cc, size));
@@ -545,7 +556,7 @@ class FileStore implements ObjectStore {
         }
         this.index.resize(name, allocatedBytes(st));
         if (!nosync && !this.nosync && !this.deferSync) {
-          await Promise.all([fdatasync(c.fd), cc ? fdatasync(cc.fd) : undefined]);
+          await Promise.all([fdatasync(c.fd), cc && !log ? fdatasync(cc.fd) : undefined]);
         }
       } catch (err) {
         this.forgetTable(path, err);
@@ -593,10 +604,12 @@ class FileStore implements ObjectStore {
 
   moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
     const name = fileName(oid, ecIndex);
-    return this.locks.run(name, true, () => {
+    return this.locks.run(name, true, async () => {
       const e = this.lookup(oid, ecIndex);
       if (!e) throw new SdError(Res.NO_OBJ);
       const path = this.pathOn(e.disk, oid, ecIndex);
+      // A stale copy is a recovery source verified against its side file: flushed first.
+      await this.intents.settle(e.disk, name, path);
       this.fds.invalidate(path);
       this.fds.invalidate(path + CSUM_SUFFIX);
       try {
@@ -696,6 +709,11 @@ class FileStore implements ObjectStore {
         continue;
       }
       this.set.add(d);
+      try {
+        this.intents.open(d);
+      } catch (e) {
+        this.log("err", `${p}: checksum intent log: ${(e as Error).message}`);
+      }
       added++;
       const vdisks = (d.capacity + (1n << 30n) - 1n) >> 30n;
       this.log("info", `${p}, vdisk nr ${vdisks}, total disk ${this.set.size}`);
@@ -757,11 +775,11 @@ class FileStore implements ObjectStore {
       if (this.set.size === 0) return;
       if (e.disk === this.set.pick(e.oid)) continue;
       const name = fileName(e.oid, e.ecIndex);
-      await this.locks.run(name, true, () => {
+      await this.locks.run(name, true, async () => {
         const cur = this.index.get(name);
         if (!cur || cur.disk === this.set.pick(cur.oid)) return;
         try {
-          this.relocate(cur);
+          await this.relocate(cur);
           moved++;
         } catch (err) {
           this.log("warn", `moving ${name} off ${cur.disk.path}: ${(err as Error).message}`);
@@ -778,6 +796,7 @@ class FileStore implements ObjectStore {
       }
       this.leaving = this.leaving.filter((x) => x !== d);
       this.fds.invalidateUnder(d.path);
+      this.intents.close(d);
       this.log("info", `${d.path} emptied: its objects are on the other disks`);
       this.opts.onDisk?.({ kind: "emptied", path: d.path, left: this.set.size, lost: 0 });
     }

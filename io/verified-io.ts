@@ -1,18 +1,22 @@
 // Verified object-file I/O of the store (io/store.ts) against the stored checksums of
 // io/checksum.ts: a read checks every block it touches, a write updates the blocks' entries.
+import fs from "node:fs";
 import { Buffer } from "node:buffer";
 import { SdError } from "../core/errors.ts";
 import { Res } from "../core/proto.ts";
 import {
+  blockCount,
   blockLen,
+  blockSizeOf,
   crcOf,
   CSUM_BLOCK,
+  CSUM_SUFFIX,
   entryMatches,
   entryOffset,
   firstBadBlock,
   tableForWrite,
 } from "./checksum.ts";
-import { type DataIo, preadFull, pwriteFull } from "./fd-cache.ts";
+import { closeQuiet, type DataIo, isEnoent, preadFull, pwriteFull } from "./fd-cache.ts";
 
 export function checksumError(path: string, block: number, bs = CSUM_BLOCK): SdError {
   return new SdError(Res.EIO, `checksum mismatch in ${path} block ${block} (${bs} bytes)`);
@@ -106,4 +110,56 @@ export function updateTable(
   };
   const t = tableForWrite(first, last, offset, data, newSize, old, prev, bs);
   storeEntries(sf, t, first);
+}
+
+/**
+ * Recomputes every entry of the side file of `path` from the data on disk and flushes it (the
+ * object was dirty in the write-intent log at a crash, io/csum-intent.ts: either file may hold
+ * the newer state). Returns how many blocks matched neither slot, -1 when there is no side file.
+ */
+export function resealFile(path: string): number {
+  let fd: number;
+  let cfd: number;
+  try {
+    fd = fs.openSync(path, "r");
+  } catch (e) {
+    if (isEnoent(e)) return -1;
+    throw e;
+  }
+  try {
+    try {
+      cfd = fs.openSync(path + CSUM_SUFFIX, "r+");
+    } catch (e) {
+      if (isEnoent(e)) return -1;
+      throw e;
+    }
+    try {
+      const size = fs.fstatSync(fd).size;
+      const old = preadFull(cfd, fs.fstatSync(cfd).size, 0);
+      let bs = blockSizeOf(old.length, size);
+      // A table of neither length (torn growth) is rewritten with 4 KiB blocks.
+      if (old.length !== blockCount(size, bs) * 8) bs = CSUM_BLOCK;
+      const n = blockCount(size, bs);
+      const t = Buffer.alloc(n * 8);
+      let bad = 0;
+      const chunk = 256 * bs;
+      for (let i = 0; i < n; i += 256) {
+        const buf = preadFull(fd, Math.min(chunk, size - i * bs), i * bs);
+        for (let k = 0; k < 256 && i + k < n; k++) {
+          const c = crcOf(buf.subarray(k * bs, k * bs + blockLen(i + k, size, bs)));
+          if (!entryMatches(old, i + k, c)) bad++;
+          t.writeUInt32LE(c, (i + k) * 8);
+          t.writeUInt32LE(c, (i + k) * 8 + 4);
+        }
+      }
+      pwriteFull(cfd, t, 0);
+      if (old.length > t.length) fs.ftruncateSync(cfd, t.length);
+      fs.fdatasyncSync(cfd);
+      return bad;
+    } finally {
+      closeQuiet(cfd);
+    }
+  } finally {
+    closeQuiet(fd);
+  }
 }

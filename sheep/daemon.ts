@@ -782,6 +782,13 @@ export class Sheep {
     this.pool.close();
     // Everything applied made durable, so the next start has nothing to replay.
     await this.journal?.close().catch((e) => this.log.warn(`closing the journal: ${e}`));
+    // Dirty checksum side files flushed and the write-intent logs emptied (io/csum-intent.ts), so
+    // the next start has nothing to reseal.
+    try {
+      this.store?.close();
+    } catch (e) {
+      this.log.warn(`closing the store: ${e}`);
+    }
     fs.rmSync(path.join(this.baseDir, "lock"), { force: true });
     if (this.opts.pidfile) fs.rmSync(this.opts.pidfile, { force: true });
     this.onExit(code);
