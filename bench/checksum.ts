@@ -37,8 +37,11 @@ export const CSUM_METRICS: Record<CsumKey, { metric: string; unit: string }> = {
 };
 
 export type CsumFigures = Record<"on" | "off", Record<CsumKey, number[]>> & {
-  /** Sheep CPU microseconds per 4 KiB I/O (randread, randwrite): steadier than IOPS under load. */
-  cpu: Record<"on" | "off", Record<"randread" | "randwrite", number[]>>;
+  /**
+   * Sheep CPU per unit of work, steadier than throughput under load: microseconds per 4 KiB I/O
+   * (randread, randwrite), milliseconds per MB (write, read).
+   */
+  cpu: Record<"on" | "off", Record<CsumKey, number[]>>;
 };
 
 export async function checksumBench(
@@ -79,7 +82,7 @@ export async function checksumBench(
     const f: CsumFigures = {
       on: empty(),
       off: empty(),
-      cpu: { on: { randread: [], randwrite: [] }, off: { randread: [], randwrite: [] } },
+      cpu: { on: empty(), off: empty() },
     };
     for (let i = 0; i < o.rounds; i++) {
       const order: Array<"on" | "off"> = i % 2 === 0 ? ["off", "on"] : ["on", "off"];
@@ -87,23 +90,28 @@ export async function checksumBench(
         const c = clusters[k]!;
         const port = c.nodes[0].port;
         const vdi = `w${i}`;
+        const pids = [c.nodes[0].proc!.pid!];
+        const mb = o.sizeBytes / MB;
         await c.dogOk(["vdi", "create", vdi, String(o.sizeBytes)]);
+        let c0 = cpuSeconds(pids);
         const wr = await run(dogArgv(port, ["vdi", "write", vdi, "0", String(o.sizeBytes)]), {
           timeoutMs: 900_000,
           stdinFile: src,
         });
         if (wr.code !== 0) throw fail(`dog vdi write (checksums ${k})`, wr);
+        f.cpu[k].write.push((cpuSeconds(pids) - c0) * 1e3 / mb);
+        c0 = cpuSeconds(pids);
         const rd = await run(dogArgv(port, ["vdi", "read", vdi, "0", String(o.sizeBytes)]), {
           timeoutMs: 900_000,
           stdoutFile: "/dev/null",
         });
         if (rd.code !== 0) throw fail(`dog vdi read (checksums ${k})`, rd);
+        f.cpu[k].read.push((cpuSeconds(pids) - c0) * 1e3 / mb);
         await c.dogOk(["vdi", "delete", vdi]);
         f[k].write.push(o.sizeBytes / MB / (wr.ms / 1000));
         f[k].read.push(o.sizeBytes / MB / (rd.ms / 1000));
         for (const rw of ["randread", "randwrite"] as const) {
-          const pids = [c.nodes[0].proc!.pid!];
-          const c0 = cpuSeconds(pids);
+          c0 = cpuSeconds(pids);
           const iops = (await fio(uri(c), rw, 32, o.runtimeS, o.sizeBytes)).iops;
           // fio's ramp second is in the CPU time, not in its IOPS: count its I/Os too.
           f.cpu[k][rw].push((cpuSeconds(pids) - c0) * 1e6 / (iops * (o.runtimeS + 1)));
@@ -111,9 +119,11 @@ export async function checksumBench(
           await sleep(500);
         }
         log(
-          `round ${i + 1} checksums ${k}: write ${f[k].write.at(-1)!.toFixed(0)} MB/s, read ${
-            f[k].read.at(-1)!.toFixed(0)
-          } MB/s, randread ${f[k].randread.at(-1)!.toFixed(0)} IOPS (${
+          `round ${i + 1} checksums ${k}: write ${f[k].write.at(-1)!.toFixed(0)} MB/s (${
+            f.cpu[k].write.at(-1)!.toFixed(2)
+          } ms CPU/MB), read ${f[k].read.at(-1)!.toFixed(0)} MB/s (${
+            f.cpu[k].read.at(-1)!.toFixed(2)
+          } ms CPU/MB), randread ${f[k].randread.at(-1)!.toFixed(0)} IOPS (${
             f.cpu[k].randread.at(-1)!.toFixed(1)
           } us CPU each), randwrite ${f[k].randwrite.at(-1)!.toFixed(0)} IOPS (${
             f.cpu[k].randwrite.at(-1)!.toFixed(1)
@@ -149,12 +159,13 @@ if (import.meta.main) {
       } (with/without ${(on / off).toFixed(3)}x, goal >= 0.95x)`,
     );
   }
-  for (const rw of ["randread", "randwrite"] as const) {
-    const on = median(f.cpu.on[rw]), off = median(f.cpu.off[rw]);
+  for (const k of Object.keys(CSUM_METRICS) as CsumKey[]) {
+    const on = median(f.cpu.on[k]), off = median(f.cpu.off[k]);
+    const unit = k.startsWith("rand") ? "us per 4k I/O" : "ms per MB";
     console.log(
-      `sheep CPU per 4k ${rw}: with ${on.toFixed(1)} us, without ${off.toFixed(1)} us (${
-        (on / off).toFixed(3)
-      }x)`,
+      `sheep CPU, ${CSUM_METRICS[k].metric}: with ${on.toFixed(2)}, without ${
+        off.toFixed(2)
+      } ${unit} (${(on / off).toFixed(3)}x)`,
     );
   }
   console.log(`load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores`);

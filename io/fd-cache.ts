@@ -14,6 +14,11 @@ export interface CachedFd {
   table?: Buffer;
   /** Of an object file: its size, once known (only this store changes it, by writes). */
   size?: number;
+  /**
+   * Of an object file: its side file's entry, found through the cache once (io/store.ts
+   * sideOf); used while not closed, so a checksummed read skips a path build and an LRU move.
+   */
+  side?: CachedFd;
 }
 
 /**

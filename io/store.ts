@@ -365,6 +365,19 @@ class FileStore implements ObjectStore {
     return cc;
   }
 
+  /** `openCsum` of the object file behind `c`, through its link when the side file is open. */
+  private sideOf(c: CachedFd, path: string): CachedFd | null {
+    if (!this.checksums) return null;
+    const s = c.side;
+    if (s && !s.closed) {
+      s.refs++;
+      return s;
+    }
+    const cc = this.openCsum(path);
+    c.side = cc ?? undefined;
+    return cc;
+  }
+
   /** After a mismatch the side file may be fixed behind us (journal replay reseals it): reload. */
   private forgetTable(path: string, err: unknown): void {
     if (err instanceof SdError && err.code === Res.EIO) this.fds.invalidate(path + CSUM_SUFFIX);
@@ -400,7 +413,7 @@ class FileStore implements ObjectStore {
       const { e, c, path } = this.openExisting(name, oid, ecIndex);
       let cc: CachedFd | null = null;
       try {
-        cc = this.openCsum(path);
+        cc = this.sideOf(c, path);
         if (!cc) return this.io.pread(c.fd, length, offset);
         const size = this.sizeOf(c);
         const bs = this.blockSize(cc, size);
@@ -533,7 +546,7 @@ class FileStore implements ObjectStore {
       const { e, c, path } = this.openExisting(name, oid, ecIndex);
       let cc: CachedFd | null = null;
       try {
-        cc = this.openCsum(path);
+        cc = this.sideOf(c, path);
         // The side file is flushed lazily: first the name durably dirty (once per object, see
         // io/csum-intent.ts), then only the object file is flushed below.
         const log = cc && !this.nosync ? this.intentFor(e.disk) : null;

@@ -68,8 +68,10 @@ export function verifiedRead(
   const start = first * bs;
   const span = Math.min((last + 1) * bs, size) - start;
   const buf = io.pread(fd, span, start);
-  const table = entriesOf(sf, first, last - first + 1);
-  const bad = firstBadBlock(buf, first, size, table, bs);
+  // The table in memory is used in place (entry 0 is block 0): no view made per read.
+  const bad = sf.table
+    ? firstBadBlock(buf, first, size, sf.table, bs, 0)
+    : firstBadBlock(buf, first, size, entriesOf(sf, first, last - first + 1), bs);
   if (bad >= 0) throw checksumError(path, bad, bs);
   if (start === offset && span === length) return buf;
   // Inside what was read: a view, no copy (a 4 KiB read of a 64 KiB block is the common case).

@@ -5,7 +5,14 @@ import fs from "node:fs";
 import os from "node:os";
 import { Buffer } from "node:buffer";
 import { openStore } from "../../io/store.ts";
-import { crcOf, CSUM_BLOCK, CSUM_SUFFIX, LEGACY_CSUM_BLOCK } from "../../io/checksum.ts";
+import {
+  combinedCur,
+  crcOf,
+  CSUM_BLOCK,
+  CSUM_SUFFIX,
+  firstBadBlock,
+  LEGACY_CSUM_BLOCK,
+} from "../../io/checksum.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
 
@@ -181,4 +188,48 @@ test("a side file corrupted on disk while its entries are in memory: the scrub f
   );
   expect(await s.scrubObject(DATA0)).toEqual({ ok: false, bytes: 64 * 1024 });
   expect(await code(s.read(DATA0, 3 * 4096, 4096))).toBe(Res.EIO);
+});
+
+test("a multi-block read checks one combined CRC: same verdicts as block by block", () => {
+  // Property check of firstBadBlock's combined path against a per-block reference, on random
+  // data, random runs (whole and partial last blocks), flips anywhere and prev-slot entries.
+  let seed = 20261207;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed % n;
+  };
+  for (const bs of [CSUM_BLOCK, LEGACY_CSUM_BLOCK]) {
+    for (let round = 0; round < 60; round++) {
+      const nb = 1 + rnd(bs === CSUM_BLOCK ? 40 : 6);
+      const size = nb * bs - (rnd(3) === 0 ? 1 + rnd(bs - 1) : 0);
+      const data = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) data[i] = rnd(256);
+      const table = Buffer.alloc(nb * 8);
+      for (let k = 0; k < nb; k++) {
+        const c = crcOf(data.subarray(k * bs, Math.min(size, (k + 1) * bs)));
+        const other = (c ^ 0x5a5a5a5a) >>> 0;
+        // Some blocks hold their CRC only in the prev slot (a write whose data did not land).
+        const inPrev = rnd(8) === 0;
+        table.writeUInt32LE(inPrev ? other : c, k * 8);
+        table.writeUInt32LE(inPrev ? c : other, k * 8 + 4);
+      }
+      // The combined path is taken (the entries combine to the CRC of all whole blocks).
+      const whole = size % bs ? nb - 1 : nb;
+      const curs = Buffer.alloc(whole * 8);
+      for (let k = 0; k < whole; k++) {
+        curs.writeUInt32LE(crcOf(data.subarray(k * bs, (k + 1) * bs)), k * 8);
+      }
+      expect(combinedCur(curs, 0, whole, bs)).toBe(crcOf(data.subarray(0, whole * bs)));
+      const bad = rnd(3) === 0 ? rnd(nb) : -1;
+      if (bad >= 0) {
+        const at = bad * bs + rnd(Math.min(bs, size - bad * bs));
+        data[at] ^= 1 << rnd(8);
+      }
+      const first = rnd(nb);
+      const buf = data.subarray(first * bs);
+      const want = bad >= first ? bad : -1;
+      expect(firstBadBlock(buf, first, size, table, bs, 0)).toBe(want);
+      expect(firstBadBlock(buf, first, size, table.subarray(first * 8), bs)).toBe(want);
+    }
+  }
 });
