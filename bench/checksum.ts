@@ -6,7 +6,7 @@
 //
 //   node_modules/.bin/bun bench/checksum.ts
 //
-// Environment: BENCH_CSUM_MB (VDI size, default 256), BENCH_CSUM_ROUNDS (default 3),
+// Environment: BENCH_CSUM_MB (VDI size, default 256), BENCH_CSUM_ROUNDS (default 5),
 // BENCH_FIO_RUNTIME (s per fio run, default 10). Also the `checksum` section of bench/run.ts.
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -148,7 +148,7 @@ if (import.meta.main) {
   const env = process.env;
   const f = await checksumBench({
     sizeBytes: Number(env.BENCH_CSUM_MB ?? 256) * MiB,
-    rounds: Number(env.BENCH_CSUM_ROUNDS ?? 3),
+    rounds: Number(env.BENCH_CSUM_ROUNDS ?? 5),
     runtimeS: Number(env.BENCH_FIO_RUNTIME ?? 10),
   });
   for (const k of Object.keys(CSUM_METRICS) as CsumKey[]) {

@@ -19,6 +19,8 @@ export interface CachedFd {
    * sideOf); used while not closed, so a checksummed read skips a path build and an LRU move.
    */
   side?: CachedFd;
+  /** Of an object file, checksums off: its outdated side file (if any) was removed. */
+  sideGone?: boolean;
 }
 
 /**

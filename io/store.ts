@@ -556,7 +556,10 @@ class FileStore implements ObjectStore {
         if (cc) {
           const size = this.sizeOf(c);
           updateTable(this.io, c.fd, cc, offset, data, path, size, this.blockSize(cc, size));
-        } else if (!this.checksums) unlinkQuiet(path + CSUM_SUFFIX);
+        } else if (!this.checksums && !c.sideGone) {
+          unlinkQuiet(path + CSUM_SUFFIX); // once per descriptor, not a syscall per write
+          c.sideGone = true;
+        }
         this.io.pwrite(c.fd, data, offset);
         const st = fs.fstatSync(c.fd);
         c.size = st.size;
