@@ -82,6 +82,7 @@ export function classifyRequest(opcode: number): { peer: boolean; kind: RequestK
     case Op.READ_PEER:
       return { peer: true, kind: "read" };
     case Op.WRITE_PEER:
+    case Op.WRITE_RUNS_PEER:
     case Op.CREATE_AND_WRITE_PEER:
       return { peer: true, kind: "write" };
     case Op.REMOVE_PEER:

@@ -77,6 +77,8 @@ export const Op = {
   // Our extensions (no upstream counterpart): background scrub (sheep/scrub.ts).
   SCRUB_START: 0xe0,
   SCRUB_STATUS: 0xe1,
+  /** Several runs of one object, one fdatasync (core/write-runs.ts; the object cache's push). */
+  WRITE_RUNS_PEER: 0xe2,
 } as const;
 
 export const Flag = {

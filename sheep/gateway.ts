@@ -10,6 +10,7 @@ import { Flag, Header, Op, Res, SD_SHEEP_PROTO_VER, strerror } from "../core/pro
 import { SdError } from "../core/errors.ts";
 import type { ClientPool } from "../io/client.ts";
 import { EcGateway } from "./ec-io.ts";
+import { encodeWriteRuns, MAX_WRITE_RUNS } from "../core/write-runs.ts";
 
 export interface PeerHandler {
   /** Executes a peer opcode on this node's store. */
@@ -230,6 +231,19 @@ export class Gateway {
     if (runs.length < 2 || req.opcode !== Op.WRITE_OBJ || this.ecPolicy(req)) {
       return await Promise.all(runs.map((r) => one(r)));
     }
+    // All runs in one request per replica (core/write-runs.ts). A replica that does not know the
+    // opcode (an older sheep during a rolling upgrade) answers INVALID_PARMS: then run by run,
+    // which is idempotent, as before.
+    if (runs.length <= MAX_WRITE_RUNS) {
+      try {
+        const h = runHeader(req, runs[0]);
+        const payload = encodeWriteRuns(runs);
+        h.dataLength = payload.length;
+        return [await limit(() => this.writeAll(h, payload, false, Op.WRITE_RUNS_PEER))];
+      } catch (e) {
+        if (!(e instanceof SdError && e.code === Res.INVALID_PARMS)) throw e;
+      }
+    }
     const epoch = this.ctx.epoch();
     const early = runs.slice(0, -1);
     const replies = await Promise.all(early.map((r) => one(r, true)));
@@ -242,8 +256,12 @@ export class Gateway {
    * Gateway write/create/remove: every replica, in parallel; all must succeed. `nosync` (plain
    * writes only, from writeRuns): the replicas skip this write's fdatasync.
    */
-  writeAll(req: Header, data: Buffer, nosync = false): Promise<{ hdr: Header; data: Buffer }> {
-    const peerOp = PEER_OP[req.opcode];
+  writeAll(
+    req: Header,
+    data: Buffer,
+    nosync = false,
+    peerOp: number = PEER_OP[req.opcode],
+  ): Promise<{ hdr: Header; data: Buffer }> {
     const policy = this.ecPolicy(req);
     if (policy && req.opcode === Op.REMOVE_OBJ) return this.ec.remove(req, policy);
     if (policy && peerOp !== Op.DECREF_PEER) return this.ec.write(req, data, policy);
@@ -291,7 +309,8 @@ export class Gateway {
       const failed = results.filter((r) =>
         r.status === "rejected" || r.value.hdr.result !== Res.SUCCESS
       ).length;
-      if (ok && missing > 0 && missing === failed && peerOp === Op.WRITE_PEER) {
+      const write = peerOp === Op.WRITE_PEER || peerOp === Op.WRITE_RUNS_PEER;
+      if (ok && missing > 0 && missing === failed && write) {
         throw new SdError(
           Res.NETWORK_ERROR,
           `${missing} replica(s) of ${req.oid.toString(16)} still recovering it`,

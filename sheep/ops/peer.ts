@@ -17,6 +17,7 @@ import {
 import type { ObjectStore } from "../../io/store.ts";
 import type { Gateway } from "../gateway.ts";
 import type { Logger } from "../log.ts";
+import { decodeWriteRuns } from "../../core/write-runs.ts";
 import { inodeHeaderOf, type Reply, withResult } from "./reply.ts";
 
 /** What peer ops see of the daemon. */
@@ -106,6 +107,18 @@ export class PeerOps {
           // writeRuns).
           await this.s.store.write(req.oid, req.offset, data, ec, !!(req.flags & Flag.CMD_NOSYNC));
           return { hdr: rsp, data: EMPTY };
+        case Op.WRITE_RUNS_PEER: {
+          // Replicated objects only: the gateway sends EC strips' runs one by one.
+          if (ec !== undefined) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
+          const runs = decodeWriteRuns(data, this.s.storedSize(req.oid, req.objCopyPolicy));
+          if (!this.s.store.exists(req.oid)) await this.s.recovery.ensure(req.oid);
+          // One fdatasync, the last run's: it flushes the file's pages of all of them.
+          for (let i = 0; i < runs.length; i++) {
+            const nosync = i < runs.length - 1 || !!(req.flags & Flag.CMD_NOSYNC);
+            await this.s.store.write(req.oid, runs[i].off, runs[i].data, undefined, nosync);
+          }
+          return { hdr: rsp, data: EMPTY };
+        }
         case Op.REMOVE_PEER:
           await this.s.store.remove(req.oid, ec);
           return { hdr: rsp, data: EMPTY };

@@ -69,6 +69,11 @@ export const OP_TABLE: ReadonlyMap<number, OpRow> = new Map<number, OpRow>([
     kind: "peer",
     run: (o, req, data) => o.peer.handle(req, data),
   }],
+  [Op.WRITE_RUNS_PEER, {
+    name: "WRITE_RUNS_PEER",
+    kind: "peer",
+    run: (o, req, data) => o.peer.handle(req, data),
+  }],
   [Op.REMOVE_PEER, {
     name: "REMOVE_PEER",
     kind: "peer",

@@ -136,6 +136,7 @@ export const FUZZ_OPS: readonly number[] = [
   Op.CREATE_AND_WRITE_PEER,
   Op.READ_PEER,
   Op.WRITE_PEER,
+  Op.WRITE_RUNS_PEER,
   Op.REMOVE_PEER,
   Op.GET_VDI_COPIES,
   Op.MD_INFO,
