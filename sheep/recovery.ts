@@ -163,7 +163,6 @@ export class RecoveryManager {
         if (gen !== this.generation) return;
       }
     }
-    if (gen !== this.generation) return;
     const known = await this.gatherLists(gen);
     if (known === null) return;
     const todo = objectsToRecover({

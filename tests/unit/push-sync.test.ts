@@ -236,7 +236,8 @@ describe("push of several runs", () => {
     let n = 0;
     await c.g.writeRuns(pushHeader(), runs, async (f) => {
       const r = await f();
-      if (++n === 3) c.bumpEpoch(); // after the unsynced runs, before the last one is sent
+      // The refused WRITE_RUNS_PEER, then the 3 unsynced runs: bumped before the last is sent.
+      if (++n === 4) c.bumpEpoch();
       return r;
     });
     // 3 unsynced + 1 synced, then the 3 again synced, on each of the 3 replicas.
