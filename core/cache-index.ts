@@ -310,7 +310,7 @@ function readBits(b: Buffer, at: number): bigint {
 export function encodeCacheHeader(
   h: CacheHeader,
   crc: (b: Uint8Array) => number,
-  out = Buffer.alloc(CACHE_HEADER_SIZE),
+  out: Buffer = Buffer.alloc(CACHE_HEADER_SIZE),
 ): Buffer {
   out.fill(0);
   out.writeBigUInt64LE(MAGIC, 0);

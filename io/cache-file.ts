@@ -1,7 +1,8 @@
 // The object cache's files: `<dir>/<vid %06x>/<oid %016x>`, a 4 KiB header (core/cache-index.ts)
 // then the object's bytes. With directio the files are opened O_DIRECT: every transfer is whole
-// aligned blocks from freshly allocated buffers (page aligned on Bun; Deno's are not, so the
-// start-up probe refuses directio there with a clear message, as it does on tmpfs).
+// aligned blocks from buffers whose address is aligned (io/fd-cache.ts's DirectIo.alloc: neither
+// runtime promises an aligned Buffer.alloc, and Deno's seldom are). The start-up probe refuses
+// directio with a clear message where the filesystem does not take it.
 // Without directio reads and writes are synchronous: they only copy to or from the page cache
 // (a few microseconds), less than the hop to the runtime's I/O thread pool and back, which
 // dominated a cached 4 KiB write. O_DIRECT transfers wait for the device: those stay async.
@@ -18,6 +19,7 @@ import {
   fileBytes,
 } from "../core/cache-index.ts";
 import { oidToVid } from "../core/oid.ts";
+import { DirectIo } from "./fd-cache.ts";
 import { crcOf } from "./checksum.ts";
 
 // Callback forms wrapped by hand: promisify(fs.read) resolves to an object on Node, a number elsewhere.
@@ -42,6 +44,8 @@ export class CacheFiles {
   /** Descriptors already open, for the synchronous path. */
   private readonly open = new Map<bigint, number>();
   private readonly flags: number;
+  /** Zeroed buffers for transfers: address-aligned ones once probe() has set up directio. */
+  private alloc = (len: number): Buffer => Buffer.alloc(len);
 
   constructor(readonly root: string, readonly directio: boolean) {
     const O_DIRECT = (fs.constants as Record<string, number>).O_DIRECT ?? 0;
@@ -49,7 +53,11 @@ export class CacheFiles {
   }
 
   /** Creates the directory and proves it takes writes (and O_DIRECT ones when asked). */
-  probe(): void {
+  async probe(): Promise<void> {
+    if (this.directio) {
+      const io = await DirectIo.create();
+      this.alloc = (len) => io.alloc(len);
+    }
     try {
       fs.mkdirSync(this.root, { recursive: true });
     } catch (e) {
@@ -69,12 +77,12 @@ export class CacheFiles {
       throw new Error(`object cache: ${this.root} is not writable: ${(e as Error).message}`);
     }
     try {
-      fs.writeSync(fd, Buffer.alloc(CACHE_HEADER_SIZE), 0, CACHE_HEADER_SIZE, 0);
+      fs.writeSync(fd, this.alloc(CACHE_HEADER_SIZE), 0, CACHE_HEADER_SIZE, 0);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       throw new Error(
         code === "EINVAL" && this.directio
-          ? `object cache: O_DIRECT writes fail in ${this.root} (unaligned buffers on this runtime, or a filesystem without direct I/O): drop 'directio'`
+          ? `object cache: O_DIRECT writes fail in ${this.root} (a filesystem without direct I/O): drop 'directio' or use another dir`
           : `object cache: ${this.root} is not writable: ${(e as Error).message}`,
       );
     } finally {
@@ -119,13 +127,13 @@ export class CacheFiles {
     const fd = await openP(tmp, this.flags | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o600);
     try {
       if (data) {
-        const buf = Buffer.alloc(fileBytes(h.objSize));
+        const buf = this.alloc(fileBytes(h.objSize));
         encodeCacheHeader(h, crc, buf.subarray(0, CACHE_HEADER_SIZE));
         data.copy(buf, CACHE_HEADER_SIZE, 0, Math.min(data.length, h.objSize));
         await writeAll(fd, buf, 0);
       } else {
         // Nothing of the object yet: a sparse file of the full size, its blocks read as zeros.
-        await writeAll(fd, encodeCacheHeader(h, crc), 0);
+        await writeAll(fd, this.header(h), 0);
         await ftruncate(fd, fileBytes(h.objSize));
       }
     } finally {
@@ -138,7 +146,7 @@ export class CacheFiles {
   async read(oid: bigint, off: number, len: number): Promise<Buffer> {
     if (!this.directio) return this.readSync(oid, off, len);
     const fd = await this.fd(oid);
-    const buf = Buffer.alloc(len);
+    const buf = this.alloc(len);
     let done = 0;
     while (done < len) {
       const n = await pread(fd, buf, done, len - done, CACHE_HEADER_SIZE + off + done);
@@ -170,7 +178,7 @@ export class CacheFiles {
     }
     const fd = await this.fd(h.oid);
     await writeAll(fd, data, CACHE_HEADER_SIZE + off);
-    await writeAll(fd, encodeCacheHeader(h, crc), 0);
+    await writeAll(fd, this.header(h), 0);
   }
 
   async writeHeader(h: CacheHeader): Promise<void> {
@@ -179,7 +187,12 @@ export class CacheFiles {
       return;
     }
     const fd = await this.fd(h.oid);
-    await writeAll(fd, encodeCacheHeader(h, crc), 0);
+    await writeAll(fd, this.header(h), 0);
+  }
+
+  /** A fresh encoded header (the async path's writes may overlap: no shared buffer). */
+  private header(h: CacheHeader): Buffer {
+    return encodeCacheHeader(h, crc, this.alloc(CACHE_HEADER_SIZE));
   }
 
   /** The synchronous path's header buffer, reused (written before the next encode). */

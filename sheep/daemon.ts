@@ -203,7 +203,7 @@ export class Sheep {
     if (this.opts.cache !== null) {
       const dir = path.resolve(this.opts.cache.dir ?? path.join(this.baseDir, "cache"));
       this.cache = new ObjectCache(this, this.opts.cache, dir);
-      this.cache.open(); // a bad dir fails the start (exit 1)
+      await this.cache.open(); // a bad dir fails the start (exit 1)
     }
     await this.loadLocalState();
     const servers = await listenProtocol(

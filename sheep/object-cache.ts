@@ -131,8 +131,8 @@ export class ObjectCache {
    * Checks the directory and every file left by an earlier run. Clean objects are dropped (while
    * this sheep was down another gateway may have written the VDI), dirty ones kept for push().
    */
-  open(): void {
-    this.files.probe();
+  async open(): Promise<void> {
+    await this.files.probe();
     let clean = 0;
     const kept = this.files.scan((file, why) => {
       this.counters.dropped++;

@@ -131,6 +131,10 @@ test(
       fs.mkdirSync(t);
       execFileSync("mount", ["-t", "tmpfs", "-o", "size=256m", "tmpfs", t]);
       mounts.push(t);
+      // Each disk gets ceil(capacity / 1 GiB) vdisks (as upstream): 256 MiB is one, and two
+      // points on node 0's disk ring split it at random, now and then leaving t0 no object.
+      // A recorded capacity of 16 GiB (what upstream's user.md.size xattr holds) gives 16 each.
+      fs.writeFileSync(path.join(t, ".md.size"), `${16n << 30n}\n`);
     }
     await c.addNode({ zone: 0, dir: path.join(c.root, "n0"), objDirs: [a0, t0] });
     await c.addNode({ zone: 1, dir: path.join(c.root, "n1"), objDirs: [t1] });
