@@ -18,20 +18,36 @@ export interface WriteRun {
 /** At most this many runs per request (an object has at most 1024 cache sectors). */
 export const MAX_WRITE_RUNS = 1024;
 
-export function encodeWriteRuns(runs: ReadonlyArray<WriteRun>): Buffer {
-  const table = 4 + 8 * runs.length;
+/**
+ * Runs already laid out in one payload (allocWriteRuns): each run's data is a view into
+ * `payload`, filled in place, so encoding them is no copy.
+ */
+export type PackedRuns = WriteRun[] & { readonly payload: Buffer };
+
+/** A payload for runs at these offsets and lengths (ascending, apart), its runs' views unfilled. */
+export function allocWriteRuns(spans: ReadonlyArray<{ off: number; length: number }>): PackedRuns {
+  const table = 4 + 8 * spans.length;
   let total = table;
-  for (const r of runs) total += r.data.length;
-  const out = Buffer.allocUnsafe(total);
-  out.writeUInt32LE(runs.length, 0);
+  for (const s of spans) total += s.length;
+  const payload = Buffer.allocUnsafe(total);
+  payload.writeUInt32LE(spans.length, 0);
+  const runs: WriteRun[] = [];
   let at = table;
-  runs.forEach((r, i) => {
-    out.writeUInt32LE(r.off, 4 + 8 * i);
-    out.writeUInt32LE(r.data.length, 8 + 8 * i);
-    r.data.copy(out, at);
-    at += r.data.length;
+  spans.forEach((s, i) => {
+    payload.writeUInt32LE(s.off, 4 + 8 * i);
+    payload.writeUInt32LE(s.length, 8 + 8 * i);
+    runs.push({ off: s.off, data: payload.subarray(at, at + s.length) });
+    at += s.length;
   });
-  return out;
+  return Object.assign(runs, { payload });
+}
+
+export function encodeWriteRuns(runs: ReadonlyArray<WriteRun>): Buffer {
+  const packed = (runs as Partial<PackedRuns>).payload;
+  if (packed) return packed;
+  const out = allocWriteRuns(runs.map((r) => ({ off: r.off, length: r.data.length })));
+  for (let i = 0; i < runs.length; i++) runs[i].data.copy(out[i].data);
+  return out.payload;
 }
 
 /**

@@ -157,15 +157,20 @@ export class CacheFiles {
   }
 
   private readSync(oid: bigint, off: number, len: number): Buffer {
-    const fd = this.fdSync(oid);
     const buf = Buffer.allocUnsafe(len);
-    let done = 0;
-    while (done < len) {
-      const n = fs.readSync(fd, buf, done, len - done, CACHE_HEADER_SIZE + off + done);
+    this.readInto(oid, off, buf);
+    return buf;
+  }
+
+  /** Object bytes at `off` into `buf` (whole), synchronously: only without directio. */
+  readInto(oid: bigint, off: number, buf: Buffer): void {
+    if (this.directio) throw new Error("readInto: directio reads need aligned buffers");
+    const fd = this.fdSync(oid);
+    for (let done = 0; done < buf.length;) {
+      const n = fs.readSync(fd, buf, done, buf.length - done, CACHE_HEADER_SIZE + off + done);
       if (n === 0) throw new Error(`cache file of ${oid.toString(16)} is short`);
       done += n;
     }
-    return buf;
   }
 
   /** Object bytes at `off` (aligned when directio), then the header. */

@@ -3,7 +3,12 @@
 import { expect, test } from "bun:test";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
-import { decodeWriteRuns, encodeWriteRuns, MAX_WRITE_RUNS } from "../../core/write-runs.ts";
+import {
+  allocWriteRuns,
+  decodeWriteRuns,
+  encodeWriteRuns,
+  MAX_WRITE_RUNS,
+} from "../../core/write-runs.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
 
@@ -30,6 +35,20 @@ test("runs round-trip, as views of the payload", () => {
   expect(back.map((r) => r.off)).toEqual([0, 8192, OBJ - 4096]);
   back.forEach((r, i) => expect(Buffer.compare(r.data, runs[i].data)).toBe(0));
   expect(back[0].data.buffer).toBe(p.buffer);
+});
+
+test("runs filled in place in an allocated payload encode to the same bytes, without a copy", () => {
+  const runs = [
+    { off: 4096, data: randomBytes(4096) },
+    { off: 65536, data: randomBytes(12288) },
+    { off: OBJ - 512, data: randomBytes(512) },
+  ];
+  const packed = allocWriteRuns(runs.map((r) => ({ off: r.off, length: r.data.length })));
+  packed.forEach((r, i) => runs[i].data.copy(r.data));
+  const p = encodeWriteRuns(packed);
+  expect(p).toBe(packed.payload); // the payload itself: nothing copied
+  expect(Buffer.compare(p, encodeWriteRuns(runs))).toBe(0);
+  expect(decodeWriteRuns(p, OBJ).map((r) => r.off)).toEqual([4096, 65536, OBJ - 512]);
 });
 
 test("malformed payloads are INVALID_PARMS", () => {
