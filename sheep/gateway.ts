@@ -56,6 +56,8 @@ export const PEER_OP: Record<number, number> = {
 };
 
 export class Gateway {
+  /** The epoch in which a replica refused WRITE_RUNS_PEER (-1: none). */
+  private runsRefusedIn = -1;
   private readonly ec: EcGateway;
   constructor(private readonly ctx: GatewayContext) {
     this.ec = new EcGateway({
@@ -234,7 +236,10 @@ export class Gateway {
     // All runs in one request per replica (core/write-runs.ts). A replica that does not know the
     // opcode (an older sheep during a rolling upgrade) answers INVALID_PARMS: then run by run,
     // which is idempotent, as before.
-    if (runs.length <= MAX_WRITE_RUNS) {
+    // Refused once in an epoch, it is not tried again until the epoch moves (an upgraded sheep
+    // rejoining is a new epoch), so a mixed cluster does not pay a refused request per push.
+    const epoch = this.ctx.epoch();
+    if (runs.length <= MAX_WRITE_RUNS && this.runsRefusedIn !== epoch) {
       try {
         const h = runHeader(req, runs[0]);
         const payload = encodeWriteRuns(runs);
@@ -242,9 +247,9 @@ export class Gateway {
         return [await limit(() => this.writeAll(h, payload, false, Op.WRITE_RUNS_PEER))];
       } catch (e) {
         if (!(e instanceof SdError && e.code === Res.INVALID_PARMS)) throw e;
+        this.runsRefusedIn = epoch;
       }
     }
-    const epoch = this.ctx.epoch();
     const early = runs.slice(0, -1);
     const replies = await Promise.all(early.map((r) => one(r, true)));
     replies.push(await one(runs[runs.length - 1]));

@@ -67,6 +67,7 @@ async function cluster(root: string, oldPeers = false) {
   const stores: ObjectStore[] = [];
   const seen: Array<{ port: number; nosync: boolean; runs?: boolean }> = [];
   const peers = new Map<number, PeerOps>();
+  const refused = { n: 0 };
   for (const n of nodes) {
     const d = path.join(root, String(n.port));
     fs.mkdirSync(d, { recursive: true });
@@ -92,6 +93,7 @@ async function cluster(root: string, oldPeers = false) {
   }
   const handle = (n: SdNode, hdr: Header, data: Buffer) => {
     if (hdr.opcode === Op.WRITE_RUNS_PEER && oldPeers) {
+      refused.n++;
       const rsp = new Header();
       rsp.result = Res.INVALID_PARMS;
       return Promise.resolve({ hdr: rsp, data: Buffer.alloc(0) });
@@ -128,6 +130,7 @@ async function cluster(root: string, oldPeers = false) {
     stores,
     seen,
     base,
+    refused,
     bumpEpoch: () => epoch++,
   };
 }
@@ -205,6 +208,15 @@ describe("push of several runs", () => {
     // the disk's write-intent log (io/csum-intent.ts), which marked the object at its create.
     expect(syncs).toBe(3);
     for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+    // Refused once per epoch: the next push of the epoch goes run by run at once; a new epoch
+    // (an upgraded sheep rejoining) tries WRITE_RUNS_PEER again.
+    const refusedOnce = c.refused.n;
+    expect(refusedOnce).toBeGreaterThan(0);
+    await c.g.writeRuns(pushHeader(), runsOver(c.base, 3).runs);
+    expect(c.refused.n).toBe(refusedOnce);
+    c.bumpEpoch();
+    await c.g.writeRuns(pushHeader(), runsOver(c.base, 3).runs);
+    expect(c.refused.n).toBeGreaterThan(refusedOnce);
   });
 
   test("a client's CMD_NOSYNC is cleared: its write is synced on every replica", async () => {
