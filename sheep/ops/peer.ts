@@ -85,7 +85,7 @@ export class PeerOps {
               ),
             };
           }
-          if (!this.s.store.exists(req.oid, ec)) await this.s.recovery.ensure(req.oid, ec);
+          await this.present(req.oid, ec);
           const d = await this.s.store.read(req.oid, req.offset, req.dataLength, ec);
           return { hdr: rsp, data: d };
         }
@@ -102,7 +102,7 @@ export class PeerOps {
           return { hdr: rsp, data: EMPTY };
         }
         case Op.WRITE_PEER:
-          if (!this.s.store.exists(req.oid, ec)) await this.s.recovery.ensure(req.oid, ec);
+          await this.present(req.oid, ec);
           // CMD_NOSYNC: the gateway's next synced write of this object covers it (sheep/gateway.ts
           // writeRuns).
           await this.s.store.write(req.oid, req.offset, data, ec, !!(req.flags & Flag.CMD_NOSYNC));
@@ -111,7 +111,7 @@ export class PeerOps {
           // Replicated objects only: the gateway sends EC strips' runs one by one.
           if (ec !== undefined) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
           const runs = decodeWriteRuns(data, this.s.storedSize(req.oid, req.objCopyPolicy));
-          if (!this.s.store.exists(req.oid)) await this.s.recovery.ensure(req.oid);
+          await this.present(req.oid);
           // One fdatasync, the last run's: it flushes the file's pages of all of them.
           for (let i = 0; i < runs.length; i++) {
             const nosync = i < runs.length - 1 || !!(req.flags & Flag.CMD_NOSYNC);
@@ -142,6 +142,11 @@ export class PeerOps {
     } catch (e) {
       return { hdr: withResult(rsp, e instanceof SdError ? e.code : errnoToRes(e)), data: EMPTY };
     }
+  }
+
+  /** A peer read or write of an object this sheep lacks (recovery not there yet): fetched first. */
+  private async present(oid: bigint, ec?: number): Promise<void> {
+    if (!this.s.store.exists(oid, ec)) await this.s.recovery.ensure(oid, ec);
   }
 
   private readonly ledgerLocks = new Map<bigint, Promise<void>>();

@@ -58,10 +58,14 @@ afterEach(() => {
 });
 
 /**
- * Three nodes, each a real store behind the real peer ops; node 0 is the gateway. `oldPeers`:
- * the replicas answer WRITE_RUNS_PEER as a sheep without it does (no table row: INVALID_PARMS).
+ * Three nodes, each a real store behind the real peer ops, under the power-loss shim of a new
+ * temp root; node 0 is the gateway. The object is created on all three; `seen` and `syncs`
+ * start counting after that. `oldPeers`: the replicas answer WRITE_RUNS_PEER as a sheep
+ * without it does (no table row: INVALID_PARMS).
  */
-async function cluster(root: string, oldPeers = false) {
+async function cluster(oldPeers = false) {
+  const root = tempDir();
+  cutter(root);
   let epoch = 1;
   const ring = new Ring(nodes);
   const stores: ObjectStore[] = [];
@@ -125,7 +129,10 @@ async function cluster(root: string, oldPeers = false) {
   const ch = Header.req(Op.CREATE_AND_WRITE_OBJ, { flags: Flag.CMD_WRITE, dataLength: OBJ });
   ch.oid = OID;
   await g.writeAll(ch, base);
+  seen.length = 0;
+  syncs = 0;
   return {
+    root,
     g,
     stores,
     seen,
@@ -170,12 +177,8 @@ async function afterCut(root: string): Promise<Buffer[]> {
 
 describe("push of several runs", () => {
   test("one request and one sync per replica, every run on disk everywhere when it returns", async () => {
-    const root = tempDir();
-    cutter(root);
-    const c = await cluster(root);
+    const c = await cluster();
     const { runs, want } = runsOver(c.base, 12);
-    c.seen.length = 0;
-    syncs = 0;
     const replies = await c.g.writeRuns(pushHeader(), runs);
     expect(replies.map((r) => r.hdr.result)).toEqual([Res.SUCCESS]);
     for (const n of nodes) {
@@ -185,16 +188,12 @@ describe("push of several runs", () => {
     // The object file, once per replica: its side file is covered by the disk's write-intent log
     // (io/csum-intent.ts), which marked the object at its create.
     expect(syncs).toBe(3);
-    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+    for (const disk of await afterCut(c.root)) expect(Buffer.compare(disk, want)).toBe(0);
   });
 
   test("replicas without WRITE_RUNS_PEER: run by run, still one sync per replica", async () => {
-    const root = tempDir();
-    cutter(root);
-    const c = await cluster(root, true);
+    const c = await cluster(true);
     const { runs, want } = runsOver(c.base, 12);
-    c.seen.length = 0;
-    syncs = 0;
     const replies = await c.g.writeRuns(pushHeader(), runs);
     expect(replies.map((r) => r.hdr.result)).toEqual(runs.map(() => Res.SUCCESS));
     // 11 unsynced runs and the synced last one on each replica.
@@ -207,7 +206,7 @@ describe("push of several runs", () => {
     // The object file, once per replica (12 runs used to cost 72): its side file is covered by
     // the disk's write-intent log (io/csum-intent.ts), which marked the object at its create.
     expect(syncs).toBe(3);
-    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+    for (const disk of await afterCut(c.root)) expect(Buffer.compare(disk, want)).toBe(0);
     // Refused once per epoch: the next push of the epoch goes run by run at once; a new epoch
     // (an upgraded sheep rejoining) tries WRITE_RUNS_PEER again.
     const refusedOnce = c.refused.n;
@@ -220,9 +219,7 @@ describe("push of several runs", () => {
   });
 
   test("a client's CMD_NOSYNC is cleared: its write is synced on every replica", async () => {
-    const root = tempDir();
-    cutter(root);
-    const c = await cluster(root);
+    const c = await cluster();
     const h = Header.req(Op.WRITE_OBJ, {
       flags: Flag.CMD_WRITE | Flag.CMD_NOSYNC,
       dataLength: 8192,
@@ -230,21 +227,17 @@ describe("push of several runs", () => {
     h.oid = OID;
     h.offset = 65536;
     const d = randomBytes(8192);
-    c.seen.length = 0;
     await c.g.writeAll(h, d);
     expect(c.seen.length).toBe(3);
     expect(c.seen.every((s) => !s.nosync)).toBe(true);
     const want = Buffer.from(c.base);
     d.copy(want, 65536);
-    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+    for (const disk of await afterCut(c.root)) expect(Buffer.compare(disk, want)).toBe(0);
   });
 
   test("run by run: an epoch change during the push writes the unsynced runs again, synced", async () => {
-    const root = tempDir();
-    cutter(root);
-    const c = await cluster(root, true);
+    const c = await cluster(true);
     const { runs, want } = runsOver(c.base, 4);
-    c.seen.length = 0;
     let n = 0;
     await c.g.writeRuns(pushHeader(), runs, async (f) => {
       const r = await f();
@@ -255,7 +248,7 @@ describe("push of several runs", () => {
     // 3 unsynced + 1 synced, then the 3 again synced, on each of the 3 replicas.
     expect(c.seen.filter((s) => s.nosync).length).toBe(9);
     expect(c.seen.filter((s) => !s.nosync).length).toBe(12);
-    for (const disk of await afterCut(root)) expect(Buffer.compare(disk, want)).toBe(0);
+    for (const disk of await afterCut(c.root)) expect(Buffer.compare(disk, want)).toBe(0);
   });
 });
 
