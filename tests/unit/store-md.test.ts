@@ -3,10 +3,10 @@
 import { afterAll, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import process from "node:process";
 import { DirectIo, type DiskEvent, openStore } from "../../io/store.ts";
 import { SdError } from "../../core/errors.ts";
 import { Res } from "../../core/proto.ts";
@@ -129,10 +129,16 @@ test("O_DIRECT data I/O: unaligned writes and reads round-trip, sizes are kept",
 });
 
 test("a disk remounted read-only (a real EROFS) is failed out on the first write", async () => {
-  if (process.getuid?.() !== 0) return; // mounting needs root (the test machines run as root)
-  // Two tmpfs of one size: equal weights, so both get objects.
+  // Mounting needs root (as the md e2e tests; the test machines run as root): without it the
+  // mount fails and so does the test, never a silent pass.
+  // Two tmpfs of one size: equal weights. Each disk gets ceil(capacity / 1 GiB) vdisks (as
+  // upstream), so 64 MiB is one and a two-point ring now and then leaves t no object: a
+  // recorded capacity of 16 GiB (upstream's user.md.size) gives each 16.
   const [a, t] = [tmp(), tmp()];
-  for (const d of [a, t]) execFileSync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", d]);
+  for (const d of [a, t]) {
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", d]);
+    fs.writeFileSync(path.join(d, ".md.size"), `${16n << 30n}\n`);
+  }
   try {
     const events: DiskEvent[] = [];
     const s = openStore("plain", [a, t], {
