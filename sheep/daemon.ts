@@ -766,17 +766,25 @@ export class Sheep {
     if (killed) this.state = { ...this.state, status: Status.KILLED };
     this.log.info(`shutting down (${killed ? "killed" : "exit"})`);
     this.scrub?.stop();
+    // NBD clients first, while this sheep is still a member: requests in progress finish, and each
+    // export's detach (its cached objects pushed, its VDI lock released) needs the cluster. After
+    // leaving, a detach still running would wait for a cluster this sheep is no longer in.
+    const bounded = (p: Promise<unknown> | undefined, ms: number) =>
+      Promise.race([p, new Promise((r) => setTimeout(r, ms))]);
+    await bounded(
+      this.nbdServer?.close().catch((e) => this.log.warn(`closing NBD: ${e}`)),
+      30_000,
+    );
     // Dirty cached objects go to the cluster while we are still a member (bounded wait).
     if (this.cache && this.joined) {
-      await Promise.race([this.cache.stop(), new Promise((r) => setTimeout(r, 30_000))]);
+      await bounded(this.cache.stop(), 30_000);
     }
     try {
-      await Promise.race([this.driver?.leave(), new Promise((r) => setTimeout(r, 1500))]);
+      await bounded(this.driver?.leave(), 1500);
       await this.driver?.close();
     } catch { /* exiting anyway */ }
     this.server?.close();
     this.unixServer?.close();
-    await this.nbdServer?.close().catch((e) => this.log.warn(`closing NBD: ${e}`));
     await this.httpServer?.close().catch((e) => this.log.warn(`closing HTTP: ${e}`));
     for (const s of this.sockets) s.destroy();
     this.pool.close();

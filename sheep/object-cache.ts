@@ -165,7 +165,7 @@ export class ObjectCache {
     }
     const dirty = this.index.size;
     this.s.log.info(
-      `object cache: ${this.files.root}, ${this.opts.size >> 20} MiB${
+      `object cache: ${this.files.root}, ${Math.floor(this.opts.size / 2 ** 20)} MiB${
         this.opts.directio ? ", directio" : ""
       }; from the last run ${dirty} dirty objects to push, ${clean} clean dropped`,
     );

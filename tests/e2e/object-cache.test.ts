@@ -287,6 +287,36 @@ test("kill -9 right after FLUSH: everything flushed reads back through another s
 }, 120_000);
 
 test(
+  "SIGTERM with a client attached and another detaching: prompt exit, every write pushed, locks released",
+  async () => {
+    await c.dogOk(["vdi", "create", "term-a", String(16 * MiB)]);
+    await c.dogOk(["vdi", "create", "term-b", String(16 * MiB)]);
+    const a = await nbd(0, "term-a"), b = await nbd(0, "term-b");
+    const da = crypto.randomBytes(8 * MiB), db = crypto.randomBytes(8 * MiB);
+    for (let off = 0; off < da.length; off += MiB) {
+      await a.write(off, da.subarray(off, off + MiB));
+      await b.write(off, db.subarray(off, off + MiB));
+    }
+    // b's detach (its push and unlock) is under way when the sheep is told to stop; a stays
+    // attached: the sheep ends its connection and detaches it itself.
+    await b.disconnect();
+    const t0 = Date.now();
+    await c.kill(0, "SIGTERM");
+    a.destroy();
+    // Before the fix the detach waited for a cluster the sheep had already left: 30 s, SIGKILL.
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    expect((await dogRead(1, "term-a", 0, da.length)).equals(da)).toBe(true);
+    expect((await dogRead(2, "term-b", 0, db.length)).equals(db)).toBe(true);
+    const locks = await c.dogOk(["vdi", "lock", "list"], { node: 1 });
+    expect(locks).not.toContain("term-a");
+    expect(locks).not.toContain("term-b");
+    await c.startNode(0);
+    await c.waitRunning();
+  },
+  120_000,
+);
+
+test(
   "damaged cache files are found at start, never served; surviving dirty ones are pushed",
   async () => {
     await c.dogOk(["vdi", "create", "torn", String(32 * MiB)]);
