@@ -27,6 +27,15 @@ export interface ObjectStore {
     ecIndex?: number,
     nosync?: boolean,
   ): Promise<void>;
+  /**
+   * Several runs of one replicated object (WRITE_RUNS_PEER, the object cache's push), on disk
+   * when this resolves (one sync for all, none with `nosync`).
+   */
+  writeRuns(
+    oid: bigint,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    nosync?: boolean,
+  ): Promise<void>;
   remove(oid: bigint, ecIndex?: number): Promise<void>;
   list(): bigint[];
   objectBytes(): bigint;

@@ -690,6 +690,16 @@ export class JournaledStore implements ObjectStore {
     const r = { type: RecType.WRITE, oid, ecIndex, offset, arg: 0, data };
     return this.journal.run(r, () => this.inner.write(oid, offset, data, ecIndex, nosync), nosync);
   }
+  /** A journal record per run; the last one's sync covers the others (as for the file store). */
+  async writeRuns(
+    oid: bigint,
+    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    nosync = false,
+  ): Promise<void> {
+    for (let i = 0; i < runs.length; i++) {
+      await this.write(oid, runs[i].off, runs[i].data, undefined, nosync || i < runs.length - 1);
+    }
+  }
   remove(oid: bigint, ecIndex?: number): Promise<void> {
     if (!this.inner.exists(oid, ecIndex)) return Promise.reject(new SdError(Res.NO_OBJ));
     const r = { type: RecType.REMOVE, oid, ecIndex, offset: 0, arg: 0, data: Buffer.alloc(0) };

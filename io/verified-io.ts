@@ -34,10 +34,22 @@ function entriesOf(sf: SideFile, first: number, n: number): Buffer {
   return preadFull(sf.fd, entryOffset(n), entryOffset(first));
 }
 
-/** Writes entries from block `first` to the file, then to the copy in memory (if any). */
-function storeEntries(sf: SideFile, t: Buffer, first: number): void {
+/**
+ * Byte range of a side file's table in memory changed but not written yet: several writes of one
+ * object (the object cache's push) update the table, then write what they changed at once.
+ */
+export interface PendingEntries {
+  lo: number;
+  hi: number;
+}
+
+/**
+ * Writes entries from block `first` to the file, then to the copy in memory (if any). With
+ * `pending` and a table in memory only the copy is updated, and the range to write is widened.
+ */
+function storeEntries(sf: SideFile, t: Buffer, first: number, pending?: PendingEntries): void {
   const at = entryOffset(first);
-  pwriteFull(sf.fd, t, at);
+  if (!pending || !sf.table) pwriteFull(sf.fd, t, at);
   if (!sf.table) return;
   if (at + t.length > sf.table.length) {
     const grown = Buffer.alloc(at + t.length);
@@ -45,6 +57,18 @@ function storeEntries(sf: SideFile, t: Buffer, first: number): void {
     sf.table = grown;
   }
   t.copy(sf.table, at);
+  if (pending) {
+    pending.lo = Math.min(pending.lo, at);
+    pending.hi = Math.max(pending.hi, at + t.length);
+  }
+}
+
+/** Writes the entries `pending` covers (one write for all of them). */
+export function writePendingEntries(sf: SideFile, pending: PendingEntries): void {
+  if (!sf.table || pending.hi <= pending.lo) return;
+  pwriteFull(sf.fd, sf.table.subarray(pending.lo, pending.hi), pending.lo);
+  pending.lo = Infinity;
+  pending.hi = 0;
 }
 
 /**
@@ -95,6 +119,7 @@ export function updateTable(
   path: string,
   oldSize: number,
   bs = CSUM_BLOCK,
+  pending?: PendingEntries,
 ): void {
   if (data.length === 0) return;
   const end = offset + data.length;
@@ -111,7 +136,7 @@ export function updateTable(
     return b;
   };
   const t = tableForWrite(first, last, offset, data, newSize, old, prev, bs);
-  storeEntries(sf, t, first);
+  storeEntries(sf, t, first, pending);
 }
 
 /**

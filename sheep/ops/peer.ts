@@ -112,11 +112,7 @@ export class PeerOps {
           if (ec !== undefined) return { hdr: withResult(rsp, Res.INVALID_PARMS), data: EMPTY };
           const runs = decodeWriteRuns(data, this.s.storedSize(req.oid, req.objCopyPolicy));
           await this.present(req.oid);
-          // One fdatasync, the last run's: it flushes the file's pages of all of them.
-          for (let i = 0; i < runs.length; i++) {
-            const nosync = i < runs.length - 1 || !!(req.flags & Flag.CMD_NOSYNC);
-            await this.s.store.write(req.oid, runs[i].off, runs[i].data, undefined, nosync);
-          }
+          await this.s.store.writeRuns(req.oid, runs, !!(req.flags & Flag.CMD_NOSYNC));
           return { hdr: rsp, data: EMPTY };
         }
         case Op.REMOVE_PEER:
