@@ -20,7 +20,8 @@ SOURCES  := mod.ts $(shell find $(SRC_DIRS) -name '*.ts' -type f 2>/dev/null | s
 # Stamp newer than package.json/package-lock.json once node_modules matches them.
 DEPS_STAMP := node_modules/.sheepdog-deps
 
-APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium systemd jq iproute2
+APT_PKGS := qemu-utils libnbd-bin nbdkit fio zookeeper corosync libcpg-dev netcat-openbsd chromium systemd jq iproute2 \
+            libzookeeper-mt2
 
 .PHONY: all build deps apt-deps node-deps check unit test test-long chaos bench deno-compile \
         clean install uninstall run stop status cpg-bridge dev-bun dev-deno completion
@@ -76,7 +77,9 @@ package-lock.json:
 node-deps: $(DEPS_STAMP)
 
 # Debian packages the tests drive (NBD clients, fio, ZooKeeper, corosync + libcpg for the bridge,
-# chromium for the dashboard test, systemd-analyze to verify the units in packaging/).
+# chromium for the dashboard test, systemd-analyze to verify the units in packaging/), and
+# libzookeeper-mt2, the one runtime library of the C Sheepdog reference (../shared/reference/
+# c-sheepdog) that corosync does not bring, for `make bench`'s rows against C.
 # Installs only what is missing; a temporary policy-rc.d keeps apt from starting corosync or
 # zookeeper services, since the tests run their own instances.
 apt-deps:
@@ -135,7 +138,11 @@ dev-bun: node-deps
 dev-deno: node-deps
 	$(DENO) run -A mod.ts $(ARGS)
 
-bench: node-deps build
+# A fresh machine: the same Debian packages as the tests (the NBD clients, qemu-nbd and nbdkit as
+# references, the C reference's libraries).
+bench:
+	@$(MAKE) --no-print-directory deps
+	@$(MAKE) --no-print-directory build
 	@if [ -f bench/run.ts ]; then $(BUN) bench/run.ts; else echo "bench/run.ts does not exist yet"; fi
 
 # Needs to download Deno's denort runtime: works only where that host is reachable.

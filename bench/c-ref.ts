@@ -139,12 +139,19 @@ class CBench implements Bench {
       "-b",
       "127.0.0.1",
       store,
-    ], { stdio: "ignore" });
+    ], { stdio: ["ignore", "ignore", "pipe"] });
+    // Its stderr: a missing runtime library (exit 127) shows only there, and stop() removes the
+    // store with its sheep.log.
+    let stderr = "";
+    p.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-2000)));
     this.procs[i] = p;
     // Up when it answers (before format it answers "Waiting for cluster to be formatted").
     for (let t = 0; t < 200; t++) {
       if (p.exitCode !== null) {
-        throw new Error(`C sheep ${i} exited (${p.exitCode}); see ${store}/sheep.log`);
+        const hint = p.exitCode === 127
+          ? " (a runtime library missing? the C reference's README lists them; make deps installs them)"
+          : "";
+        throw new Error(`C sheep ${i} exited (${p.exitCode})${hint}: ${stderr.trim()}`);
       }
       const r = await run(this.dog(["node", "list"], i), { timeoutMs: 5000 });
       if (r.code === 0 || /format|Waiting/i.test(r.out + r.err)) return;
