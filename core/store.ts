@@ -2,6 +2,7 @@
 // locks, group commit and the in-memory object index. The files live in io/store.ts.
 import type { Buffer } from "node:buffer";
 import { assert } from "./assert.ts";
+import type { WriteRun } from "./write-runs.ts";
 
 export interface ObjectStore {
   readonly kind: "plain" | "tree";
@@ -33,7 +34,7 @@ export interface ObjectStore {
    */
   writeRuns(
     oid: bigint,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     nosync?: boolean,
   ): Promise<void>;
   remove(oid: bigint, ecIndex?: number): Promise<void>;

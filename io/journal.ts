@@ -44,6 +44,7 @@ import {
 import { GroupSync, type ObjectStore } from "../core/store.ts";
 import { blockLen, blockSizeOf, crcOf, CSUM_SUFFIX, entryOffset } from "./checksum.ts";
 import { fsyncDir } from "./fd-cache.ts";
+import type { WriteRun } from "../core/write-runs.ts";
 
 export const JOURNAL_FILE = "journal_file";
 
@@ -693,7 +694,7 @@ export class JournaledStore implements ObjectStore {
   /** A journal record per run; the last one's sync covers the others (as for the file store). */
   async writeRuns(
     oid: bigint,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     nosync = false,
   ): Promise<void> {
     for (let i = 0; i < runs.length; i++) {

@@ -26,6 +26,7 @@ import {
 import { blockSizeOf, checksumsEnabled, CSUM_SUFFIX, tableForCreate } from "./checksum.ts";
 import { updateTable, verifiedRead, writePendingEntries } from "./verified-io.ts";
 import { type IntentLog, IntentLogs } from "./csum-intent.ts";
+import type { WriteRun } from "../core/write-runs.ts";
 import {
   diskFree,
   diskUsage,
@@ -545,7 +546,7 @@ class FileStore implements ObjectStore {
 
   writeRuns(
     oid: bigint,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     nosync = false,
   ): Promise<void> {
     return this.writeRunsOf(oid, runs, undefined, nosync);
@@ -557,7 +558,7 @@ class FileStore implements ObjectStore {
    */
   private async writeRunsOf(
     oid: bigint,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     ecIndex: number | undefined,
     nosync: boolean,
   ): Promise<void> {

@@ -91,6 +91,7 @@ import { fetchEpoch } from "./epoch-log.ts";
 const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000));
 import { ObjectCache } from "./object-cache.ts";
 import { CacheCoherence } from "./cache-coherence.ts";
+import type { WriteRun } from "../core/write-runs.ts";
 
 export class Sheep {
   readonly log: Logger;
@@ -620,7 +621,7 @@ export class Sheep {
   /** The object cache's push of an object's dirty runs: one sync per replica for all of them. */
   cachePush(
     hdr: Header,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     limit: <T>(f: () => Promise<T>) => Promise<T>,
   ): Promise<Reply[]> {
     return this.ops.gateway.pushRuns(hdr, runs, limit);

@@ -10,7 +10,7 @@ import { Flag, Header, Op, Res, SD_SHEEP_PROTO_VER, strerror } from "../core/pro
 import { SdError } from "../core/errors.ts";
 import type { ClientPool } from "../io/client.ts";
 import { EcGateway } from "./ec-io.ts";
-import { encodeWriteRuns, MAX_WRITE_RUNS } from "../core/write-runs.ts";
+import { encodeWriteRuns, MAX_WRITE_RUNS, type WriteRun } from "../core/write-runs.ts";
 
 export interface PeerHandler {
   /** Executes a peer opcode on this node's store. */
@@ -225,10 +225,10 @@ export class Gateway {
    */
   async writeRuns(
     req: Header,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     limit: <T>(f: () => Promise<T>) => Promise<T> = (f) => f(),
   ): Promise<Array<{ hdr: Header; data: Buffer }>> {
-    const one = (r: { off: number; data: Buffer }, nosync = false) =>
+    const one = (r: WriteRun, nosync = false) =>
       limit(() => this.writeAll(runHeader(req, r), r.data, nosync));
     if (runs.length < 2 || req.opcode !== Op.WRITE_OBJ || this.ecPolicy(req)) {
       return await Promise.all(runs.map((r) => one(r)));
@@ -366,7 +366,7 @@ async function repairCopies(
 }
 
 /** The request of one run of writeRuns: `req` at the run's offset, with its payload. */
-function runHeader(req: Header, r: { off: number; data: Buffer }): Header {
+function runHeader(req: Header, r: WriteRun): Header {
   const h = req.clone();
   h.flags |= Flag.CMD_WRITE;
   h.offset = r.off;

@@ -47,7 +47,7 @@ import {
 import { Limiter, runLimited } from "../core/object-io.ts";
 import { EMPTY, Flag, Header, Op, Res } from "../core/proto.ts";
 import type { VdiTable } from "../core/vdi.ts";
-import { allocWriteRuns, MAX_WRITE_RUNS } from "../core/write-runs.ts";
+import { allocWriteRuns, MAX_WRITE_RUNS, type WriteRun } from "../core/write-runs.ts";
 import { CacheFiles, crc } from "../io/cache-file.ts";
 import { zeroCrc } from "../io/checksum.ts";
 import type { CacheOptions } from "./options.ts";
@@ -63,7 +63,7 @@ export interface CacheContext {
   /** WRITE_OBJ of several runs of one object, on disk everywhere at one sync per replica. */
   cachePush(
     hdr: Header,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     limit: <T>(f: () => Promise<T>) => Promise<T>,
   ): Promise<Reply[]>;
   objectSize(oid: bigint): number;
@@ -639,7 +639,7 @@ export class ObjectCache {
     const st = this.s.vdis.states.get(e.vid);
     const copies = st?.nrCopies ?? 0, copyPolicy = st?.copyPolicy ?? 0;
     let mask = 0n;
-    let parts: Array<{ off: number; data: Buffer }> = [];
+    let parts: Array<WriteRun> = [];
     e.pins++;
     try {
       await this.withLock(e.oid, async () => {

@@ -4,6 +4,7 @@
 // of the objects they replace (generational reference counting, protocol.md §9.4).
 import { Buffer } from "node:buffer";
 import { EMPTY, Flag, Header, Op, Res } from "../../core/proto.ts";
+import type { WriteRun } from "../../core/write-runs.ts";
 import { SdError } from "../../core/errors.ts";
 import {
   dataOidToIdx,
@@ -68,7 +69,7 @@ export class GatewayOps {
   /** The cache's push of an existing data object's dirty runs (Gateway.writeRuns). */
   pushRuns(
     req: Header,
-    runs: ReadonlyArray<{ off: number; data: Buffer }>,
+    runs: ReadonlyArray<WriteRun>,
     limit: <T>(f: () => Promise<T>) => Promise<T>,
   ): Promise<Reply[]> {
     return this.s.gateway.writeRuns(req, runs, limit);
