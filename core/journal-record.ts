@@ -32,6 +32,8 @@ export enum RecType {
   STALE = 4,
   PURGE_STALE = 5,
   FORMAT = 6,
+  /** A stale copy renamed back into place (`arg`: its epoch). */
+  REVIVE = 7,
 }
 
 export interface JournalRecord {

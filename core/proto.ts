@@ -2,6 +2,7 @@
 // Layout facts come from shared/spec/protocol.md; every integer is little-endian on the wire.
 import { ByteQueue } from "./byte-queue.ts";
 import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 
 export const SD_REQ_SIZE = 48;
 export const SD_RSP_SIZE = 48;
@@ -573,4 +574,9 @@ export function ctimeOf(ms: number): bigint {
   const sec = BigInt(Math.floor(ms / 1000));
   const nsec = BigInt((ms % 1000) * 1_000_000);
   return (sec << 32n) | nsec;
+}
+
+/** The digest GET_HASH answers for an object's bytes (`Header.digest`): upstream's SHA-1. */
+export function objectDigest(data: Uint8Array): Buffer {
+  return createHash("sha1").update(data).digest();
 }

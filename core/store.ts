@@ -49,6 +49,12 @@ export interface ObjectStore {
     length: number,
     ecIndex?: number,
   ): Promise<Buffer>;
+  /**
+   * The stale copy of `epoch` becomes the current object again, renamed back with its side file
+   * (recovery found it equal to its source's copy: nothing is transferred or rewritten). NO_OBJ
+   * when there is no such copy; nothing happens when a current copy exists.
+   */
+  reviveStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void>;
   purgeStale(): Promise<void>;
   /** Stale copies present (recovery sources): oid, the epoch they belonged to, EC index. */
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }>;

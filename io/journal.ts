@@ -605,6 +605,8 @@ function applyRecord(s: ObjectStore, r: Omit<JournalRecord, "gen" | "seq">): Pro
       return s.remove(r.oid, r.ecIndex);
     case RecType.STALE:
       return s.moveToStale(r.oid, r.arg, r.ecIndex);
+    case RecType.REVIVE:
+      return s.reviveStale(r.oid, r.arg, r.ecIndex);
     case RecType.PURGE_STALE:
       return s.purgeStale();
     case RecType.FORMAT:
@@ -728,6 +730,11 @@ export class JournaledStore implements ObjectStore {
     ecIndex?: number,
   ): Promise<Buffer> {
     return this.inner.readStale(oid, epoch, offset, length, ecIndex);
+  }
+  reviveStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
+    // Journalled like the move to stale it undoes: a replay applies both, in order.
+    const r = { type: RecType.REVIVE, oid, ecIndex, offset: 0, arg: epoch, data: Buffer.alloc(0) };
+    return this.journal.run(r, () => this.inner.reviveStale(oid, epoch, ecIndex));
   }
   purgeStale(): Promise<void> {
     const r = { type: RecType.PURGE_STALE, oid: 0n, offset: 0, arg: 0, data: Buffer.alloc(0) };

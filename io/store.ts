@@ -693,6 +693,43 @@ class FileStore implements ObjectStore {
     return Promise.reject(new SdError(Res.NO_OBJ));
   }
 
+  reviveStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
+    const name = fileName(oid, ecIndex);
+    return this.locks.run(name, true, async () => {
+      if (this.lookup(oid, ecIndex)) return;
+      for (const d of this.searchOrder(oid)) {
+        const sp = this.stalePath(d, name, epoch);
+        if (!fs.existsSync(sp)) continue;
+        // Back on the disk that holds it; ensurePlaced moves it if the ring picks another.
+        const final = this.pathOn(d, oid, ecIndex);
+        try {
+          this.fds.invalidate(final);
+          this.fds.invalidate(final + CSUM_SUFFIX);
+          // The side file was flushed when the copy became stale (moveToStale settles it), so
+          // data and table on disk agree. Side file first, as a create renames them.
+          if (fs.existsSync(sp + CSUM_SUFFIX)) fs.renameSync(sp + CSUM_SUFFIX, final + CSUM_SUFFIX);
+          else unlinkQuiet(final + CSUM_SUFFIX);
+          fs.renameSync(sp, final);
+          // One journalled rename: syncing the new name's directory makes the move durable
+          // (a crash before it leaves the stale copy, and recovery runs again).
+          if (!this.nosync && !this.deferSync) {
+            await fsyncDir(final.slice(0, final.lastIndexOf("/")));
+          }
+          this.index.add(name, {
+            oid,
+            ecIndex,
+            disk: d,
+            bytes: allocatedBytes(fs.statSync(final)),
+          });
+        } catch (err) {
+          throw this.guard(d, err);
+        }
+        return;
+      }
+      throw new SdError(Res.NO_OBJ);
+    });
+  }
+
   purgeStale(): Promise<void> {
     try {
       for (const d of this.allDisks()) {

@@ -14,7 +14,7 @@ import {
   recoverySources,
   type SourceAnswer,
 } from "../core/recovery.ts";
-import { Flag, Header, Op, Res } from "../core/proto.ts";
+import { Flag, Header, objectDigest, Op, Res } from "../core/proto.ts";
 import { SdError } from "../core/errors.ts";
 import { assert, AssertionError } from "../core/assert.ts";
 import type { Clock, TimerHandle } from "../core/clock.ts";
@@ -28,7 +28,7 @@ type Reply = { hdr: Header; data: Buffer };
 /** The part of the object store recovery uses (the simulation plugs an in-memory one in). */
 export type RecoveryStore = Pick<
   ObjectStore,
-  "exists" | "list" | "createAndWrite" | "moveToStale" | "readStale" | "purgeStale"
+  "exists" | "list" | "createAndWrite" | "moveToStale" | "readStale" | "reviveStale" | "purgeStale"
 >;
 
 export type RecoveryLog = Pick<Logger, "emerg" | "err" | "warn" | "info" | "debug">;
@@ -83,6 +83,8 @@ export class RecoveryManager {
   private inflight = new Map<bigint, Promise<void>>();
   private total = 0;
   private finished = 0;
+  /** Of `finished`: stale copies here put back in place (equal to their source's copy). */
+  private revived = 0;
   private phase = 0; // 0 preparing object list, 1 recovering objects, 2 notifying completion
   private lastComplete = 0;
   private reported = new Map<number, Set<string>>();
@@ -177,6 +179,7 @@ export class RecoveryManager {
     this.pending = new Set(todo);
     this.total = todo.length;
     this.finished = 0;
+    this.revived = 0;
     this.phase = 1;
     this.planDone();
     if (todo.length) h.log.info(`recovery for epoch ${epoch}: ${todo.length} objects to fetch`);
@@ -234,7 +237,10 @@ export class RecoveryManager {
     this.phase = 2;
     this.pending.clear();
     if (this.total) {
-      h.log.info(`recovery for epoch ${epoch} finished (${this.finished}/${this.total})`);
+      h.log.info(
+        `recovery for epoch ${epoch} finished (${this.finished}/${this.total}, ${this.revived} ` +
+          `from stale copies here)`,
+      );
     }
     // Reporting is retried: completion must reach every member or stale copies stay forever.
     for (let attempt = 0;; attempt++) {
@@ -383,6 +389,9 @@ export class RecoveryManager {
     }
     const size = h.storedSize(oid);
     const sources = recoverySources({ oid, copies, me: h.me, history, alive });
+    // A copy this node keeps stale (it left and came back, or the ring moved the object away
+    // and back) is put back in place, not fetched, when it equals what the source would send.
+    const mine = await this.localStale(oid, history, size);
     const answers: Array<SourceAnswer | undefined> = [];
     let lastErr: unknown = new SdError(Res.NO_OBJ);
     for (;;) {
@@ -392,6 +401,15 @@ export class RecoveryManager {
         throw new RetryLater(`${(lastErr as Error).message}; newer copies unreachable`);
       }
       const src = sources[i];
+      if (mine && !nodeEqual(src.node, h.me) && await this.sameAtSource(oid, src, mine.digest)) {
+        if (gen !== this.generation) throw new SdError(Res.NETWORK_ERROR, "superseded");
+        if (await this.revive(oid, mine.epoch)) {
+          h.installed?.(oid, mine.data);
+          if (this.pending.has(oid)) this.revived++;
+          this.done(oid);
+          return;
+        }
+      }
       let data: Buffer | null = null;
       // A blip of the newest holder is retried here: moving on could reach an older epoch's copy.
       for (let attempt = 0; data === null; attempt++) {
@@ -421,6 +439,54 @@ export class RecoveryManager {
       }
       this.done(oid);
       return;
+    }
+  }
+
+  /** The newest stale copy of `oid` here among the epochs recovery looks at, with its digest. */
+  private async localStale(
+    oid: bigint,
+    history: EpochRing[],
+    size: number,
+  ): Promise<{ epoch: number; data: Buffer; digest: Buffer } | null> {
+    for (const { epoch } of history) {
+      if (epoch >= this.host.epoch()) continue;
+      try {
+        const data = await this.host.store().readStale(oid, epoch, 0, size);
+        return { epoch, data, digest: objectDigest(data) };
+      } catch (e) {
+        // None of that epoch, or one that fails its checksums: fetched as if absent.
+        if (e instanceof AssertionError) throw e;
+      }
+    }
+    return null;
+  }
+
+  /** The source's copy (READ_PEER's choice: current, else stale of `src.epoch`) has `digest`. */
+  private async sameAtSource(
+    oid: bigint,
+    src: { node: SdNode; epoch: number },
+    digest: Buffer,
+  ): Promise<boolean> {
+    const rq = Header.req(Op.GET_HASH, { flags: Flag.CMD_RECOVERY });
+    rq.oid = oid;
+    rq.tgtEpoch = src.epoch;
+    rq.epoch = this.host.epoch();
+    try {
+      const r = await this.host.peer(src.node, rq);
+      return r.hdr.result === Res.SUCCESS && r.hdr.digest.equals(digest);
+    } catch {
+      return false; // the fetch that follows meets the same trouble and deals with it
+    }
+  }
+
+  /** False when the stale copy went meanwhile (a purge): the object is fetched instead. */
+  private async revive(oid: bigint, epoch: number): Promise<boolean> {
+    try {
+      await this.host.store().reviveStale(oid, epoch);
+      return true;
+    } catch (e) {
+      if (e instanceof SdError && e.code === Res.NO_OBJ) return false;
+      throw e;
     }
   }
 

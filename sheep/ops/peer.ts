@@ -2,7 +2,7 @@
 // CREATE_AND_WRITE/REMOVE/DECREF_PEER, GET_HASH). Requests of an older epoch are refused, of a
 // newer one wait for it; an object this node should hold but does not yet is recovered first.
 import { Buffer } from "node:buffer";
-import { EMPTY, Flag, Header, Op, Res } from "../../core/proto.ts";
+import { EMPTY, Flag, Header, objectDigest, Op, Res } from "../../core/proto.ts";
 import { errnoToRes, SdError } from "../../core/errors.ts";
 import { nodeEqual, type SdNode } from "../../core/node.ts";
 import { LEDGER_BIT } from "../../core/oid.ts";
@@ -119,14 +119,15 @@ export class PeerOps {
           await this.s.store.remove(req.oid, ec);
           return { hdr: rsp, data: EMPTY };
         case Op.GET_HASH: {
-          if (!this.s.store.verify(req.oid, ec)) {
-            return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
-          }
-          const { createHash } = await import("node:crypto");
           const size = this.s.storedSize(req.oid, req.objCopyPolicy);
-          const d = await this.s.store.read(req.oid, 0, size, ec);
-          const digest = createHash("sha1").update(d).digest();
-          digest.copy(rsp.b, 24);
+          let d: Buffer;
+          if (this.s.store.verify(req.oid, ec)) d = await this.s.store.read(req.oid, 0, size, ec);
+          else if (req.flags & Flag.CMD_RECOVERY) {
+            // Recovery compares a copy it holds stale with what it would fetch (READ_PEER's
+            // choice: the current copy, else the stale one of tgt_epoch).
+            d = await this.s.store.readStale(req.oid, req.tgtEpoch, 0, size, ec);
+          } else return { hdr: withResult(rsp, Res.NO_OBJ), data: EMPTY };
+          objectDigest(d).copy(rsp.b, 24);
           return { hdr: rsp, data: EMPTY };
         }
         case Op.DECREF_PEER:

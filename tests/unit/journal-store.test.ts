@@ -278,3 +278,22 @@ test("tree layout over two disks: replay puts every object where the store looks
   const used = disks.map((d) => fs.readdirSync(`${d}/ee`).length);
   expect(used.every((n) => n > 0)).toBe(true); // spread over both disks, as before the crash
 });
+
+test("a stale copy put back (reviveStale) replays after the move that made it stale", async () => {
+  const c = setup();
+  const a = await start(c);
+  await a.store.createAndWrite(oid(1), 0, pattern(1, 1000), OBJ);
+  await a.store.moveToStale(oid(1), 3);
+  await a.store.reviveStale(oid(1), 3);
+  await a.store.write(oid(1), 100, pattern(2, 100));
+  const want = await a.store.read(oid(1), 0, OBJ);
+  // Crash, and the files are lost: replay of create, move, revive, write ends where the live
+  // store was.
+  wipeObjects(c.disk);
+  fs.rmSync(`${c.disk}/.stale`, { recursive: true, force: true });
+  fs.mkdirSync(`${c.disk}/.stale`);
+  const b = await start(c);
+  expect(b.report.records).toBe(4);
+  expect(b.store.listStale()).toEqual([]);
+  expect((await b.store.read(oid(1), 0, OBJ)).equals(want)).toBe(true);
+});

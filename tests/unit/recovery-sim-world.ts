@@ -6,7 +6,7 @@ import { setImmediate } from "node:timers";
 import { makeNode, nodeEqual, type SdNode } from "../../core/node.ts";
 import { Ring } from "../../core/ring.ts";
 import { type EpochRing, recoverySources } from "../../core/recovery.ts";
-import { Flag, Header, Op, Res } from "../../core/proto.ts";
+import { Flag, Header, objectDigest, Op, Res } from "../../core/proto.ts";
 import { SdError } from "../../core/errors.ts";
 import { type Clock, SimClock, type TimerHandle } from "../../core/clock.ts";
 import {
@@ -180,6 +180,7 @@ export class Sim {
     faults: 0,
     fetched: 0,
     fromStale: 0,
+    revived: 0,
     landedLate: 0,
     quiescentChecks: 0,
     completions: 0,
@@ -341,6 +342,32 @@ export class Sim {
         this.origins.set(b, { from: `${n.name}@e${epoch}`, stale: true, epoch: n.epoch });
         return Promise.resolve(b);
       },
+      reviveStale: (oid, epoch) => {
+        live();
+        const v = n.staleOf(oid, epoch);
+        if (v === undefined) return Promise.reject(new SdError(Res.NO_OBJ));
+        return new Promise<void>((resolve) =>
+          this.schedule(inc, () => {
+            // rename(2) back, unless it is gone (purged) or a current copy landed meanwhile
+            if (n.staleOf(oid, epoch) === undefined) {
+              return resolve(Promise.reject(new SdError(Res.NO_OBJ)) as never);
+            }
+            if (!n.store.has(oid)) {
+              const t = this.truth.get(oid) ?? 0;
+              if (v < t) {
+                this.flag(
+                  `${n.name} revived v${v} of ${hex(oid)}@e${epoch} but v${t} is acknowledged`,
+                );
+              }
+              n.stale.delete(`${oid}@${epoch}`);
+              n.store.set(oid, v);
+              this.stats.revived++;
+              this.note(`${n.name} revived ${hex(oid)} v${v} from its stale copy @e${epoch}`);
+            }
+            resolve();
+          })
+        );
+      },
       purgeStale: () => {
         live();
         n.stale.clear();
@@ -362,6 +389,12 @@ export class Sim {
       const data = Buffer.alloc(oids.size * 8);
       [...oids].forEach((o, i) => data.writeBigUInt64LE(o, i * 8));
       return { hdr: rsp, data };
+    }
+    if (h.opcode === Op.GET_HASH && h.flags & Flag.CMD_RECOVERY) {
+      const v = src.store.get(h.oid) ?? src.staleOf(h.oid, h.tgtEpoch);
+      if (v === undefined) rsp.result = Res.NO_OBJ;
+      else objectDigest(verBuf(v)).copy(rsp.b, 24);
+      return { hdr: rsp, data: Buffer.alloc(0) };
     }
     if (h.opcode === Op.READ_PEER && h.flags & Flag.CMD_RECOVERY) {
       const cur = src.store.get(h.oid);

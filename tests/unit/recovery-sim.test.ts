@@ -149,7 +149,18 @@ test("recovery simulation: random seeds keep every acknowledged write", async ()
   console.log(`recovery sim: ${seeds.length} seeds, ${ran} steps in ${ms.toFixed(0)} ms; ${st}`);
   // The run must exercise what it claims to: late landings, stale sources, waits, faults, timers.
   if (!only && seeds.length >= 300) {
-    for (const k of ["completions", "ensures", "fromStale", "faults", "timers", "kills", "adds"]) {
+    for (
+      const k of [
+        "completions",
+        "ensures",
+        "fromStale",
+        "revived",
+        "faults",
+        "timers",
+        "kills",
+        "adds",
+      ]
+    ) {
       expect(`${k} ${total[k] > 0}`).toBe(`${k} true`);
     }
   }
@@ -370,6 +381,15 @@ class MemStore {
     return d
       ? Promise.resolve(d.subarray(off, off + len))
       : Promise.reject(new SdError(Res.NO_OBJ));
+  }
+  reviveStale(oid: bigint, epoch: number): Promise<void> {
+    const d = this.stale.get(`${oid}@${epoch}`);
+    if (!d) return Promise.reject(new SdError(Res.NO_OBJ));
+    if (!this.cur.has(oid)) {
+      this.stale.delete(`${oid}@${epoch}`);
+      this.cur.set(oid, d);
+    }
+    return Promise.resolve();
   }
   purgeStale(): Promise<void> {
     this.stale.clear();

@@ -267,3 +267,31 @@ test("writeRuns (a push's runs, one side-file write after them) leaves what run-
   again.close();
   b.close();
 });
+
+test("reviveStale puts a stale copy back with its side file; it verifies, and only once", async () => {
+  for (const kind of ["plain", "tree"] as const) {
+    const s = openStore(kind, [tmp()], { checksums: true });
+    await s.init();
+    const data = pattern(4 * MiB, 7);
+    await s.createAndWrite(DATA0, 0, data, 4 * MiB);
+    await s.moveToStale(DATA0, 3);
+    expect(s.exists(DATA0)).toBe(false);
+    // No stale copy of that epoch: NO_OBJ, nothing changes.
+    const none = await s.reviveStale(DATA0, 4).catch((e) => e);
+    expect(none instanceof SdError && none.code === Res.NO_OBJ).toBe(true);
+    await s.reviveStale(DATA0, 3);
+    expect(s.exists(DATA0)).toBe(true);
+    expect(s.listStale()).toEqual([]);
+    expect(fs.existsSync(s.path(DATA0) + CSUM_SUFFIX)).toBe(true);
+    expect((await s.read(DATA0, 0, 4 * MiB)).equals(data)).toBe(true);
+    expect((await s.scrubObject(DATA0)).ok).toBe(true);
+    // A current copy is never replaced by a stale one.
+    await s.write(DATA0, 0, pattern(4096, 8));
+    await s.moveToStale(DATA0, 5);
+    await s.createAndWrite(DATA0, 0, data, 4 * MiB);
+    await s.reviveStale(DATA0, 5);
+    expect((await s.read(DATA0, 0, 4 * MiB)).equals(data)).toBe(true);
+    expect(s.listStale().length).toBe(1);
+    s.close();
+  }
+});
