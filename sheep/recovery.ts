@@ -467,12 +467,8 @@ export class RecoveryManager {
     src: { node: SdNode; epoch: number },
     digest: Buffer,
   ): Promise<boolean> {
-    const rq = Header.req(Op.GET_HASH, { flags: Flag.CMD_RECOVERY });
-    rq.oid = oid;
-    rq.tgtEpoch = src.epoch;
-    rq.epoch = this.host.epoch();
     try {
-      const r = await this.host.peer(src.node, rq);
+      const r = await this.host.peer(src.node, this.sourceRequest(Op.GET_HASH, oid, src.epoch, 0));
       return r.hdr.result === Res.SUCCESS && r.hdr.digest.equals(digest);
     } catch {
       return false; // the fetch that follows meets the same trouble and deals with it
@@ -498,13 +494,18 @@ export class RecoveryManager {
   ): Promise<Buffer> {
     const h = this.host;
     if (nodeEqual(src.node, h.me)) return await h.store().readStale(oid, src.epoch, 0, size);
-    const rq = Header.req(Op.READ_PEER, { flags: Flag.CMD_RECOVERY, dataLength: size });
-    rq.oid = oid;
-    rq.tgtEpoch = src.epoch;
-    rq.epoch = h.epoch();
-    const r = await h.peer(src.node, rq);
+    const r = await h.peer(src.node, this.sourceRequest(Op.READ_PEER, oid, src.epoch, size));
     if (r.hdr.result !== Res.SUCCESS) throw new SdError(r.hdr.result);
     return r.data;
+  }
+
+  /** A recovery request about a source's copy of `tgtEpoch` (current, else stale). */
+  private sourceRequest(op: number, oid: bigint, tgtEpoch: number, dataLength: number): Header {
+    const rq = Header.req(op, { flags: Flag.CMD_RECOVERY, dataLength });
+    rq.oid = oid;
+    rq.tgtEpoch = tgtEpoch;
+    rq.epoch = this.host.epoch();
+    return rq;
   }
 
   /** A wait of one fetch (several run at once, so it does not take the loop's wake-up slot). */
