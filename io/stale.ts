@@ -1,13 +1,19 @@
-// Helpers of the store (io/store.ts) over its disks' `.stale` directories and usage figures:
-// stale copies are recovery sources (sheep-daemon.md §6), usage is what MD_INFO reports.
+// The store's (io/store.ts) `.stale` copies and its disks' usage figures: stale copies are
+// recovery sources (sheep-daemon.md §6), usage is what MD_INFO reports.
 import fs from "node:fs";
 import type { Buffer } from "node:buffer";
-import { parseObjectFileName as parseName } from "../core/oid.ts";
+import { objectFileName as fileName, parseObjectFileName as parseName } from "../core/oid.ts";
+import { SdError } from "../core/errors.ts";
+import { Res } from "../core/proto.ts";
+import type { KeyedRwLock } from "../core/store.ts";
+import type { IntentLogs } from "./csum-intent.ts";
 import { blockSizeOf, CSUM_SUFFIX } from "./checksum.ts";
 import {
   allocatedBytes,
   bufferedIo,
   closeQuiet,
+  type FdCache,
+  fsyncDir,
   isEnoent,
   moveQuiet,
   preadFull,
@@ -16,6 +22,127 @@ import {
 } from "./fd-cache.ts";
 import { verifiedRead } from "./verified-io.ts";
 import type { Disk } from "./md.ts";
+
+/** What the stale copies see of their store (io/store.ts FileStore). */
+export interface StaleContext {
+  readonly locks: KeyedRwLock;
+  readonly fds: FdCache;
+  readonly intents: IntentLogs;
+  readonly checksums: boolean;
+  /** Renames are made durable (no `nosync`, no journal deferring the syncs). */
+  synced(): boolean;
+  /** The disk holding the current copy, or null. */
+  current(oid: bigint, ecIndex?: number): Disk | null;
+  /** The current copy left (index bookkeeping). */
+  forget(name: string): void;
+  /** A current copy appeared on `disk`. */
+  adopt(name: string, oid: bigint, ecIndex: number | undefined, disk: Disk, bytes: bigint): void;
+  pathOn(disk: Disk, oid: bigint, ecIndex?: number): string;
+  searchOrder(oid: bigint): Disk[];
+  allDisks(): Disk[];
+  guard(disk: Disk | undefined, err: unknown): SdError;
+}
+
+/** Stale copies: `.stale/<object file name>.<epoch>` (and its side file) on the object's disk. */
+export class StaleCopies {
+  constructor(private readonly s: StaleContext) {}
+
+  private pathOf(disk: Disk, name: string, epoch: number): string {
+    return `${disk.path}/.stale/${name}.${epoch >>> 0}`;
+  }
+
+  moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
+    const s = this.s;
+    const name = fileName(oid, ecIndex);
+    return s.locks.run(name, true, async () => {
+      const disk = s.current(oid, ecIndex);
+      if (!disk) throw new SdError(Res.NO_OBJ);
+      const path = s.pathOn(disk, oid, ecIndex);
+      // A stale copy is a recovery source verified against its side file: flushed first.
+      await s.intents.settle(disk, name, path);
+      s.fds.invalidate(path);
+      s.fds.invalidate(path + CSUM_SUFFIX);
+      try {
+        moveQuiet(path + CSUM_SUFFIX, this.pathOf(disk, name, epoch) + CSUM_SUFFIX);
+        fs.renameSync(path, this.pathOf(disk, name, epoch));
+      } catch (err) {
+        if (isEnoent(err)) s.forget(name);
+        throw s.guard(disk, err);
+      }
+      s.forget(name);
+    });
+  }
+
+  read(
+    oid: bigint,
+    epoch: number,
+    offset: number,
+    length: number,
+    ecIndex?: number,
+  ): Promise<Buffer> {
+    const name = fileName(oid, ecIndex);
+    for (const d of this.s.searchOrder(oid)) {
+      const sp = this.pathOf(d, name, epoch);
+      try {
+        const b = readStaleFile(sp, offset, length, this.s.checksums);
+        if (b) return Promise.resolve(b);
+      } catch (err) {
+        return Promise.reject(this.s.guard(d, err));
+      }
+    }
+    return Promise.reject(new SdError(Res.NO_OBJ));
+  }
+
+  /** ObjectStore.reviveStale: renamed back into place, never over a current copy. */
+  revive(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
+    const s = this.s;
+    const name = fileName(oid, ecIndex);
+    return s.locks.run(name, true, async () => {
+      if (s.current(oid, ecIndex)) return;
+      for (const d of s.searchOrder(oid)) {
+        const sp = this.pathOf(d, name, epoch);
+        if (!fs.existsSync(sp)) continue;
+        // Back on the disk that holds it; the store's ensurePlaced moves it if the ring picks
+        // another.
+        const final = s.pathOn(d, oid, ecIndex);
+        try {
+          s.fds.invalidate(final);
+          s.fds.invalidate(final + CSUM_SUFFIX);
+          // The side file was flushed when the copy became stale (moveToStale settles it), so
+          // data and table on disk agree. Side file first, as a create renames them.
+          if (fs.existsSync(sp + CSUM_SUFFIX)) fs.renameSync(sp + CSUM_SUFFIX, final + CSUM_SUFFIX);
+          else unlinkQuiet(final + CSUM_SUFFIX);
+          fs.renameSync(sp, final);
+          // One journalled rename: syncing the new name's directory makes the move durable
+          // (a crash before it leaves the stale copy, and recovery runs again).
+          if (s.synced()) await fsyncDir(final.slice(0, final.lastIndexOf("/")));
+          s.adopt(name, oid, ecIndex, d, allocatedBytes(fs.statSync(final)));
+        } catch (err) {
+          throw s.guard(d, err);
+        }
+        return;
+      }
+      throw new SdError(Res.NO_OBJ);
+    });
+  }
+
+  purge(): Promise<void> {
+    try {
+      for (const d of this.s.allDisks()) {
+        const dir = `${d.path}/.stale`;
+        fs.rmSync(dir, { recursive: true, force: true });
+        fs.mkdirSync(dir, { recursive: true });
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(this.s.guard(undefined, e));
+    }
+  }
+
+  list(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {
+    return listStaleIn(this.s.allDisks());
+  }
+}
 
 /** Free bytes of a disk (a dead one has none). */
 export function diskFree(d: Disk): bigint {

@@ -30,12 +30,11 @@ import type { WriteRun } from "../core/write-runs.ts";
 import {
   diskFree,
   diskUsage,
-  listStaleIn,
   moveObjectFiles,
   moveStaleOff,
-  readStaleFile,
   removeObjectFiles,
   scanObjectDir,
+  StaleCopies,
 } from "./stale.ts";
 import { KeyedRwLock, ObjectIndex, type ObjectStore } from "../core/store.ts";
 import {
@@ -49,7 +48,6 @@ import {
   fdCacheSize,
   fsyncDir,
   isEnoent,
-  moveQuiet,
   preadFull,
   pwriteFull,
   unlinkQuiet,
@@ -113,6 +111,8 @@ class FileStore implements ObjectStore {
   private health: ReturnType<typeof setInterval> | null = null;
   /** Write-intent logs of the side files, per disk (io/csum-intent.ts); none under nosync. */
   private intents: IntentLogs;
+  /** The `.stale` copies (io/stale.ts). */
+  private stale: StaleCopies;
   /** Set by the journal (io/journal.ts): writes and creates skip their syncs. */
   deferSync = false;
 
@@ -141,6 +141,21 @@ class FileStore implements ObjectStore {
       guard: (disk, err) => this.guard(disk, err),
       log: (level, msg) => this.log(level, msg),
     }, !this.nosync);
+    this.stale = new StaleCopies({
+      locks: this.locks,
+      fds: this.fds,
+      intents: this.intents,
+      checksums: this.checksums,
+      synced: () => !this.nosync && !this.deferSync,
+      current: (oid, ecIndex) => this.lookup(oid, ecIndex)?.disk ?? null,
+      forget: (name) => this.index.drop(name),
+      adopt: (name, oid, ecIndex, disk, bytes) =>
+        this.index.add(name, { oid, ecIndex, disk, bytes }),
+      pathOn: (disk, oid, ecIndex) => this.pathOn(disk, oid, ecIndex),
+      searchOrder: (oid) => this.searchOrder(oid),
+      allDisks: () => this.allDisks(),
+      guard: (disk, err) => this.guard(disk, err),
+    });
   }
 
   private log(level: "info" | "warn" | "err", msg: string) {
@@ -157,10 +172,6 @@ class FileStore implements ObjectStore {
 
   private pathOn(disk: Disk, oid: bigint, ecIndex?: number): string {
     return `${disk.path}/${this.subdir(oid)}${fileName(oid, ecIndex)}`;
-  }
-
-  private stalePath(disk: Disk, name: string, epoch: number): string {
-    return `${disk.path}/.stale/${name}.${epoch >>> 0}`;
   }
 
   /** The disk a new copy of `oid` goes to; none left is upstream's EIO of an absent path. */
@@ -653,24 +664,7 @@ class FileStore implements ObjectStore {
   // ---- stale copies ----
 
   moveToStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
-    const name = fileName(oid, ecIndex);
-    return this.locks.run(name, true, async () => {
-      const e = this.lookup(oid, ecIndex);
-      if (!e) throw new SdError(Res.NO_OBJ);
-      const path = this.pathOn(e.disk, oid, ecIndex);
-      // A stale copy is a recovery source verified against its side file: flushed first.
-      await this.intents.settle(e.disk, name, path);
-      this.fds.invalidate(path);
-      this.fds.invalidate(path + CSUM_SUFFIX);
-      try {
-        moveQuiet(path + CSUM_SUFFIX, this.stalePath(e.disk, name, epoch) + CSUM_SUFFIX);
-        fs.renameSync(path, this.stalePath(e.disk, name, epoch));
-      } catch (err) {
-        if (isEnoent(err)) this.index.drop(name);
-        throw this.guard(e.disk, err);
-      }
-      this.index.drop(name);
-    });
+    return this.stale.moveToStale(oid, epoch, ecIndex);
   }
 
   readStale(
@@ -680,67 +674,15 @@ class FileStore implements ObjectStore {
     length: number,
     ecIndex?: number,
   ): Promise<Buffer> {
-    const name = fileName(oid, ecIndex);
-    for (const d of this.searchOrder(oid)) {
-      const sp = this.stalePath(d, name, epoch);
-      try {
-        const b = readStaleFile(sp, offset, length, this.checksums);
-        if (b) return Promise.resolve(b);
-      } catch (err) {
-        return Promise.reject(this.guard(d, err));
-      }
-    }
-    return Promise.reject(new SdError(Res.NO_OBJ));
+    return this.stale.read(oid, epoch, offset, length, ecIndex);
   }
 
   reviveStale(oid: bigint, epoch: number, ecIndex?: number): Promise<void> {
-    const name = fileName(oid, ecIndex);
-    return this.locks.run(name, true, async () => {
-      if (this.lookup(oid, ecIndex)) return;
-      for (const d of this.searchOrder(oid)) {
-        const sp = this.stalePath(d, name, epoch);
-        if (!fs.existsSync(sp)) continue;
-        // Back on the disk that holds it; ensurePlaced moves it if the ring picks another.
-        const final = this.pathOn(d, oid, ecIndex);
-        try {
-          this.fds.invalidate(final);
-          this.fds.invalidate(final + CSUM_SUFFIX);
-          // The side file was flushed when the copy became stale (moveToStale settles it), so
-          // data and table on disk agree. Side file first, as a create renames them.
-          if (fs.existsSync(sp + CSUM_SUFFIX)) fs.renameSync(sp + CSUM_SUFFIX, final + CSUM_SUFFIX);
-          else unlinkQuiet(final + CSUM_SUFFIX);
-          fs.renameSync(sp, final);
-          // One journalled rename: syncing the new name's directory makes the move durable
-          // (a crash before it leaves the stale copy, and recovery runs again).
-          if (!this.nosync && !this.deferSync) {
-            await fsyncDir(final.slice(0, final.lastIndexOf("/")));
-          }
-          this.index.add(name, {
-            oid,
-            ecIndex,
-            disk: d,
-            bytes: allocatedBytes(fs.statSync(final)),
-          });
-        } catch (err) {
-          throw this.guard(d, err);
-        }
-        return;
-      }
-      throw new SdError(Res.NO_OBJ);
-    });
+    return this.stale.revive(oid, epoch, ecIndex);
   }
 
   purgeStale(): Promise<void> {
-    try {
-      for (const d of this.allDisks()) {
-        const dir = `${d.path}/.stale`;
-        fs.rmSync(dir, { recursive: true, force: true });
-        fs.mkdirSync(dir, { recursive: true });
-      }
-      return Promise.resolve();
-    } catch (e) {
-      return Promise.reject(sdErr(e));
-    }
+    return this.stale.purge();
   }
 
   verify(oid: bigint, ecIndex?: number): boolean {
@@ -759,7 +701,7 @@ class FileStore implements ObjectStore {
   }
 
   listStale(): Array<{ oid: bigint; epoch: number; ecIndex?: number }> {
-    return listStaleIn(this.allDisks());
+    return this.stale.list();
   }
 
   path(oid: bigint, ecIndex?: number): string {
