@@ -28,7 +28,14 @@ type Reply = { hdr: Header; data: Buffer };
 /** The part of the object store recovery uses (the simulation plugs an in-memory one in). */
 export type RecoveryStore = Pick<
   ObjectStore,
-  "exists" | "list" | "createAndWrite" | "moveToStale" | "readStale" | "reviveStale" | "purgeStale"
+  | "exists"
+  | "list"
+  | "createAndWrite"
+  | "moveToStale"
+  | "readStale"
+  | "reviveStale"
+  | "listStale"
+  | "purgeStale"
 >;
 
 export type RecoveryLog = Pick<Logger, "emerg" | "err" | "warn" | "info" | "debug">;
@@ -88,6 +95,8 @@ export class RecoveryManager {
   private phase = 0; // 0 preparing object list, 1 recovering objects, 2 notifying completion
   private lastComplete = 0;
   private reported = new Map<number, Set<string>>();
+  /** Epochs of the stale copies here, per replicated object, listed once per run. */
+  private staleHere = new Map<bigint, number[]>();
   private wake: (() => void) | null = null;
   /** Resolves once the running recovery knows its object list (or was superseded). */
   private planned: Promise<void> = Promise.resolve();
@@ -164,6 +173,14 @@ export class RecoveryManager {
         await Promise.race([...this.inflight.values()].map((p) => p.then(() => {}, () => {})));
         if (gen !== this.generation) return;
       }
+    }
+    // After the moves above, so a copy this run made stale is seen (EC strips are not revived).
+    this.staleHere = new Map();
+    for (const c of h.store().listStale()) {
+      if (c.ecIndex !== undefined) continue;
+      const epochs = this.staleHere.get(c.oid);
+      if (epochs) epochs.push(c.epoch);
+      else this.staleHere.set(c.oid, [c.epoch]);
     }
     const known = await this.gatherLists(gen);
     if (known === null) return;
@@ -448,8 +465,10 @@ export class RecoveryManager {
     history: EpochRing[],
     size: number,
   ): Promise<{ epoch: number; data: Buffer; digest: Buffer } | null> {
+    const here = this.staleHere.get(oid);
+    if (!here) return null;
     for (const { epoch } of history) {
-      if (epoch >= this.host.epoch()) continue;
+      if (epoch >= this.host.epoch() || !here.includes(epoch)) continue;
       try {
         const data = await this.host.store().readStale(oid, epoch, 0, size);
         return { epoch, data, digest: objectDigest(data) };

@@ -342,6 +342,7 @@ export class Sim {
         this.origins.set(b, { from: `${n.name}@e${epoch}`, stale: true, epoch: n.epoch });
         return Promise.resolve(b);
       },
+      listStale: () => [...n.stale.values()].map((c) => ({ oid: c.oid, epoch: c.epoch })),
       reviveStale: (oid, epoch) => {
         live();
         const v = n.staleOf(oid, epoch);
